@@ -1,0 +1,108 @@
+//! `gateway`: the agent and its command line.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use gateway::{
+    config::{Config, XdpMode},
+    dataplane::Dataplane,
+    sys,
+};
+use gateway_common::STAT_NAMES;
+use log::info;
+
+#[derive(Parser)]
+#[command(name = "gateway", version, about = "A layer-4 XDP load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the XDP program, attach it and keep the data plane in step with the config.
+    Run {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides `xdp_mode` in the config.
+        #[arg(long, value_enum)]
+        xdp_mode: Option<XdpMode>,
+        /// Print the global counters this often (seconds; 0 = only at exit).
+        #[arg(long, default_value_t = 0)]
+        stats_interval: u64,
+    },
+    /// Helpers for test beds; not part of the stable interface.
+    #[command(hide = true, subcommand)]
+    Internal(Internal),
+}
+
+#[derive(Subcommand)]
+enum Internal {
+    /// Write the map-less XDP_PASS object (for `ip link set ... xdp obj`) to FILE.
+    WritePassObject { file: PathBuf },
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run {
+            config,
+            xdp_mode,
+            stats_interval,
+        } => run(config, xdp_mode, stats_interval),
+        Command::Internal(Internal::WritePassObject { file }) => {
+            std::fs::write(&file, gateway::object::XDP_PASS)
+                .with_context(|| format!("writing {}", file.display()))
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(path: PathBuf, mode: Option<XdpMode>, stats_interval: u64) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let iface = &config.dataplane.interface;
+    let mode = mode.unwrap_or(config.dataplane.xdp_mode);
+    let ifindex = sys::preflight(iface)?;
+
+    let mut dp = Dataplane::load()?;
+    dp.attach(ifindex, iface, mode)?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let period = Duration::from_secs(stats_interval.max(1));
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => { info!("SIGINT: shutting down"); break; }
+                _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+                _ = tick.tick(), if stats_interval > 0 => print_stats(&dp)?,
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    print_stats(&dp)?;
+    dp.detach()?;
+    info!("detached from {iface}");
+    Ok(())
+}
+
+fn print_stats(dp: &Dataplane) -> anyhow::Result<()> {
+    let stats = dp.global_stats()?;
+    let line: Vec<String> = STAT_NAMES
+        .iter()
+        .zip(&stats)
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    println!("stats {}", line.join(" "));
+    Ok(())
+}

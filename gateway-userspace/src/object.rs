@@ -1,0 +1,8 @@
+//! The kernel objects, built by build.rs and embedded in the binary.
+
+/// The balancer's XDP object (program `gateway` and its maps).
+pub static GATEWAY: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-bpf"));
+
+/// A map-less object whose program `xdp_pass` passes every packet. Test beds attach it to
+/// veth peers; see `gateway-ebpf/src/pass.rs`.
+pub static XDP_PASS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-pass"));

@@ -1,0 +1,115 @@
+//! The backend server of the namespace lab: answers every TCP line, HTTP request and UDP
+//! datagram with its own name, so tests can tell which backend served them.
+//!
+//! `lab-server --name b1 [--port 80] [--port 8080]` binds each port on `[::]` (dual stack) for
+//! TCP and UDP, prints `ready` once bound, and serves until killed.
+//!
+//! TCP: a connection that starts with an HTTP method gets one HTTP/1.1 response whose body is
+//! `<name>\n` (path `/status/NNN` answers with that status); any other connection gets
+//! `<name>\n` for every line it sends, until it closes, so it can stay open for a long time.
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{TcpListener, TcpStream, UdpSocket},
+    thread,
+};
+
+fn main() {
+    let mut name = String::from("backend");
+    let mut ports = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--name" => name = args.next().expect("--name needs a value"),
+            "--port" => ports.push(
+                args.next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .expect("--port needs a number"),
+            ),
+            other => {
+                eprintln!("lab-server: unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+    if ports.is_empty() {
+        ports.push(80);
+    }
+    let mut handles = Vec::new();
+    for port in ports {
+        let tcp =
+            TcpListener::bind(("::", port)).unwrap_or_else(|e| die(&format!("tcp {port}: {e}")));
+        let udp =
+            UdpSocket::bind(("::", port)).unwrap_or_else(|e| die(&format!("udp {port}: {e}")));
+        let n = name.clone();
+        handles.push(thread::spawn(move || serve_tcp(tcp, n)));
+        let n = name.clone();
+        handles.push(thread::spawn(move || serve_udp(udp, n)));
+    }
+    println!("ready");
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("lab-server: {msg}");
+    std::process::exit(1)
+}
+
+fn serve_tcp(listener: TcpListener, name: String) {
+    for conn in listener.incoming().flatten() {
+        let n = name.clone();
+        thread::spawn(move || {
+            let _ = handle(conn, &n);
+        });
+    }
+}
+
+fn handle(conn: TcpStream, name: &str) -> std::io::Result<()> {
+    let mut out = conn.try_clone()?;
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(());
+    }
+    let http = ["GET ", "HEAD ", "POST "]
+        .iter()
+        .any(|m| line.starts_with(m));
+    if http {
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        // Consume the headers.
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+                break;
+            }
+        }
+        let status: u16 = path
+            .strip_prefix("/status/")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200);
+        let body = format!("{name}\n");
+        write!(
+            out,
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        return Ok(());
+    }
+    loop {
+        writeln!(out, "{name}")?;
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn serve_udp(sock: UdpSocket, name: String) {
+    let mut buf = [0u8; 2048];
+    let reply = format!("{name}\n");
+    while let Ok((_, from)) = sock.recv_from(&mut buf) {
+        let _ = sock.send_to(reply.as_bytes(), from);
+    }
+}

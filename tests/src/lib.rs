@@ -1,0 +1,436 @@
+//! The namespace lab: a client, a balancer and N backends on one bridge, each in its own
+//! network namespace, for tests and for `cargo xtask lab`.
+//!
+//! ```text
+//!   ns gw-<lab>-client         ns gw-<lab>-lb              ns gw-<lab>-b1 .. bN
+//!   eth0 198.18.0.1            eth0 198.18.0.2             eth0 198.18.0.11 ..
+//!        fd00::1                    fd00::2                     fd00::11 ..
+//!   route VIPs via lb          (gateway attaches here)     lo: VIP 198.18.1.1, fd00:1::1
+//!        |                          |                      lab-server on :80 (tcp+udp)
+//!   ----c--------- br0 (ns gw-<lab>-sw) ----lb-----------------b1 .. bN----
+//!                                 xdp_pass on "lb" (veth XDP_TX needs a program on the peer)
+//! ```
+//!
+//! [`Lab`] is an RAII guard: dropping it (also while a test panics) kills every process in
+//! the lab's namespaces by PID and deletes the namespaces, which removes their links.
+use std::{
+    io::{BufRead, BufReader},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// Prefix of every namespace the lab creates.
+pub const NS_PREFIX: &str = "gw-";
+/// IPv4 VIP the backends hold on loopback.
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// IPv6 VIP the backends hold on loopback.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
+/// Port the lab servers listen on (TCP and UDP).
+pub const SERVER_PORT: u16 = 80;
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// Short name, part of every namespace name; `[a-z0-9]`, at most 8 characters.
+    pub name: String,
+    pub backends: usize,
+    /// The map-less XDP_PASS object (`gateway-ebpf`'s `xdp-pass`) for the balancer's peer.
+    pub pass_object: PathBuf,
+    /// The `lab-server` binary to start in every backend.
+    pub server_bin: PathBuf,
+}
+
+/// One host of the lab.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub netns: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+}
+
+pub struct Lab {
+    pub name: String,
+    pub client: Node,
+    pub lb: Node,
+    pub backends: Vec<Node>,
+    switch: String,
+    servers: Vec<Option<Child>>,
+    spec: LabSpec,
+    /// When false, dropping the guard leaves the lab up (`cargo xtask lab up`).
+    pub teardown_on_drop: bool,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A lab name unique to this process and call, for tests that run in parallel.
+pub fn unique_name(prefix: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}{n}", std::process::id() % 100_000)
+}
+
+/// Whether we may create namespaces; privileged tests skip with a printed reason otherwise.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a command, failing with its stderr if it exits non-zero.
+pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<Output> {
+    run(Command::new("ip").args(args))
+}
+
+/// Runs `args` inside `netns`.
+pub fn ns_exec(netns: &str, args: &[&str]) -> anyhow::Result<Output> {
+    run(ns_command(netns, args[0]).args(&args[1..]))
+}
+
+/// A `Command` that runs `program` inside `netns`. nsenter switches only the network
+/// namespace and execs, so the child's PID is the program's own and it sees the host's
+/// bpffs; `ip netns exec` would remount /sys and hide /sys/fs/bpf.
+pub fn ns_command(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{netns}")).arg(program);
+    c
+}
+
+fn sysctl(netns: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    ns_exec(netns, &["sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
+}
+
+/// The namespaces that currently exist.
+pub fn list_netns() -> anyhow::Result<Vec<String>> {
+    let out = ip(&["netns", "list"])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Kills every process in `netns` by PID, then deletes it.
+pub fn delete_netns(netns: &str) -> anyhow::Result<()> {
+    if let Ok(out) = ip(&["netns", "pids", netns]) {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                // SAFETY: plain kill(2) on a PID read from the kernel for this namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    ip(&["netns", "del", netns]).map(|_| ())
+}
+
+/// Deletes every namespace of lab `name`; returns how many there were.
+pub fn teardown_by_name(name: &str) -> anyhow::Result<usize> {
+    let prefix = format!("{NS_PREFIX}{name}-");
+    let mut n = 0;
+    // Switch last: deleting it first would pull every node's link out from under them.
+    let mut all: Vec<String> = list_netns()?
+        .into_iter()
+        .filter(|ns| ns.starts_with(&prefix))
+        .collect();
+    all.sort_by_key(|ns| ns.ends_with("-sw"));
+    for ns in all {
+        delete_netns(&ns)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+impl Lab {
+    pub fn up(spec: LabSpec) -> anyhow::Result<Lab> {
+        if !is_root() {
+            bail!("the lab needs root (network namespaces, veth, XDP)");
+        }
+        if spec.name.is_empty()
+            || spec.name.len() > 8
+            || !spec
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            bail!(
+                "lab name `{}` must be 1-8 characters of [a-z0-9]",
+                spec.name
+            );
+        }
+        if spec.backends == 0 || spec.backends > 80 {
+            bail!("a lab has 1..=80 backends, not {}", spec.backends);
+        }
+        // A lab of the same name left behind by a killed run would make every step fail.
+        teardown_by_name(&spec.name)?;
+
+        let node = |name: &str, host: u8| Node {
+            name: name.to_string(),
+            netns: format!("{NS_PREFIX}{}-{name}", spec.name),
+            ipv4: Ipv4Addr::new(198, 18, 0, host),
+            ipv6: Ipv6Addr::new(
+                0xfd00,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                u16::from_str_radix(&host.to_string(), 16).unwrap_or(0),
+            ),
+        };
+        let mut lab = Lab {
+            name: spec.name.clone(),
+            client: node("client", 1),
+            lb: node("lb", 2),
+            backends: (1..=spec.backends)
+                .map(|i| node(&format!("b{i}"), 10 + i as u8))
+                .collect(),
+            switch: format!("{NS_PREFIX}{}-sw", spec.name),
+            servers: Vec::new(),
+            spec,
+            teardown_on_drop: true,
+        };
+        // From here on, a failure drops `lab`, which removes whatever was built.
+        lab.build()
+            .with_context(|| format!("building lab {}", lab.name))?;
+        Ok(lab)
+    }
+
+    fn build(&mut self) -> anyhow::Result<()> {
+        let sw = self.switch.clone();
+        ip(&["netns", "add", &sw])?;
+        ip(&["-n", &sw, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+
+        let nodes: Vec<Node> = [self.client.clone(), self.lb.clone()]
+            .into_iter()
+            .chain(self.backends.iter().cloned())
+            .collect();
+        for n in &nodes {
+            ip(&["netns", "add", &n.netns])?;
+            let port = if n.name == "client" {
+                "c"
+            } else {
+                n.name.as_str()
+            };
+            ip(&[
+                "-n", &sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns",
+                &n.netns,
+            ])?;
+            ip(&["-n", &sw, "link", "set", port, "master", "br0", "up"])?;
+            ip(&["-n", &n.netns, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n",
+                &n.netns,
+                "addr",
+                "add",
+                &format!("{}/24", n.ipv4),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&[
+                "-n",
+                &n.netns,
+                "addr",
+                "add",
+                &format!("{}/64", n.ipv6),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            ip(&["-n", &n.netns, "link", "set", "eth0", "up"])?;
+            // Native XDP drops veth's checksum-offload state: senders must fill checksums.
+            ns_exec(&n.netns, &["ethtool", "-K", "eth0", "tx", "off"])?;
+        }
+        // veth delivers XDP_TX frames only into a peer that runs an XDP program itself.
+        let pass = self.spec.pass_object.to_str().context("pass object path")?;
+        ip(&[
+            "-n", &sw, "link", "set", "dev", "lb", "xdpdrv", "obj", pass, "sec", "xdp",
+        ])?;
+
+        let c = &self.client.netns;
+        ip(&[
+            "-n",
+            c,
+            "route",
+            "add",
+            &format!("{VIP4}/32"),
+            "via",
+            &self.lb.ipv4.to_string(),
+        ])?;
+        ip(&[
+            "-n",
+            c,
+            "-6",
+            "route",
+            "add",
+            &format!("{VIP6}/128"),
+            "via",
+            &self.lb.ipv6.to_string(),
+        ])?;
+
+        for b in self.backends.clone() {
+            // Direct server return: the VIP lives on lo, and the backend must neither answer
+            // ARP for it nor use it as the source of its own ARP requests.
+            for dev in ["all", "eth0"] {
+                sysctl(&b.netns, &format!("net.ipv4.conf.{dev}.arp_ignore"), "1")?;
+                sysctl(&b.netns, &format!("net.ipv4.conf.{dev}.arp_announce"), "2")?;
+            }
+            ip(&[
+                "-n",
+                &b.netns,
+                "addr",
+                "add",
+                &format!("{VIP4}/32"),
+                "dev",
+                "lo",
+            ])?;
+            ip(&[
+                "-n",
+                &b.netns,
+                "addr",
+                "add",
+                &format!("{VIP6}/128"),
+                "dev",
+                "lo",
+            ])?;
+            let server = self.start_server(&b)?;
+            self.servers.push(Some(server));
+        }
+        Ok(())
+    }
+
+    fn start_server(&self, b: &Node) -> anyhow::Result<Child> {
+        let mut child = ns_command(&b.netns, &self.spec.server_bin)
+            .args(["--name", &b.name, "--port", &SERVER_PORT.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", self.spec.server_bin.display()))?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().context("server stdout")?;
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("lab-server in {} did not start", b.netns);
+        }
+        Ok(child)
+    }
+
+    /// Stops backend `i`'s server (0-based), as a crash would.
+    pub fn stop_server(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut c) = self.servers.get_mut(i).and_then(Option::take) {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts backend `i`'s server again if it is stopped.
+    pub fn start_server_again(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.servers.get(i).is_some_and(Option::is_none) {
+            let b = self.backends[i].clone();
+            self.servers[i] = Some(self.start_server(&b)?);
+        }
+        Ok(())
+    }
+
+    pub fn server_pids(&self) -> Vec<u32> {
+        self.servers.iter().flatten().map(Child::id).collect()
+    }
+
+    /// Every namespace of this lab.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut v = vec![self.client.netns.clone(), self.lb.netns.clone()];
+        v.extend(self.backends.iter().map(|b| b.netns.clone()));
+        v.push(self.switch.clone());
+        v
+    }
+
+    pub fn vip(&self, v6: bool) -> IpAddr {
+        if v6 { VIP6.into() } else { VIP4.into() }
+    }
+
+    /// Kills the lab's processes and deletes its namespaces.
+    pub fn teardown(&mut self) -> anyhow::Result<()> {
+        for c in self.servers.iter_mut().filter_map(Option::take) {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let mut first_err = None;
+        for ns in self.namespaces() {
+            if list_netns()?.contains(&ns)
+                && let Err(e) = delete_netns(&ns)
+            {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.teardown_on_drop
+            && let Err(e) = self.teardown()
+        {
+            eprintln!("lab {}: teardown failed: {e:#}", self.name);
+        }
+    }
+}
+
+/// Waits until `f` returns true, polling every 20 ms, or fails after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// Path of a sibling binary of the current executable's target directory (e.g.
+/// `target/debug/lab-server` seen from `target/debug/deps/test-xxxx`).
+pub fn target_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "{name} not found near {}; build it with `cargo build --bins`",
+        exe.display()
+    )
+}

@@ -1,0 +1,293 @@
+//! `cargo xtask`: what cargo alone cannot do - set-up, build-and-load, the namespace lab,
+//! the full test run and the demo.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build needs (idempotent; other commands run it when needed).
+    Setup,
+    /// Build the agent (and with it the kernel object).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run `gateway` as root with the given arguments.
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The namespace lab: client, balancer and backends on one bridge.
+    Lab {
+        #[command(subcommand)]
+        action: LabCmd,
+    },
+    /// fmt check, clippy (-D warnings), unit tests and the privileged tests.
+    Test {
+        /// Extra arguments for the test binaries (e.g. a name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The main job: a working balancer on a default lab, with traffic, then tear-down.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build the lab (and leave it up).
+    Up {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long, default_value_t = 3)]
+        backends: usize,
+    },
+    /// Remove the lab: kill its processes by PID, delete its namespaces.
+    Down {
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// List the lab's namespaces, addresses and processes.
+    Status {
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => setup::ensure(true).map(|_| ()),
+        Cmd::Build { release } => build(release).map(|_| ()),
+        Cmd::Run { release, args } => run(release, &args),
+        Cmd::Lab { action } => lab_cmd(action),
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo => demo(),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A cargo command in the workspace with the bpf linker on hand.
+fn cargo(env: &setup::Env) -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c.env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &env.linker);
+    c
+}
+
+fn status(cmd: &mut Command) -> anyhow::Result<()> {
+    let st = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn step(msg: &str) {
+    println!("\x1b[1m==> {msg}\x1b[0m");
+}
+
+/// Builds every binary; returns the target directory of the profile.
+fn build(release: bool) -> anyhow::Result<PathBuf> {
+    let env = setup::ensure(false)?;
+    let mut c = cargo(&env);
+    c.args(["build", "--bins"]);
+    if release {
+        c.arg("--release");
+    }
+    status(&mut c)?;
+    Ok(workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" }))
+}
+
+fn run(release: bool, args: &[String]) -> anyhow::Result<()> {
+    let dir = build(release)?;
+    let bin = dir.join("gateway");
+    let mut c = if setup::is_root() {
+        Command::new(&bin)
+    } else {
+        let mut s = Command::new("sudo");
+        s.arg(&bin);
+        s
+    };
+    status(c.args(args))
+}
+
+fn lab_spec(dir: &Path, name: &str, backends: usize) -> anyhow::Result<lab::LabSpec> {
+    let pass = dir.join("xdp-pass.o");
+    status(
+        Command::new(dir.join("gateway"))
+            .args(["internal", "write-pass-object"])
+            .arg(&pass),
+    )?;
+    Ok(lab::LabSpec {
+        name: name.to_string(),
+        backends,
+        pass_object: pass,
+        server_bin: dir.join("lab-server"),
+    })
+}
+
+fn lab_cmd(action: LabCmd) -> anyhow::Result<()> {
+    match action {
+        LabCmd::Up { name, backends } => {
+            let dir = build(false)?;
+            let mut l = lab::Lab::up(lab_spec(&dir, &name, backends)?)?;
+            l.teardown_on_drop = false;
+            print_lab(&l);
+            Ok(())
+        }
+        LabCmd::Down { name } => {
+            let n = lab::teardown_by_name(&name)?;
+            println!("lab {name}: removed {n} namespaces");
+            Ok(())
+        }
+        LabCmd::Status { name } => {
+            let prefix = format!("{}{name}-", lab::NS_PREFIX);
+            let all: Vec<String> = lab::list_netns()?
+                .into_iter()
+                .filter(|n| n.starts_with(&prefix))
+                .collect();
+            if all.is_empty() {
+                println!("lab {name}: down");
+            }
+            for ns in all {
+                let addrs = lab::run(Command::new("ip").args(["-n", &ns, "-br", "addr"]))?;
+                let pids = lab::run(Command::new("ip").args(["netns", "pids", &ns]))?;
+                println!(
+                    "{ns}  pids: {}",
+                    String::from_utf8_lossy(&pids.stdout)
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                for l in String::from_utf8_lossy(&addrs.stdout).lines() {
+                    println!("    {l}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_lab(l: &lab::Lab) {
+    println!("lab {} is up:", l.name);
+    for n in [&l.client, &l.lb].into_iter().chain(&l.backends) {
+        println!(
+            "  {:<8} netns {:<16} {} {}",
+            n.name, n.netns, n.ipv4, n.ipv6
+        );
+    }
+    println!(
+        "  VIPs {} and {} on the backends' lo; lab-server on port {}",
+        lab::VIP4,
+        lab::VIP6,
+        lab::SERVER_PORT
+    );
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let env = setup::ensure(false)?;
+    step("cargo fmt --check");
+    status(cargo(&env).args(["fmt", "--all", "--check"]))?;
+    step("cargo clippy --all-targets -- -D warnings");
+    status(cargo(&env).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    step("cargo build --bins");
+    status(cargo(&env).args(["build", "--bins"]))?;
+    step("unit and privileged tests");
+    if !setup::is_root() {
+        println!("not root: privileged tests will print SKIPPED; CI runs them as root");
+    }
+    status(
+        cargo(&env)
+            .args(["test", "--", "--include-ignored"])
+            .args(args),
+    )?;
+    let left: Vec<String> = lab::list_netns()?
+        .into_iter()
+        .filter(|n| n.starts_with(lab::NS_PREFIX))
+        .collect();
+    if !left.is_empty() {
+        bail!("tests left namespaces behind: {left:?}");
+    }
+    println!("all tests passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn demo() -> anyhow::Result<()> {
+    if !setup::is_root() {
+        bail!("the demo builds network namespaces and loads XDP: run it as root");
+    }
+    step("set-up and build");
+    let dir = build(false)?;
+    step("lab up: a client, a balancer and 3 backends in network namespaces");
+    let l = lab::Lab::up(lab_spec(&dir, "demo", 3)?)?;
+    print_lab(&l);
+
+    step("gateway run on the balancer's eth0 (native XDP)");
+    let cfg = dir.join("demo-gateway.toml");
+    std::fs::write(
+        &cfg,
+        "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"auto\"\n",
+    )?;
+    let mut agent = lab::ns_command(&l.lb.netns, dir.join("gateway"))
+        .args(["run", "--stats-interval", "1", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let lb = l.lb.netns.clone();
+    lab::wait_for("the program to attach", Duration::from_secs(20), || {
+        lab::run(Command::new("ip").args(["-n", &lb, "link", "show", "eth0"]))
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("xdp"))
+            .unwrap_or(false)
+    })?;
+
+    step("traffic: 20 pings from the client to the balancer");
+    lab::run(
+        lab::ns_command(&l.client.netns, "ping")
+            .args(["-c", "20", "-i", "0.1", "-q"])
+            .arg(l.lb.ipv4.to_string()),
+    )
+    .map(|o| print!("{}", String::from_utf8_lossy(&o.stdout)))?;
+
+    step("stop the agent (SIGTERM): it prints its final counters and detaches");
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let st = agent.wait()?;
+    if !st.success() {
+        bail!("gateway exited with {st}");
+    }
+    step("lab down");
+    drop(l);
+    println!("demo done");
+    Ok(())
+}

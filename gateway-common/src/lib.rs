@@ -2,19 +2,251 @@
 //!
 //! Everything that crosses the kernel/user boundary is defined once here: map names, their
 //! capacities, counter indexes, and the `#[repr(C)]` key and value types. Multi-byte fields
-//! that hold packet data are in network byte order and say so in their name (`_be`).
+//! that hold packet data are in network byte order and say so in their name (`_be`);
+//! addresses are byte arrays in network order. Every type has explicit padding and a
+//! compile-time size assert, and no `bool`, `enum` or `Option`.
 #![no_std]
 
-/// Name of the per-CPU array of global counters (`u64`, indexed by the `STAT_*` consts).
+pub mod hash;
+
+// ---------------------------------------------------------------------------------------
+// Maps
+
+/// Services: `HashMap<ServiceKey, ServiceValue>`. A hash map so that replacing a value is
+/// atomic for readers (the kernel swaps the element), which makes a table flip atomic.
+pub const MAP_SERVICES: &str = "SERVICES";
+/// Backends: `Array<Backend>`, indexed by backend id. Id 0 is never used: it means "none".
+pub const MAP_BACKENDS: &str = "BACKENDS";
+/// Maglev tables: `Array<u32>` of backend ids. Service `id` owns two regions of
+/// `table_stride` slots: `[2*id*stride, ..)` and `[(2*id+1)*stride, ..)`; the active one is
+/// named by its `ServiceValue::table_offset`. Size set at load time.
+pub const MAP_TABLES: &str = "TABLES";
+/// Connection tracking: `LruHashMap<FlowKey, FlowValue>` with per-CPU LRU lists
+/// (`BPF_F_NO_COMMON_LRU`). Size set at load time.
+pub const MAP_CONNTRACK: &str = "CONNTRACK";
+/// Global counters: `PerCpuArray<u64>`, indexed by the `STAT_*` consts.
 pub const MAP_STATS: &str = "STATS";
+/// Per-service traffic: `PerCpuArray<TrafficStats>`, indexed by service id.
+pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
+/// Per-backend traffic: `PerCpuArray<TrafficStats>`, indexed by backend id.
+pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+/// Data-plane settings: `Array<Settings>` with one entry.
+pub const MAP_SETTINGS: &str = "SETTINGS";
 
-/// Every packet the program sees.
-pub const STAT_RX_PACKETS: u32 = 0;
-/// Number of global counters; the size of [`MAP_STATS`].
-pub const STAT_COUNT: u32 = 1;
-
-/// Human-readable names of the global counters, indexed like the `STAT_*` consts.
-pub const STAT_NAMES: [&str; STAT_COUNT as usize] = ["rx_packets"];
+/// Most services the data plane holds (also the size of SERVICE_STATS).
+pub const MAX_SERVICES: u32 = 256;
+/// Most backends (ids 1..MAX_BACKENDS; also the size of BACKENDS and BACKEND_STATS).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Default conntrack capacity; the agent sets the real one at load time.
+pub const DEFAULT_CONNTRACK_SIZE: u32 = 1 << 20;
+/// Default Maglev table size (prime).
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists inside one LRU map (no shared-list lock).
+pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Name of the main XDP program in the object.
 pub const PROG_GATEWAY: &str = "gateway";
+/// Name of the pass-everything program in the `xdp-pass` object.
+pub const PROG_PASS: &str = "xdp_pass";
+
+// ---------------------------------------------------------------------------------------
+// Global counters (indexes into STATS)
+
+/// Every packet the program sees.
+pub const STAT_RX_PACKETS: u32 = 0;
+/// Passed: not IPv4/IPv6 (ARP, LLDP, ...).
+pub const STAT_PASS_NOT_IP: u32 = 1;
+/// Passed: IP, but no service matches (destination, port, protocol).
+pub const STAT_PASS_NOT_VIP: u32 = 2;
+/// Passed: Ethernet or VLAN header truncated.
+pub const STAT_PARSE_L2: u32 = 3;
+/// Passed: IPv4/IPv6 header truncated or malformed (bad version, IHL, length), or an IPv6
+/// extension-header chain longer than the program walks.
+pub const STAT_PARSE_L3: u32 = 4;
+/// Passed: TCP/UDP/ICMP header truncated.
+pub const STAT_PARSE_L4: u32 = 5;
+/// Passed: an IP fragment (only the first carries ports; fragments are not balanced).
+pub const STAT_FRAGMENT: u32 = 6;
+/// Dropped: the service's table slot holds no backend (nothing up).
+pub const STAT_NO_BACKEND: u32 = 7;
+/// An established flow found in conntrack.
+pub const STAT_CT_HIT: u32 = 8;
+/// A TCP SYN: always placed through the table (a new connection, or a reused 5-tuple).
+pub const STAT_CT_MISS_SYN: u32 = 9;
+/// Not a SYN and not in conntrack (a UDP flow's first packet, or a TCP flow whose entry
+/// was evicted or that started before this balancer saw it): placed through the table.
+pub const STAT_CT_MISS_NON_SYN: u32 = 10;
+/// A conntrack entry whose backend is down or gone: placed again through the table.
+pub const STAT_RESCHEDULED: u32 = 11;
+/// Forwarded to a backend (XDP_TX), including relayed ICMP errors.
+pub const STAT_FORWARDED: u32 = 12;
+/// An ICMP/ICMPv6 error about a VIP flow, relayed to the backend that owns the flow.
+pub const STAT_ICMP_RELAYED: u32 = 13;
+/// Too big to encapsulate: answered with ICMP frag-needed / packet-too-big.
+pub const STAT_TOO_BIG: u32 = 14;
+/// Dropped: a head/tail adjustment failed (no headroom) or an internal inconsistency.
+pub const STAT_DROP_INTERNAL: u32 = 15;
+/// Number of global counters; the size of STATS.
+pub const STAT_COUNT: u32 = 16;
+
+/// Names of the global counters, indexed like the `STAT_*` consts.
+pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
+    "rx_packets",
+    "pass_not_ip",
+    "pass_not_vip",
+    "parse_error_l2",
+    "parse_error_l3",
+    "parse_error_l4",
+    "fragment",
+    "no_backend",
+    "conntrack_hit",
+    "conntrack_miss_syn",
+    "conntrack_miss_non_syn",
+    "rescheduled",
+    "forwarded",
+    "icmp_relayed",
+    "too_big",
+    "drop_internal",
+];
+
+// ---------------------------------------------------------------------------------------
+// Values of small fields
+
+/// `family` values.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+/// `proto` values (IANA protocol numbers).
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+/// `ServiceValue::mode`: rewrite MACs, backends answer directly (direct server return).
+pub const MODE_L2DSR: u8 = 1;
+/// `ServiceValue::mode`: encapsulate in IPv4 (IPv4 VIP) or IPv6 (IPv6 VIP) to the backend.
+pub const MODE_IPIP: u8 = 2;
+/// `Backend::state`: takes new flows (only such backends appear in tables) and keeps its own.
+pub const BACKEND_UP: u8 = 1;
+/// `Backend::state`: keeps its established flows, takes no new ones (not in any table).
+pub const BACKEND_DRAIN: u8 = 2;
+/// `Backend::state`: takes nothing; flows pinned to it are placed again through the table.
+pub const BACKEND_DOWN: u8 = 0;
+
+/// Bytes that IPIP encapsulation adds for an IPv4 VIP (outer IPv4 header).
+pub const ENCAP_V4_OVERHEAD: u32 = 20;
+/// Bytes that encapsulation adds for an IPv6 VIP (outer IPv6 header).
+pub const ENCAP_V6_OVERHEAD: u32 = 40;
+
+// ---------------------------------------------------------------------------------------
+// Map types
+
+/// A service: VIP, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    /// The VIP, network order; an IPv4 VIP fills the first 4 bytes, the rest are zero.
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// Index into SERVICE_STATS and of the service's table regions.
+    pub id: u32,
+    /// First slot of the active table in TABLES. User space fills the inactive region,
+    /// then replaces this value: a packet sees either the old table or the new one.
+    pub table_offset: u32,
+    /// Slots in the active table (a prime, Maglev's M).
+    pub table_size: u32,
+    /// `MODE_L2DSR` or `MODE_IPIP`.
+    pub mode: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// The backend's address, network order (IPv4 in the first 4 bytes); the IPIP outer
+    /// destination.
+    pub addr: [u8; 16],
+    /// The L2 next hop towards the backend: its own MAC on the same segment, else the
+    /// router's.
+    pub mac: [u8; 6],
+    /// `FAMILY_V4` / `FAMILY_V6`; 0 marks an unused slot.
+    pub family: u8,
+    /// `BACKEND_UP`, `BACKEND_DRAIN` or `BACKEND_DOWN`.
+    pub state: u8,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 24);
+
+/// A flow's 5-tuple as the client sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// Client address, network order (IPv4 in the first 4 bytes).
+    pub src: [u8; 16],
+    /// VIP, network order (IPv4 in the first 4 bytes).
+    pub dst: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    /// Backend id the flow is pinned to.
+    pub backend: u32,
+    /// Reserved (full-NAT will keep its source port here); zero.
+    pub _reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
+
+/// Per-service and per-backend traffic, summed over CPUs by user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TrafficStats {
+    pub packets: u64,
+    /// Frame bytes as received (before any encapsulation).
+    pub bytes: u64,
+    /// Flows placed through the table (SYNs, conntrack misses, rescheduled flows).
+    pub new_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<TrafficStats>() == 24);
+
+/// Data-plane settings (SETTINGS[0]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// Largest IP packet (L3 bytes) that may leave after encapsulation; larger ones are
+    /// answered with ICMP frag-needed / packet-too-big. 0 disables the check.
+    pub mtu: u32,
+    /// Outer source for IPv4 encapsulation, network order. Its low `ipip_src_v4_vary_bits`
+    /// bits are replaced by the flow hash so backends spread flows over receive queues.
+    pub ipip_src_v4: [u8; 4],
+    /// Outer source for IPv6 encapsulation; per-flow variety comes from the flow label.
+    pub ipip_src_v6: [u8; 16],
+    /// 0..=16.
+    pub ipip_src_v4_vary_bits: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 32);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::TrafficStats {}
+    unsafe impl aya::Pod for super::Settings {}
+}

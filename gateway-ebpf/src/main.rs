@@ -1,29 +1,89 @@
-//! The gateway XDP program.
+//! The gateway XDP program: parse, find the service, choose a backend (conntrack, then the
+//! Maglev table), forward by L2 DSR or IPIP, count everything.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod csum;
+#[cfg(target_arch = "bpf")]
+mod forward;
+#[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod select;
+
+#[cfg(target_arch = "bpf")]
 mod prog {
-    use aya_ebpf::{
-        bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext,
+    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use gateway_common::{
+        PROTO_TCP, STAT_FORWARDED, STAT_ICMP_RELAYED, STAT_PASS_NOT_VIP, STAT_RX_PACKETS,
+        ServiceKey, hash::flow_hash,
     };
-    use gateway_common::{STAT_COUNT, STAT_RX_PACKETS};
 
-    #[map(name = "STATS")]
-    static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+    use crate::{
+        forward, icmp,
+        maps::{BACKEND_STATS, SERVICE_STATS, SERVICES, account, count},
+        parse::{self, L4, TCP_ACK, TCP_SYN},
+        select::{self, Track},
+    };
 
-    #[inline(always)]
-    fn count(index: u32) {
-        if let Some(c) = STATS.get_ptr_mut(index) {
-            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-            unsafe { *c += 1 };
+    #[xdp]
+    pub fn gateway(ctx: XdpContext) -> u32 {
+        count(STAT_RX_PACKETS);
+        match try_gateway(&ctx) {
+            Ok(action) => action,
+            Err(stat) => {
+                count(stat);
+                xdp_action::XDP_PASS
+            }
         }
     }
 
-    #[xdp]
-    pub fn gateway(_ctx: XdpContext) -> u32 {
-        count(STAT_RX_PACKETS);
-        xdp_action::XDP_PASS
+    /// `Err(stat)`: pass the packet to the stack and count `stat`.
+    #[inline(always)]
+    fn try_gateway(ctx: &XdpContext) -> Result<u32, u32> {
+        let pkt = parse::parse(ctx)?;
+        let relay = pkt.l4 == L4::IcmpError;
+        let key = if relay {
+            icmp::quoted_flow(ctx, &pkt)?
+        } else {
+            pkt.key
+        };
+        let skey = ServiceKey {
+            addr: key.dst,
+            port_be: key.dport_be,
+            proto: key.proto,
+            family: key.family,
+        };
+        // SAFETY: a map value stays valid for the rest of this program run (RCU).
+        let svc = unsafe { SERVICES.get(&skey) }.ok_or(STAT_PASS_NOT_VIP)?;
+        let track = if relay {
+            Track::Relay
+        } else if key.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            Track::Syn
+        } else {
+            Track::Flow
+        };
+        let bytes = parse::frame_len(ctx) as u64;
+        let Some(choice) = select::choose(svc, &key, track) else {
+            account(&SERVICE_STATS, svc.id, bytes, false);
+            return Ok(xdp_action::XDP_DROP);
+        };
+        let new_flow = choice.new_flow && !relay;
+        account(&SERVICE_STATS, svc.id, bytes, new_flow);
+        account(&BACKEND_STATS, choice.id, bytes, new_flow);
+        if relay {
+            count(STAT_ICMP_RELAYED);
+        }
+        let action = forward::send(ctx, &pkt, svc.mode, choice.backend, flow_hash(&key));
+        if action == xdp_action::XDP_TX {
+            count(STAT_FORWARDED);
+        }
+        Ok(action)
     }
 
     #[panic_handler]

@@ -1,0 +1,196 @@
+//! Forwarding to the chosen backend: L2 direct server return, or IPIP/IP6IP6 encapsulation.
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use gateway_common::{
+    Backend, ENCAP_V4_OVERHEAD, ENCAP_V6_OVERHEAD, FAMILY_V4, MODE_IPIP, STAT_DROP_INTERNAL,
+    STAT_TOO_BIG, Settings,
+};
+
+use crate::{
+    csum, icmp,
+    maps::{SETTINGS, count},
+    parse::{ETH_LEN, IPV4_LEN, IPV6_LEN, L4, Packet, VLAN_LEN, at, copy},
+};
+
+const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_IPV6: u8 = 41;
+const OUTER_TTL: u8 = 64;
+
+/// Sends the frame to `b` the way the service's `mode` says. Returns the XDP action.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, pkt: &Packet, mode: u8, b: &Backend, hash: u32) -> u32 {
+    if mode == MODE_IPIP {
+        encap(ctx, pkt, b, hash)
+    } else {
+        l2dsr(ctx, b)
+    }
+}
+
+/// Writes `dst` as the destination MAC and the frame's old destination (our own address)
+/// as its source.
+#[inline(always)]
+fn set_macs(ctx: &XdpContext, dst: &[u8; 6]) -> bool {
+    let Some(eth) = at(ctx, 0, ETH_LEN) else {
+        return false;
+    };
+    let ours: [u8; 6] = copy(eth, 0);
+    // SAFETY: `eth` covers 14 bytes.
+    unsafe {
+        core::ptr::write_unaligned(eth.add(6) as *mut [u8; 6], ours);
+        core::ptr::write_unaligned(eth as *mut [u8; 6], *dst);
+    }
+    true
+}
+
+#[inline(always)]
+fn l2dsr(ctx: &XdpContext, b: &Backend) -> u32 {
+    if !set_macs(ctx, &b.mac) {
+        count(STAT_DROP_INTERNAL);
+        return xdp_action::XDP_DROP;
+    }
+    xdp_action::XDP_TX
+}
+
+static NO_SETTINGS: Settings = Settings {
+    mtu: 0,
+    ipip_src_v4: [0; 4],
+    ipip_src_v6: [0; 16],
+    ipip_src_v4_vary_bits: 0,
+    _pad: [0; 7],
+};
+
+#[inline(always)]
+fn settings() -> &'static Settings {
+    SETTINGS.get(0).unwrap_or(&NO_SETTINGS)
+}
+
+/// Grows the head by `by` bytes and moves the L2 header (with its VLAN tag) to the new
+/// front. Returns false if the driver has no headroom.
+#[inline(always)]
+fn push_l2(ctx: &XdpContext, l2_len: usize, by: usize) -> bool {
+    // SAFETY: the helper validates the delta against the frame's headroom.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(by as i32)) } != 0 {
+        return false;
+    }
+    if l2_len == ETH_LEN + VLAN_LEN {
+        let Some(p) = at(ctx, 0, by + ETH_LEN + VLAN_LEN) else {
+            return false;
+        };
+        let l2: [u8; ETH_LEN + VLAN_LEN] = copy(p, by);
+        // SAFETY: `p` covers the destination.
+        unsafe { core::ptr::write_unaligned(p as *mut [u8; ETH_LEN + VLAN_LEN], l2) };
+    } else {
+        let Some(p) = at(ctx, 0, by + ETH_LEN) else {
+            return false;
+        };
+        let l2: [u8; ETH_LEN] = copy(p, by);
+        // SAFETY: `p` covers the destination.
+        unsafe { core::ptr::write_unaligned(p as *mut [u8; ETH_LEN], l2) };
+    }
+    true
+}
+
+#[inline(always)]
+fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, hash: u32) -> u32 {
+    let s = settings();
+    let v4 = pkt.key.family == FAMILY_V4;
+    let overhead = if v4 {
+        ENCAP_V4_OVERHEAD
+    } else {
+        ENCAP_V6_OVERHEAD
+    };
+    if s.mtu != 0 && pkt.l3_len + overhead > s.mtu {
+        if pkt.l4 == L4::IcmpError {
+            // Never answer an ICMP error with another one.
+            count(STAT_TOO_BIG);
+            return xdp_action::XDP_DROP;
+        }
+        return icmp::too_big(ctx, pkt, s.mtu - overhead);
+    }
+    let l2 = pkt.l2_len;
+    let ok = if v4 {
+        push_l2(ctx, l2, IPV4_LEN) && write_outer_v4(ctx, pkt, b, s, hash)
+    } else {
+        push_l2(ctx, l2, IPV6_LEN) && write_outer_v6(ctx, pkt, b, s, hash)
+    };
+    if !ok || !set_macs(ctx, &b.mac) {
+        count(STAT_DROP_INTERNAL);
+        return xdp_action::XDP_DROP;
+    }
+    xdp_action::XDP_TX
+}
+
+#[inline(always)]
+fn write_outer_v4(ctx: &XdpContext, pkt: &Packet, b: &Backend, s: &Settings, hash: u32) -> bool {
+    let l2 = pkt.l2_len;
+    let Some(ip) = at(ctx, l2, IPV4_LEN) else {
+        return false;
+    };
+    let len = (pkt.l3_len as u16)
+        .wrapping_add(IPV4_LEN as u16)
+        .to_be_bytes();
+    let mut src = s.ipip_src_v4;
+    let bits = u32::from(s.ipip_src_v4_vary_bits.min(16));
+    if bits > 0 {
+        let mask = (1u32 << bits) - 1;
+        let base = u32::from_be_bytes(src);
+        src = ((base & !mask) | (hash & mask)).to_be_bytes();
+    }
+    let frag: u8 = if pkt.df { 0x40 } else { 0 };
+    let mut h: [u8; 20] = [
+        0x45,
+        pkt.tos,
+        len[0],
+        len[1],
+        0,
+        0,
+        frag,
+        0,
+        OUTER_TTL,
+        IPPROTO_IPIP,
+        0,
+        0,
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        b.addr[0],
+        b.addr[1],
+        b.addr[2],
+        b.addr[3],
+    ];
+    let c = csum::ipv4_header(&h).to_be_bytes();
+    h[10] = c[0];
+    h[11] = c[1];
+    // SAFETY: `ip` covers 20 bytes.
+    unsafe { core::ptr::write_unaligned(ip as *mut [u8; 20], h) };
+    true
+}
+
+#[inline(always)]
+fn write_outer_v6(ctx: &XdpContext, pkt: &Packet, b: &Backend, s: &Settings, hash: u32) -> bool {
+    let l2 = pkt.l2_len;
+    let Some(ip) = at(ctx, l2, IPV6_LEN) else {
+        return false;
+    };
+    // Version 6, the inner traffic class, and the flow hash as flow label.
+    let first = (6u32 << 28) | (u32::from(pkt.tos) << 20) | (hash & 0x000f_ffff);
+    let len = (pkt.l3_len as u16).to_be_bytes();
+    let f = first.to_be_bytes();
+    let head: [u8; 8] = [
+        f[0],
+        f[1],
+        f[2],
+        f[3],
+        len[0],
+        len[1],
+        IPPROTO_IPV6,
+        OUTER_TTL,
+    ];
+    // SAFETY: `ip` covers 40 bytes.
+    unsafe {
+        core::ptr::write_unaligned(ip as *mut [u8; 8], head);
+        core::ptr::write_unaligned(ip.add(8) as *mut [u8; 16], s.ipip_src_v6);
+        core::ptr::write_unaligned(ip.add(24) as *mut [u8; 16], b.addr);
+    }
+    true
+}

@@ -1,0 +1,98 @@
+//! Backend selection: conntrack first, then the service's Maglev table. The kernel never
+//! decides placement itself; it reads the table user space computed.
+use gateway_common::{
+    BACKEND_DRAIN, BACKEND_UP, Backend, FlowKey, FlowValue, STAT_CT_HIT, STAT_CT_MISS_NON_SYN,
+    STAT_CT_MISS_SYN, STAT_NO_BACKEND, STAT_RESCHEDULED, ServiceValue, hash::flow_hash,
+};
+
+use crate::maps::{BACKENDS, CONNTRACK, TABLES, count};
+
+pub struct Choice {
+    pub id: u32,
+    pub backend: &'static Backend,
+    /// Placed through the table (a new flow, a miss or a rescheduled flow).
+    pub new_flow: bool,
+}
+
+/// How the packet relates to conntrack.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    /// A TCP SYN: always placed through the table, and the entry (re)written. A SYN on a
+    /// known 5-tuple is a new connection reusing the ports.
+    Syn,
+    /// Any other packet of a flow: conntrack first; a miss is placed and recorded.
+    Flow,
+    /// An ICMP error about a flow: conntrack first, else the table; records nothing and
+    /// counts nothing here (the caller counts it as relayed).
+    Relay,
+}
+
+/// The backend for `key`, or None (counted) when the table has none.
+#[inline(always)]
+pub fn choose(svc: &ServiceValue, key: &FlowKey, track: Track) -> Option<Choice> {
+    if track != Track::Syn {
+        // SAFETY: the value is copied out at once; LRU entries may be recycled afterwards.
+        match unsafe { CONNTRACK.get(key) } {
+            Some(v) => {
+                let id = v.backend;
+                if let Some(b) = BACKENDS.get(id)
+                    && b.family != 0
+                    && (b.state == BACKEND_UP || b.state == BACKEND_DRAIN)
+                {
+                    if track == Track::Flow {
+                        count(STAT_CT_HIT);
+                    }
+                    return Some(Choice {
+                        id,
+                        backend: b,
+                        new_flow: false,
+                    });
+                }
+                // Its backend went down or away: place the flow again.
+                if track == Track::Flow {
+                    count(STAT_RESCHEDULED);
+                }
+            }
+            None => {
+                if track == Track::Flow {
+                    count(STAT_CT_MISS_NON_SYN);
+                }
+            }
+        }
+    } else {
+        count(STAT_CT_MISS_SYN);
+    }
+
+    if svc.table_size == 0 {
+        count(STAT_NO_BACKEND);
+        return None;
+    }
+    let slot = flow_hash(key) % svc.table_size;
+    let id = match TABLES.get(svc.table_offset.wrapping_add(slot)) {
+        Some(id) if *id != 0 => *id,
+        _ => {
+            count(STAT_NO_BACKEND);
+            return None;
+        }
+    };
+    let backend = match BACKENDS.get(id) {
+        Some(b) if b.family != 0 => b,
+        _ => {
+            count(STAT_NO_BACKEND);
+            return None;
+        }
+    };
+    if track != Track::Relay {
+        let v = FlowValue {
+            backend: id,
+            _reserved: 0,
+        };
+        // A full LRU evicts its oldest entry; an error here only costs stickiness.
+        let _ = CONNTRACK.insert(key, &v, 0);
+    }
+    Some(Choice {
+        id,
+        backend,
+        new_flow: true,
+    })
+}

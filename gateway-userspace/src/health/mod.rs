@@ -1,0 +1,1 @@
+//! Health probing (being written).

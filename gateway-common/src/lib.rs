@@ -43,6 +43,9 @@ pub const DEFAULT_CONNTRACK_SIZE: u32 = 1 << 20;
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists inside one LRU map (no shared-list lock).
 pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+/// `BPF_F_MMAPABLE`: user space maps TABLES into memory and writes a whole table with one
+/// copy instead of one syscall per slot.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Name of the main XDP program in the object.
 pub const PROG_GATEWAY: &str = "gateway";
@@ -139,7 +142,7 @@ pub const ENCAP_V6_OVERHEAD: u32 = 40;
 
 /// A service: VIP, port and protocol.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ServiceKey {
     /// The VIP, network order; an IPv4 VIP fills the first 4 bytes, the rest are zero.
     pub addr: [u8; 16],
@@ -185,7 +188,7 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 
 /// A flow's 5-tuple as the client sent it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct FlowKey {
     /// Client address, network order (IPv4 in the first 4 bytes).
     pub src: [u8; 16],

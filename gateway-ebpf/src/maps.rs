@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use gateway_common::{
-    BPF_F_NO_COMMON_LRU, Backend, DEFAULT_CONNTRACK_SIZE, FlowKey, FlowValue, MAX_BACKENDS,
-    MAX_SERVICES, STAT_COUNT, ServiceKey, ServiceValue, Settings, TrafficStats,
+    BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, Backend, DEFAULT_CONNTRACK_SIZE, FlowKey, FlowValue,
+    MAX_BACKENDS, MAX_SERVICES, STAT_COUNT, ServiceKey, ServiceValue, Settings, TrafficStats,
 };
 
 #[map(name = "SERVICES")]
@@ -16,7 +16,7 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// Resized by the agent at load time (services x 2 x largest table).
 #[map(name = "TABLES")]
-pub static TABLES: Array<u32> = Array::with_max_entries(1, 0);
+pub static TABLES: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, FlowValue> =

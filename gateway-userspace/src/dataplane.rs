@@ -1,14 +1,23 @@
 //! Loading, attaching and reading the XDP program: the only module that talks to aya.
+use std::os::fd::AsFd;
+
 use aya::{
     Ebpf, EbpfLoader,
-    maps::PerCpuArray,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{Xdp, XdpMode as AyaMode, xdp::XdpLinkId},
 };
-use gateway_common::{MAP_STATS, PROG_GATEWAY, STAT_COUNT};
+use gateway_common::{
+    Backend, DEFAULT_CONNTRACK_SIZE, DEFAULT_TABLE_SIZE, FlowKey, FlowValue, MAP_BACKEND_STATS,
+    MAP_BACKENDS, MAP_CONNTRACK, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS, MAP_STATS,
+    MAP_TABLES, PROG_GATEWAY, STAT_COUNT, ServiceKey, ServiceValue, Settings, TrafficStats,
+};
 use log::{info, warn};
 use thiserror::Error;
 
-use crate::config::XdpMode;
+use crate::{
+    config::XdpMode,
+    sync::{Layout, MapWriter, SyncError},
+};
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {
@@ -30,6 +39,37 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("mapping the table memory: {0}")]
+    Mmap(std::io::Error),
+}
+
+/// Sizes fixed when the program is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub conntrack_size: u32,
+    /// Services the tables have room for.
+    pub max_services: u32,
+    /// Largest table a service may use (the region stride).
+    pub max_table_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            conntrack_size: DEFAULT_CONNTRACK_SIZE,
+            max_services: 16,
+            max_table_size: DEFAULT_TABLE_SIZE,
+        }
+    }
+}
+
+impl LoadOptions {
+    pub fn layout(&self) -> Layout {
+        Layout {
+            max_services: self.max_services,
+            stride: self.max_table_size,
+        }
+    }
 }
 
 /// The mode the program ended up attached in.
@@ -48,26 +88,162 @@ impl std::fmt::Display for AttachedMode {
     }
 }
 
+/// TABLES mapped into our memory (the map is created `BPF_F_MMAPABLE`): a whole table is
+/// one pass over memory instead of one syscall per slot. Array maps round each element up
+/// to 8 bytes (kernel/bpf/arraymap.c, `elem_size = round_up(value_size, 8)`), so slot `i`
+/// is the low half of the `i`-th u64 of the mapping.
+struct TableMem {
+    ptr: *mut u64,
+    slots: usize,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only written through `&mut self`.
+unsafe impl Send for TableMem {}
+
+impl TableMem {
+    fn new(map: &MapData, slots: u32) -> Result<Self, DataplaneError> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let bytes = (slots as usize * 8).div_ceil(page) * page;
+        let fd = map.fd().as_fd();
+        use std::os::fd::AsRawFd;
+        // SAFETY: a shared read-write mapping of an mmapable array map of at least `bytes`.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(DataplaneError::Mmap(std::io::Error::last_os_error()));
+        }
+        Ok(Self {
+            ptr: ptr.cast(),
+            slots: slots as usize,
+            bytes,
+        })
+    }
+
+    fn write(&mut self, offset: u32, slots: &[u32]) -> Result<(), SyncError> {
+        let end = offset as usize + slots.len();
+        if end > self.slots {
+            return Err(SyncError::Write {
+                what: format!("table @{offset}"),
+                message: format!("slot {end} is past the map's {} slots", self.slots),
+            });
+        }
+        // SAFETY: bounds checked above; the kernel reads these slots concurrently, but only
+        // in a region no service entry points at yet. Little-endian: the id is the low half.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset as usize), slots.len()) };
+        for (d, s) in dst.iter_mut().zip(slots) {
+            *d = u64::from(*s);
+        }
+        // The service update that publishes this region must not overtake these stores.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn read(&self, offset: u32, len: u32) -> Vec<u32> {
+        let start = (offset as usize).min(self.slots);
+        let end = (offset as usize + len as usize).min(self.slots);
+        // SAFETY: within the mapping.
+        let src = unsafe { std::slice::from_raw_parts(self.ptr.add(start), end - start) };
+        src.iter().map(|v| *v as u32).collect()
+    }
+}
+
+impl Drop for TableMem {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `new` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+    }
+}
+
 /// The loaded object. Dropping it detaches the program and frees the maps.
 pub struct Dataplane {
     ebpf: Ebpf,
     link: Option<(XdpLinkId, AttachedMode)>,
+    options: LoadOptions,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: Array<MapData, Backend>,
+    settings: Array<MapData, Settings>,
+    conntrack: HashMap<MapData, FlowKey, FlowValue>,
+    stats: PerCpuArray<MapData, u64>,
+    service_stats: PerCpuArray<MapData, TrafficStats>,
+    backend_stats: PerCpuArray<MapData, TrafficStats>,
+    tables: TableMem,
+    // Keeps the TABLES map (and so the mapping) alive.
+    _tables_map: MapData,
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
+    ebpf.take_map(name).ok_or(DataplaneError::NoMap(name))
+}
+
+fn map_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError + '_ {
+    move |source| DataplaneError::Map {
+        what: what.to_string(),
+        source,
+    }
 }
 
 impl Dataplane {
     /// Loads the embedded object and verifies the program, without attaching it.
-    pub fn load() -> Result<Self, DataplaneError> {
-        Self::load_bytes(crate::object::GATEWAY)
+    pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
+        let slots = options.layout().slots();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_TABLES, slots)
+            .map_max_entries(MAP_CONNTRACK, options.conntrack_size)
+            .load(crate::object::GATEWAY)?;
+        program_mut(&mut ebpf)?
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                what: format!("verifying program `{PROG_GATEWAY}`"),
+                source,
+            })?;
+        let services =
+            HashMap::try_from(take(&mut ebpf, MAP_SERVICES)?).map_err(map_err(MAP_SERVICES))?;
+        let backends =
+            Array::try_from(take(&mut ebpf, MAP_BACKENDS)?).map_err(map_err(MAP_BACKENDS))?;
+        let settings =
+            Array::try_from(take(&mut ebpf, MAP_SETTINGS)?).map_err(map_err(MAP_SETTINGS))?;
+        let conntrack =
+            HashMap::try_from(take(&mut ebpf, MAP_CONNTRACK)?).map_err(map_err(MAP_CONNTRACK))?;
+        let stats =
+            PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
+        let service_stats = PerCpuArray::try_from(take(&mut ebpf, MAP_SERVICE_STATS)?)
+            .map_err(map_err(MAP_SERVICE_STATS))?;
+        let backend_stats = PerCpuArray::try_from(take(&mut ebpf, MAP_BACKEND_STATS)?)
+            .map_err(map_err(MAP_BACKEND_STATS))?;
+        let tables_map = match take(&mut ebpf, MAP_TABLES)? {
+            Map::Array(data) => data,
+            _ => return Err(DataplaneError::NoMap(MAP_TABLES)),
+        };
+        let tables = TableMem::new(&tables_map, slots)?;
+        Ok(Self {
+            ebpf,
+            link: None,
+            options,
+            services,
+            backends,
+            settings,
+            conntrack,
+            stats,
+            service_stats,
+            backend_stats,
+            tables,
+            _tables_map: tables_map,
+        })
     }
 
-    pub fn load_bytes(object: &[u8]) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new().load(object)?;
-        let prog = program_mut(&mut ebpf)?;
-        prog.load().map_err(|source| DataplaneError::Program {
-            what: format!("verifying program `{PROG_GATEWAY}`"),
-            source,
-        })?;
-        Ok(Self { ebpf, link: None })
+    pub fn options(&self) -> LoadOptions {
+        self.options
     }
 
     /// Attaches to `ifindex`. `Auto` tries native mode and falls back to generic mode with a
@@ -116,6 +292,7 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The loaded program, e.g. for BPF_PROG_TEST_RUN.
     pub fn program(&self) -> Result<&Xdp, DataplaneError> {
         self.ebpf
             .program(PROG_GATEWAY)
@@ -125,25 +302,96 @@ impl Dataplane {
 
     /// The global counters, summed over CPUs, indexed like `gateway_common::STAT_*`.
     pub fn global_stats(&self) -> Result<Vec<u64>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(MAP_STATS)
-            .ok_or(DataplaneError::NoMap(MAP_STATS))?;
-        let stats = PerCpuArray::<_, u64>::try_from(map).map_err(|source| DataplaneError::Map {
-            what: format!("opening {MAP_STATS}"),
-            source,
-        })?;
         (0..STAT_COUNT)
             .map(|i| {
-                stats
+                self.stats
                     .get(&i, 0)
                     .map(|v| v.iter().sum())
-                    .map_err(|source| DataplaneError::Map {
-                        what: format!("reading {MAP_STATS}[{i}]"),
-                        source,
-                    })
+                    .map_err(map_err("reading STATS"))
             })
             .collect()
+    }
+
+    fn traffic(
+        map: &PerCpuArray<MapData, TrafficStats>,
+        i: u32,
+    ) -> Result<TrafficStats, DataplaneError> {
+        let per_cpu = map.get(&i, 0).map_err(map_err("reading traffic stats"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(TrafficStats::default(), |a, s| TrafficStats {
+                packets: a.packets + s.packets,
+                bytes: a.bytes + s.bytes,
+                new_flows: a.new_flows + s.new_flows,
+            }))
+    }
+
+    /// A service's traffic, summed over CPUs.
+    pub fn service_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError> {
+        Self::traffic(&self.service_stats, id)
+    }
+
+    /// A backend's traffic, summed over CPUs.
+    pub fn backend_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError> {
+        Self::traffic(&self.backend_stats, id)
+    }
+
+    /// The backend a flow is pinned to, if conntrack has it.
+    pub fn conntrack_get(&self, key: &FlowKey) -> Option<u32> {
+        self.conntrack.get(key, 0).ok().map(|v| v.backend)
+    }
+
+    /// Conntrack entries (walks the map; for status output and tests).
+    pub fn conntrack_len(&self) -> usize {
+        self.conntrack.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Forgets every tracked flow.
+    pub fn conntrack_clear(&mut self) {
+        let keys: Vec<FlowKey> = self.conntrack.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.conntrack.remove(&k);
+        }
+    }
+
+    /// The table slots `[offset, offset + len)` as the kernel sees them.
+    pub fn read_table(&self, offset: u32, len: u32) -> Vec<u32> {
+        self.tables.read(offset, len)
+    }
+}
+
+impl MapWriter for Dataplane {
+    fn set_settings(&mut self, s: &Settings) -> Result<(), SyncError> {
+        self.settings.set(0, s, 0).map_err(write_err("settings"))
+    }
+
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), SyncError> {
+        self.backends
+            .set(id, b, 0)
+            .map_err(write_err(&format!("backend {id}")))
+    }
+
+    fn write_table(&mut self, offset: u32, slots: &[u32]) -> Result<(), SyncError> {
+        self.tables.write(offset, slots)
+    }
+
+    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), SyncError> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(write_err(&format!("service {}", value.id)))
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), SyncError> {
+        self.services
+            .remove(key)
+            .map_err(write_err("service removal"))
+    }
+}
+
+fn write_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> SyncError + '_ {
+    move |e| SyncError::Write {
+        what: what.to_string(),
+        message: e.to_string(),
     }
 }
 

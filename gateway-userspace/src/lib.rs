@@ -4,5 +4,7 @@
 pub mod config;
 pub mod dataplane;
 pub mod health;
+pub mod maglev;
 pub mod object;
+pub mod sync;
 pub mod sys;

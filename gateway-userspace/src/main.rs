@@ -69,7 +69,7 @@ fn run(path: PathBuf, mode: Option<XdpMode>, stats_interval: u64) -> anyhow::Res
     let mode = mode.unwrap_or(config.dataplane.xdp_mode);
     let ifindex = sys::preflight(iface)?;
 
-    let mut dp = Dataplane::load()?;
+    let mut dp = Dataplane::load(Default::default())?;
     dp.attach(ifindex, iface, mode)?;
 
     let rt = tokio::runtime::Builder::new_current_thread()

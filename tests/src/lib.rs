@@ -24,6 +24,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod packet;
+
 /// Prefix of every namespace the lab creates.
 pub const NS_PREFIX: &str = "gw-";
 /// IPv4 VIP the backends hold on loopback.

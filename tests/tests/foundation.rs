@@ -21,7 +21,7 @@ fn program_counts_real_packets_in_a_lab_namespace() {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let agent = common::in_netns(&lab.lb.netns, move || {
-        let mut dp = Dataplane::load().expect("load");
+        let mut dp = Dataplane::load(Default::default()).expect("load");
         let idx = sys::ifindex("eth0").expect("eth0 in lb namespace");
         let mode = dp
             .attach(idx, "eth0", XdpMode::Native)

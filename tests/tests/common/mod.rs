@@ -1,6 +1,8 @@
 //! Helpers shared by the privileged integration tests.
 #![allow(dead_code)]
 
+pub mod world;
+
 use std::path::PathBuf;
 
 use lab::{Lab, LabSpec};

@@ -1,0 +1,424 @@
+//! Map sync: `diff(applied, desired)` turns a desired data-plane state into map operations,
+//! and `apply(ops, writer)` performs them through a [`MapWriter`]. Only the writer touches
+//! aya ([`crate::dataplane::Dataplane`]); tests use [`MemMaps`].
+//!
+//! Tables are replaced atomically: each service owns two table regions; a new table is
+//! written into the one packets are not using, then the service entry is replaced to point
+//! at it (one hash-map update, which the kernel performs as an element swap).
+use std::{collections::BTreeMap, sync::Arc};
+
+use gateway_common::{Backend, ServiceKey, ServiceValue, Settings};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum SyncError {
+    #[error("writing {what}: {message}")]
+    Write { what: String, message: String },
+    #[error("service id {id} is outside the {max} services the maps hold")]
+    ServiceId { id: u32, max: u32 },
+    #[error("table of {size} slots exceeds the largest the maps hold ({max})")]
+    TableSize { size: usize, max: u32 },
+}
+
+/// The data plane as it should be.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Desired {
+    pub settings: Settings,
+    /// Backend id -> backend. Ids are 1-based and stable for a backend's lifetime.
+    pub backends: BTreeMap<u32, Backend>,
+    pub services: BTreeMap<ServiceKey, DesiredService>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredService {
+    /// Stats index and table-region owner; stable for the service's lifetime.
+    pub id: u32,
+    /// `MODE_L2DSR` / `MODE_IPIP`.
+    pub mode: u8,
+    /// The Maglev table: `M` backend ids, 0 meaning none.
+    pub table: Arc<Vec<u32>>,
+}
+
+/// The data plane as it was last written.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Applied {
+    pub settings: Option<Settings>,
+    pub backends: BTreeMap<u32, Backend>,
+    pub services: BTreeMap<ServiceKey, AppliedService>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedService {
+    pub value: ServiceValue,
+    pub table: Arc<Vec<u32>>,
+}
+
+/// One map write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Settings(Settings),
+    /// Set a backend slot; a zeroed `Backend` (family 0) clears it.
+    Backend {
+        id: u32,
+        backend: Backend,
+    },
+    /// Write a table into a region (never the active one).
+    Table {
+        offset: u32,
+        slots: Arc<Vec<u32>>,
+    },
+    /// Insert or replace a service entry (this is the table flip).
+    Service {
+        key: ServiceKey,
+        value: ServiceValue,
+    },
+    RemoveService {
+        key: ServiceKey,
+    },
+}
+
+impl Op {
+    /// Execution order: a backend exists before a table names it, a table is complete before
+    /// a service points at it, and a backend is cleared only after no table names it.
+    fn phase(&self) -> u8 {
+        match self {
+            Op::Settings(_) => 0,
+            Op::Backend { backend, .. } if backend.family != 0 => 1,
+            Op::Table { .. } => 2,
+            Op::Service { .. } => 3,
+            Op::RemoveService { .. } => 4,
+            Op::Backend { .. } => 5,
+        }
+    }
+}
+
+/// Table geometry: service `id` owns regions `2*id` and `2*id+1` of `stride` slots each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub max_services: u32,
+    pub stride: u32,
+}
+
+impl Layout {
+    pub fn region(&self, id: u32, half: u32) -> u32 {
+        (2 * id + half) * self.stride
+    }
+
+    /// Total slots of the TABLES map.
+    pub fn slots(&self) -> u32 {
+        2 * self.max_services * self.stride
+    }
+}
+
+/// The operations that take the data plane from `applied` to `desired`, and the state it is
+/// in once they are applied. Equal inputs give no operations.
+pub fn diff(
+    applied: &Applied,
+    desired: &Desired,
+    layout: Layout,
+) -> Result<(Vec<Op>, Applied), SyncError> {
+    let mut ops = Vec::new();
+    let mut next = Applied {
+        settings: Some(desired.settings),
+        ..Applied::default()
+    };
+    if applied.settings != Some(desired.settings) {
+        ops.push(Op::Settings(desired.settings));
+    }
+
+    for (id, b) in &desired.backends {
+        if applied.backends.get(id) != Some(b) {
+            ops.push(Op::Backend {
+                id: *id,
+                backend: *b,
+            });
+        }
+        next.backends.insert(*id, *b);
+    }
+    for id in applied.backends.keys() {
+        if !desired.backends.contains_key(id) {
+            ops.push(Op::Backend {
+                id: *id,
+                backend: Backend::default(),
+            });
+        }
+    }
+
+    for (key, want) in &desired.services {
+        if want.id >= layout.max_services {
+            return Err(SyncError::ServiceId {
+                id: want.id,
+                max: layout.max_services,
+            });
+        }
+        if want.table.len() > layout.stride as usize {
+            return Err(SyncError::TableSize {
+                size: want.table.len(),
+                max: layout.stride,
+            });
+        }
+        let current = applied.services.get(key).filter(|c| c.value.id == want.id);
+        let mut value = ServiceValue {
+            id: want.id,
+            table_offset: layout.region(want.id, 0),
+            table_size: want.table.len() as u32,
+            mode: want.mode,
+            _pad: [0; 3],
+        };
+        let same_table = current.is_some_and(|c| c.table == want.table);
+        match current {
+            Some(c) if same_table => value.table_offset = c.value.table_offset,
+            Some(c) => {
+                // Write the region packets are not reading, then flip to it.
+                let active_half = u32::from(c.value.table_offset != layout.region(want.id, 0));
+                value.table_offset = layout.region(want.id, 1 - active_half);
+            }
+            None => {}
+        }
+        if !same_table {
+            ops.push(Op::Table {
+                offset: value.table_offset,
+                slots: want.table.clone(),
+            });
+        }
+        if current.map(|c| c.value) != Some(value) {
+            ops.push(Op::Service { key: *key, value });
+        }
+        next.services.insert(
+            *key,
+            AppliedService {
+                value,
+                table: want.table.clone(),
+            },
+        );
+    }
+    for key in applied.services.keys() {
+        if !desired.services.contains_key(key) {
+            ops.push(Op::RemoveService { key: *key });
+        }
+    }
+    ops.sort_by_key(Op::phase);
+    Ok((ops, next))
+}
+
+/// The only interface through which map contents change.
+pub trait MapWriter {
+    fn set_settings(&mut self, s: &Settings) -> Result<(), SyncError>;
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), SyncError>;
+    fn write_table(&mut self, offset: u32, slots: &[u32]) -> Result<(), SyncError>;
+    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), SyncError>;
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), SyncError>;
+}
+
+/// Performs `ops` in their phase order; stops at the first failure.
+pub fn apply(ops: &[Op], w: &mut impl MapWriter) -> Result<(), SyncError> {
+    let mut ordered: Vec<&Op> = ops.iter().collect();
+    ordered.sort_by_key(|o| o.phase());
+    for op in ordered {
+        match op {
+            Op::Settings(s) => w.set_settings(s)?,
+            Op::Backend { id, backend } => w.set_backend(*id, backend)?,
+            Op::Table { offset, slots } => w.write_table(*offset, slots)?,
+            Op::Service { key, value } => w.set_service(key, value)?,
+            Op::RemoveService { key } => w.remove_service(key)?,
+        }
+    }
+    Ok(())
+}
+
+/// An in-memory [`MapWriter`] for tests, recording the maps as the kernel would hold them.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MemMaps {
+    pub settings: Settings,
+    pub backends: BTreeMap<u32, Backend>,
+    pub tables: BTreeMap<u32, u32>,
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    /// Every write, in order, for tests of ordering.
+    pub log: Vec<String>,
+}
+
+impl MemMaps {
+    /// The table a service entry currently points at.
+    pub fn table_of(&self, key: &ServiceKey) -> Option<Vec<u32>> {
+        let v = self.services.get(key)?;
+        Some(
+            (v.table_offset..v.table_offset + v.table_size)
+                .map(|i| self.tables.get(&i).copied().unwrap_or(0))
+                .collect(),
+        )
+    }
+}
+
+impl MapWriter for MemMaps {
+    fn set_settings(&mut self, s: &Settings) -> Result<(), SyncError> {
+        self.settings = *s;
+        self.log.push("settings".into());
+        Ok(())
+    }
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), SyncError> {
+        if b.family == 0 {
+            self.backends.remove(&id);
+            self.log.push(format!("clear backend {id}"));
+        } else {
+            self.backends.insert(id, *b);
+            self.log.push(format!("backend {id}"));
+        }
+        Ok(())
+    }
+    fn write_table(&mut self, offset: u32, slots: &[u32]) -> Result<(), SyncError> {
+        for (i, s) in slots.iter().enumerate() {
+            self.tables.insert(offset + i as u32, *s);
+        }
+        self.log.push(format!("table @{offset}"));
+        Ok(())
+    }
+    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), SyncError> {
+        self.services.insert(*key, *value);
+        self.log
+            .push(format!("service {} @{}", value.id, value.table_offset));
+        Ok(())
+    }
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), SyncError> {
+        self.services.remove(key);
+        self.log.push("remove service".into());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gateway_common::{BACKEND_UP, FAMILY_V4, MODE_L2DSR, PROTO_TCP};
+
+    use super::*;
+
+    const LAYOUT: Layout = Layout {
+        max_services: 4,
+        stride: 7,
+    };
+
+    fn skey(last: u8) -> ServiceKey {
+        ServiceKey {
+            addr: [198, 18, 1, last, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            port_be: 80u16.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+        }
+    }
+
+    fn backend(last: u8) -> Backend {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[198, 18, 0, last]);
+        Backend {
+            addr,
+            mac: [2, 0, 0, 0, 0, last],
+            family: FAMILY_V4,
+            state: BACKEND_UP,
+        }
+    }
+
+    fn desired(table: Vec<u32>) -> Desired {
+        let mut d = Desired::default();
+        d.backends.insert(1, backend(11));
+        d.backends.insert(2, backend(12));
+        d.services.insert(
+            skey(1),
+            DesiredService {
+                id: 1,
+                mode: MODE_L2DSR,
+                table: Arc::new(table),
+            },
+        );
+        d
+    }
+
+    fn sync(applied: &Applied, d: &Desired, maps: &mut MemMaps) -> (Vec<Op>, Applied) {
+        let (ops, next) = diff(applied, d, LAYOUT).unwrap();
+        apply(&ops, maps).unwrap();
+        (ops, next)
+    }
+
+    #[test]
+    fn same_input_gives_an_empty_diff() {
+        let d = desired(vec![1, 2, 1, 2, 1, 2, 1]);
+        let mut maps = MemMaps::default();
+        let (ops, applied) = sync(&Applied::default(), &d, &mut maps);
+        assert!(!ops.is_empty());
+        let (again, applied2) = diff(&applied, &d, LAYOUT).unwrap();
+        assert!(again.is_empty(), "{again:?}");
+        assert_eq!(applied, applied2);
+    }
+
+    #[test]
+    fn a_new_table_goes_to_the_inactive_region_then_flips() {
+        let mut maps = MemMaps::default();
+        let (_, a1) = sync(&Applied::default(), &desired(vec![1; 7]), &mut maps);
+        let first = maps.services[&skey(1)].table_offset;
+        assert_eq!(first, LAYOUT.region(1, 0));
+        let (ops, a2) = sync(&a1, &desired(vec![2; 7]), &mut maps);
+        let second = maps.services[&skey(1)].table_offset;
+        assert_eq!(second, LAYOUT.region(1, 1));
+        // The table is written before the service entry flips to it.
+        let t = ops
+            .iter()
+            .position(|o| matches!(o, Op::Table { .. }))
+            .unwrap();
+        let s = ops
+            .iter()
+            .position(|o| matches!(o, Op::Service { .. }))
+            .unwrap();
+        assert!(t < s);
+        assert_eq!(maps.table_of(&skey(1)).unwrap(), vec![2; 7]);
+        // The old region still holds the old table until the next change.
+        assert_eq!(maps.tables[&first], 1);
+        let (_, _) = sync(&a2, &desired(vec![1; 7]), &mut maps);
+        assert_eq!(maps.services[&skey(1)].table_offset, first);
+    }
+
+    #[test]
+    fn removed_backends_are_cleared_after_the_tables_stop_naming_them() {
+        let mut maps = MemMaps::default();
+        let (_, a1) = sync(
+            &Applied::default(),
+            &desired(vec![1, 2, 1, 2, 1, 2, 1]),
+            &mut maps,
+        );
+        let mut d = desired(vec![1; 7]);
+        d.backends.remove(&2);
+        maps.log.clear();
+        sync(&a1, &d, &mut maps);
+        let flip = maps
+            .log
+            .iter()
+            .position(|l| l.starts_with("service"))
+            .unwrap();
+        let clear = maps
+            .log
+            .iter()
+            .position(|l| l == "clear backend 2")
+            .unwrap();
+        assert!(flip < clear, "{:?}", maps.log);
+        assert!(!maps.backends.contains_key(&2));
+    }
+
+    #[test]
+    fn removed_services_are_deleted_and_ids_checked() {
+        let mut maps = MemMaps::default();
+        let (_, a1) = sync(&Applied::default(), &desired(vec![1; 7]), &mut maps);
+        let mut d = desired(vec![1; 7]);
+        d.services.clear();
+        sync(&a1, &d, &mut maps);
+        assert!(maps.services.is_empty());
+
+        let mut bad = desired(vec![1; 7]);
+        bad.services.get_mut(&skey(1)).unwrap().id = 9;
+        assert!(matches!(
+            diff(&Applied::default(), &bad, LAYOUT),
+            Err(SyncError::ServiceId { .. })
+        ));
+        let big = desired(vec![1; 11]);
+        assert!(matches!(
+            diff(&Applied::default(), &big, LAYOUT),
+            Err(SyncError::TableSize { .. })
+        ));
+    }
+}

@@ -1,0 +1,800 @@
+//! Golden packet cases for the XDP program, run through BPF_PROG_TEST_RUN against the real
+//! object with maps filled by the production path. Each case names its input, the expected
+//! verdict, the exact expected output bytes, and the counter that must move; every emitted
+//! frame's checksums are recomputed by `lab::packet::check`.
+mod common;
+
+use std::net::IpAddr;
+
+use common::world::*;
+use gateway_common::*;
+use lab::packet::{self, *};
+
+fn c4() -> IpAddr {
+    v4(198, 18, 0, 1)
+}
+fn c6() -> IpAddr {
+    v6("fd00::1")
+}
+fn vip4() -> IpAddr {
+    v4(198, 18, 1, 1)
+}
+fn vip4_ipip() -> IpAddr {
+    v4(198, 18, 1, 2)
+}
+fn vip4_empty() -> IpAddr {
+    v4(198, 18, 1, 3)
+}
+fn vip6() -> IpAddr {
+    v6("fd00:1::1")
+}
+fn vip6_ipip() -> IpAddr {
+    v6("fd00:1::2")
+}
+fn b1() -> Be {
+    be(v4(198, 18, 0, 11), 11)
+}
+fn b2() -> Be {
+    be(v4(198, 18, 0, 12), 12)
+}
+fn b1v6() -> Be {
+    be(v6("fd00::11"), 0x11)
+}
+fn b2v6() -> Be {
+    be(v6("fd00::12"), 0x12)
+}
+
+const SRC4: [u8; 4] = [198, 18, 100, 0];
+const VARY_BITS: u8 = 8;
+const MTU: u32 = 1500;
+
+fn settings() -> Settings {
+    Settings {
+        mtu: MTU,
+        ipip_src_v4: SRC4,
+        ipip_src_v6: addr16(v6("fd00::2")),
+        ipip_src_v4_vary_bits: VARY_BITS,
+        _pad: [0; 7],
+    }
+}
+
+fn svc(vip: IpAddr, port: u16, proto: u8, mode: u8, backends: Vec<Be>) -> Svc {
+    Svc {
+        vip,
+        port,
+        proto,
+        mode,
+        table_size: 257,
+        backends,
+    }
+}
+
+/// The standard world: every mode x family x protocol, plus an empty service.
+fn services() -> Vec<Svc> {
+    vec![
+        svc(vip4(), 80, PROTO_TCP, MODE_L2DSR, vec![b1()]),
+        svc(vip4(), 53, PROTO_UDP, MODE_L2DSR, vec![b1()]),
+        svc(vip6(), 80, PROTO_TCP, MODE_L2DSR, vec![b1v6()]),
+        svc(vip6(), 53, PROTO_UDP, MODE_L2DSR, vec![b1v6()]),
+        svc(vip4_ipip(), 80, PROTO_TCP, MODE_IPIP, vec![b2()]),
+        svc(vip4_ipip(), 53, PROTO_UDP, MODE_IPIP, vec![b2()]),
+        svc(vip6_ipip(), 80, PROTO_TCP, MODE_IPIP, vec![b2v6()]),
+        svc(vip6_ipip(), 53, PROTO_UDP, MODE_IPIP, vec![b2v6()]),
+        svc(vip4_empty(), 80, PROTO_TCP, MODE_L2DSR, vec![]),
+    ]
+}
+
+enum Out {
+    /// Passed untouched.
+    Same,
+    /// Exactly these bytes.
+    Bytes(Vec<u8>),
+    /// Dropped: no output to compare.
+    Dropped,
+}
+
+struct Case {
+    name: &'static str,
+    input: Vec<u8>,
+    verdict: u32,
+    out: Out,
+    /// The global counter that must grow by exactly one.
+    stat: u32,
+}
+
+fn l2_len(frame: &[u8]) -> usize {
+    if frame[12..14] == [0x81, 0x00] {
+        18
+    } else {
+        14
+    }
+}
+
+/// The frame with its MACs rewritten for direct server return.
+fn dsr(input: &[u8], b: &Be) -> Vec<u8> {
+    let mut out = input.to_vec();
+    out[0..6].copy_from_slice(&b.mac);
+    out[6..12].copy_from_slice(&LB_MAC);
+    out
+}
+
+/// The frame encapsulated towards `b`, built independently of the program: L2 (with the
+/// VLAN tag, if any), an outer IPv4 or IPv6 header, then the original IP packet.
+fn ipip(input: &[u8], b: &Be, key: &FlowKey) -> Vec<u8> {
+    let l2 = l2_len(input);
+    let inner = &input[l2..];
+    let hash = hash::flow_hash(key);
+    let mut out = input[..l2].to_vec();
+    out[0..6].copy_from_slice(&b.mac);
+    out[6..12].copy_from_slice(&LB_MAC);
+    match b.addr {
+        IpAddr::V4(dst) => {
+            let tos = inner[1];
+            let df = inner[6] & 0x40;
+            let len = (20 + inner.len()) as u16;
+            let src = [SRC4[0], SRC4[1], SRC4[2], (hash & 0xff) as u8];
+            let mut h = vec![0x45, tos];
+            h.extend(len.to_be_bytes());
+            h.extend([0, 0, df, 0, 64, 4, 0, 0]);
+            h.extend(src);
+            h.extend(dst.octets());
+            let c = packet::checksum(packet::sum16(0, &h));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            out.extend(h);
+        }
+        IpAddr::V6(dst) => {
+            let tc = ((inner[0] & 0x0f) << 4) | (inner[1] >> 4);
+            let word = (6u32 << 28) | (u32::from(tc) << 20) | (hash & 0xfffff);
+            out.extend(word.to_be_bytes());
+            out.extend((inner.len() as u16).to_be_bytes());
+            out.extend([41, 64]);
+            out.extend(
+                v6("fd00::2")
+                    .to_string()
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+            );
+            out.extend(dst.octets());
+        }
+    }
+    if l2 == 18 {
+        out[16..18].copy_from_slice(&[0x08, 0x00]);
+        if b.addr.is_ipv6() {
+            out[16..18].copy_from_slice(&[0x86, 0xdd]);
+        }
+    }
+    out.extend(inner);
+    out
+}
+
+fn key_of(f: &Frame) -> FlowKey {
+    let ip = f.ip.as_ref().unwrap();
+    match &ip.l4 {
+        L4::Tcp { sport, dport, .. } => flow_key(ip.src, ip.dst, *sport, *dport, PROTO_TCP),
+        L4::Udp { sport, dport, .. } => flow_key(ip.src, ip.dst, *sport, *dport, PROTO_UDP),
+        _ => panic!("no flow"),
+    }
+}
+
+fn with_vlan(mut f: Frame) -> Frame {
+    f.vlan = Some(0x0064);
+    f
+}
+
+fn with_options(mut f: Frame, opts: Vec<u8>) -> Frame {
+    f.ip.as_mut().unwrap().options = opts;
+    f
+}
+
+fn with_ext(mut f: Frame, ext: Vec<Ext>) -> Frame {
+    f.ip.as_mut().unwrap().ext = ext;
+    f
+}
+
+fn raw_l4(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Frame {
+    Frame::ip(Ip::new(
+        src,
+        dst,
+        L4::Raw {
+            proto,
+            bytes: vec![0x11; len],
+        },
+    ))
+}
+
+/// An ICMP error (as a router on the way back would send it) quoting a packet that the
+/// backend sent from `vip:vport` to `client:cport`.
+fn icmp_error(client: IpAddr, vip: IpAddr, cport: u16, vport: u16, ty: u8, code: u8) -> Frame {
+    let quoted = Ip::new(
+        vip,
+        client,
+        L4::Tcp {
+            sport: vport,
+            dport: cport,
+            flags: TCP_ACK,
+            seq: 9,
+            payload: vec![],
+        },
+    );
+    let body = quoted.bytes();
+    let router = if client.is_ipv4() {
+        v4(198, 18, 0, 254)
+    } else {
+        v6("fd00::fe")
+    };
+    let rest = if ty == 3 || ty == 2 {
+        [0, 0, 0x05, 0x00]
+    } else {
+        [0; 4]
+    };
+    Frame::ip(Ip::new(
+        router,
+        vip,
+        L4::Icmp {
+            ty,
+            code,
+            rest,
+            body,
+        },
+    ))
+}
+
+fn big(mut f: Frame, payload: usize) -> Frame {
+    if let Some(ip) = f.ip.as_mut() {
+        match &mut ip.l4 {
+            L4::Tcp { payload: p, .. } | L4::Udp { payload: p, .. } => *p = vec![0x5a; payload],
+            _ => {}
+        }
+    }
+    f
+}
+
+/// The ICMP too-big answer the balancer must send back for `input`.
+fn too_big_reply(input: &[u8], mtu_inner: u32) -> Vec<u8> {
+    let l2 = l2_len(input);
+    let ip = &input[l2..];
+    let quote = ip[..128].to_vec();
+    let v6 = ip[0] >> 4 == 6;
+    let (client, vip) = if v6 {
+        let s: [u8; 16] = ip[8..24].try_into().unwrap();
+        let d: [u8; 16] = ip[24..40].try_into().unwrap();
+        (IpAddr::from(s), IpAddr::from(d))
+    } else {
+        let s: [u8; 4] = ip[12..16].try_into().unwrap();
+        let d: [u8; 4] = ip[16..20].try_into().unwrap();
+        (IpAddr::from(s), IpAddr::from(d))
+    };
+    let (ty, code, rest) = if v6 {
+        (2, 0, mtu_inner.to_be_bytes())
+    } else {
+        let m = (mtu_inner as u16).to_be_bytes();
+        (3, 4, [0, 0, m[0], m[1]])
+    };
+    let mut r = Ip::new(
+        vip,
+        client,
+        L4::Icmp {
+            ty,
+            code,
+            rest,
+            body: quote,
+        },
+    );
+    r.df = false;
+    r.id = 0;
+    let mut f = Frame::ip(r);
+    f.dst = CLIENT_MAC;
+    f.src = LB_MAC;
+    f.bytes()
+}
+
+fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    let mut add = |name, input: Vec<u8>, verdict, out, stat| {
+        v.push(Case {
+            name,
+            input,
+            verdict,
+            out,
+            stat,
+        })
+    };
+
+    // Each mode x family x protocol, forwarded.
+    for (name, f, b, ipip_mode) in [
+        (
+            "l2dsr v4 tcp syn",
+            tcp(c4(), vip4(), 40001, 80, TCP_SYN),
+            b1(),
+            false,
+        ),
+        ("l2dsr v4 udp", udp(c4(), vip4(), 40002, 53), b1(), false),
+        (
+            "l2dsr v6 tcp syn",
+            tcp(c6(), vip6(), 40003, 80, TCP_SYN),
+            b1v6(),
+            false,
+        ),
+        ("l2dsr v6 udp", udp(c6(), vip6(), 40004, 53), b1v6(), false),
+        (
+            "ipip v4 tcp syn",
+            tcp(c4(), vip4_ipip(), 40005, 80, TCP_SYN),
+            b2(),
+            true,
+        ),
+        ("ipip v4 udp", udp(c4(), vip4_ipip(), 40006, 53), b2(), true),
+        (
+            "ipip v6 tcp syn",
+            tcp(c6(), vip6_ipip(), 40007, 80, TCP_SYN),
+            b2v6(),
+            true,
+        ),
+        (
+            "ipip v6 udp",
+            udp(c6(), vip6_ipip(), 40008, 53),
+            b2v6(),
+            true,
+        ),
+        (
+            "vlan l2dsr v4 tcp",
+            with_vlan(tcp(c4(), vip4(), 40009, 80, TCP_SYN)),
+            b1(),
+            false,
+        ),
+        (
+            "vlan ipip v6 udp",
+            with_vlan(udp(c6(), vip6_ipip(), 40010, 53)),
+            b2v6(),
+            true,
+        ),
+        (
+            "vlan ipip v4 tcp",
+            with_vlan(tcp(c4(), vip4_ipip(), 40011, 80, TCP_SYN)),
+            b2(),
+            true,
+        ),
+        (
+            "ipv4 options (8 bytes) l2dsr",
+            with_options(
+                tcp(c4(), vip4(), 40012, 80, TCP_SYN),
+                vec![1, 1, 1, 1, 1, 1, 1, 0],
+            ),
+            b1(),
+            false,
+        ),
+        (
+            "ipv4 options (40 bytes) ipip",
+            with_options(tcp(c4(), vip4_ipip(), 40013, 80, TCP_SYN), vec![1; 40]),
+            b2(),
+            true,
+        ),
+        (
+            "ipv6 hop-by-hop + dest-opts l2dsr",
+            with_ext(
+                tcp(c6(), vip6(), 40014, 80, TCP_SYN),
+                vec![Ext::HopByHop, Ext::DestOpts],
+            ),
+            b1v6(),
+            false,
+        ),
+        (
+            "ipv6 hbh + routing + dest-opts ipip",
+            with_ext(
+                udp(c6(), vip6_ipip(), 40015, 53),
+                vec![Ext::HopByHop, Ext::Routing, Ext::DestOpts],
+            ),
+            b2v6(),
+            true,
+        ),
+        (
+            "ipv6 four extension headers",
+            with_ext(
+                udp(c6(), vip6(), 40016, 53),
+                vec![Ext::HopByHop, Ext::DestOpts, Ext::Routing, Ext::DestOpts],
+            ),
+            b1v6(),
+            false,
+        ),
+    ] {
+        let bytes = f.bytes();
+        let out = if ipip_mode {
+            ipip(&bytes, &b, &key_of(&f))
+        } else {
+            dsr(&bytes, &b)
+        };
+        let stat = if name.contains("syn")
+            || name.contains("tcp")
+            || name.contains("options")
+            || name.contains("hop-by-hop")
+        {
+            STAT_CT_MISS_SYN
+        } else {
+            STAT_CT_MISS_NON_SYN
+        };
+        add(name, bytes, XDP_TX, Out::Bytes(out), stat);
+    }
+
+    // Not for a service: passed untouched.
+    add(
+        "tcp to a non-VIP address",
+        tcp(c4(), v4(198, 18, 0, 2), 40100, 80, TCP_SYN).bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PASS_NOT_VIP,
+    );
+    add(
+        "tcp to a VIP on another port",
+        tcp(c4(), vip4(), 40101, 443, TCP_SYN).bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PASS_NOT_VIP,
+    );
+    add(
+        "udp to a tcp-only VIP port",
+        udp(c4(), vip4(), 40102, 80).bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PASS_NOT_VIP,
+    );
+    add(
+        "ipv6 to a non-VIP address",
+        tcp(c6(), v6("fd00::2"), 40103, 80, TCP_SYN).bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PASS_NOT_VIP,
+    );
+    add(
+        "icmp echo to a VIP",
+        Frame::ip(Ip::new(
+            c4(),
+            vip4(),
+            L4::Icmp {
+                ty: 8,
+                code: 0,
+                rest: [0, 1, 0, 1],
+                body: vec![1; 16],
+            },
+        ))
+        .bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PASS_NOT_VIP,
+    );
+    add(
+        "gre to a VIP",
+        raw_l4(c4(), vip4(), 47, 24).bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PASS_NOT_VIP,
+    );
+    let arp = Frame {
+        dst: [0xff; 6],
+        src: CLIENT_MAC,
+        vlan: None,
+        ip: None,
+        ethertype: 0x0806,
+        raw: vec![0; 28],
+    };
+    add("arp", arp.bytes(), XDP_PASS, Out::Same, STAT_PASS_NOT_IP);
+
+    // Truncated or malformed: passed and counted by layer.
+    let tagged = with_vlan(tcp(c4(), vip4(), 40200, 80, TCP_SYN)).bytes();
+    add(
+        "vlan tag cut short",
+        tagged[..16].to_vec(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PARSE_L2,
+    );
+    let t4 = tcp(c4(), vip4(), 40201, 80, TCP_SYN).bytes();
+    add(
+        "ipv4 header cut at 19 bytes",
+        t4[..14 + 19].to_vec(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PARSE_L3,
+    );
+    add(
+        "ipv4 cut at the L4 boundary",
+        t4[..14 + 20].to_vec(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PARSE_L3,
+    );
+    add(
+        "ipv4 cut inside tcp",
+        t4[..14 + 30].to_vec(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PARSE_L3,
+    );
+    add(
+        "ipv4 with a 12-byte tcp header",
+        raw_l4(c4(), vip4(), PROTO_TCP, 12).bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PARSE_L4,
+    );
+    add(
+        "ipv4 with a 4-byte udp header",
+        raw_l4(c4(), vip4(), PROTO_UDP, 4).bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PARSE_L4,
+    );
+    let mut bad_ver = t4.clone();
+    bad_ver[14] = 0x65;
+    add(
+        "ipv4 ethertype with version 6",
+        bad_ver,
+        XDP_PASS,
+        Out::Same,
+        STAT_PARSE_L3,
+    );
+    let mut bad_ihl = t4.clone();
+    bad_ihl[14] = 0x44;
+    add("ipv4 ihl 4", bad_ihl, XDP_PASS, Out::Same, STAT_PARSE_L3);
+    let t6 = tcp(c6(), vip6(), 40202, 80, TCP_SYN).bytes();
+    add(
+        "ipv6 header cut at 30 bytes",
+        t6[..14 + 30].to_vec(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PARSE_L3,
+    );
+    add(
+        "ipv6 cut inside tcp",
+        t6[..14 + 50].to_vec(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PARSE_L3,
+    );
+    add(
+        "ipv6 with a 10-byte tcp header",
+        raw_l4(c6(), vip6(), PROTO_TCP, 10).bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PARSE_L4,
+    );
+    let long = with_ext(
+        udp(c6(), vip6(), 40203, 53),
+        vec![
+            Ext::HopByHop,
+            Ext::DestOpts,
+            Ext::Routing,
+            Ext::DestOpts,
+            Ext::DestOpts,
+        ],
+    );
+    add(
+        "ipv6 five extension headers",
+        long.bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PARSE_L3,
+    );
+
+    // Fragments: not balanced, passed.
+    let mut mf = tcp(c4(), vip4(), 40300, 80, TCP_SYN);
+    mf.ip.as_mut().unwrap().mf = true;
+    add(
+        "ipv4 first fragment",
+        mf.bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_FRAGMENT,
+    );
+    let mut off = udp(c4(), vip4(), 40301, 53);
+    off.ip.as_mut().unwrap().frag_offset = 100;
+    add(
+        "ipv4 later fragment",
+        off.bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_FRAGMENT,
+    );
+    add(
+        "ipv6 fragment header",
+        with_ext(
+            udp(c6(), vip6(), 40302, 53),
+            vec![Ext::Fragment {
+                offset: 0,
+                more: true,
+            }],
+        )
+        .bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_FRAGMENT,
+    );
+    add(
+        "ipv6 fragment after hop-by-hop",
+        with_ext(
+            udp(c6(), vip6(), 40303, 53),
+            vec![
+                Ext::HopByHop,
+                Ext::Fragment {
+                    offset: 8,
+                    more: false,
+                },
+            ],
+        )
+        .bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_FRAGMENT,
+    );
+
+    // ICMP errors about VIP flows go to the flow's backend; others pass.
+    let e4 = icmp_error(c4(), vip4(), 40400, 80, 3, 4).bytes();
+    add(
+        "icmp frag-needed about an l2dsr flow",
+        e4.clone(),
+        XDP_TX,
+        Out::Bytes(dsr(&e4, &b1())),
+        STAT_ICMP_RELAYED,
+    );
+    let e6 = icmp_error(c6(), vip6_ipip(), 40401, 80, 2, 0);
+    let e6b = e6.bytes();
+    let qkey = flow_key(c6(), vip6_ipip(), 40401, 80, PROTO_TCP);
+    add(
+        "icmpv6 packet-too-big about an ipip flow",
+        e6b.clone(),
+        XDP_TX,
+        Out::Bytes(ipip(&e6b, &b2v6(), &qkey)),
+        STAT_ICMP_RELAYED,
+    );
+    let u6 = icmp_error(c6(), vip6(), 40402, 80, 1, 4).bytes();
+    add(
+        "icmpv6 unreachable about an l2dsr flow",
+        u6.clone(),
+        XDP_TX,
+        Out::Bytes(dsr(&u6, &b1v6())),
+        STAT_ICMP_RELAYED,
+    );
+    add(
+        "icmp error about a non-VIP flow",
+        icmp_error(c4(), v4(198, 18, 0, 2), 40403, 80, 3, 1).bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PASS_NOT_VIP,
+    );
+    let mut cut = icmp_error(c4(), vip4(), 40404, 80, 3, 4);
+    if let Some(Ip {
+        l4: L4::Icmp { body, .. },
+        ..
+    }) = cut.ip.as_mut()
+    {
+        body.truncate(22);
+    }
+    add(
+        "icmp error with a cut quote",
+        cut.bytes(),
+        XDP_PASS,
+        Out::Same,
+        STAT_PARSE_L4,
+    );
+
+    // Too big to encapsulate: answered with ICMP, from the VIP.
+    let big4 = big(
+        tcp(c4(), vip4_ipip(), 40500, 80, TCP_SYN),
+        1500 - 40 - 20 + 1,
+    )
+    .bytes();
+    add(
+        "ipip v4 one byte too big",
+        big4.clone(),
+        XDP_TX,
+        Out::Bytes(too_big_reply(&big4, MTU - 20)),
+        STAT_TOO_BIG,
+    );
+    let fits4 = big(tcp(c4(), vip4_ipip(), 40501, 80, TCP_SYN), 1500 - 40 - 20);
+    let fits4b = fits4.bytes();
+    add(
+        "ipip v4 exactly at the MTU",
+        fits4b.clone(),
+        XDP_TX,
+        Out::Bytes(ipip(&fits4b, &b2(), &key_of(&fits4))),
+        STAT_CT_MISS_SYN,
+    );
+    let big6 = big(udp(c6(), vip6_ipip(), 40502, 53), 1500 - 40 - 8 - 40 + 1).bytes();
+    add(
+        "ipip v6 one byte too big",
+        big6.clone(),
+        XDP_TX,
+        Out::Bytes(too_big_reply(&big6, MTU - 40)),
+        STAT_TOO_BIG,
+    );
+    let big6v = with_vlan(big(udp(c6(), vip6_ipip(), 40503, 53), 1500));
+    let big6vb = big6v.bytes();
+    let mut want = too_big_reply(
+        &big(udp(c6(), vip6_ipip(), 40503, 53), 1500).bytes(),
+        MTU - 40,
+    );
+    want.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
+    add(
+        "vlan ipip v6 too big",
+        big6vb,
+        XDP_TX,
+        Out::Bytes(want),
+        STAT_TOO_BIG,
+    );
+    add(
+        "l2dsr ignores the encapsulation MTU",
+        big(tcp(c4(), vip4(), 40504, 80, TCP_SYN), 1460).bytes(),
+        XDP_TX,
+        Out::Dropped,
+        STAT_CT_MISS_SYN,
+    );
+
+    // A service whose table is empty: dropped and counted.
+    add(
+        "empty table drops",
+        tcp(c4(), vip4_empty(), 40600, 80, TCP_SYN).bytes(),
+        XDP_DROP,
+        Out::Dropped,
+        STAT_NO_BACKEND,
+    );
+    v
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn golden_cases() {
+    if !common::privileged("golden_cases") {
+        return;
+    }
+    let w = World::new(&services(), settings());
+    let cases = cases();
+    assert!(cases.len() >= 40, "only {} cases", cases.len());
+    let mut failures = Vec::new();
+    for c in &cases {
+        let before = w.stats();
+        let (verdict, out) = w.run(&c.input);
+        let after = w.stats();
+        let mut errs = Vec::new();
+        if verdict != c.verdict {
+            errs.push(format!("verdict {verdict}, want {}", c.verdict));
+        }
+        match &c.out {
+            Out::Same if out != c.input => errs.push("frame changed".into()),
+            Out::Bytes(want) if &out != want => errs.push(format!(
+                "output differs at byte {:?}\n   got  {:02x?}\n   want {:02x?}",
+                out.iter()
+                    .zip(want)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(out.len().min(want.len())),
+                &out[..out.len().min(80)],
+                &want[..want.len().min(80)]
+            )),
+            _ => {}
+        }
+        if verdict == XDP_TX
+            && let Err(e) = packet::check(&out)
+        {
+            errs.push(format!("emitted frame: {e}"));
+        }
+        let moved = after[c.stat as usize] - before[c.stat as usize];
+        if moved != 1 {
+            errs.push(format!(
+                "{} moved by {moved}, want 1",
+                STAT_NAMES[c.stat as usize]
+            ));
+        }
+        if after[STAT_RX_PACKETS as usize] - before[STAT_RX_PACKETS as usize] != 1 {
+            errs.push("rx_packets did not move by one".into());
+        }
+        if !errs.is_empty() {
+            failures.push(format!("{}: {}", c.name, errs.join("; ")));
+        }
+    }
+    println!("{} golden cases run", cases.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}

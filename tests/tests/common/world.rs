@@ -84,7 +84,8 @@ pub fn flow_key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> 
 pub struct World {
     pub dp: Dataplane,
     pub applied: Applied,
-    pub ids: BTreeMap<IpAddr, u32>,
+    /// Backend ids per (service index, address): a backend's state is per service.
+    pub ids: BTreeMap<(usize, IpAddr), u32>,
     pub tables: BTreeMap<ServiceKey, Arc<Vec<u32>>>,
     pub settings: Settings,
 }
@@ -119,7 +120,7 @@ impl World {
             let mut entries = Vec::new();
             for b in &s.backends {
                 let next = self.ids.len() as u32 + 1;
-                let id = *self.ids.entry(b.addr).or_insert(next);
+                let id = *self.ids.entry((i, b.addr)).or_insert(next);
                 d.backends.insert(
                     id,
                     Backend {
@@ -179,7 +180,12 @@ impl World {
         t[(flow_hash(key) % t.len() as u32) as usize]
     }
 
+    /// The id of `addr` in the first service.
     pub fn id(&self, addr: IpAddr) -> u32 {
-        self.ids[&addr]
+        self.id_in(0, addr)
+    }
+
+    pub fn id_in(&self, service: usize, addr: IpAddr) -> u32 {
+        self.ids[&(service, addr)]
     }
 }

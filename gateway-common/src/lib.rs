@@ -51,6 +51,8 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 pub const PROG_GATEWAY: &str = "gateway";
 /// Name of the pass-everything program in the `xdp-pass` object.
 pub const PROG_PASS: &str = "xdp_pass";
+/// Name of the benchmark floor program in the `xdp-floor` object.
+pub const PROG_FLOOR: &str = "xdp_floor";
 
 // ---------------------------------------------------------------------------------------
 // Global counters (indexes into STATS)

@@ -1,8 +1,8 @@
 //! Forwarding to the chosen backend: L2 direct server return, or IPIP/IP6IP6 encapsulation.
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use gateway_common::{
-    Backend, ENCAP_V4_OVERHEAD, ENCAP_V6_OVERHEAD, FAMILY_V4, MODE_IPIP, STAT_DROP_INTERNAL,
-    STAT_TOO_BIG, Settings,
+    Backend, ENCAP_V4_OVERHEAD, ENCAP_V6_OVERHEAD, FAMILY_V4, FlowKey, MODE_IPIP,
+    STAT_DROP_INTERNAL, STAT_TOO_BIG, Settings, hash::flow_hash,
 };
 
 use crate::{
@@ -16,10 +16,18 @@ const IPPROTO_IPV6: u8 = 41;
 const OUTER_TTL: u8 = 64;
 
 /// Sends the frame to `b` the way the service's `mode` says. Returns the XDP action.
+/// `hash` is the flow hash if the caller has it; only encapsulation needs it.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &Packet, mode: u8, b: &Backend, hash: u32) -> u32 {
+pub fn send(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    mode: u8,
+    b: &Backend,
+    key: &FlowKey,
+    hash: Option<u32>,
+) -> u32 {
     if mode == MODE_IPIP {
-        encap(ctx, pkt, b, hash)
+        encap(ctx, pkt, b, hash.unwrap_or_else(|| flow_hash(key)))
     } else {
         l2dsr(ctx, b)
     }

@@ -21,7 +21,7 @@ mod prog {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
     use gateway_common::{
         PROTO_TCP, STAT_FORWARDED, STAT_ICMP_RELAYED, STAT_PASS_NOT_VIP, STAT_RX_PACKETS,
-        ServiceKey, hash::flow_hash,
+        ServiceKey,
     };
 
     use crate::{
@@ -79,7 +79,7 @@ mod prog {
         if relay {
             count(STAT_ICMP_RELAYED);
         }
-        let action = forward::send(ctx, &pkt, svc.mode, choice.backend, flow_hash(&key));
+        let action = forward::send(ctx, &pkt, svc.mode, choice.backend, &key, choice.hash);
         if action == xdp_action::XDP_TX {
             count(STAT_FORWARDED);
         }

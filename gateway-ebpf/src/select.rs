@@ -12,6 +12,8 @@ pub struct Choice {
     pub backend: &'static Backend,
     /// Placed through the table (a new flow, a miss or a rescheduled flow).
     pub new_flow: bool,
+    /// The flow hash, if placing the flow computed it.
+    pub hash: Option<u32>,
 }
 
 /// How the packet relates to conntrack.
@@ -46,6 +48,7 @@ pub fn choose(svc: &ServiceValue, key: &FlowKey, track: Track) -> Option<Choice>
                         id,
                         backend: b,
                         new_flow: false,
+                        hash: None,
                     });
                 }
                 // Its backend went down or away: place the flow again.
@@ -67,7 +70,8 @@ pub fn choose(svc: &ServiceValue, key: &FlowKey, track: Track) -> Option<Choice>
         count(STAT_NO_BACKEND);
         return None;
     }
-    let slot = flow_hash(key) % svc.table_size;
+    let hash = flow_hash(key);
+    let slot = hash % svc.table_size;
     let id = match TABLES.get(svc.table_offset.wrapping_add(slot)) {
         Some(id) if *id != 0 => *id,
         _ => {
@@ -94,5 +98,6 @@ pub fn choose(svc: &ServiceValue, key: &FlowKey, track: Track) -> Option<Choice>
         id,
         backend,
         new_flow: true,
+        hash: Some(hash),
     })
 }

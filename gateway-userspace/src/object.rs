@@ -6,3 +6,7 @@ pub static GATEWAY: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// A map-less object whose program `xdp_pass` passes every packet. Test beds attach it to
 /// veth peers; see `gateway-ebpf/src/pass.rs`.
 pub static XDP_PASS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-pass"));
+
+/// A map-less object whose program `xdp_floor` swaps MACs and returns XDP_TX: the baseline
+/// of the data-plane benchmark.
+pub static XDP_FLOOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-floor"));

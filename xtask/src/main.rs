@@ -47,6 +47,11 @@ enum Cmd {
     },
     /// The main job: a working balancer on a default lab, with traffic, then tear-down.
     Demo,
+    /// Run benchmarks (all, or the one named) and write docs/BENCHMARKS.md.
+    Bench {
+        /// `xdp`; all when omitted.
+        which: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +84,7 @@ fn main() {
         Cmd::Lab { action } => lab_cmd(action),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo(),
+        Cmd::Bench { which } => bench(which.as_deref()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
@@ -290,4 +296,67 @@ fn demo() -> anyhow::Result<()> {
     drop(l);
     println!("demo done");
     Ok(())
+}
+
+/// Benchmarks: (name, cargo bench target, what it measures).
+const BENCHES: &[(&str, &str, &str)] = &[(
+    "xdp",
+    "xdp",
+    "Data plane: ns/packet through BPF_PROG_TEST_RUN, against a floor program",
+)];
+
+fn bench(which: Option<&str>) -> anyhow::Result<()> {
+    let env = setup::ensure(false)?;
+    let selected: Vec<_> = BENCHES
+        .iter()
+        .filter(|(n, ..)| which.is_none_or(|w| w == *n))
+        .collect();
+    if selected.is_empty() {
+        bail!(
+            "no benchmark named {:?}; known: {:?}",
+            which.unwrap_or(""),
+            BENCHES.iter().map(|b| b.0).collect::<Vec<_>>()
+        );
+    }
+    let root = workspace_root();
+    let mut doc = String::from(
+        "# Benchmarks\n\nWritten by `cargo xtask bench`; numbers are from the run below, on this machine.\n\n",
+    );
+    doc += &machine_info();
+    for (name, target, title) in selected {
+        step(&format!("bench {name}"));
+        let out = root.join("target").join(format!("bench-{name}.md"));
+        status(
+            cargo(&env)
+                .args(["bench", "-p", "gateway-tests", "--bench", target])
+                .env("GATEWAY_BENCH_OUT", &out),
+        )?;
+        let body = std::fs::read_to_string(&out)?;
+        doc += &format!("\n## {title}\n\nCommand: `cargo xtask bench {name}`\n\n{body}");
+    }
+    let path = root.join("docs/BENCHMARKS.md");
+    std::fs::create_dir_all(root.join("docs"))?;
+    std::fs::write(&path, doc)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn machine_info() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("- machine: {cpu}, {cores} cores\n- kernel: {kernel}\n")
 }

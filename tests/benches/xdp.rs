@@ -1,0 +1,239 @@
+//! `cargo xtask bench xdp`: per-packet cost of the XDP program through BPF_PROG_TEST_RUN,
+//! against a floor program (swap MACs, XDP_TX) measured in the same run.
+//!
+//! With `repeat > 1` the kernel reruns the program on the already-rewritten buffer, so a
+//! forwarding path would run only once. Every measurement here is `repeat = 1` in a loop,
+//! and the program's own counters prove the path: each case names the counter that must
+//! grow by exactly the number of runs (and the verdict every run must return).
+//!
+//! Output: a Markdown table on stdout, also written to `$GATEWAY_BENCH_OUT` if set.
+#[path = "../tests/common/world.rs"]
+mod world;
+
+use std::{fmt::Write as _, time::Duration};
+
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use gateway_common::*;
+use lab::packet::*;
+use world::*;
+
+const ROUNDS: usize = 7;
+const ITERS: usize = 20_000;
+
+struct Case {
+    name: &'static str,
+    frames: Vec<Vec<u8>>,
+    verdict: u32,
+    /// Counter that must grow by one per run (None for the floor).
+    stat: Option<u32>,
+    /// Target ratio to the floor, from the data-plane issue.
+    target: Option<f64>,
+    /// Run once before measuring (pins the flow a conntrack-hit case uses).
+    prime: Option<Vec<u8>>,
+    means: Vec<f64>,
+}
+
+fn run_once(p: &Xdp, frame: &[u8], out: &mut [u8]) -> (u32, Duration) {
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(out),
+            repeat: 1,
+            ..Default::default()
+        })
+        .expect("test run");
+    (r.return_value, r.duration)
+}
+
+fn main() {
+    if !lab::is_root() {
+        eprintln!("bench xdp: needs root (BPF_PROG_TEST_RUN); run `cargo xtask bench xdp` as root");
+        std::process::exit(1);
+    }
+    let vip4 = v4(198, 18, 1, 1);
+    let vip4i = v4(198, 18, 1, 2);
+    let vip6i = v6("fd00:1::2");
+    let c4 = v4(198, 18, 0, 1);
+    let c6 = v6("fd00::1");
+    let svc = |vip, mode, b: Be| Svc {
+        vip,
+        port: 80,
+        proto: PROTO_TCP,
+        mode,
+        table_size: 65537,
+        backends: vec![b],
+    };
+    let services = vec![
+        svc(vip4, MODE_L2DSR, be(v4(198, 18, 0, 11), 11)),
+        svc(vip4i, MODE_IPIP, be(v4(198, 18, 0, 12), 12)),
+        svc(vip6i, MODE_IPIP, be(v6("fd00::12"), 0x12)),
+    ];
+    let settings = Settings {
+        mtu: 1500,
+        ipip_src_v4: [198, 18, 100, 0],
+        ipip_src_v6: addr16(v6("fd00::2")),
+        ipip_src_v4_vary_bits: 8,
+        _pad: [0; 7],
+    };
+    let mut w = World::new(&services, settings);
+    let mut floor_obj = aya::Ebpf::load(gateway::object::XDP_FLOOR).expect("floor object");
+    let floor: &mut Xdp = floor_obj
+        .program_mut(PROG_FLOOR)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    floor.load().expect("load floor");
+
+    let ack = |src, dst| tcp(src, dst, 33333, 80, TCP_ACK).bytes();
+    let syn = |src, dst| tcp(src, dst, 33333, 80, TCP_SYN).bytes();
+    let syns: Vec<Vec<u8>> = (0..ITERS)
+        .map(|i| tcp(c4, vip4, 10_000 + i as u16, 80, TCP_SYN).bytes())
+        .collect();
+    let mut cases = vec![
+        Case {
+            name: "floor (swap MACs, XDP_TX)",
+            frames: vec![ack(c4, vip4)],
+            verdict: XDP_TX,
+            stat: None,
+            target: None,
+            prime: None,
+            means: vec![],
+        },
+        Case {
+            name: "non-VIP, passed",
+            frames: vec![tcp(c4, v4(198, 18, 0, 2), 33333, 80, TCP_ACK).bytes()],
+            verdict: XDP_PASS,
+            stat: Some(STAT_PASS_NOT_VIP),
+            target: None,
+            prime: None,
+            means: vec![],
+        },
+        Case {
+            name: "conntrack hit, l2dsr (IPv4)",
+            frames: vec![ack(c4, vip4)],
+            verdict: XDP_TX,
+            stat: Some(STAT_CT_HIT),
+            target: Some(2.5),
+            prime: Some(syn(c4, vip4)),
+            means: vec![],
+        },
+        Case {
+            name: "conntrack hit, ipip (IPv4)",
+            frames: vec![ack(c4, vip4i)],
+            verdict: XDP_TX,
+            stat: Some(STAT_CT_HIT),
+            target: Some(3.5),
+            prime: Some(syn(c4, vip4i)),
+            means: vec![],
+        },
+        Case {
+            name: "conntrack hit, ipip (IPv6)",
+            frames: vec![ack(c6, vip6i)],
+            verdict: XDP_TX,
+            stat: Some(STAT_CT_HIT),
+            target: Some(3.5),
+            prime: Some(syn(c6, vip6i)),
+            means: vec![],
+        },
+        Case {
+            name: "new flow: SYN, table lookup, conntrack insert",
+            frames: syns,
+            verdict: XDP_TX,
+            stat: Some(STAT_CT_MISS_SYN),
+            target: Some(5.0),
+            prime: None,
+            means: vec![],
+        },
+    ];
+    let mut out = vec![0u8; 4096];
+
+    let mut checks = Vec::new();
+    for round in 0..ROUNDS {
+        for c in cases.iter_mut() {
+            if c.stat == Some(STAT_CT_MISS_SYN) {
+                // Every SYN must be a fresh insert, not an update of last round's entry.
+                w.dp.conntrack_clear();
+            }
+            if let Some(p) = &c.prime {
+                assert_eq!(w.run(p).0, XDP_TX, "{}: priming", c.name);
+            }
+            let prog = if c.stat.is_none() {
+                &*floor
+            } else {
+                w.dp.program().unwrap()
+            };
+            let before = w.stats();
+            let mut total = Duration::ZERO;
+            for i in 0..ITERS {
+                let frame = &c.frames[i % c.frames.len()];
+                let (v, d) = run_once(prog, frame, &mut out);
+                assert_eq!(v, c.verdict, "{}: wrong verdict", c.name);
+                total += d;
+            }
+            if let Some(s) = c.stat {
+                let grew = w.stats()[s as usize] - before[s as usize];
+                assert_eq!(
+                    grew, ITERS as u64,
+                    "{}: {} grew by {grew}, not {ITERS}",
+                    c.name, STAT_NAMES[s as usize]
+                );
+                if round == 0 {
+                    checks.push(format!(
+                        "{}: `{}` grew by {grew} for {ITERS} runs",
+                        c.name, STAT_NAMES[s as usize]
+                    ));
+                }
+            }
+            c.means.push(total.as_nanos() as f64 / ITERS as f64);
+        }
+    }
+
+    let median = |v: &[f64]| {
+        let mut s = v.to_vec();
+        s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        s[s.len() / 2]
+    };
+    let floor_med = median(&cases[0].means);
+    let mut md = String::new();
+    writeln!(
+        md,
+        "| case | median ns/packet | spread (min-max) | ratio to floor | target |"
+    )
+    .unwrap();
+    writeln!(md, "|---|---|---|---|---|").unwrap();
+    let mut missed = Vec::new();
+    for c in &cases {
+        let m = median(&c.means);
+        let lo = c.means.iter().cloned().fold(f64::MAX, f64::min);
+        let hi = c.means.iter().cloned().fold(0.0, f64::max);
+        let ratio = m / floor_med;
+        let target = c.target.map_or("-".to_string(), |t| {
+            if ratio > t {
+                missed.push(c.name);
+            }
+            format!("<= {t}x {}", if ratio <= t { "(met)" } else { "(MISSED)" })
+        });
+        writeln!(
+            md,
+            "| {} | {m:.1} | {lo:.1}-{hi:.1} | {ratio:.2}x | {target} |",
+            c.name
+        )
+        .unwrap();
+    }
+    writeln!(
+        md,
+        "\n{ROUNDS} rounds x {ITERS} runs per case, interleaved; the median of the round means."
+    )
+    .unwrap();
+    writeln!(md, "Path checks (first round):\n").unwrap();
+    for c in &checks {
+        writeln!(md, "- {c}").unwrap();
+    }
+    print!("{md}");
+    if let Ok(path) = std::env::var("GATEWAY_BENCH_OUT") {
+        std::fs::write(&path, &md).expect("write bench output");
+    }
+    if !missed.is_empty() {
+        eprintln!("targets missed: {missed:?}");
+    }
+}

@@ -803,7 +803,10 @@ fn golden_cases() {
 // Conntrack: stickiness, rescheduling, drain. Each scenario has its own maps.
 
 fn one_service(backends: Vec<Be>) -> Vec<Svc> {
-    vec![svc(vip4(), 80, PROTO_TCP, MODE_L2DSR, backends), svc(vip4(), 53, PROTO_UDP, MODE_L2DSR, vec![b1(), b2()])]
+    vec![
+        svc(vip4(), 80, PROTO_TCP, MODE_L2DSR, backends),
+        svc(vip4(), 53, PROTO_UDP, MODE_L2DSR, vec![b1(), b2()]),
+    ]
 }
 
 fn with(mut b: Be, weight: u32, state: u8) -> Be {
@@ -831,7 +834,9 @@ fn privileged_world(name: &str, services: &[Svc]) -> Option<World> {
 #[test]
 #[ignore = "privileged: run by `cargo xtask test`"]
 fn established_flows_stay_on_their_backend_when_the_table_changes() {
-    let Some(mut w) = privileged_world("established_flows_stay", &one_service(vec![b1()])) else { return };
+    let Some(mut w) = privileged_world("established_flows_stay", &one_service(vec![b1()])) else {
+        return;
+    };
     let syn = tcp(c4(), vip4(), 41000, 80, TCP_SYN);
     assert_eq!(sent_to(&w, &syn), b1().mac);
     // b1 stays up but leaves the table (weight 0): new flows go to b2 only.
@@ -842,7 +847,10 @@ fn established_flows_stay_on_their_backend_when_the_table_changes() {
         assert_eq!(sent_to(&w, &ack), b1().mac, "established flow moved");
     }
     assert_eq!(stat(&w, STAT_CT_HIT), hits + 3);
-    assert_eq!(sent_to(&w, &tcp(c4(), vip4(), 41001, 80, TCP_SYN)), b2().mac);
+    assert_eq!(
+        sent_to(&w, &tcp(c4(), vip4(), 41001, 80, TCP_SYN)),
+        b2().mac
+    );
     // A SYN on the tracked 5-tuple is a new connection reusing the ports: placed again.
     assert_eq!(sent_to(&w, &syn), b2().mac);
     assert_eq!(w.dp.conntrack_get(&key_of(&syn)), Some(w.id(b2().addr)));
@@ -852,7 +860,9 @@ fn established_flows_stay_on_their_backend_when_the_table_changes() {
 #[test]
 #[ignore = "privileged: run by `cargo xtask test`"]
 fn flows_of_a_backend_that_goes_down_are_rescheduled() {
-    let Some(mut w) = privileged_world("flows_rescheduled", &one_service(vec![b1()])) else { return };
+    let Some(mut w) = privileged_world("flows_rescheduled", &one_service(vec![b1()])) else {
+        return;
+    };
     let syn = tcp(c4(), vip4(), 42000, 80, TCP_SYN);
     let ack = tcp(c4(), vip4(), 42000, 80, TCP_ACK);
     assert_eq!(sent_to(&w, &syn), b1().mac);
@@ -860,7 +870,11 @@ fn flows_of_a_backend_that_goes_down_are_rescheduled() {
     let before = stat(&w, STAT_RESCHEDULED);
     assert_eq!(sent_to(&w, &ack), b2().mac);
     assert_eq!(stat(&w, STAT_RESCHEDULED), before + 1);
-    assert_eq!(w.dp.conntrack_get(&key_of(&ack)), Some(w.id(b2().addr)), "entry not updated");
+    assert_eq!(
+        w.dp.conntrack_get(&key_of(&ack)),
+        Some(w.id(b2().addr)),
+        "entry not updated"
+    );
     // Now pinned to b2: a hit, not another reschedule.
     assert_eq!(sent_to(&w, &ack), b2().mac);
     assert_eq!(stat(&w, STAT_RESCHEDULED), before + 1);
@@ -877,12 +891,21 @@ fn flows_of_a_backend_that_goes_down_are_rescheduled() {
 #[test]
 #[ignore = "privileged: run by `cargo xtask test`"]
 fn a_draining_backend_keeps_its_flows_and_gets_no_new_ones() {
-    let Some(mut w) = privileged_world("drain", &one_service(vec![b1()])) else { return };
+    let Some(mut w) = privileged_world("drain", &one_service(vec![b1()])) else {
+        return;
+    };
     let ack = tcp(c4(), vip4(), 43000, 80, TCP_ACK);
-    assert_eq!(sent_to(&w, &tcp(c4(), vip4(), 43000, 80, TCP_SYN)), b1().mac);
+    assert_eq!(
+        sent_to(&w, &tcp(c4(), vip4(), 43000, 80, TCP_SYN)),
+        b1().mac
+    );
     w.set(&one_service(vec![with(b1(), 1, BACKEND_DRAIN), b2()]));
     for _ in 0..3 {
-        assert_eq!(sent_to(&w, &ack), b1().mac, "draining backend lost its flow");
+        assert_eq!(
+            sent_to(&w, &ack),
+            b1().mac,
+            "draining backend lost its flow"
+        );
     }
     for port in 43001..43050 {
         assert_eq!(sent_to(&w, &tcp(c4(), vip4(), port, 80, TCP_SYN)), b2().mac);
@@ -892,7 +915,9 @@ fn a_draining_backend_keeps_its_flows_and_gets_no_new_ones() {
 #[test]
 #[ignore = "privileged: run by `cargo xtask test`"]
 fn udp_flows_stick_after_their_first_packet() {
-    let Some(mut w) = privileged_world("udp_sticky", &one_service(vec![b1()])) else { return };
+    let Some(mut w) = privileged_world("udp_sticky", &one_service(vec![b1()])) else {
+        return;
+    };
     let services = one_service(vec![b1()]);
     let dns = &services[1];
     let misses = stat(&w, STAT_CT_MISS_NON_SYN);
@@ -901,7 +926,14 @@ fn udp_flows_stick_after_their_first_packet() {
         let f = udp(c4(), vip4(), port, 53);
         let want = w.placed(dns, &key_of(&f));
         let mac = sent_to(&w, &f);
-        assert_eq!(mac, if want == w.id_in(1, b1().addr) { b1().mac } else { b2().mac });
+        assert_eq!(
+            mac,
+            if want == w.id_in(1, b1().addr) {
+                b1().mac
+            } else {
+                b2().mac
+            }
+        );
         placed.push((f, mac));
     }
     assert_eq!(stat(&w, STAT_CT_MISS_NON_SYN), misses + 20);
@@ -920,19 +952,27 @@ fn udp_flows_stick_after_their_first_packet() {
 #[ignore = "privileged: run by `cargo xtask test`"]
 fn new_flows_land_where_the_maglev_table_says() {
     let three = vec![b1(), b2(), be(v4(198, 18, 0, 13), 13)];
-    let Some(w) = privileged_world("maglev_placement", &one_service(three.clone())) else { return };
+    let Some(w) = privileged_world("maglev_placement", &one_service(three.clone())) else {
+        return;
+    };
     let services = one_service(three.clone());
     let mut seen = std::collections::BTreeSet::new();
     for port in 45000..45300 {
         let f = tcp(c4(), vip4(), port, 80, TCP_SYN);
         let id = w.placed(&services[0], &key_of(&f));
-        let b = three.iter().find(|b| w.id(b.addr) == id).expect("placed on a configured backend");
+        let b = three
+            .iter()
+            .find(|b| w.id(b.addr) == id)
+            .expect("placed on a configured backend");
         assert_eq!(sent_to(&w, &f), b.mac, "port {port}");
         seen.insert(id);
     }
     assert_eq!(seen.len(), 3, "300 flows should reach all three backends");
     let s = w.dp.service_stats(0).unwrap();
     assert_eq!((s.packets, s.new_flows), (300, 300));
-    let per_backend: u64 = three.iter().map(|b| w.dp.backend_stats(w.id(b.addr)).unwrap().packets).sum();
+    let per_backend: u64 = three
+        .iter()
+        .map(|b| w.dp.backend_stats(w.id(b.addr)).unwrap().packets)
+        .sum();
     assert_eq!(per_backend, 300);
 }

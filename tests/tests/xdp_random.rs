@@ -34,12 +34,43 @@ impl Rng {
 
 fn services() -> Vec<Svc> {
     let b = |a: IpAddr, l| be(a, l);
-    let s = |vip, port, proto, mode, backends| Svc { vip, port, proto, mode, table_size: 251, backends };
+    let s = |vip, port, proto, mode, backends| Svc {
+        vip,
+        port,
+        proto,
+        mode,
+        table_size: 251,
+        backends,
+    };
     vec![
-        s(v4(198, 18, 1, 1), 80, PROTO_TCP, MODE_L2DSR, vec![b(v4(198, 18, 0, 11), 11), b(v4(198, 18, 0, 12), 12)]),
-        s(v4(198, 18, 1, 1), 53, PROTO_UDP, MODE_IPIP, vec![b(v4(198, 18, 0, 13), 13)]),
-        s(v6("fd00:1::1"), 80, PROTO_TCP, MODE_IPIP, vec![b(v6("fd00::11"), 0x21), b(v6("fd00::12"), 0x22)]),
-        s(v6("fd00:1::1"), 53, PROTO_UDP, MODE_L2DSR, vec![b(v6("fd00::13"), 0x23)]),
+        s(
+            v4(198, 18, 1, 1),
+            80,
+            PROTO_TCP,
+            MODE_L2DSR,
+            vec![b(v4(198, 18, 0, 11), 11), b(v4(198, 18, 0, 12), 12)],
+        ),
+        s(
+            v4(198, 18, 1, 1),
+            53,
+            PROTO_UDP,
+            MODE_IPIP,
+            vec![b(v4(198, 18, 0, 13), 13)],
+        ),
+        s(
+            v6("fd00:1::1"),
+            80,
+            PROTO_TCP,
+            MODE_IPIP,
+            vec![b(v6("fd00::11"), 0x21), b(v6("fd00::12"), 0x22)],
+        ),
+        s(
+            v6("fd00:1::1"),
+            53,
+            PROTO_UDP,
+            MODE_L2DSR,
+            vec![b(v6("fd00::13"), 0x23)],
+        ),
         s(v4(198, 18, 1, 9), 80, PROTO_TCP, MODE_L2DSR, vec![]),
     ]
 }
@@ -56,7 +87,11 @@ fn settings() -> Settings {
 
 fn random_frame(r: &mut Rng, svcs: &[Svc]) -> Vec<u8> {
     let is_v6 = r.chance(50);
-    let client = if is_v6 { v6("fd00::1") } else { v4(198, 18, 0, 1) };
+    let client = if is_v6 {
+        v6("fd00::1")
+    } else {
+        v4(198, 18, 0, 1)
+    };
     let vips: Vec<&Svc> = svcs.iter().filter(|s| s.vip.is_ipv6() == is_v6).collect();
     // Most frames aim at a service (right VIP, port and protocol), the rest anywhere.
     let target = r.chance(60).then(|| *r.pick(&vips));
@@ -77,19 +112,62 @@ fn random_frame(r: &mut Rng, svcs: &[Svc]) -> Vec<u8> {
         _ => r.below(10),
     };
     let l4 = match proto_roll {
-        0..=4 => L4::Tcp { sport, dport, flags: r.next() as u8, seq: r.next() as u32, payload },
-        5..=7 => L4::Udp { sport, dport, payload },
+        0..=4 => L4::Tcp {
+            sport,
+            dport,
+            flags: r.next() as u8,
+            seq: r.next() as u32,
+            payload,
+        },
+        5..=7 => L4::Udp {
+            sport,
+            dport,
+            payload,
+        },
         8 => {
             // An ICMP error quoting a packet from a VIP (or not) back to the client.
-            let q = Ip::new(dst, client, L4::Tcp { sport: dport, dport: sport, flags: TCP_ACK, seq: 1, payload: vec![] });
-            let ty = if is_v6 { *r.pick(&[1u8, 2, 3, 128]) } else { *r.pick(&[3u8, 11, 8]) };
-            let router = if is_v6 { v6("fd00::fe") } else { v4(198, 18, 0, 254) };
+            let q = Ip::new(
+                dst,
+                client,
+                L4::Tcp {
+                    sport: dport,
+                    dport: sport,
+                    flags: TCP_ACK,
+                    seq: 1,
+                    payload: vec![],
+                },
+            );
+            let ty = if is_v6 {
+                *r.pick(&[1u8, 2, 3, 128])
+            } else {
+                *r.pick(&[3u8, 11, 8])
+            };
+            let router = if is_v6 {
+                v6("fd00::fe")
+            } else {
+                v4(198, 18, 0, 254)
+            };
             let mut body = q.bytes();
             body.truncate(r.below(body.len() as u64 + 1) as usize);
             let code = r.below(5) as u8;
-            return finish(r, Ip::new(router, dst, L4::Icmp { ty, code, rest: [0, 0, 5, 0], body }));
+            return finish(
+                r,
+                Ip::new(
+                    router,
+                    dst,
+                    L4::Icmp {
+                        ty,
+                        code,
+                        rest: [0, 0, 5, 0],
+                        body,
+                    },
+                ),
+            );
         }
-        _ => L4::Raw { proto: r.below(256) as u8, bytes: payload },
+        _ => L4::Raw {
+            proto: r.below(256) as u8,
+            bytes: payload,
+        },
     };
     finish(r, Ip::new(client, dst, l4))
 }
@@ -108,7 +186,20 @@ fn finish(r: &mut Rng, mut ip: Ip) -> Vec<u8> {
         ip.df = r.chance(80);
     } else if r.chance(15) {
         let n = r.below(6);
-        ip.ext = (0..n).map(|_| r.pick(&[Ext::HopByHop, Ext::Routing, Ext::DestOpts, Ext::Fragment { offset: 0, more: true }]).clone()).collect();
+        ip.ext = (0..n)
+            .map(|_| {
+                r.pick(&[
+                    Ext::HopByHop,
+                    Ext::Routing,
+                    Ext::DestOpts,
+                    Ext::Fragment {
+                        offset: 0,
+                        more: true,
+                    },
+                ])
+                .clone()
+            })
+            .collect();
     }
     ip.tos = r.next() as u8;
     let mut f = Frame::ip(ip);
@@ -145,11 +236,21 @@ fn flow_of(b: &[u8]) -> Option<(usize, IpAddr, u16, u8)> {
     }
     let (addr_dst, proto, l4) = ip_parts(b.get(l2..)?, et)?;
     match proto {
-        6 | 17 => Some((l2, addr_dst, u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]), proto)),
+        6 | 17 => Some((
+            l2,
+            addr_dst,
+            u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]),
+            proto,
+        )),
         1 | 58 => {
             let inner = l4.get(8..)?;
             let (src, qproto, ql4) = quoted(inner, proto == 58)?;
-            Some((l2, src, u16::from_be_bytes([*ql4.first()?, *ql4.get(1)?]), qproto))
+            Some((
+                l2,
+                src,
+                u16::from_be_bytes([*ql4.first()?, *ql4.get(1)?]),
+                qproto,
+            ))
         }
         _ => None,
     }
@@ -190,8 +291,14 @@ fn random_and_mutated_frames_keep_the_invariants() {
     if !common::privileged("random_and_mutated_frames_keep_the_invariants") {
         return;
     }
-    let seed: u64 = std::env::var("GATEWAY_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_2026);
-    let n: usize = std::env::var("GATEWAY_FUZZ_COUNT").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let seed: u64 = std::env::var("GATEWAY_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_2026);
+    let n: usize = std::env::var("GATEWAY_FUZZ_COUNT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
     println!("seed {seed} (set GATEWAY_FUZZ_SEED to replay), {n} frames");
     let svcs = services();
     let w = World::new(&svcs, settings());
@@ -203,7 +310,12 @@ fn random_and_mutated_frames_keep_the_invariants() {
         let input = random_frame(&mut r, &svcs);
         let (verdict, out) = w.run(&input);
         verdicts[verdict.min(4) as usize] += 1;
-        let ctx = || format!("frame {i} (seed {seed}): {:02x?}", &input[..input.len().min(96)]);
+        let ctx = || {
+            format!(
+                "frame {i} (seed {seed}): {:02x?}",
+                &input[..input.len().min(96)]
+            )
+        };
         assert_ne!(verdict, XDP_ABORTED, "{}", ctx());
         assert!(verdict <= XDP_TX, "unexpected verdict {verdict}: {}", ctx());
         if verdict == XDP_PASS {
@@ -215,7 +327,8 @@ fn random_and_mutated_frames_keep_the_invariants() {
         if packet::check(&input).is_ok() {
             packet::check(&out).unwrap_or_else(|e| panic!("emitted frame: {e}: {}", ctx()));
         }
-        let (l2, vip, port, proto) = flow_of(&input).unwrap_or_else(|| panic!("sent a non-flow: {}", ctx()));
+        let (l2, vip, port, proto) =
+            flow_of(&input).unwrap_or_else(|| panic!("sent a non-flow: {}", ctx()));
         let svc = svcs
             .iter()
             .find(|s| s.vip == vip && s.port == port && s.proto == proto)
@@ -223,9 +336,19 @@ fn random_and_mutated_frames_keep_the_invariants() {
         let dst_mac: [u8; 6] = out[0..6].try_into().unwrap();
         if dst_mac == input[6..12] {
             // The too-big answer: ICMP back to the sender, quoting the packet.
-            let p = packet::check(&out).unwrap_or_else(|e| panic!("too-big answer: {e}: {}", ctx()));
-            assert!(matches!((p.proto, p.ports), (1, (3, 4)) | (58, (2, 0))), "{}", ctx());
-            assert_eq!(svc.mode, MODE_IPIP, "too-big from an l2dsr service: {}", ctx());
+            let p =
+                packet::check(&out).unwrap_or_else(|e| panic!("too-big answer: {e}: {}", ctx()));
+            assert!(
+                matches!((p.proto, p.ports), (1, (3, 4)) | (58, (2, 0))),
+                "{}",
+                ctx()
+            );
+            assert_eq!(
+                svc.mode,
+                MODE_IPIP,
+                "too-big from an l2dsr service: {}",
+                ctx()
+            );
             let hdr = if vip.is_ipv6() { 48 } else { 28 };
             assert_eq!(&out[l2 + hdr..], &input[l2..l2 + 128], "quote: {}", ctx());
             continue;
@@ -234,17 +357,46 @@ fn random_and_mutated_frames_keep_the_invariants() {
             .backends
             .iter()
             .find(|b| b.mac == dst_mac)
-            .unwrap_or_else(|| panic!("sent to {dst_mac:02x?}, not a backend of the service: {}", ctx()));
-        let outer = if svc.mode == MODE_IPIP { if vip.is_ipv6() { 40 } else { 20 } } else { 0 };
-        assert_eq!(&out[l2 + outer..], &input[l2..], "IP packet not intact: {}", ctx());
+            .unwrap_or_else(|| {
+                panic!(
+                    "sent to {dst_mac:02x?}, not a backend of the service: {}",
+                    ctx()
+                )
+            });
+        let outer = if svc.mode == MODE_IPIP {
+            if vip.is_ipv6() { 40 } else { 20 }
+        } else {
+            0
+        };
+        assert_eq!(
+            &out[l2 + outer..],
+            &input[l2..],
+            "IP packet not intact: {}",
+            ctx()
+        );
         if outer > 0 {
             let dst = &out[l2..l2 + outer];
             let want = addr16(b.addr);
-            let got: &[u8] = if outer == 20 { &dst[16..20] } else { &dst[24..40] };
-            assert_eq!(got, &want[..if outer == 20 { 4 } else { 16 }], "outer dst: {}", ctx());
+            let got: &[u8] = if outer == 20 {
+                &dst[16..20]
+            } else {
+                &dst[24..40]
+            };
+            assert_eq!(
+                got,
+                &want[..if outer == 20 { 4 } else { 16 }],
+                "outer dst: {}",
+                ctx()
+            );
         }
     }
-    println!("verdicts: aborted {} drop {} pass {} tx {}", verdicts[0], verdicts[1], verdicts[2], verdicts[3]);
-    assert!(verdicts[3] > n as u64 / 5, "too few frames forwarded to exercise anything");
+    println!(
+        "verdicts: aborted {} drop {} pass {} tx {}",
+        verdicts[0], verdicts[1], verdicts[2], verdicts[3]
+    );
+    assert!(
+        verdicts[3] > n as u64 / 5,
+        "too few frames forwarded to exercise anything"
+    );
     assert!(verdicts[2] > n as u64 / 10, "too few frames passed");
 }

@@ -1,1 +1,193 @@
-//! Health probing (being written).
+//! Health probing: one module per probe kind behind [`Probe`], the rise/fall state machine
+//! ([`HealthState`]) and the scheduler that runs many checks at once ([`Prober`]).
+//!
+//! This module knows nothing about services or admin drain: it reports, per check, whether
+//! the target answers. The caller combines that with its own configuration and drain state.
+
+mod http;
+mod none;
+mod scheduler;
+mod state;
+mod tcp;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub use http::{HttpProbe, MAX_BODY};
+pub use none::NoneProbe;
+pub use scheduler::{CheckId, DEFAULT_MAX_IN_FLIGHT, Event, Prober};
+pub use state::{HealthState, Transition};
+pub use tcp::TcpProbe;
+
+/// Everything needed to probe one target and judge it up or down.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckSpec {
+    /// How to probe.
+    pub kind: CheckKind,
+    /// The address probed (the backend's address and the check port).
+    pub target: SocketAddr,
+    /// Time between probes while the state is settled and up.
+    pub interval: Duration,
+    /// Limit on one whole probe (connect, request and response); past it the probe fails.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down target up.
+    pub rise: u32,
+    /// Consecutive failures that take an up target down.
+    pub fall: u32,
+    /// Time between probes while a change is pending (a streak towards rise/fall is running).
+    pub fast_interval: Duration,
+    /// Time between probes while the state is settled and down.
+    pub down_interval: Duration,
+    /// Each wait is spread randomly by up to this fraction either way; clamped to `0..=0.5`.
+    pub jitter: f64,
+    /// The state before the first probe.
+    pub initial_up: bool,
+}
+
+/// The kind of probe a check runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    /// A TCP connect that succeeds.
+    Tcp,
+    /// An HTTP/1.1 GET whose response passes [`HttpCheck`].
+    Http(HttpCheck),
+    /// No probing: always up.
+    None,
+}
+
+impl CheckKind {
+    /// The probe that implements this kind.
+    pub fn build_probe(&self) -> Box<dyn Probe> {
+        match self {
+            CheckKind::Tcp => Box::new(TcpProbe),
+            CheckKind::Http(check) => Box::new(HttpProbe::new(check.clone())),
+            CheckKind::None => Box::new(NoneProbe),
+        }
+    }
+}
+
+/// What an HTTP check sends and what it accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpCheck {
+    /// The request target, e.g. `/healthz`; empty means `/`.
+    pub path: String,
+    /// The `Host` header; `None` sends the target's IP (and its port unless it is 80).
+    pub host: Option<String>,
+    /// Accepted status codes; an empty list accepts `200..=399`.
+    pub expect_status: Vec<RangeInclusive<u16>>,
+    /// A byte string the body (its first [`MAX_BODY`] bytes) must contain.
+    pub body_contains: Option<String>,
+}
+
+/// The outcome of one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// Whether the target passed.
+    pub ok: bool,
+    /// Time from the start of the probe to its verdict (the timeout when it timed out).
+    pub latency: Duration,
+    /// A short human-readable account, e.g. `connection refused`, `timeout after 500ms`,
+    /// `status 503`, `body lacks "ok"`, `HTTP 200`. For logs only: never branch on it.
+    pub reason: String,
+}
+
+impl ProbeResult {
+    /// A passing result.
+    pub fn pass(latency: Duration, reason: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            latency,
+            reason: reason.into(),
+        }
+    }
+
+    /// A failing result.
+    pub fn fail(latency: Duration, reason: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            latency,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The future a [`Probe`] returns.
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>>;
+
+/// One kind of health probe.
+///
+/// Implementations enforce `timeout` over the whole exchange themselves and turn every
+/// failure, including malformed answers, into a failing [`ProbeResult`]; they never panic on
+/// what the target sends.
+pub trait Probe: Send + Sync {
+    /// Probes `target` once.
+    fn probe(&self, target: SocketAddr, timeout: Duration) -> ProbeFuture<'_>;
+}
+
+/// A short reason for an I/O error, without the `(os error N)` suffix for the common cases.
+pub(crate) fn io_reason(e: &io::Error) -> String {
+    use io::ErrorKind as K;
+    let short = match e.kind() {
+        K::ConnectionRefused => "connection refused",
+        K::ConnectionReset => "connection reset",
+        K::ConnectionAborted => "connection aborted",
+        K::BrokenPipe => "broken pipe",
+        K::HostUnreachable => "host unreachable",
+        K::NetworkUnreachable => "network unreachable",
+        K::AddrNotAvailable => "address not available",
+        K::UnexpectedEof => "unexpected end of stream",
+        _ => return e.to_string(),
+    };
+    short.to_owned()
+}
+
+/// The reason given for a probe that ran out of time.
+pub(crate) fn timeout_reason(timeout: Duration) -> String {
+    format!("timeout after {}", fmt_duration(timeout))
+}
+
+/// `500ms`, `2s`, `1500ms`; sub-millisecond values fall back to `Debug` (`250µs`).
+fn fmt_duration(d: Duration) -> String {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{d:?}")
+    } else if d.subsec_nanos() == 0 && !d.is_zero() {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        let cases = [
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_secs(2), "2s"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::ZERO, "0ms"),
+            (Duration::from_micros(250), "250µs"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(fmt_duration(d), want, "{d:?}");
+        }
+        assert_eq!(
+            timeout_reason(Duration::from_millis(500)),
+            "timeout after 500ms"
+        );
+    }
+
+    #[test]
+    fn io_reasons_are_short() {
+        let e = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(io_reason(&e), "connection refused");
+        let e = io::Error::other("odd");
+        assert_eq!(io_reason(&e), "odd");
+    }
+}

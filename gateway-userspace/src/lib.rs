@@ -6,5 +6,6 @@ pub mod dataplane;
 pub mod health;
 pub mod maglev;
 pub mod object;
+pub mod plan;
 pub mod sync;
 pub mod sys;

@@ -1,0 +1,689 @@
+//! Planning: `plan(config, facts) -> Plan`, the desired data plane (maps) plus a report of
+//! why each backend is where it is. Pure: health, MAC resolution and time come in as
+//! [`Facts`]; nothing here touches the kernel or the network.
+//!
+//! What each backend state does:
+//! - in the table (`BACKEND_UP`): ready, probed up, L2 next hop known - and, for a backup,
+//!   no primary qualifies; in panic mode every ready primary with a known next hop;
+//! - `drain`: keeps established flows (`BACKEND_DRAIN`), gets no new ones;
+//! - `maint`, probed down, or next hop unknown: `BACKEND_DOWN`, its flows are placed again.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use gateway_common::{
+    BACKEND_DOWN, BACKEND_DRAIN, BACKEND_UP, Backend, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
+    MODE_IPIP, MODE_L2DSR, PROTO_TCP, PROTO_UDP, ServiceKey, Settings,
+};
+
+use crate::{
+    config::{AdminState, Config, Mode, Protocol, ServiceConfig},
+    maglev,
+    sync::{Desired, DesiredService},
+};
+
+/// Slow start ramps in this many steps (so in this many table rebuilds).
+pub const SLOWSTART_STEPS: u32 = 4;
+/// The weight a recovering backend starts from, as a fraction of its own.
+pub const SLOWSTART_FLOOR: f64 = 0.1;
+
+/// What the agent knows about one backend right now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendFacts {
+    /// The probe verdict (maint backends are not probed; ignored for them).
+    pub up: bool,
+    /// When it last came up, on the agent's clock (for slow start); None if never seen up.
+    pub up_since: Option<Duration>,
+    /// The L2 next hop's MAC, or why it is unknown.
+    pub mac: Result<[u8; 6], String>,
+}
+
+/// Facts per (service name, backend address). A backend missing here counts as down with
+/// an unknown next hop.
+pub type Facts = HashMap<(String, IpAddr), BackendFacts>;
+
+/// Stable ids: a service keeps its id (stats index, table regions) and a backend its id
+/// (per service, so admin state is per service) for as long as they exist.
+#[derive(Debug, Default, Clone)]
+pub struct Ids {
+    services: BTreeMap<String, u32>,
+    backends: BTreeMap<(String, IpAddr), u32>,
+}
+
+impl Ids {
+    fn lowest_free<'a>(used: impl Iterator<Item = &'a u32>, first: u32) -> u32 {
+        let mut v: Vec<u32> = used.copied().collect();
+        v.sort_unstable();
+        let mut id = first;
+        for u in v {
+            if u == id {
+                id += 1;
+            } else if u > id {
+                break;
+            }
+        }
+        id
+    }
+
+    /// Drops ids of services and backends no longer configured.
+    pub fn retain(&mut self, config: &Config) {
+        self.services
+            .retain(|name, _| config.services.iter().any(|s| &s.name == name));
+        self.backends.retain(|(svc, addr), _| {
+            config
+                .services
+                .iter()
+                .any(|s| &s.name == svc && s.backends.iter().any(|b| &b.address == addr))
+        });
+    }
+
+    pub fn service(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.services.get(name) {
+            return *id;
+        }
+        let id = Self::lowest_free(self.services.values(), 0);
+        self.services.insert(name.to_string(), id);
+        id
+    }
+
+    /// Backend ids start at 1: 0 means "no backend" in a table.
+    pub fn backend(&mut self, service: &str, addr: IpAddr) -> u32 {
+        let key = (service.to_string(), addr);
+        if let Some(id) = self.backends.get(&key) {
+            return *id;
+        }
+        let id = Self::lowest_free(self.backends.values(), 1);
+        self.backends.insert(key, id);
+        id
+    }
+}
+
+/// Where a backend stands, for reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendPlan {
+    pub address: IpAddr,
+    pub id: u32,
+    pub admin: AdminState,
+    pub backup: bool,
+    pub health_up: bool,
+    /// `BACKEND_UP` / `BACKEND_DRAIN` / `BACKEND_DOWN` as written to the map.
+    pub kernel_state: u8,
+    pub weight: u32,
+    /// The weight used for the table (lower during slow start; 0 when not in the table).
+    pub effective_weight: u32,
+    /// Table slots it holds.
+    pub slots: usize,
+    /// Why it is (not) taking new flows.
+    pub reason: String,
+}
+
+impl BackendPlan {
+    /// A one-word state for tables: up, drain, maint, down, backup, no-mac.
+    pub fn state_word(&self) -> &'static str {
+        match (self.admin, self.kernel_state) {
+            (AdminState::Maint, _) => "maint",
+            (_, BACKEND_DRAIN) => "drain",
+            (_, BACKEND_UP) if self.slots > 0 => "up",
+            (_, BACKEND_UP) => "standby",
+            _ if !self.health_up => "down",
+            _ => "unavailable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePlan {
+    pub name: String,
+    pub key: ServiceKey,
+    pub id: u32,
+    pub table_size: u32,
+    /// The healthy share fell below the panic threshold: spreading over every ready backend.
+    pub panic: bool,
+    pub backends: Vec<BackendPlan>,
+}
+
+impl ServicePlan {
+    /// No backend takes new flows: the table is empty and new flows are dropped.
+    pub fn empty(&self) -> bool {
+        self.backends.iter().all(|b| b.slots == 0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub desired: Desired,
+    pub services: Vec<ServicePlan>,
+    /// The next time (agent clock) a slow-start step changes a weight: plan again then.
+    pub next_step: Option<Duration>,
+}
+
+/// Remembers the last table built per service so an unchanged input reuses it (building a
+/// 65537-slot table takes about a millisecond; comparing inputs is free).
+#[derive(Debug, Default)]
+pub struct TableCache {
+    last: HashMap<String, CachedTable>,
+}
+
+#[derive(Debug)]
+struct CachedTable {
+    entries: Vec<maglev::Entry>,
+    size: u32,
+    table: Arc<Vec<u32>>,
+}
+
+impl TableCache {
+    fn build(&mut self, service: &str, mut entries: Vec<maglev::Entry>, m: u32) -> Arc<Vec<u32>> {
+        entries.sort_by_key(|e| e.key);
+        if let Some(c) = self.last.get(service)
+            && c.entries == entries
+            && c.size == m
+        {
+            return c.table.clone();
+        }
+        let table = Arc::new(maglev::build(&entries, m));
+        let cached = CachedTable {
+            entries,
+            size: m,
+            table: table.clone(),
+        };
+        self.last.insert(service.to_string(), cached);
+        table
+    }
+}
+
+pub fn addr16(a: IpAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    match a {
+        IpAddr::V4(v) => out[..4].copy_from_slice(&v.octets()),
+        IpAddr::V6(v) => out = v.octets(),
+    }
+    out
+}
+
+pub fn family(a: IpAddr) -> u8 {
+    if a.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }
+}
+
+pub fn service_key(s: &ServiceConfig) -> ServiceKey {
+    ServiceKey {
+        addr: addr16(s.vip),
+        port_be: s.port.to_be(),
+        proto: match s.protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        },
+        family: family(s.vip),
+    }
+}
+
+pub fn settings(config: &Config) -> Settings {
+    let d = &config.dataplane;
+    Settings {
+        mtu: d.mtu,
+        ipip_src_v4: d.ipip_source_v4.map(|a| a.octets()).unwrap_or_default(),
+        ipip_src_v6: d.ipip_source_v6.map(|a| a.octets()).unwrap_or_default(),
+        ipip_src_v4_vary_bits: d.ipip_source_v4_vary_bits,
+        _pad: [0; 7],
+    }
+}
+
+/// The slow-start factor at `now` for a backend up since `since`, and when it next changes.
+fn slowstart(slow: Duration, since: Option<Duration>, now: Duration) -> (f64, Option<Duration>) {
+    let (Some(since), false) = (since, slow.is_zero()) else {
+        return (1.0, None);
+    };
+    let elapsed = now.saturating_sub(since);
+    if elapsed >= slow {
+        return (1.0, None);
+    }
+    let step_len = slow / SLOWSTART_STEPS;
+    let step = (elapsed.as_nanos() / step_len.as_nanos().max(1)) as u32;
+    let factor = (f64::from(step) / f64::from(SLOWSTART_STEPS)).max(SLOWSTART_FLOOR);
+    (factor, Some(since + step_len * (step + 1)))
+}
+
+/// The desired data plane for `config` given `facts` at agent time `now`.
+pub fn plan(
+    config: &Config,
+    facts: &Facts,
+    ids: &mut Ids,
+    tables: &mut TableCache,
+    now: Duration,
+) -> Plan {
+    ids.retain(config);
+    let mut desired = Desired {
+        settings: settings(config),
+        ..Desired::default()
+    };
+    let mut services = Vec::new();
+    let mut next_step: Option<Duration> = None;
+    let unknown = BackendFacts {
+        up: false,
+        up_since: None,
+        mac: Err("next hop not resolved yet".into()),
+    };
+
+    for s in &config.services {
+        let sid = ids.service(&s.name);
+        let mut rows = Vec::new();
+        // (row index, effective weight) of the backends that may take new flows.
+        let mut primaries = Vec::new();
+        let mut backups = Vec::new();
+        let mut ready_primaries = Vec::new();
+        let (mut healthy_weight, mut total_weight) = (0u64, 0u64);
+        for b in &s.backends {
+            let id = ids.backend(&s.name, b.address);
+            let f = facts.get(&(s.name.clone(), b.address)).unwrap_or(&unknown);
+            let (factor, step) = slowstart(s.slowstart, f.up_since, now);
+            let mut reason = String::new();
+            let eligible = match (b.state, f.up, &f.mac) {
+                (AdminState::Maint, ..) => {
+                    reason = "admin maint".into();
+                    false
+                }
+                (_, false, _) => {
+                    reason = "health check down".into();
+                    false
+                }
+                (_, true, Err(e)) => {
+                    reason = format!("next hop unknown: {e}");
+                    false
+                }
+                (AdminState::Drain, true, Ok(_)) => {
+                    reason = "admin drain: established flows only".into();
+                    false
+                }
+                (AdminState::Ready, true, Ok(_)) => true,
+            };
+            if b.state != AdminState::Maint && !b.backup {
+                total_weight += u64::from(b.weight);
+                if eligible {
+                    healthy_weight += u64::from(b.weight);
+                }
+                if b.state == AdminState::Ready && f.mac.is_ok() {
+                    ready_primaries.push(rows.len());
+                }
+            }
+            let eff = ((f64::from(b.weight) * factor).round() as u32).max(1);
+            if eligible {
+                if factor < 1.0 {
+                    reason = format!("slow start: {:.0}% of its weight", factor * 100.0);
+                    next_step = match (next_step, step) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                if b.backup {
+                    backups.push(rows.len())
+                } else {
+                    primaries.push(rows.len())
+                };
+            }
+            let kernel_state = match (b.state, f.up, &f.mac) {
+                (AdminState::Drain, true, Ok(_)) => BACKEND_DRAIN,
+                _ => BACKEND_DOWN,
+            };
+            rows.push((
+                BackendPlan {
+                    address: b.address,
+                    id,
+                    admin: b.state,
+                    backup: b.backup,
+                    health_up: f.up,
+                    kernel_state,
+                    weight: b.weight,
+                    effective_weight: eff,
+                    slots: 0,
+                    reason,
+                },
+                f.mac.clone().unwrap_or([0; 6]),
+            ));
+        }
+
+        let panic = s
+            .panic_threshold
+            .is_some_and(|t| total_weight > 0 && (healthy_weight as f64) < t * total_weight as f64);
+        let chosen: Vec<usize> = if panic {
+            ready_primaries
+        } else if !primaries.is_empty() {
+            for i in &backups {
+                rows[*i].0.reason = "backup: a primary is up".into();
+            }
+            primaries
+        } else {
+            backups
+        };
+        let mut entries = Vec::new();
+        for i in &chosen {
+            let (b, _) = &mut rows[*i];
+            b.kernel_state = BACKEND_UP;
+            if panic {
+                b.reason = format!(
+                    "panic mode: healthy share below {:.0}%",
+                    s.panic_threshold.unwrap_or(0.0) * 100.0
+                );
+            }
+            entries.push(maglev::Entry {
+                key: addr16(b.address),
+                id: b.id,
+                weight: b.effective_weight,
+            });
+        }
+        let table = tables.build(&s.name, entries, s.table_size);
+        let shares = maglev::shares(&table);
+        for (b, mac) in rows.iter_mut() {
+            b.slots = shares.get(&b.id).copied().unwrap_or(0);
+            if b.slots == 0 {
+                b.effective_weight = 0;
+            } else if b.reason.is_empty() {
+                b.reason = "ready, up".into();
+            }
+            if b.id < MAX_BACKENDS {
+                desired.backends.insert(
+                    b.id,
+                    Backend {
+                        addr: addr16(b.address),
+                        mac: *mac,
+                        family: family(b.address),
+                        state: b.kernel_state,
+                    },
+                );
+            }
+        }
+        let key = service_key(s);
+        desired.services.insert(
+            key,
+            DesiredService {
+                id: sid,
+                mode: match s.mode {
+                    Mode::L2dsr => MODE_L2DSR,
+                    Mode::Ipip => MODE_IPIP,
+                },
+                table,
+            },
+        );
+        services.push(ServicePlan {
+            name: s.name.clone(),
+            key,
+            id: sid,
+            table_size: s.table_size,
+            panic,
+            backends: rows.into_iter().map(|(b, _)| b).collect(),
+        });
+    }
+    Plan {
+        desired,
+        services,
+        next_step,
+    }
+}
+
+/// Facts for planning without a live agent (`gateway check`): every non-maint backend up,
+/// next hops assumed resolvable.
+pub fn assume_all_up(config: &Config) -> Facts {
+    let mut f = Facts::new();
+    for s in &config.services {
+        for b in &s.backends {
+            f.insert(
+                (s.name.clone(), b.address),
+                BackendFacts {
+                    up: true,
+                    up_since: None,
+                    mac: Ok([0x02, 0, 0, 0, 0, 1]),
+                },
+            );
+        }
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::sync::{self, Applied, Layout};
+
+    const BASE: &str = r#"
+[dataplane]
+interface = "eth0"
+
+[[service]]
+name = "web"
+vip = "198.18.1.1"
+port = 80
+protocol = "tcp"
+mode = "l2dsr"
+table_size = 65537
+{extra}
+
+[[service.backend]]
+address = "198.18.0.11"
+{b1}
+[[service.backend]]
+address = "198.18.0.12"
+{b2}
+[[service.backend]]
+address = "198.18.0.13"
+{b3}
+"#;
+
+    fn config(extra: &str, b: [&str; 3]) -> Config {
+        let text = BASE
+            .replace("{extra}", extra)
+            .replace("{b1}", b[0])
+            .replace("{b2}", b[1])
+            .replace("{b3}", b[2]);
+        Config::parse(&text, Path::new("t.toml")).expect("valid test config")
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([198, 18, 0, last])
+    }
+
+    fn facts(up: [bool; 3]) -> Facts {
+        (0..3)
+            .map(|i| {
+                let f = BackendFacts {
+                    up: up[i],
+                    up_since: None,
+                    mac: Ok([2, 0, 0, 0, 0, 11 + i as u8]),
+                };
+                (("web".to_string(), ip(11 + i as u8)), f)
+            })
+            .collect()
+    }
+
+    fn run(c: &Config, f: &Facts) -> Plan {
+        plan(
+            c,
+            f,
+            &mut Ids::default(),
+            &mut TableCache::default(),
+            Duration::ZERO,
+        )
+    }
+
+    fn states(p: &Plan) -> Vec<(&'static str, u8, usize)> {
+        p.services[0]
+            .backends
+            .iter()
+            .map(|b| (b.state_word(), b.kernel_state, b.slots))
+            .collect()
+    }
+
+    #[test]
+    fn all_up_share_the_table_by_weight() {
+        let c = config("", ["weight = 100", "weight = 200", "weight = 300"]);
+        let p = run(&c, &facts([true; 3]));
+        let s = &p.services[0];
+        let total: usize = s.backends.iter().map(|b| b.slots).sum();
+        assert_eq!(total, 65537);
+        for b in &s.backends {
+            let want = 65537.0 * f64::from(b.weight) / 600.0;
+            assert!((b.slots as f64 - want).abs() / want < 0.01, "{b:?}");
+            assert_eq!(b.kernel_state, BACKEND_UP);
+        }
+        assert!(!s.empty());
+    }
+
+    #[test]
+    fn down_drain_and_maint_leave_the_table_with_their_own_kernel_state() {
+        let c = config("", ["", "state = \"drain\"", "state = \"maint\""]);
+        let p = run(&c, &facts([true, true, true]));
+        assert_eq!(
+            states(&p),
+            vec![
+                ("up", BACKEND_UP, 65537),
+                ("drain", BACKEND_DRAIN, 0),
+                ("maint", BACKEND_DOWN, 0)
+            ]
+        );
+        let p = run(&c, &facts([false, false, true]));
+        assert_eq!(states(&p)[0], ("down", BACKEND_DOWN, 0));
+        assert_eq!(
+            states(&p)[1],
+            ("down", BACKEND_DOWN, 0),
+            "a draining backend that is down keeps nothing"
+        );
+        assert!(p.services[0].empty());
+        assert!(
+            p.desired
+                .services
+                .values()
+                .next()
+                .unwrap()
+                .table
+                .iter()
+                .all(|s| *s == 0)
+        );
+    }
+
+    #[test]
+    fn an_unknown_next_hop_keeps_a_backend_out() {
+        let c = config("", ["", "", ""]);
+        let mut f = facts([true; 3]);
+        f.get_mut(&("web".into(), ip(12))).unwrap().mac = Err("no ARP reply".into());
+        let p = run(&c, &f);
+        let b = &p.services[0].backends[1];
+        assert_eq!((b.slots, b.kernel_state), (0, BACKEND_DOWN));
+        assert!(b.reason.contains("no ARP reply"), "{}", b.reason);
+    }
+
+    #[test]
+    fn backups_take_traffic_only_while_no_primary_is_up() {
+        let c = config("", ["", "", "backup = true"]);
+        let p = run(&c, &facts([true, false, true]));
+        assert_eq!(
+            states(&p),
+            vec![
+                ("up", BACKEND_UP, 65537),
+                ("down", BACKEND_DOWN, 0),
+                ("unavailable", BACKEND_DOWN, 0)
+            ]
+        );
+        assert!(p.services[0].backends[2].reason.contains("backup"));
+        let p = run(&c, &facts([false, false, true]));
+        assert_eq!(states(&p)[2], ("up", BACKEND_UP, 65537));
+        let p = run(&c, &facts([false, true, true]));
+        assert_eq!(states(&p)[1], ("up", BACKEND_UP, 65537));
+        assert_eq!(states(&p)[2].2, 0);
+    }
+
+    #[test]
+    fn below_the_panic_threshold_traffic_spreads_over_every_ready_backend() {
+        let c = config("panic_threshold = 0.5", ["", "", "state = \"maint\""]);
+        // One of two non-maint primaries up: 50% is not below 50%.
+        let p = run(&c, &facts([true, false, true]));
+        assert!(!p.services[0].panic);
+        assert_eq!(states(&p)[1].2, 0);
+        let c = config("panic_threshold = 0.6", ["", "", "state = \"maint\""]);
+        let p = run(&c, &facts([true, false, true]));
+        assert!(p.services[0].panic);
+        let s = states(&p);
+        assert!(s[0].2 > 30000 && s[1].2 > 30000, "{s:?}");
+        assert_eq!(s[1].1, BACKEND_UP, "panic-mode backends keep their flows");
+        assert_eq!(s[2], ("maint", BACKEND_DOWN, 0));
+    }
+
+    #[test]
+    fn slow_start_ramps_in_steps_and_says_when_to_plan_again() {
+        let c = config("slowstart = \"8s\"", ["", "", ""]);
+        let mut f = facts([true; 3]);
+        let since = Duration::from_secs(100);
+        f.get_mut(&("web".into(), ip(11))).unwrap().up_since = Some(since);
+        let mut ids = Ids::default();
+        let mut tables = TableCache::default();
+        let mut shares = Vec::new();
+        for (t, want_next) in [
+            (0, Some(2)),
+            (2, Some(4)),
+            (5, Some(6)),
+            (7, Some(8)),
+            (8, None),
+        ] {
+            let p = plan(
+                &c,
+                &f,
+                &mut ids,
+                &mut tables,
+                since + Duration::from_secs(t),
+            );
+            assert_eq!(
+                p.next_step,
+                want_next.map(|n| since + Duration::from_secs(n)),
+                "t={t}"
+            );
+            shares.push(p.services[0].backends[0].slots);
+        }
+        assert!(shares.windows(2).all(|w| w[0] <= w[1]), "{shares:?}");
+        assert!(shares[0] < 65537 / 3 / 5, "starts small: {shares:?}");
+        assert!(
+            (shares[4] as f64 - 65537.0 / 3.0).abs() < 300.0,
+            "ends at its full share: {shares:?}"
+        );
+    }
+
+    #[test]
+    fn ids_are_stable_and_reused_after_removal() {
+        let c = config("", ["", "", ""]);
+        let mut ids = Ids::default();
+        let mut t = TableCache::default();
+        let p1 = plan(&c, &facts([true; 3]), &mut ids, &mut t, Duration::ZERO);
+        let p2 = plan(&c, &facts([true; 3]), &mut ids, &mut t, Duration::ZERO);
+        let id_list = |p: &Plan| {
+            p.services[0]
+                .backends
+                .iter()
+                .map(|b| b.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(id_list(&p1), vec![1, 2, 3]);
+        assert_eq!(id_list(&p1), id_list(&p2));
+        let mut fewer = c.clone();
+        fewer.services[0].backends.remove(1);
+        let p3 = plan(&fewer, &facts([true; 3]), &mut ids, &mut t, Duration::ZERO);
+        assert_eq!(id_list(&p3), vec![1, 3]);
+        let p4 = plan(&c, &facts([true; 3]), &mut ids, &mut t, Duration::ZERO);
+        assert_eq!(id_list(&p4), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn the_same_input_plans_the_same_maps_and_an_empty_diff() {
+        let c = config("", ["weight = 5", "", "backup = true"]);
+        let layout = Layout {
+            max_services: 16,
+            stride: 65537,
+        };
+        let p1 = run(&c, &facts([true, true, true]));
+        let p2 = run(&c, &facts([true, true, true]));
+        assert_eq!(p1.desired, p2.desired);
+        let (ops, applied) = sync::diff(&Applied::default(), &p1.desired, layout).unwrap();
+        assert!(!ops.is_empty());
+        let (again, _) = sync::diff(&applied, &p2.desired, layout).unwrap();
+        assert!(again.is_empty(), "{again:?}");
+    }
+}

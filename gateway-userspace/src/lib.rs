@@ -1,10 +1,12 @@
 //! The gateway agent: loads the XDP program, keeps its maps in step with the configuration
 //! and the backends' health, and reports what the data plane does.
 
+pub mod agent;
 pub mod config;
 pub mod dataplane;
 pub mod health;
 pub mod maglev;
+pub mod neigh;
 pub mod object;
 pub mod plan;
 pub mod sync;

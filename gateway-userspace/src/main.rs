@@ -4,11 +4,11 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gateway::{
+    agent::{self, Agent},
     config::{Config, XdpMode},
     dataplane::Dataplane,
     sys,
 };
-use gateway_common::STAT_NAMES;
 use log::info;
 
 #[derive(Parser)]
@@ -39,8 +39,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Internal {
-    /// Write the map-less XDP_PASS object (for `ip link set ... xdp obj`) to FILE.
-    WritePassObject { file: PathBuf },
+    /// Write the map-less test-bed objects (for `ip link set ... xdp obj`): xdp_pass to
+    /// PASS, xdp_decap to DECAP.
+    WriteObjects { pass: PathBuf, decap: PathBuf },
 }
 
 fn main() {
@@ -52,9 +53,10 @@ fn main() {
             xdp_mode,
             stats_interval,
         } => run(config, xdp_mode, stats_interval),
-        Command::Internal(Internal::WritePassObject { file }) => {
-            std::fs::write(&file, gateway::object::XDP_PASS)
-                .with_context(|| format!("writing {}", file.display()))
+        Command::Internal(Internal::WriteObjects { pass, decap }) => {
+            std::fs::write(&pass, gateway::object::XDP_PASS)
+                .and_then(|_| std::fs::write(&decap, gateway::object::XDP_DECAP))
+                .context("writing the test-bed objects")
         }
     };
     if let Err(e) = result {
@@ -65,44 +67,35 @@ fn main() {
 
 fn run(path: PathBuf, mode: Option<XdpMode>, stats_interval: u64) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    let iface = &config.dataplane.interface;
+    let iface = config.dataplane.interface.clone();
     let mode = mode.unwrap_or(config.dataplane.xdp_mode);
-    let ifindex = sys::preflight(iface)?;
+    let ifindex = sys::preflight(&iface)?;
 
-    let mut dp = Dataplane::load(Default::default())?;
-    dp.attach(ifindex, iface, mode)?;
+    let mut dp = Dataplane::load(agent::load_options(&config))?;
+    dp.attach(ifindex, &iface, mode)?;
+    info!(
+        "{} services configured; probing backends",
+        config.services.len()
+    );
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(async {
+    let mut agent = rt.block_on(async { Agent::new(config, path.clone(), dp) });
+    let result = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let period = Duration::from_secs(stats_interval.max(1));
-        let mut tick = tokio::time::interval(period);
-        tick.tick().await;
-        loop {
+        let shutdown = async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => { info!("SIGINT: shutting down"); break; }
-                _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
-                _ = tick.tick(), if stats_interval > 0 => print_stats(&dp)?,
+                _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+                _ = term.recv() => info!("SIGTERM: shutting down"),
             }
-        }
-        anyhow::Ok(())
-    })?;
-    print_stats(&dp)?;
-    dp.detach()?;
+        };
+        let every = (stats_interval > 0).then(|| Duration::from_secs(stats_interval));
+        agent.run(shutdown, every).await
+    });
+    agent::print_stats(&agent.dp)?;
+    agent.dp.detach()?;
     info!("detached from {iface}");
-    Ok(())
-}
-
-fn print_stats(dp: &Dataplane) -> anyhow::Result<()> {
-    let stats = dp.global_stats()?;
-    let line: Vec<String> = STAT_NAMES
-        .iter()
-        .zip(&stats)
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect();
-    println!("stats {}", line.join(" "));
-    Ok(())
+    result
 }

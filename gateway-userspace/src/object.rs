@@ -10,3 +10,7 @@ pub static XDP_PASS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 /// A map-less object whose program `xdp_floor` swaps MACs and returns XDP_TX: the baseline
 /// of the data-plane benchmark.
 pub static XDP_FLOOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-floor"));
+
+/// A map-less object whose program `xdp_decap` strips an IPIP / IP6IP6 outer header: the
+/// lab's backends use it where the kernel lacks the tunnel drivers.
+pub static XDP_DECAP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-decap"));

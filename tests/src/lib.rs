@@ -7,6 +7,7 @@
 //!        fd00::1                    fd00::2                     fd00::11 ..
 //!   route VIPs via lb          (gateway attaches here)     lo: VIP 198.18.1.1, fd00:1::1
 //!        |                          |                      lab-server on :80 (tcp+udp)
+//!        |                          |                      xdp_decap on eth0 (ipip mode)
 //!   ----c--------- br0 (ns gw-<lab>-sw) ----lb-----------------b1 .. bN----
 //!                                 xdp_pass on "lb" (veth XDP_TX needs a program on the peer)
 //! ```
@@ -43,6 +44,8 @@ pub struct LabSpec {
     pub backends: usize,
     /// The map-less XDP_PASS object (`gateway-ebpf`'s `xdp-pass`) for the balancer's peer.
     pub pass_object: PathBuf,
+    /// The map-less IPIP/IP6IP6 decapsulation object (`xdp-decap`) for the backends.
+    pub decap_object: PathBuf,
     /// The `lab-server` binary to start in every backend.
     pub server_bin: PathBuf,
 }
@@ -304,6 +307,26 @@ impl Lab {
                 sysctl(&b.netns, &format!("net.ipv4.conf.{dev}.arp_ignore"), "1")?;
                 sysctl(&b.netns, &format!("net.ipv4.conf.{dev}.arp_announce"), "2")?;
             }
+            // IPIP / IP6IP6 decapsulation: xdp_decap strips the outer header on eth0, as an
+            // ipip/ip6tnl device would (CI kernels may lack those drivers).
+            let decap = self
+                .spec
+                .decap_object
+                .to_str()
+                .context("decap object path")?;
+            ip(&[
+                "-n",
+                &b.netns,
+                "link",
+                "set",
+                "dev",
+                "eth0",
+                "xdpgeneric",
+                "obj",
+                decap,
+                "sec",
+                "xdp",
+            ])?;
             ip(&[
                 "-n",
                 &b.netns,

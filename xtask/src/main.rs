@@ -148,15 +148,18 @@ fn run(release: bool, args: &[String]) -> anyhow::Result<()> {
 
 fn lab_spec(dir: &Path, name: &str, backends: usize) -> anyhow::Result<lab::LabSpec> {
     let pass = dir.join("xdp-pass.o");
+    let decap = dir.join("xdp-decap.o");
     status(
         Command::new(dir.join("gateway"))
-            .args(["internal", "write-pass-object"])
-            .arg(&pass),
+            .args(["internal", "write-objects"])
+            .arg(&pass)
+            .arg(&decap),
     )?;
     Ok(lab::LabSpec {
         name: name.to_string(),
         backends,
         pass_object: pass,
+        decap_object: decap,
         server_bin: dir.join("lab-server"),
     })
 }

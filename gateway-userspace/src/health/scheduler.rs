@@ -194,9 +194,7 @@ async fn run(mut check: Check) {
 
         let transition = state.observe(result.ok);
         check.up.store(state.is_up(), Ordering::Release);
-        if let Some(t) = transition {
-            log::info!("{}", t.describe(spec.target, &result.reason));
-        }
+        // The receiver logs transitions: it knows which service the check belongs to.
         let event = Event {
             id: check.id,
             target: spec.target,

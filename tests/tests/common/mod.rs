@@ -1,6 +1,7 @@
 //! Helpers shared by the privileged integration tests.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod world;
 
 use std::path::PathBuf;
@@ -16,13 +17,13 @@ pub fn privileged(test: &str) -> bool {
     true
 }
 
-/// Writes the embedded XDP_PASS object to a file the lab can hand to iproute2.
-pub fn pass_object() -> PathBuf {
+/// Writes an embedded map-less object to a file the lab can hand to iproute2.
+fn object_file(name: &str, bytes: &[u8]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gateway-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("xdp-pass.o");
+    let path = dir.join(name);
     if !path.exists() {
-        std::fs::write(&path, gateway::object::XDP_PASS).expect("write pass object");
+        std::fs::write(&path, bytes).expect("write object");
     }
     path
 }
@@ -31,7 +32,8 @@ pub fn lab(prefix: &str, backends: usize) -> Lab {
     Lab::up(LabSpec {
         name: lab::unique_name(prefix),
         backends,
-        pass_object: pass_object(),
+        pass_object: object_file("xdp-pass.o", gateway::object::XDP_PASS),
+        decap_object: object_file("xdp-decap.o", gateway::object::XDP_DECAP),
         server_bin: PathBuf::from(env!("CARGO_BIN_EXE_lab-server")),
     })
     .expect("lab up")

@@ -1,0 +1,414 @@
+//! The agent: one control loop that keeps the data plane in step with the configuration,
+//! the backends' health and their next hops.
+//!
+//! Every change - a probe verdict, a MAC learned or lost, a slow-start step, a reload - goes
+//! the same way: `plan` (config + facts -> desired maps), `diff` (applied vs desired),
+//! `apply` (the only code that writes maps).
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use log::{error, info, warn};
+use tokio::sync::mpsc;
+
+use crate::{
+    config::{self, AdminState, Config, Mode},
+    dataplane::{Dataplane, LoadOptions},
+    health::{self, CheckId, CheckSpec, Prober},
+    neigh::Resolver,
+    plan::{self, BackendFacts, Facts, Ids, Plan, TableCache},
+    sync::{self, Applied},
+};
+
+/// Transitions kept per backend for status output.
+const HISTORY: usize = 16;
+/// How often next hops are re-resolved.
+const NEIGH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Load-time sizes from the config.
+pub fn load_options(c: &Config) -> LoadOptions {
+    LoadOptions {
+        conntrack_size: c.dataplane.conntrack_size,
+        max_services: c.dataplane.max_services,
+        max_table_size: c.dataplane.max_table_size,
+    }
+}
+
+/// What the agent knows about one backend of one service.
+#[derive(Debug, Clone)]
+pub struct BackendRecord {
+    pub up: bool,
+    pub up_since: Option<Duration>,
+    pub last: Option<health::ProbeResult>,
+    pub transitions: VecDeque<String>,
+    check: Option<(CheckId, CheckSpec)>,
+}
+
+pub struct Agent {
+    pub config: Config,
+    pub path: PathBuf,
+    pub dp: Dataplane,
+    applied: Applied,
+    ids: Ids,
+    tables: TableCache,
+    pub records: HashMap<(String, IpAddr), BackendRecord>,
+    macs: HashMap<IpAddr, Result<[u8; 6], String>>,
+    resolver: Resolver,
+    prober: Prober,
+    events: mpsc::Receiver<health::Event>,
+    by_check: HashMap<CheckId, (String, IpAddr)>,
+    next_check: CheckId,
+    started: Instant,
+    pub last_plan: Option<Plan>,
+    next_step: Option<Duration>,
+}
+
+fn check_spec(h: &config::HealthConfig, addr: IpAddr) -> Option<CheckSpec> {
+    let kind = match &h.kind {
+        config::CheckKind::None => return None,
+        config::CheckKind::Tcp => health::CheckKind::Tcp,
+        config::CheckKind::Http(c) => health::CheckKind::Http(health::HttpCheck {
+            path: c.path.clone(),
+            host: c.host.clone(),
+            expect_status: c.expect_status.clone(),
+            body_contains: c.body_contains.clone(),
+        }),
+    };
+    Some(CheckSpec {
+        kind,
+        target: SocketAddr::new(addr, h.port),
+        interval: h.interval,
+        timeout: h.timeout,
+        rise: h.rise,
+        fall: h.fall,
+        fast_interval: h.fast_interval,
+        down_interval: h.down_interval,
+        jitter: h.jitter,
+        initial_up: h.initial_up,
+    })
+}
+
+impl Agent {
+    /// Takes a loaded (and usually attached) data plane and starts probing.
+    pub fn new(config: Config, path: PathBuf, dp: Dataplane) -> Agent {
+        let (tx, rx) = mpsc::channel(4096);
+        let mut agent = Agent {
+            config: config.clone(),
+            path,
+            dp,
+            applied: Applied::default(),
+            ids: Ids::default(),
+            tables: TableCache::default(),
+            records: HashMap::new(),
+            macs: HashMap::new(),
+            resolver: Resolver::default(),
+            prober: Prober::new(health::DEFAULT_MAX_IN_FLIGHT, tx),
+            events: rx,
+            by_check: HashMap::new(),
+            next_check: 1,
+            started: Instant::now(),
+            last_plan: None,
+            next_step: None,
+        };
+        agent.sync_checks();
+        agent
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Starts, updates and stops probes so they match the config.
+    fn sync_checks(&mut self) {
+        let mut wanted: HashMap<(String, IpAddr), Option<CheckSpec>> = HashMap::new();
+        for s in &self.config.services {
+            for b in &s.backends {
+                let spec = if b.state == AdminState::Maint {
+                    None
+                } else {
+                    check_spec(&b.health, b.address)
+                };
+                wanted.insert((s.name.clone(), b.address), spec);
+            }
+        }
+        // Gone, or no longer probed.
+        let stale: Vec<(String, IpAddr)> = self
+            .records
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in stale {
+            if let Some(r) = self.records.remove(&k)
+                && let Some((id, _)) = r.check
+            {
+                self.prober.remove(id);
+                self.by_check.remove(&id);
+            }
+        }
+        for (key, spec) in wanted {
+            let initial_up = spec.as_ref().is_none_or(|s| s.initial_up);
+            let rec = self
+                .records
+                .entry(key.clone())
+                .or_insert_with(|| BackendRecord {
+                    up: initial_up,
+                    up_since: None,
+                    last: None,
+                    transitions: VecDeque::new(),
+                    check: None,
+                });
+            match (spec, rec.check.take()) {
+                (None, Some((id, _))) => {
+                    self.prober.remove(id);
+                    self.by_check.remove(&id);
+                    // Unprobed backends (kind none, or maint) count as up; maint is
+                    // kept out by its admin state.
+                    rec.up = true;
+                }
+                (None, None) => rec.up = true,
+                (Some(spec), Some((id, old))) => {
+                    if spec != old {
+                        self.prober.update(id, spec.clone());
+                    }
+                    rec.check = Some((id, spec));
+                }
+                (Some(spec), None) => {
+                    let id = self.next_check;
+                    self.next_check += 1;
+                    rec.up = spec.initial_up;
+                    rec.up_since = None;
+                    self.prober.add(id, spec.clone());
+                    self.by_check.insert(id, key.clone());
+                    rec.check = Some((id, spec));
+                }
+            }
+        }
+    }
+
+    fn facts(&self) -> Facts {
+        self.records
+            .iter()
+            .map(|(k, r)| {
+                let mac = self
+                    .macs
+                    .get(&k.1)
+                    .cloned()
+                    .unwrap_or_else(|| Err("next hop not resolved yet".into()));
+                (
+                    k.clone(),
+                    BackendFacts {
+                        up: r.up,
+                        up_since: r.up_since,
+                        mac,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Plans, diffs and applies; logs services left without backends.
+    pub fn replan(&mut self, why: &str) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let now = self.now();
+        let p = plan::plan(
+            &self.config,
+            &self.facts(),
+            &mut self.ids,
+            &mut self.tables,
+            now,
+        );
+        let (ops, next) = sync::diff(&self.applied, &p.desired, self.dp.options().layout())?;
+        if !ops.is_empty() {
+            sync::apply(&ops, &mut self.dp)?;
+            self.applied = next;
+            info!(
+                "{why}: applied {} map updates in {:?}",
+                ops.len(),
+                started.elapsed()
+            );
+            let before = self.last_plan.as_ref();
+            for s in &p.services {
+                let was_empty = before
+                    .and_then(|b| b.services.iter().find(|o| o.name == s.name))
+                    .is_some_and(|o| o.empty());
+                if s.empty() && !was_empty {
+                    error!(
+                        "service {}: NO BACKEND AVAILABLE - new connections are dropped ({})",
+                        s.name,
+                        s.backends
+                            .iter()
+                            .map(|b| format!("{} {}", b.address, b.reason))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    );
+                } else if !s.empty() && was_empty {
+                    info!("service {}: backends available again", s.name);
+                }
+                if s.panic {
+                    warn!(
+                        "service {}: panic mode, spreading over every ready backend",
+                        s.name
+                    );
+                }
+            }
+        }
+        self.next_step = p.next_step;
+        self.last_plan = Some(p);
+        Ok(())
+    }
+
+    fn resolve(&mut self) -> bool {
+        let backends: Vec<(IpAddr, bool)> = self
+            .config
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(move |b| (b.address, s.mode == Mode::L2dsr))
+            })
+            .collect();
+        let macs = self
+            .resolver
+            .resolve(&backends, &self.config.dataplane.interface);
+        let changed = macs != self.macs;
+        for (addr, m) in &macs {
+            let old = self.macs.get(addr);
+            match (old, m) {
+                (Some(Ok(a)), Ok(b)) if a != b => {
+                    info!("backend {addr}: next hop MAC changed to {}", fmt_mac(b))
+                }
+                (Some(Ok(_)), Err(e)) => warn!("backend {addr}: next hop lost: {e}"),
+                _ => {}
+            }
+        }
+        self.macs = macs;
+        changed
+    }
+
+    fn on_event(&mut self, ev: health::Event) -> bool {
+        let Some(key) = self.by_check.get(&ev.id).cloned() else {
+            return false;
+        };
+        let now = self.now();
+        let Some(rec) = self.records.get_mut(&key) else {
+            return false;
+        };
+        let changed = rec.up != ev.up;
+        if let Some(t) = &ev.transition {
+            let line = format!("{} {}", key.0, t.describe(ev.target, &ev.result.reason));
+            info!("{line}");
+            rec.transitions.push_back(line);
+            if rec.transitions.len() > HISTORY {
+                rec.transitions.pop_front();
+            }
+        }
+        if changed && ev.up {
+            rec.up_since = Some(now);
+        }
+        rec.up = ev.up;
+        rec.last = Some(ev.result);
+        changed
+    }
+
+    /// Re-reads the config file. An invalid file changes nothing (the error is returned);
+    /// settings fixed at load time keep their old values until a restart.
+    pub fn reload(&mut self) -> anyhow::Result<()> {
+        let next = Config::load(&self.path)?;
+        let d = &self.config.dataplane;
+        let n = &next.dataplane;
+        if (d.interface.as_str(), d.xdp_mode, load_options(&self.config))
+            != (n.interface.as_str(), n.xdp_mode, load_options(&next))
+        {
+            warn!(
+                "reload: interface, XDP mode, conntrack_size, max_services and max_table_size take effect at the next start"
+            );
+        }
+        let mut next = next;
+        next.dataplane.interface = d.interface.clone();
+        next.dataplane.xdp_mode = d.xdp_mode;
+        next.dataplane.conntrack_size = d.conntrack_size;
+        next.dataplane.max_services = d.max_services;
+        next.dataplane.max_table_size = d.max_table_size;
+        self.config = next;
+        self.resolver.flush_routes();
+        self.sync_checks();
+        self.resolve();
+        self.replan("reload")?;
+        info!("reloaded {}", self.path.display());
+        Ok(())
+    }
+
+    /// Runs until `shutdown` resolves. `stats_every` prints the global counters.
+    pub async fn run(
+        &mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+        stats_every: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        self.resolve();
+        self.replan("start")?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut neigh = tokio::time::interval(NEIGH_INTERVAL);
+        let mut stats = tokio::time::interval(stats_every.unwrap_or(Duration::from_secs(3600)));
+        stats.tick().await;
+        tokio::pin!(shutdown);
+        loop {
+            let step = self
+                .next_step
+                .map(|t| tokio::time::Instant::from_std(self.started + t));
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                Some(ev) = self.events.recv() => {
+                    let mut changed = self.on_event(ev);
+                    // Drain what else arrived, then plan once.
+                    while let Ok(ev) = self.events.try_recv() {
+                        changed |= self.on_event(ev);
+                    }
+                    if changed {
+                        self.replan("health change")?;
+                    }
+                }
+                _ = neigh.tick() => {
+                    if self.resolve() {
+                        self.replan("next hops changed")?;
+                    }
+                }
+                _ = async { tokio::time::sleep_until(step.unwrap_or_else(tokio::time::Instant::now)).await }, if step.is_some() => {
+                    self.replan("slow start step")?;
+                }
+                _ = hup.recv() => {
+                    if let Err(e) = self.reload() {
+                        error!("reload failed, keeping the running config: {e:#}");
+                    }
+                }
+                _ = stats.tick(), if stats_every.is_some() => {
+                    print_stats(&self.dp)?;
+                }
+            }
+        }
+    }
+}
+
+pub fn fmt_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Prints the global counters as one `stats name=value ...` line.
+pub fn print_stats(dp: &Dataplane) -> anyhow::Result<()> {
+    let stats = dp.global_stats()?;
+    let line: Vec<String> = gateway_common::STAT_NAMES
+        .iter()
+        .zip(&stats)
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    println!("stats {}", line.join(" "));
+    Ok(())
+}

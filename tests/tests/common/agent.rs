@@ -1,0 +1,280 @@
+//! Running the real `gateway` binary inside a lab's balancer namespace, and talking to the
+//! VIP from the client namespace.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    process::{Child, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use lab::Lab;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// The agent process; killed by PID when dropped.
+pub struct Agent {
+    child: Option<Child>,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub config: std::path::PathBuf,
+}
+
+pub fn gateway_bin() -> std::path::PathBuf {
+    lab::target_bin("gateway").expect("gateway binary (cargo build --bins)")
+}
+
+impl Agent {
+    /// Starts `gateway run` in the balancer namespace with `config` and waits until its first
+    /// plan is applied.
+    pub fn start(lab: &Lab, config: &str) -> Agent {
+        let dir = std::env::temp_dir().join(format!("gateway-e2e-{}", lab.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, config).unwrap();
+        let a = Agent::spawn(lab, &path);
+        assert!(
+            a.wait_log("start: applied", Duration::from_secs(20)),
+            "agent did not start:\n{}",
+            a.log_text()
+        );
+        a
+    }
+
+    /// Starts the agent without waiting for anything.
+    pub fn spawn(lab: &Lab, path: &std::path::Path) -> Agent {
+        let mut child = lab::ns_command(&lab.lb.netns, gateway_bin())
+            .args(["run", "--config"])
+            .arg(path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gateway");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if std::env::var_os("GATEWAY_TEST_VERBOSE").is_some() {
+                        eprintln!("  agent| {line}");
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Agent {
+            child: Some(child),
+            log,
+            config: path.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until a log line contains `needle` (counting from the start of the log).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_log_count(needle, 1, timeout)
+    }
+
+    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.count_log(needle) >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Rewrites the config and sends SIGHUP; waits for the reload to be applied.
+    pub fn reload(&self, config: &str) {
+        let n = self.count_log("reloaded ");
+        std::fs::write(&self.config, config).unwrap();
+        self.signal(libc::SIGHUP);
+        assert!(
+            self.wait_log_count("reloaded ", n + 1, Duration::from_secs(10)),
+            "no reload:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.child.take().unwrap().wait().unwrap()
+    }
+
+    /// SIGKILL and wait, as a crash would end it.
+    pub fn kill(mut self) {
+        let mut c = self.child.take().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A config for a lab: one service on the lab's VIP, port 80, with the lab's backends.
+pub struct Cfg {
+    pub mode: &'static str,
+    pub v6: bool,
+    pub protocol: &'static str,
+    /// Extra lines for the service (e.g. `slowstart = "2s"`).
+    pub service_extra: String,
+    /// Per backend: extra lines (weight, state, backup), or None to leave it out.
+    pub backends: Vec<Option<String>>,
+    pub interval_ms: u64,
+    pub fall: u32,
+    pub rise: u32,
+}
+
+impl Cfg {
+    pub fn new(mode: &'static str, v6: bool, n: usize) -> Cfg {
+        Cfg {
+            mode,
+            v6,
+            protocol: "tcp",
+            service_extra: String::new(),
+            backends: vec![Some(String::new()); n],
+            interval_ms: 100,
+            fall: 2,
+            rise: 1,
+        }
+    }
+
+    pub fn render(&self, lab: &Lab) -> String {
+        let vip = lab.vip(self.v6);
+        let mut s = format!(
+            "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"native\"\nconntrack_size = 65536\n\
+             ipip_source_v4 = \"{}\"\nipip_source_v6 = \"{}\"\n\n\
+             [[service]]\nname = \"web\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"{}\"\nmode = \"{}\"\n{}\n\
+             [service.health]\nkind = \"tcp\"\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nfall = {}\nrise = {}\njitter = 0.0\n",
+            lab.lb.ipv4,
+            lab.lb.ipv6,
+            self.protocol,
+            self.mode,
+            self.service_extra,
+            self.interval_ms,
+            self.interval_ms,
+            self.fall,
+            self.rise
+        );
+        for (b, extra) in lab.backends.iter().zip(&self.backends) {
+            if let Some(extra) = extra {
+                let addr: IpAddr = if self.v6 {
+                    b.ipv6.into()
+                } else {
+                    b.ipv4.into()
+                };
+                s += &format!("\n[[service.backend]]\naddress = \"{addr}\"\n{extra}\n");
+            }
+        }
+        s
+    }
+}
+
+/// One TCP exchange from `local_port` (0: any): connect, send a line, read the backend's
+/// name. The socket closes with RST so thousands of them leave no TIME_WAIT behind.
+pub fn tcp_name(vip: SocketAddr, local_port: u16, timeout: Duration) -> std::io::Result<String> {
+    let domain = if vip.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if local_port != 0 {
+        let any: SocketAddr = if vip.is_ipv6() {
+            "[::]:0".parse().unwrap()
+        } else {
+            "0.0.0.0:0".parse().unwrap()
+        };
+        s.bind(&SockAddr::from(SocketAddr::new(any.ip(), local_port)))?;
+    }
+    s.connect_timeout(&SockAddr::from(vip), timeout)?;
+    s.set_linger(Some(Duration::ZERO))?;
+    let mut t: TcpStream = s.into();
+    t.set_read_timeout(Some(timeout))?;
+    t.write_all(b"hi\n")?;
+    let mut line = String::new();
+    BufReader::new(&t).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::Error::other("connection closed without an answer"));
+    }
+    Ok(line.trim().to_string())
+}
+
+/// One UDP request/response from `local_port`.
+pub fn udp_name(vip: SocketAddr, local_port: u16, timeout: Duration) -> std::io::Result<String> {
+    let any: IpAddr = if vip.is_ipv6() {
+        "::".parse().unwrap()
+    } else {
+        "0.0.0.0".parse().unwrap()
+    };
+    let s = UdpSocket::bind(SocketAddr::new(any, local_port))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.connect(vip)?;
+    s.send(b"hi")?;
+    let mut buf = [0u8; 256];
+    let n = s.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+/// A long-lived connection: ask again and again on the same socket.
+pub struct Conn {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(vip: SocketAddr) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect_timeout(&vip, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        let mut c = Conn { stream, reader };
+        c.ask()?; // the server answers per line; the first answer opens the exchange
+        Ok(c)
+    }
+
+    pub fn ask(&mut self) -> std::io::Result<String> {
+        self.stream.write_all(b"again\n")?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        if line.is_empty() {
+            return Err(std::io::Error::other("closed"));
+        }
+        Ok(line.trim().to_string())
+    }
+}

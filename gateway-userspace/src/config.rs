@@ -28,7 +28,8 @@ use toml::Spanned;
 /// Why a configuration was not accepted.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    // The io error is the source, which `{:#}` (anyhow) appends: the message leaves it out.
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -2194,5 +2195,7 @@ weight = 20000
         );
         let err = Config::load(&path).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(chain.matches("os error").count(), 1, "{chain}");
     }
 }

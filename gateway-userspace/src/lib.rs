@@ -2,6 +2,7 @@
 //! and the backends' health, and reports what the data plane does.
 
 pub mod agent;
+pub mod check;
 pub mod config;
 pub mod dataplane;
 pub mod health;

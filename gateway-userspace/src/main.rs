@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gateway::{
     agent::{self, Agent},
+    check,
     config::{Config, XdpMode},
     dataplane::Dataplane,
     sys,
@@ -32,6 +33,18 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         stats_interval: u64,
     },
+    /// Validate a config and print its plan; with --against, what applying it would change.
+    ///
+    /// Every backend not in maint is assumed healthy. Needs no root and touches no kernel
+    /// state; exits 1 when a config is invalid.
+    Check {
+        /// The configuration file to check.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// The configuration currently running, to compare against.
+        #[arg(long, value_name = "RUNNING_FILE")]
+        against: Option<PathBuf>,
+    },
     /// Helpers for test beds; not part of the stable interface.
     #[command(hide = true, subcommand)]
     Internal(Internal),
@@ -53,6 +66,7 @@ fn main() {
             xdp_mode,
             stats_interval,
         } => run(config, xdp_mode, stats_interval),
+        Command::Check { config, against } => check(config, against),
         Command::Internal(Internal::WriteObjects { pass, decap }) => {
             std::fs::write(&pass, gateway::object::XDP_PASS)
                 .and_then(|_| std::fs::write(&decap, gateway::object::XDP_DECAP))
@@ -98,4 +112,21 @@ fn run(path: PathBuf, mode: Option<XdpMode>, stats_interval: u64) -> anyhow::Res
     agent.dp.detach()?;
     info!("detached from {iface}");
     result
+}
+
+fn check(path: PathBuf, against: Option<PathBuf>) -> anyhow::Result<()> {
+    let next = Config::load(&path)?;
+    let running = against
+        .map(|p| Config::load(&p).map(|c| (p, c)))
+        .transpose()?;
+    print!("{}", check::render_plan(&next));
+    if let Some((running_path, running)) = running {
+        println!(
+            "\nchanges from {} to {}:",
+            running_path.display(),
+            path.display()
+        );
+        print!("{}", check::render_change(&running, &next));
+    }
+    Ok(())
 }

@@ -39,13 +39,13 @@ fn hash64(key: &[u8; 16], seed: u64) -> u64 {
 const SEED_OFFSET: u64 = 0x9e37_79b9_7f4a_7c15;
 const SEED_SKIP: u64 = 0xc2b2_ae3d_27d4_eb4f;
 
-/// Builds a table of `m` slots (`m` prime; the caller validates it). With no backend of
-/// positive weight every slot is 0, "no backend".
+/// Builds a table of `m` slots (`m` prime; the caller validates it, and a non-prime `m`
+/// may never finish). With no backend of positive weight every slot is 0, "no backend".
 pub fn build(entries: &[Entry], m: u32) -> Vec<u32> {
     let m64 = u64::from(m);
     let mut table = vec![0u32; m as usize];
     let mut live: Vec<&Entry> = entries.iter().filter(|e| e.weight > 0).collect();
-    if live.is_empty() || m < 2 {
+    if live.is_empty() || m == 0 {
         return table;
     }
     live.sort_by(|a, b| a.key.cmp(&b.key).then(a.id.cmp(&b.id)));
@@ -65,7 +65,8 @@ pub fn build(entries: &[Entry], m: u32) -> Vec<u32> {
             id: e.id,
             weight: u64::from(e.weight),
             offset: hash64(&e.key, SEED_OFFSET) % m64,
-            skip: hash64(&e.key, SEED_SKIP) % (m64 - 1) + 1,
+            // m = 1 is not prime, but its one slot still gets a backend.
+            skip: hash64(&e.key, SEED_SKIP) % (m64 - 1).max(1) + 1,
             next: 0,
             turns: 0,
         })
@@ -316,7 +317,7 @@ mod tests {
     #[test]
     fn a_table_smaller_than_the_backend_count_is_still_full() {
         let e = entries(&[1; 10]);
-        for m in [2, 3, 5, 7] {
+        for m in [1, 2, 3, 5, 7] {
             let t = build(&e, m);
             assert_eq!(t.len(), m as usize);
             assert!(t.iter().all(|id| (1..=10).contains(id)), "m={m}: {t:?}");

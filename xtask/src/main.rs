@@ -49,7 +49,7 @@ enum Cmd {
     Demo,
     /// Run benchmarks (all, or the one named) and write docs/BENCHMARKS.md.
     Bench {
-        /// `xdp`; all when omitted.
+        /// `xdp` or `maglev`; all when omitted.
         which: Option<String>,
     },
 }
@@ -299,11 +299,18 @@ fn demo() -> anyhow::Result<()> {
 }
 
 /// Benchmarks: (name, cargo bench target, what it measures).
-const BENCHES: &[(&str, &str, &str)] = &[(
-    "xdp",
-    "xdp",
-    "Data plane: ns/packet through BPF_PROG_TEST_RUN, against a floor program",
-)];
+const BENCHES: &[(&str, &str, &str)] = &[
+    (
+        "xdp",
+        "xdp",
+        "Data plane: ns/packet through BPF_PROG_TEST_RUN, against a floor program",
+    ),
+    (
+        "maglev",
+        "maglev",
+        "Maglev: table build time and slots moved",
+    ),
+];
 
 fn bench(which: Option<&str>) -> anyhow::Result<()> {
     let env = setup::ensure(false)?;

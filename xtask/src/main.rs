@@ -330,9 +330,13 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
         "# Benchmarks\n\nWritten by `cargo xtask bench`; numbers are from the run below, on this machine.\n\n",
     );
     doc += &machine_info();
+    // Not necessarily cargo's target directory (CARGO_TARGET_DIR may point elsewhere), so
+    // it may not exist yet.
+    let out_dir = root.join("target");
+    std::fs::create_dir_all(&out_dir)?;
     for (name, target, title) in selected {
         step(&format!("bench {name}"));
-        let out = root.join("target").join(format!("bench-{name}.md"));
+        let out = out_dir.join(format!("bench-{name}.md"));
         status(
             cargo(&env)
                 .args(["bench", "-p", "gateway-tests", "--bench", target])

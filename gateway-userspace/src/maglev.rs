@@ -39,13 +39,13 @@ fn hash64(key: &[u8; 16], seed: u64) -> u64 {
 const SEED_OFFSET: u64 = 0x9e37_79b9_7f4a_7c15;
 const SEED_SKIP: u64 = 0xc2b2_ae3d_27d4_eb4f;
 
-/// Builds a table of `m` slots (`m` prime; the caller validates it). With no backend of
-/// positive weight every slot is 0, "no backend".
+/// Builds a table of `m` slots (`m` prime; the caller validates it, and a non-prime `m`
+/// may never finish). With no backend of positive weight every slot is 0, "no backend".
 pub fn build(entries: &[Entry], m: u32) -> Vec<u32> {
     let m64 = u64::from(m);
     let mut table = vec![0u32; m as usize];
     let mut live: Vec<&Entry> = entries.iter().filter(|e| e.weight > 0).collect();
-    if live.is_empty() || m < 2 {
+    if live.is_empty() || m == 0 {
         return table;
     }
     live.sort_by(|a, b| a.key.cmp(&b.key).then(a.id.cmp(&b.id)));
@@ -65,7 +65,8 @@ pub fn build(entries: &[Entry], m: u32) -> Vec<u32> {
             id: e.id,
             weight: u64::from(e.weight),
             offset: hash64(&e.key, SEED_OFFSET) % m64,
-            skip: hash64(&e.key, SEED_SKIP) % (m64 - 1) + 1,
+            // m = 1 is not prime, but its one slot still gets a backend.
+            skip: hash64(&e.key, SEED_SKIP) % (m64 - 1).max(1) + 1,
             next: 0,
             turns: 0,
         })
@@ -118,6 +119,9 @@ pub fn moved_fraction(a: &[u32], b: &[u32]) -> f64 {
 mod tests {
     use super::*;
 
+    /// The table size a service gets by default.
+    const M: u32 = 65537;
+
     fn key(i: u32) -> [u8; 16] {
         let mut k = [0u8; 16];
         k[..4].copy_from_slice(&[10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
@@ -136,35 +140,87 @@ mod tests {
             .collect()
     }
 
-    fn assert_shares(weights: &[u32], m: u32, tolerance: f64) {
+    /// A fixed pseudo-random permutation (xorshift Fisher-Yates): no dependency, same on
+    /// every run.
+    fn shuffled<T: Clone>(v: &[T], mut seed: u64) -> Vec<T> {
+        let mut out = v.to_vec();
+        for i in (1..out.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            out.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        out
+    }
+
+    /// Worst relative error of any backend's share against its weight's ideal share.
+    fn worst_share_error(weights: &[u32], m: u32) -> f64 {
         let t = build(&entries(weights), m);
         let s = shares(&t);
+        assert!(!s.contains_key(&0), "table has empty slots");
         let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+        let mut worst = 0.0f64;
         for (i, w) in weights.iter().enumerate() {
             let want = f64::from(m) * f64::from(*w) / total as f64;
             let got = *s.get(&(i as u32 + 1)).unwrap_or(&0) as f64;
-            let err = (got - want).abs() / want;
-            assert!(
-                err <= tolerance,
-                "backend {i} (w {w}) got {got} slots, want {want:.1}: {err:.4}"
-            );
+            worst = worst.max((got - want).abs() / want);
         }
-        assert!(!s.contains_key(&0), "table has empty slots");
+        worst
+    }
+
+    /// Slots (as a fraction of the table) whose owner changed although both the old and the
+    /// new owner are in both tables: churn beyond what the change itself forces.
+    fn survivor_churn(before: &[u32], after: &[u32], changed: u32) -> f64 {
+        let n = before
+            .iter()
+            .zip(after)
+            .filter(|(b, a)| b != a && **b != changed && **a != changed)
+            .count();
+        n as f64 / before.len() as f64
     }
 
     #[test]
     fn equal_weights_share_within_one_percent_up_to_650_backends() {
-        for n in [1usize, 2, 3, 10, 100, 650] {
-            assert_shares(&vec![100; n], 65537, 0.01);
+        // Backends take turns in rounds, so each ends with floor(M/N) or ceil(M/N) slots: off
+        // by less than one slot, which is under 1% while M/N > 100 (N <= 655 for M = 65537).
+        for n in [1usize, 2, 3, 7, 10, 100, 256, 500, 650, 655] {
+            let t = build(&entries(&vec![100; n]), M);
+            let (lo, hi) = (M as usize / n, (M as usize).div_ceil(n));
+            for (id, got) in shares(&t) {
+                assert!(
+                    (lo..=hi).contains(&got),
+                    "n={n}: backend {id} has {got} slots, not {lo} or {hi}"
+                );
+            }
+            let err = worst_share_error(&vec![100; n], M);
+            assert!(err <= 0.01, "n={n}: worst share error {err:.4}");
         }
     }
 
     #[test]
     fn unequal_weights_share_within_one_percent() {
-        assert_shares(&[1, 2, 3], 65537, 0.01);
-        let w: Vec<u32> = (0..60).map(|i| 100 + (i % 3) * 100).collect();
-        assert_shares(&w, 65537, 0.01);
-        assert_shares(&[1, 100], 65537, 0.01);
+        for w in [&[1, 2, 3][..], &[1, 100], &[5, 1, 7, 3], &[1, 1, 1, 300]] {
+            let err = worst_share_error(w, M);
+            assert!(err <= 0.01, "weights {w:?}: worst share error {err:.4}");
+        }
+    }
+
+    /// Weights 1:2:3 repeated, for every N = 3k up to the limit of the 1% bound.
+    ///
+    /// The limit is integer rounding, not bias: a weight-1 backend's ideal share is
+    /// M / (2N) slots, and the turn-taking construction lands up to about two slots off the
+    /// ideal (the first turn every backend takes in round one, plus the last round cut short
+    /// when the table is full). With M = 65537 every N = 3k up to 342 stays within 1%
+    /// (worst 0.94%, N = 315); N = 345 is the first that does not: its weight-1 backends'
+    /// ideal is 95.0 slots and one of them is 1.07% off. Beyond that it depends on N (360,
+    /// 372, 381, 390 fail, others between pass). Take M larger for more weighted backends.
+    #[test]
+    fn mixed_weights_share_within_one_percent_up_to_342_backends() {
+        for k in 1..=114usize {
+            let w: Vec<u32> = (0..3 * k).map(|i| 1 + (i % 3) as u32).collect();
+            let err = worst_share_error(&w, M);
+            assert!(err <= 0.01, "n={}: worst share error {err:.4}", 3 * k);
+        }
     }
 
     #[test]
@@ -183,18 +239,102 @@ mod tests {
     const FINGERPRINT: [u32; 13] = [1, 3, 3, 3, 1, 3, 4, 1, 1, 3, 2, 4, 4];
 
     #[test]
-    fn removing_one_backend_moves_about_one_nth() {
-        for n in [10u32, 100] {
-            let all = entries(&vec![1; n as usize]);
-            let before = build(&all, 65537);
-            let after = build(&all[1..], 65537);
-            let moved = moved_fraction(&before, &after);
-            let bound = 1.0 / f64::from(n) + 0.01;
-            assert!(moved <= bound, "n={n}: moved {moved:.4} > {bound:.4}");
-            // Slots of the removed backend must all move; the rest mostly stay.
-            let removed_slots = before.iter().filter(|id| **id == 1).count() as f64 / 65537.0;
-            assert!(moved >= removed_slots);
+    fn building_twice_or_in_any_order_gives_the_same_table() {
+        let w: Vec<u32> = (0..100).map(|i| 1 + i % 7).collect();
+        let e = entries(&w);
+        let t = build(&e, M);
+        assert_eq!(t, build(&e, M), "two builds differ");
+        for seed in [1, 2, 0x5eed] {
+            assert_eq!(
+                t,
+                build(&shuffled(&e, seed), M),
+                "order (seed {seed}) matters"
+            );
         }
+    }
+
+    #[test]
+    fn renumbering_backends_does_not_move_slots() {
+        let e = entries(&[1, 2, 3, 4, 5, 6, 7]);
+        let renumbered: Vec<Entry> = e
+            .iter()
+            .map(|x| Entry {
+                id: x.id + 100,
+                ..*x
+            })
+            .collect();
+        let a = build(&e, 251);
+        let b = build(&renumbered, 251);
+        assert!(a.iter().zip(&b).all(|(x, y)| x + 100 == *y));
+    }
+
+    #[test]
+    fn removing_one_of_n_moves_its_share_and_little_else() {
+        for n in [10usize, 100, 650] {
+            let all = entries(&vec![1; n]);
+            let before = build(&all, M);
+            // The first, a middle and the last backend in key order: each sits at a
+            // different place in the turn order.
+            for gone in [0, n / 2, n - 1] {
+                let mut rest = all.clone();
+                let gone_id = rest.remove(gone).id;
+                let after = build(&rest, M);
+                // The removed backend's slots all move, to survivors; a survivor's slot is
+                // either kept or handed to another survivor (never emptied).
+                assert!(!after.contains(&gone_id) && !after.contains(&0));
+                let moved = moved_fraction(&before, &after);
+                let bound = 1.0 / n as f64 + 0.01;
+                assert!(moved <= bound, "n={n}: moved {moved:.4} > {bound:.4}");
+                // Maglev trades a little churn among survivors for even shares; the paper
+                // measures a few percent. Here it grows with N (0.3% at 10, 0.8% at 650).
+                let churn = survivor_churn(&before, &after, gone_id);
+                assert!(churn <= 0.01, "n={n}: survivors' churn {churn:.4}");
+                println!(
+                    "remove 1 of {n} (#{gone}): moved {moved:.4}, survivors' churn {churn:.4}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn adding_one_to_n_moves_about_one_n_plus_oneth() {
+        for n in [10usize, 100, 650] {
+            let all = entries(&vec![1; n + 1]);
+            let before = build(&all[..n], M);
+            let new_id = all[n].id;
+            let after = build(&all, M);
+            let moved = moved_fraction(&before, &after);
+            let bound = 1.0 / (n + 1) as f64 + 0.01;
+            assert!(moved <= bound, "n={n}: moved {moved:.4} > {bound:.4}");
+            let taken = after.iter().filter(|id| **id == new_id).count() as f64 / f64::from(M);
+            assert!(moved >= taken);
+            let churn = survivor_churn(&before, &after, new_id);
+            assert!(churn <= 0.01, "n={n}: survivors' churn {churn:.4}");
+            println!("add 1 to {n}: moved {moved:.4}, survivors' churn {churn:.4}");
+        }
+    }
+
+    #[test]
+    fn a_table_smaller_than_the_backend_count_is_still_full() {
+        let e = entries(&[1; 10]);
+        for m in [1, 2, 3, 5, 7] {
+            let t = build(&e, m);
+            assert_eq!(t.len(), m as usize);
+            assert!(t.iter().all(|id| (1..=10).contains(id)), "m={m}: {t:?}");
+        }
+    }
+
+    #[test]
+    fn one_backend_takes_every_slot() {
+        for m in [2, 3, 13, M] {
+            assert!(build(&entries(&[3]), m).iter().all(|id| *id == 1));
+        }
+    }
+
+    #[test]
+    fn zero_weight_takes_no_slot() {
+        let t = build(&entries(&[0, 1, 0, 2]), 251);
+        assert_eq!(shares(&t).keys().copied().collect::<Vec<_>>(), [2, 4]);
     }
 
     #[test]

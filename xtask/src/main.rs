@@ -49,7 +49,7 @@ enum Cmd {
     Demo,
     /// Run benchmarks (all, or the one named) and write docs/BENCHMARKS.md.
     Bench {
-        /// `xdp`; all when omitted.
+        /// `xdp` or `maglev`; all when omitted.
         which: Option<String>,
     },
 }
@@ -302,11 +302,18 @@ fn demo() -> anyhow::Result<()> {
 }
 
 /// Benchmarks: (name, cargo bench target, what it measures).
-const BENCHES: &[(&str, &str, &str)] = &[(
-    "xdp",
-    "xdp",
-    "Data plane: ns/packet through BPF_PROG_TEST_RUN, against a floor program",
-)];
+const BENCHES: &[(&str, &str, &str)] = &[
+    (
+        "xdp",
+        "xdp",
+        "Data plane: ns/packet through BPF_PROG_TEST_RUN, against a floor program",
+    ),
+    (
+        "maglev",
+        "maglev",
+        "Maglev: table build time and slots moved",
+    ),
+];
 
 fn bench(which: Option<&str>) -> anyhow::Result<()> {
     let env = setup::ensure(false)?;
@@ -326,9 +333,13 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
         "# Benchmarks\n\nWritten by `cargo xtask bench`; numbers are from the run below, on this machine.\n\n",
     );
     doc += &machine_info();
+    // Not necessarily cargo's target directory (CARGO_TARGET_DIR may point elsewhere), so
+    // it may not exist yet.
+    let out_dir = root.join("target");
+    std::fs::create_dir_all(&out_dir)?;
     for (name, target, title) in selected {
         step(&format!("bench {name}"));
-        let out = root.join("target").join(format!("bench-{name}.md"));
+        let out = out_dir.join(format!("bench-{name}.md"));
         status(
             cargo(&env)
                 .args(["bench", "-p", "gateway-tests", "--bench", target])

@@ -41,6 +41,9 @@ pub fn load_options(c: &Config) -> LoadOptions {
 #[derive(Debug, Clone)]
 pub struct BackendRecord {
     pub up: bool,
+    /// Seen up since the agent started: a later rise is a recovery (slow start), the first
+    /// one is not.
+    pub was_up: bool,
     pub up_since: Option<Duration>,
     pub last: Option<health::ProbeResult>,
     pub transitions: VecDeque<String>,
@@ -156,6 +159,7 @@ impl Agent {
                 .entry(key.clone())
                 .or_insert_with(|| BackendRecord {
                     up: initial_up,
+                    was_up: initial_up,
                     up_since: None,
                     last: None,
                     transitions: VecDeque::new(),
@@ -307,9 +311,10 @@ impl Agent {
                 rec.transitions.pop_front();
             }
         }
-        if changed && ev.up {
+        if changed && ev.up && rec.was_up {
             rec.up_since = Some(now);
         }
+        rec.was_up |= ev.up;
         rec.up = ev.up;
         rec.last = Some(ev.result);
         changed

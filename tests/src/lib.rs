@@ -354,6 +354,12 @@ impl Lab {
     fn start_server(&self, b: &Node) -> anyhow::Result<Child> {
         let mut child = ns_command(&b.netns, &self.spec.server_bin)
             .args(["--name", &b.name, "--port", &SERVER_PORT.to_string()])
+            .args([
+                "--udp-addr",
+                &VIP4.to_string(),
+                "--udp-addr",
+                &VIP6.to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

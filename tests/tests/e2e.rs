@@ -127,3 +127,511 @@ fn distribution_ipip_v4() {
 fn distribution_ipip_v6() {
     distribution("ipip", true);
 }
+
+// ---------------------------------------------------------------------------------------
+// Stickiness, failover, recovery, drain, backup, UDP, the host's own traffic, bad configs.
+
+/// One lab at a time: failover timing must not compete with another lab for the CPU.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn start(lab: &Lab, cfg: &Cfg, up: usize) -> Agent {
+    let agent = Agent::start(lab, &cfg.render(lab));
+    assert!(
+        agent.wait_log_count("UP after", up, Duration::from_secs(10)),
+        "{}",
+        agent.log_text()
+    );
+    warm_up(lab, cfg.v6);
+    agent
+}
+
+fn label(mode: &str, v6: bool) -> String {
+    format!("{mode}/{}", if v6 { "IPv6" } else { "IPv4" })
+}
+
+fn stickiness(mode: &'static str, v6: bool) {
+    let _g = serial();
+    let lab = common::lab("s", 4);
+    let mut cfg = Cfg::new(mode, v6, 4);
+    cfg.backends = vec![Some(String::new()), Some(String::new()), None, None];
+    let agent = start(&lab, &cfg, 2);
+    let v = vip(&lab, v6);
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let worker = common::in_netns(&lab.client.netns, move || {
+        let mut conns: Vec<(Conn, String)> = (0..50)
+            .map(|_| {
+                let mut c = Conn::open(v).expect("open");
+                let name = c.ask().expect("ask");
+                (c, name)
+            })
+            .collect();
+        let first: Vec<String> = conns.iter().map(|c| c.1.clone()).collect();
+        done_tx.send(first).unwrap();
+        let mut errors = Vec::new();
+        while let Ok(step) = rx.recv() {
+            for (i, (c, name)) in conns.iter_mut().enumerate() {
+                match c.ask() {
+                    Ok(n) if &n == name => {}
+                    Ok(n) => {
+                        errors.push(format!("{step}: connection {i} moved from {name} to {n}"))
+                    }
+                    Err(e) => errors.push(format!("{step}: connection {i} on {name}: {e}")),
+                }
+            }
+            done_tx.send(vec![]).unwrap();
+        }
+        errors
+    });
+    let first = done_rx.recv().unwrap();
+    assert!(first.iter().all(|n| n == "b1" || n == "b2"));
+    let mut step = |what: &'static str, backends: Vec<Option<String>>| {
+        cfg.backends = backends;
+        agent.reload(&cfg.render(&lab));
+        tx.send(what).unwrap();
+        done_rx.recv().unwrap();
+    };
+    step("add b3 and b4", vec![Some(String::new()); 4]);
+    step(
+        "reweight b1 and b3",
+        vec![
+            Some("weight = 1000".into()),
+            Some(String::new()),
+            Some("weight = 5".into()),
+            Some(String::new()),
+        ],
+    );
+    step(
+        "remove b3",
+        vec![
+            Some("weight = 1000".into()),
+            Some(String::new()),
+            None,
+            Some(String::new()),
+        ],
+    );
+    drop(tx);
+    let errors = worker.join().unwrap();
+    assert!(errors.is_empty(), "{}: {errors:#?}", label(mode, v6));
+    // New connections do see the changes: b4 takes some.
+    let (seen, failed) = spread(&lab, v6, 30_000, 300);
+    assert_eq!(failed, 0);
+    assert!(
+        seen.contains_key("b4") && !seen.contains_key("b3"),
+        "{seen:?}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn stickiness_l2dsr_v4() {
+    if common::privileged("stickiness_l2dsr_v4") {
+        stickiness("l2dsr", false);
+    }
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn stickiness_ipip_v6() {
+    if common::privileged("stickiness_ipip_v6") {
+        stickiness("ipip", true);
+    }
+}
+
+/// A steady stream of new connections while backend b1's server dies: returns (ms from the
+/// kill to the last failure, failures, successes per backend) and checks that long-lived
+/// connections to the other backends never see an error.
+fn failover(mode: &'static str, v6: bool) -> Duration {
+    let _g = serial();
+    let lab = common::lab("f", 3);
+    let mut lab = lab;
+    let cfg = Cfg::new(mode, v6, 3);
+    let agent = start(&lab, &cfg, 3);
+    let v = vip(&lab, v6);
+    let stop_at = std::time::Instant::now() + Duration::from_secs(3);
+    let stream = common::in_netns(&lab.client.netns, move || {
+        // Long-lived connections on b2 and b3.
+        let mut others = Vec::new();
+        while others.len() < 6 {
+            let mut c = Conn::open(v).expect("open");
+            let n = c.ask().expect("ask");
+            if n != "b1" {
+                others.push((c, n));
+            }
+        }
+        let mut log = Vec::new();
+        let mut other_errors = Vec::new();
+        let mut port = 40_000u16;
+        while std::time::Instant::now() < stop_at {
+            let r = tcp_name(v, port, Duration::from_millis(300));
+            log.push((std::time::Instant::now(), r.is_ok()));
+            port += 1;
+            for (c, n) in others.iter_mut() {
+                match c.ask() {
+                    Ok(got) if &got == n => {}
+                    other => other_errors.push(format!("{n}: {other:?}")),
+                }
+            }
+        }
+        (log, other_errors)
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let killed = std::time::Instant::now();
+    lab.stop_server(0).unwrap();
+    let (log, other_errors) = stream.join().unwrap();
+    assert!(
+        other_errors.is_empty(),
+        "connections to other backends broke: {other_errors:?}"
+    );
+    let failures: Vec<_> = log.iter().filter(|(_, ok)| !ok).collect();
+    let last = failures.iter().map(|(t, _)| *t).max().unwrap_or(killed);
+    let took = last.saturating_duration_since(killed);
+    let before: usize = log.iter().filter(|(t, ok)| *t < killed && !ok).count();
+    assert_eq!(before, 0, "failures before the kill");
+    assert!(
+        agent.wait_log("DOWN after 2 failures", Duration::from_secs(2)),
+        "{}",
+        agent.log_text()
+    );
+    println!(
+        "failover {}: new connections failing for {} ms after the kill ({} failed of {})",
+        label(mode, v6),
+        took.as_millis(),
+        failures.len(),
+        log.len()
+    );
+    // fall x interval + timeout + 200 ms
+    let bound = Duration::from_millis(2 * 100 + 100 + 200);
+    assert!(took <= bound, "failover took {took:?} > {bound:?}");
+    took
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn failover_l2dsr_v4() {
+    if common::privileged("failover_l2dsr_v4") {
+        failover("l2dsr", false);
+    }
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn failover_l2dsr_v6() {
+    if common::privileged("failover_l2dsr_v6") {
+        failover("l2dsr", true);
+    }
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn failover_ipip_v4() {
+    if common::privileged("failover_ipip_v4") {
+        failover("ipip", false);
+    }
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn failover_ipip_v6() {
+    if common::privileged("failover_ipip_v6") {
+        failover("ipip", true);
+    }
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn recovery_with_slow_start_ipip_v4() {
+    if !common::privileged("recovery_with_slow_start_ipip_v4") {
+        return;
+    }
+    let _g = serial();
+    let mut lab = common::lab("r", 3);
+    let mut cfg = Cfg::new("ipip", false, 3);
+    cfg.service_extra = "slowstart = \"4s\"".into();
+    let agent = start(&lab, &cfg, 3);
+    lab.stop_server(0).unwrap();
+    assert!(agent.wait_log("DOWN after", Duration::from_secs(3)));
+    let (seen, _) = spread(&lab, false, 20_000, 300);
+    assert!(!seen.contains_key("b1"), "{seen:?}");
+    lab.start_server_again(0).unwrap();
+    assert!(
+        agent.wait_log("198.18.0.11:80 UP after", Duration::from_secs(3)),
+        "{}",
+        agent.log_text()
+    );
+    let share = |seen: &BTreeMap<String, usize>| {
+        *seen.get("b1").unwrap_or(&0) as f64 / seen.values().sum::<usize>().max(1) as f64
+    };
+    let mut shares = Vec::new();
+    for (i, first) in [21_000u16, 22_000, 23_000, 24_000, 25_000]
+        .iter()
+        .enumerate()
+    {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+        let (seen, failed) = spread(&lab, false, *first, 600);
+        assert_eq!(failed, 0);
+        shares.push(share(&seen));
+    }
+    println!("b1's share of new connections during slow start, once a second: {shares:.3?}");
+    assert!(shares[0] < 0.15, "starts small: {shares:?}");
+    assert!(
+        shares.windows(2).all(|w| w[1] + 0.03 >= w[0]),
+        "grows: {shares:?}"
+    );
+    assert!(
+        (shares[4] - 1.0 / 3.0).abs() < 0.06,
+        "ends at its full share: {shares:?}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn drain_keeps_established_connections_l2dsr_v6() {
+    if !common::privileged("drain_keeps_established_connections_l2dsr_v6") {
+        return;
+    }
+    let _g = serial();
+    let lab = common::lab("dr", 2);
+    let mut cfg = Cfg::new("l2dsr", true, 2);
+    let agent = start(&lab, &cfg, 2);
+    let v = vip(&lab, true);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let worker = common::in_netns(&lab.client.netns, move || {
+        let mut on_b1 = Vec::new();
+        while on_b1.len() < 5 {
+            let mut c = Conn::open(v).expect("open");
+            if c.ask().expect("ask") == "b1" {
+                on_b1.push(c);
+            }
+        }
+        ready_tx.send(()).unwrap();
+        rx.recv().unwrap();
+        on_b1
+            .iter_mut()
+            .map(|c| c.ask().map_err(|e| e.to_string()))
+            .collect::<Vec<_>>()
+    });
+    ready_rx.recv().unwrap();
+    cfg.backends = vec![Some("state = \"drain\"".into()), Some(String::new())];
+    agent.reload(&cfg.render(&lab));
+    let (seen, failed) = spread(&lab, true, 30_000, 300);
+    assert_eq!(failed, 0);
+    assert_eq!(
+        seen.get("b1"),
+        None,
+        "a draining backend got new connections: {seen:?}"
+    );
+    tx.send(()).unwrap();
+    let answers = worker.join().unwrap();
+    assert!(
+        answers.iter().all(|a| a.as_deref() == Ok("b1")),
+        "{answers:?}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn backup_takes_over_only_while_no_primary_is_up_l2dsr_v4() {
+    if !common::privileged("backup_takes_over_only_while_no_primary_is_up_l2dsr_v4") {
+        return;
+    }
+    let _g = serial();
+    let mut lab = common::lab("bk", 3);
+    let mut cfg = Cfg::new("l2dsr", false, 3);
+    cfg.backends = vec![
+        Some(String::new()),
+        Some(String::new()),
+        Some("backup = true".into()),
+    ];
+    let agent = start(&lab, &cfg, 3);
+    let (seen, _) = spread(&lab, false, 20_000, 300);
+    assert!(
+        !seen.contains_key("b3"),
+        "backup used while primaries are up: {seen:?}"
+    );
+    lab.stop_server(0).unwrap();
+    lab.stop_server(1).unwrap();
+    assert!(agent.wait_log_count("DOWN after", 2, Duration::from_secs(3)));
+    std::thread::sleep(Duration::from_millis(100));
+    let (seen, failed) = spread(&lab, false, 21_000, 300);
+    assert_eq!((seen.get("b3"), failed), (Some(&300), 0), "{seen:?}");
+    lab.start_server_again(0).unwrap();
+    assert!(agent.wait_log("198.18.0.11:80 UP after", Duration::from_secs(3)));
+    std::thread::sleep(Duration::from_millis(100));
+    let (seen, failed) = spread(&lab, false, 22_000, 300);
+    assert_eq!(
+        (seen.get("b1"), failed),
+        (Some(&300), 0),
+        "new flows go back to the primary: {seen:?}"
+    );
+}
+
+fn udp(v6: bool, mode: &'static str) {
+    let _g = serial();
+    let lab = common::lab("u", 3);
+    let mut cfg = Cfg::new(mode, v6, 3);
+    cfg.protocol = "udp";
+    let agent = start_udp(&lab, &cfg);
+    let v = vip(&lab, v6);
+    let first = client(&lab, move || udp_names(v, 20_000..23_000));
+    let mut seen = BTreeMap::new();
+    for r in &first {
+        *seen.entry(r.clone().expect("udp answer")).or_insert(0usize) += 1;
+    }
+    assert_shares(&seen, &[("b1", 1.0), ("b2", 1.0), ("b3", 1.0)], 0.1);
+    // The same 5-tuples again, after the table changed: each stays on its backend.
+    cfg.backends = vec![
+        Some("weight = 1000".into()),
+        Some(String::new()),
+        Some(String::new()),
+    ];
+    agent.reload(&cfg.render(&lab));
+    let again = client(&lab, move || udp_names(v, 20_000..23_000));
+    assert_eq!(first, again, "UDP flows moved after a table change");
+}
+
+/// One request per source port; stops early after 20 failures so a broken path fails fast.
+fn udp_names(v: SocketAddr, ports: std::ops::Range<u16>) -> Vec<Result<String, String>> {
+    let mut out = Vec::new();
+    let mut failures = 0;
+    for p in ports {
+        let r = udp_name(v, p, TIMEOUT).map_err(|e| e.to_string());
+        failures += usize::from(r.is_err());
+        out.push(r);
+        if failures > 20 {
+            break;
+        }
+    }
+    out
+}
+
+fn start_udp(lab: &Lab, cfg: &Cfg) -> Agent {
+    let agent = Agent::start(lab, &cfg.render(lab));
+    assert!(
+        agent.wait_log_count("UP after", 3, Duration::from_secs(10)),
+        "{}",
+        agent.log_text()
+    );
+    let v = vip(lab, cfg.v6);
+    client(lab, move || {
+        (0..30).for_each(|i| drop(udp_name(v, 61_000 + i, Duration::from_secs(2))))
+    });
+    agent
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn udp_spreads_and_sticks_per_flow_l2dsr_v4() {
+    if common::privileged("udp_spreads_and_sticks_per_flow_l2dsr_v4") {
+        udp(false, "l2dsr");
+    }
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn udp_spreads_and_sticks_per_flow_ipip_v6() {
+    if common::privileged("udp_spreads_and_sticks_per_flow_ipip_v6") {
+        udp(true, "ipip");
+    }
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn the_balancer_host_stays_reachable() {
+    if !common::privileged("the_balancer_host_stays_reachable") {
+        return;
+    }
+    let _g = serial();
+    let lab = common::lab("h", 1);
+    let _agent = start(&lab, &Cfg::new("l2dsr", false, 1), 1);
+    // A TCP service on the balancer's own address, next to the attached program.
+    let mut own = lab::ns_command(&lab.lb.netns, lab::target_bin("lab-server").unwrap())
+        .args(["--name", "balancer-host", "--port", "8080"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(own.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let host4 = SocketAddr::new(lab.lb.ipv4.into(), 8080);
+    let host6 = SocketAddr::new(lab.lb.ipv6.into(), 8080);
+    let got = client(&lab, move || {
+        (
+            tcp_name(host4, 0, Duration::from_secs(2)).map_err(|e| e.to_string()),
+            tcp_name(host6, 0, Duration::from_secs(2)).map_err(|e| e.to_string()),
+        )
+    });
+    let _ = own.kill();
+    let _ = own.wait();
+    assert_eq!(
+        got,
+        (Ok("balancer-host".into()), Ok("balancer-host".into()))
+    );
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_bad_config_attaches_nothing_and_a_killed_agent_leaves_a_working_interface() {
+    if !common::privileged("a_bad_config_attaches_nothing") {
+        return;
+    }
+    let _g = serial();
+    let lab = common::lab("k", 2);
+    let dir = std::env::temp_dir().join(format!("gateway-e2e-{}", lab.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        Cfg::new("l2dsr", false, 2)
+            .render(&lab)
+            .replace("port = 80", "port = 80\nprot = 1"),
+    )
+    .unwrap();
+    let out = lab::ns_command(&lab.lb.netns, gateway_bin())
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:") && err.contains("prot"), "{err}");
+    let link = lab::run(std::process::Command::new("ip").args([
+        "-n",
+        &lab.lb.netns,
+        "link",
+        "show",
+        "eth0",
+    ]))
+    .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "attached despite a bad config"
+    );
+
+    let cfg = Cfg::new("l2dsr", false, 2);
+    let agent = start(&lab, &cfg, 2);
+    agent.kill();
+    // The host answers, and a new agent attaches and serves.
+    let host = SocketAddr::new(lab.lb.ipv4.into(), 22);
+    let _ = host;
+    let ping = lab::run(
+        lab::ns_command(&lab.client.netns, "ping")
+            .args(["-c", "2", "-i", "0.1", "-W", "2"])
+            .arg(lab.lb.ipv4.to_string()),
+    );
+    assert!(ping.is_ok(), "balancer unreachable after SIGKILL: {ping:?}");
+    let agent = start(&lab, &cfg, 2);
+    let (seen, failed) = spread(&lab, false, 20_000, 200);
+    assert_eq!(failed, 0, "{seen:?}");
+    assert!(agent.stop().success());
+}

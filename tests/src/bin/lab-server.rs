@@ -1,8 +1,11 @@
 //! The backend server of the namespace lab: answers every TCP line, HTTP request and UDP
 //! datagram with its own name, so tests can tell which backend served them.
 //!
-//! `lab-server --name b1 [--port 80] [--port 8080]` binds each port on `[::]` (dual stack) for
-//! TCP and UDP, prints `ready` once bound, and serves until killed.
+//! `lab-server --name b1 [--port 80] [--port 8080] [--udp-addr 198.18.1.1]` binds each port
+//! on `[::]` (dual stack) for TCP and UDP, prints `ready` once bound, and serves until killed.
+//! UDP answers leave from the socket's address, so for direct server return each VIP gets a
+//! socket of its own (`--udp-addr`): an answer from the backend's own address would not
+//! match the client's flow.
 //!
 //! TCP: a connection that starts with an HTTP method gets one HTTP/1.1 response whose body is
 //! `<name>\n` (path `/status/NNN` answers with that status); any other connection gets
@@ -16,10 +19,16 @@ use std::{
 fn main() {
     let mut name = String::from("backend");
     let mut ports = Vec::new();
+    let mut udp_addrs: Vec<std::net::IpAddr> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--name" => name = args.next().expect("--name needs a value"),
+            "--udp-addr" => udp_addrs.push(
+                args.next()
+                    .and_then(|a| a.parse().ok())
+                    .expect("--udp-addr needs an address"),
+            ),
             "--port" => ports.push(
                 args.next()
                     .and_then(|p| p.parse::<u16>().ok())
@@ -38,17 +47,36 @@ fn main() {
     for port in ports {
         let tcp =
             TcpListener::bind(("::", port)).unwrap_or_else(|e| die(&format!("tcp {port}: {e}")));
-        let udp =
-            UdpSocket::bind(("::", port)).unwrap_or_else(|e| die(&format!("udp {port}: {e}")));
+        let udp = udp_socket((std::net::Ipv6Addr::UNSPECIFIED, port).into())
+            .unwrap_or_else(|e| die(&format!("udp {port}: {e}")));
         let n = name.clone();
         handles.push(thread::spawn(move || serve_tcp(tcp, n)));
         let n = name.clone();
         handles.push(thread::spawn(move || serve_udp(udp, n)));
+        for a in &udp_addrs {
+            let sock = udp_socket((*a, port).into())
+                .unwrap_or_else(|e| die(&format!("udp {a}:{port}: {e}")));
+            let n = name.clone();
+            handles.push(thread::spawn(move || serve_udp(sock, n)));
+        }
     }
     println!("ready");
     for h in handles {
         let _ = h.join();
     }
+}
+
+/// A UDP socket that may share its port with sockets bound to other addresses (the
+/// wildcard and the VIPs).
+fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(false)?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s.into())
 }
 
 fn die(msg: &str) -> ! {
@@ -66,7 +94,10 @@ fn serve_tcp(listener: TcpListener, name: String) {
 }
 
 fn handle(conn: TcpStream, name: &str) -> std::io::Result<()> {
+    // Each answer is one write of a whole line; no Nagle delay behind a delayed ACK.
+    conn.set_nodelay(true)?;
     let mut out = conn.try_clone()?;
+    let answer = format!("{name}\n");
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
@@ -88,17 +119,16 @@ fn handle(conn: TcpStream, name: &str) -> std::io::Result<()> {
             .strip_prefix("/status/")
             .and_then(|s| s.parse().ok())
             .unwrap_or(200);
-        let body = format!("{name}\n");
-        write!(
-            out,
+        let response = format!(
             "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\
-             Connection: close\r\n\r\n{body}",
-            body.len()
-        )?;
+             Connection: close\r\n\r\n{answer}",
+            answer.len()
+        );
+        out.write_all(response.as_bytes())?;
         return Ok(());
     }
     loop {
-        writeln!(out, "{name}")?;
+        out.write_all(answer.as_bytes())?;
         line.clear();
         if reader.read_line(&mut line)? == 0 {
             return Ok(());

@@ -25,6 +25,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod client;
 pub mod packet;
 
 /// Prefix of every namespace the lab creates.

@@ -251,47 +251,210 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The built-in config of the demo: one TCP service on the lab's IPv4 VIP, three backends,
+/// HTTP health checks every 200 ms.
+const DEMO_CONFIG: &str = r#"
+[dataplane]
+interface = "eth0"
+xdp_mode = "auto"
+conntrack_size = 65536
+
+[[service]]
+name = "web"
+vip = "198.18.1.1"
+port = 80
+protocol = "tcp"
+mode = "l2dsr"
+
+[service.health]
+kind = "http"
+path = "/"
+interval = "200ms"
+timeout = "200ms"
+fall = 2
+rise = 2
+
+[[service.backend]]
+address = "198.18.0.11"
+
+[[service.backend]]
+address = "198.18.0.12"
+
+[[service.backend]]
+address = "198.18.0.13"
+"#;
+
+/// What the traffic thread saw in one window.
+struct Window {
+    per_backend: std::collections::BTreeMap<String, usize>,
+    failed: usize,
+    /// When each failure happened.
+    failures: Vec<Instant>,
+}
+
 fn demo() -> anyhow::Result<()> {
+    use std::{
+        io::BufRead,
+        net::SocketAddr,
+        sync::{
+            Arc, Mutex,
+            atomic::{AtomicBool, Ordering},
+            mpsc,
+        },
+    };
     if !setup::is_root() {
         bail!("the demo builds network namespaces and loads XDP: run it as root");
     }
     step("set-up and build");
     let dir = build(false)?;
     step("lab up: a client, a balancer and 3 backends in network namespaces");
-    let l = lab::Lab::up(lab_spec(&dir, "demo", 3)?)?;
+    let mut l = lab::Lab::up(lab_spec(&dir, "demo", 3)?)?;
     print_lab(&l);
 
-    step("gateway run on the balancer's eth0 (native XDP)");
+    step(
+        "gateway run on the balancer's eth0, with a built-in config (l2dsr, 3 backends, HTTP checks every 200 ms)",
+    );
     let cfg = dir.join("demo-gateway.toml");
-    std::fs::write(
-        &cfg,
-        "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"auto\"\n",
-    )?;
+    std::fs::write(&cfg, DEMO_CONFIG)?;
     let mut agent = lab::ns_command(&l.lb.netns, dir.join("gateway"))
-        .args(["run", "--stats-interval", "1", "--config"])
+        .args(["run", "--config"])
         .arg(&cfg)
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()?;
-    let lb = l.lb.netns.clone();
-    lab::wait_for("the program to attach", Duration::from_secs(20), || {
-        lab::run(Command::new("ip").args(["-n", &lb, "link", "show", "eth0"]))
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains("xdp"))
-            .unwrap_or(false)
+    // Health per backend, from the agent's transition log lines.
+    let health: Arc<Mutex<std::collections::BTreeMap<String, String>>> = Arc::default();
+    for stream in [
+        Box::new(agent.stderr.take().context("agent stderr")?) as Box<dyn std::io::Read + Send>,
+        Box::new(agent.stdout.take().context("agent stdout")?),
+    ] {
+        let health = health.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                println!("    gateway| {line}");
+                for (word, state) in [(" UP after", "up"), (" DOWN after", "DOWN")] {
+                    if let Some(i) = line.find(word) {
+                        let addr = line[..i].rsplit(' ').next().unwrap_or("").to_string();
+                        health.lock().unwrap().insert(addr, state.to_string());
+                    }
+                }
+            }
+        });
+    }
+    lab::wait_for("all three backends up", Duration::from_secs(20), || {
+        health
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| *s == "up")
+            .count()
+            == 3
     })?;
 
-    step("traffic: 20 pings from the client to the balancer");
-    lab::run(
-        lab::ns_command(&l.client.netns, "ping")
-            .args(["-c", "20", "-i", "0.1", "-q"])
-            .arg(l.lb.ipv4.to_string()),
-    )
-    .map(|o| print!("{}", String::from_utf8_lossy(&o.stdout)))?;
+    step("traffic: a steady stream of new TCP connections from the client to 198.18.1.1:80");
+    let vip = SocketAddr::new(lab::VIP4.into(), lab::SERVER_PORT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<Window>();
+    let stop2 = stop.clone();
+    let traffic = lab::client::in_netns(&l.client.netns, move || {
+        let mut port = 20_000u16;
+        while !stop2.load(Ordering::Relaxed) {
+            let mut w = Window {
+                per_backend: Default::default(),
+                failed: 0,
+                failures: vec![],
+            };
+            let end = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < end {
+                match lab::client::tcp_name(vip, port, Duration::from_millis(300)) {
+                    Ok(name) => *w.per_backend.entry(name).or_insert(0) += 1,
+                    Err(_) => {
+                        w.failed += 1;
+                        w.failures.push(Instant::now());
+                    }
+                }
+                port = if port == 60_000 { 20_000 } else { port + 1 };
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            if tx.send(w).is_err() {
+                break;
+            }
+        }
+    });
+    let names = ["b1", "b2", "b3"];
+    let addrs = ["198.18.0.11:80", "198.18.0.12:80", "198.18.0.13:80"];
+    let began = Instant::now();
+    let show = |n: usize, what: &str| -> anyhow::Result<Vec<Instant>> {
+        let mut failures = Vec::new();
+        println!("  {what}");
+        println!(
+            "  {:>6}  {:>22}  {:>22}  {:>22}  {:>7}",
+            "t", "b1 198.18.0.11", "b2 198.18.0.12", "b3 198.18.0.13", "failed"
+        );
+        for _ in 0..n {
+            let w = rx
+                .recv_timeout(Duration::from_secs(5))
+                .context("traffic stalled")?;
+            let total: usize = w.per_backend.values().sum::<usize>() + w.failed;
+            let h = health.lock().unwrap().clone();
+            let cells: Vec<String> = names
+                .iter()
+                .zip(addrs)
+                .map(|(n, a)| {
+                    let c = *w.per_backend.get(*n).unwrap_or(&0);
+                    let pct = 100.0 * c as f64 / total.max(1) as f64;
+                    format!(
+                        "{c:>5} {pct:>5.1}% {:>6}",
+                        h.get(a).map(String::as_str).unwrap_or("?")
+                    )
+                })
+                .collect();
+            let t = began.elapsed().as_secs_f64();
+            println!(
+                "  {t:>5.1}s  {:>22}  {:>22}  {:>22}  {:>7}",
+                cells[0], cells[1], cells[2], w.failed
+            );
+            failures.extend(w.failures);
+        }
+        Ok(failures)
+    };
+    show(
+        4,
+        "new connections per backend, every 0.5 s (count, share, health):",
+    )?;
 
-    step("stop the agent (SIGTERM): it prints its final counters and detaches");
+    step("kill backend b2's server (as a crash would)");
+    let killed = Instant::now();
+    l.stop_server(1)?;
+    let failures = show(4, "b2 fails its checks; gateway takes it out of the table:")?;
+    let after: Vec<_> = failures.iter().filter(|t| **t >= killed).collect();
+    match after.iter().max() {
+        Some(last) => println!(
+            "  => failover: new connections failed for {} ms after the kill ({} failures), then went to b1 and b3 only",
+            last.duration_since(killed).as_millis(),
+            after.len()
+        ),
+        None => println!("  => failover: no new connection failed"),
+    }
+    println!(
+        "     (bound: fall 2 x interval 200 ms + timeout 200 ms = 600 ms of probing, then the table flips in a few ms)"
+    );
+
+    step("bring b2 back");
+    l.start_server_again(1)?;
+    show(4, "b2 passes 2 checks in a row and takes its share again:")?;
+
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.join();
+    step("stop the agent (SIGTERM): it prints its counters and detaches");
     // SAFETY: signalling our own child by PID.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let st = agent.wait()?;
+    std::thread::sleep(Duration::from_millis(100));
     if !st.success() {
         bail!("gateway exited with {st}");
     }

@@ -3,15 +3,14 @@
 #![allow(dead_code)]
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    io::{BufRead, BufReader, Read},
+    net::IpAddr,
     process::{Child, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use lab::Lab;
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// The agent process; killed by PID when dropped.
 pub struct Agent {
@@ -205,76 +204,5 @@ impl Cfg {
     }
 }
 
-/// One TCP exchange from `local_port` (0: any): connect, send a line, read the backend's
-/// name. The socket closes with RST so thousands of them leave no TIME_WAIT behind.
-pub fn tcp_name(vip: SocketAddr, local_port: u16, timeout: Duration) -> std::io::Result<String> {
-    let domain = if vip.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    if local_port != 0 {
-        let any: SocketAddr = if vip.is_ipv6() {
-            "[::]:0".parse().unwrap()
-        } else {
-            "0.0.0.0:0".parse().unwrap()
-        };
-        s.bind(&SockAddr::from(SocketAddr::new(any.ip(), local_port)))?;
-    }
-    s.connect_timeout(&SockAddr::from(vip), timeout)?;
-    s.set_linger(Some(Duration::ZERO))?;
-    let mut t: TcpStream = s.into();
-    t.set_read_timeout(Some(timeout))?;
-    t.write_all(b"hi\n")?;
-    let mut line = String::new();
-    BufReader::new(&t).read_line(&mut line)?;
-    if line.is_empty() {
-        return Err(std::io::Error::other("connection closed without an answer"));
-    }
-    Ok(line.trim().to_string())
-}
-
-/// One UDP request/response from `local_port`.
-pub fn udp_name(vip: SocketAddr, local_port: u16, timeout: Duration) -> std::io::Result<String> {
-    let any: IpAddr = if vip.is_ipv6() {
-        "::".parse().unwrap()
-    } else {
-        "0.0.0.0".parse().unwrap()
-    };
-    let s = UdpSocket::bind(SocketAddr::new(any, local_port))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.connect(vip)?;
-    s.send(b"hi")?;
-    let mut buf = [0u8; 256];
-    let n = s.recv(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
-}
-
-/// A long-lived connection: ask again and again on the same socket.
-pub struct Conn {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Conn {
-    pub fn open(vip: SocketAddr) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&vip, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let reader = BufReader::new(stream.try_clone()?);
-        let mut c = Conn { stream, reader };
-        c.ask()?; // the server answers per line; the first answer opens the exchange
-        Ok(c)
-    }
-
-    pub fn ask(&mut self) -> std::io::Result<String> {
-        self.stream.write_all(b"again\n")?;
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        if line.is_empty() {
-            return Err(std::io::Error::other("closed"));
-        }
-        Ok(line.trim().to_string())
-    }
-}
+#[allow(unused_imports)]
+pub use lab::client::*;

@@ -39,18 +39,5 @@ pub fn lab(prefix: &str, backends: usize) -> Lab {
     .expect("lab up")
 }
 
-/// Runs `f` on a thread that has entered `netns`; setns(2) only affects that thread.
-pub fn in_netns<T: Send + 'static>(
-    netns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/run/netns/{netns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid namespace fd; CLONE_NEWNET only switches this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-}
+#[allow(unused_imports)]
+pub use lab::client::in_netns;

@@ -76,6 +76,7 @@ fn distribution(mode: &'static str, v6: bool) {
     if !common::privileged(&name) {
         return;
     }
+    let _g = serial();
     let lab = common::lab("d", 3);
     let mut cfg = Cfg::new(mode, v6, 3);
     let agent = Agent::start(&lab, &cfg.render(&lab));
@@ -268,6 +269,9 @@ fn failover(mode: &'static str, v6: bool) -> Duration {
         let mut port = 40_000u16;
         while std::time::Instant::now() < stop_at {
             let r = tcp_name(v, port, Duration::from_millis(300));
+            if let Err(e) = &r {
+                eprintln!("port {port}: {e}");
+            }
             log.push((std::time::Instant::now(), r.is_ok()));
             port += 1;
             for (c, n) in others.iter_mut() {

@@ -27,7 +27,7 @@ pub fn send(
     hash: Option<u32>,
 ) -> u32 {
     if mode == MODE_IPIP {
-        encap(ctx, pkt, b, hash.unwrap_or_else(|| flow_hash(key)))
+        encap(ctx, pkt, b, key, hash.unwrap_or_else(|| flow_hash(key)))
     } else {
         l2dsr(ctx, b)
     }
@@ -98,9 +98,9 @@ fn push_l2(ctx: &XdpContext, l2_len: usize, by: usize) -> bool {
 }
 
 #[inline(always)]
-fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, hash: u32) -> u32 {
+fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, key: &FlowKey, hash: u32) -> u32 {
     let s = settings();
-    let v4 = pkt.key.family == FAMILY_V4;
+    let v4 = pkt.family == FAMILY_V4;
     let overhead = if v4 {
         ENCAP_V4_OVERHEAD
     } else {
@@ -112,7 +112,7 @@ fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, hash: u32) -> u32 {
             count(STAT_TOO_BIG);
             return xdp_action::XDP_DROP;
         }
-        return icmp::too_big(ctx, pkt, s.mtu - overhead);
+        return icmp::too_big(ctx, pkt, key, s.mtu - overhead);
     }
     let l2 = pkt.l2_len;
     let ok = if v4 {

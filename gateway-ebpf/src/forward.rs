@@ -27,7 +27,7 @@ pub fn send(
     hash: Option<u32>,
 ) -> u32 {
     if mode == MODE_IPIP {
-        encap(ctx, pkt, b, hash.unwrap_or_else(|| flow_hash(key)))
+        encap(ctx, pkt, b, key, hash.unwrap_or_else(|| flow_hash(key)))
     } else {
         l2dsr(ctx, b)
     }
@@ -98,9 +98,9 @@ fn push_l2(ctx: &XdpContext, l2_len: usize, by: usize) -> bool {
 }
 
 #[inline(always)]
-fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, hash: u32) -> u32 {
+fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, key: &FlowKey, hash: u32) -> u32 {
     let s = settings();
-    let v4 = pkt.key.family == FAMILY_V4;
+    let v4 = pkt.family == FAMILY_V4;
     let overhead = if v4 {
         ENCAP_V4_OVERHEAD
     } else {
@@ -112,7 +112,7 @@ fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, hash: u32) -> u32 {
             count(STAT_TOO_BIG);
             return xdp_action::XDP_DROP;
         }
-        return icmp::too_big(ctx, pkt, s.mtu - overhead);
+        return icmp::too_big(ctx, pkt, key, s.mtu - overhead);
     }
     let l2 = pkt.l2_len;
     let ok = if v4 {
@@ -174,6 +174,22 @@ fn write_outer_v4(ctx: &XdpContext, pkt: &Packet, b: &Backend, s: &Settings, has
     true
 }
 
+/// Writes a 16-byte address to packet memory as two 8-byte words. A plain 16-byte copy
+/// from a map value became a call to a byte-loop `memcpy`.
+///
+/// # Safety
+/// `p` must cover 16 writable bytes.
+#[inline(always)]
+unsafe fn write_addr(p: *mut u8, a: &[u8; 16]) {
+    let hi = u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let lo = u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    // SAFETY: the caller guarantees the range.
+    unsafe {
+        core::ptr::write_unaligned(p as *mut u64, hi);
+        core::ptr::write_unaligned(p.add(8) as *mut u64, lo);
+    }
+}
+
 #[inline(always)]
 fn write_outer_v6(ctx: &XdpContext, pkt: &Packet, b: &Backend, s: &Settings, hash: u32) -> bool {
     let l2 = pkt.l2_len;
@@ -197,8 +213,8 @@ fn write_outer_v6(ctx: &XdpContext, pkt: &Packet, b: &Backend, s: &Settings, has
     // SAFETY: `ip` covers 40 bytes.
     unsafe {
         core::ptr::write_unaligned(ip as *mut [u8; 8], head);
-        core::ptr::write_unaligned(ip.add(8) as *mut [u8; 16], s.ipip_src_v6);
-        core::ptr::write_unaligned(ip.add(24) as *mut [u8; 16], b.addr);
+        write_addr(ip.add(8), &s.ipip_src_v6);
+        write_addr(ip.add(24), &b.addr);
     }
     true
 }

@@ -14,7 +14,8 @@ use crate::{
     csum,
     maps::count,
     parse::{
-        ETH_LEN, IPV4_LEN, IPV6_LEN, Packet, VLAN_LEN, at, copy, frame_len, frame_len_opaque, rd8,
+        ETH_LEN, IPV4_LEN, IPV6_LEN, KeyBuf, Packet, VLAN_LEN, at, copy, frame_len,
+        frame_len_opaque, rd8, v4_halves, v6_halves,
     },
 };
 
@@ -25,36 +26,35 @@ const ICMP_LEN: usize = 8;
 pub const QUOTE_LEN: usize = 128;
 const REPLY_TTL: u8 = 64;
 
-/// The flow (as the client sent it) that an ICMP error is about. The error quotes a packet
-/// the backend sent from the VIP to the client, so the quoted source is the VIP.
+/// Writes into `key` the flow (as the client sent it) that an ICMP error is about. The error
+/// quotes a packet the backend sent from the VIP to the client, so the quoted source is the
+/// VIP. On `Err` the key's contents are unspecified.
 #[inline(always)]
-pub fn quoted_flow(ctx: &XdpContext, pkt: &Packet) -> Result<FlowKey, u32> {
+pub fn quoted_flow(ctx: &XdpContext, pkt: &Packet, buf: &mut KeyBuf) -> Result<(), u32> {
     let inner = pkt.l4_off + ICMP_LEN;
-    let mut key = FlowKey {
-        family: pkt.key.family,
-        ..FlowKey::default()
-    };
     let l4;
-    if pkt.key.family == FAMILY_V4 {
+    let key;
+    if pkt.family == FAMILY_V4 {
         let ip = at(ctx, inner, IPV4_LEN).ok_or(STAT_PARSE_L4)?;
         let ver_ihl = rd8(ip, 0);
         if ver_ihl >> 4 != 4 || ver_ihl & 0xf < 5 {
             return Err(STAT_PARSE_L4);
         }
-        key.proto = rd8(ip, 9);
-        let src: [u8; 4] = copy(ip, 12);
-        let dst: [u8; 4] = copy(ip, 16);
-        key.dst[..4].copy_from_slice(&src);
-        key.src[..4].copy_from_slice(&dst);
+        *buf = KeyBuf::new(
+            v4_halves(copy(ip, 16)),
+            v4_halves(copy(ip, 12)),
+            rd8(ip, 9),
+            FAMILY_V4,
+        );
+        key = buf.key_mut();
         l4 = inner + usize::from(ver_ihl & 0xf) * 4;
     } else {
         let ip = at(ctx, inner, IPV6_LEN).ok_or(STAT_PARSE_L4)?;
         if rd8(ip, 0) >> 4 != 6 {
             return Err(STAT_PARSE_L4);
         }
-        key.proto = rd8(ip, 6);
-        key.dst = copy(ip, 8);
-        key.src = copy(ip, 24);
+        *buf = KeyBuf::new(v6_halves(ip, 24), v6_halves(ip, 8), rd8(ip, 6), FAMILY_V6);
+        key = buf.key_mut();
         l4 = inner + IPV6_LEN;
     }
     if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
@@ -63,18 +63,19 @@ pub fn quoted_flow(ctx: &XdpContext, pkt: &Packet) -> Result<FlowKey, u32> {
     let ports = at(ctx, l4, 4).ok_or(STAT_PARSE_L4)?;
     key.dport_be = u16::from_ne_bytes(copy(ports, 0));
     key.sport_be = u16::from_ne_bytes(copy(ports, 2));
-    Ok(key)
+    Ok(())
 }
 
 /// Turns the frame into an ICMP too-big answer to its sender, from the VIP, quoting its
-/// start; `mtu` is the largest inner packet the path takes. A separate BPF function: it is
-/// rare, and keeping it out of line keeps the hot path's stack small.
+/// start; `mtu` is the largest inner packet the path takes; `key` is the frame's own flow.
+/// A separate BPF function: it is rare, and keeping it out of line keeps the hot path's
+/// stack small.
 #[inline(never)]
-pub fn too_big(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> u32 {
-    let ok = if pkt.key.family == FAMILY_V6 {
-        too_big_v6(ctx, pkt, mtu)
+pub fn too_big(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, mtu: u32) -> u32 {
+    let ok = if pkt.family == FAMILY_V6 {
+        too_big_v6(ctx, pkt, key, mtu)
     } else {
-        too_big_v4(ctx, pkt, mtu)
+        too_big_v4(ctx, pkt, key, mtu)
     };
     if ok {
         count(STAT_TOO_BIG);
@@ -123,7 +124,7 @@ fn reshape(ctx: &XdpContext, l2: usize, hdr: usize) -> bool {
 }
 
 #[inline(always)]
-fn too_big_v4(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> bool {
+fn too_big_v4(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, mtu: u32) -> bool {
     let l2 = pkt.l2_len;
     let hdr = IPV4_LEN + ICMP_LEN;
     if !reshape(ctx, l2, hdr) {
@@ -133,7 +134,7 @@ fn too_big_v4(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> bool {
         return false;
     };
     let len = ((hdr + QUOTE_LEN) as u16).to_be_bytes();
-    let (c, v) = (&pkt.key.src, &pkt.key.dst);
+    let (c, v) = (&key.src, &key.dst);
     let mut h: [u8; 20] = [
         0x45, 0, len[0], len[1], 0, 0, 0, 0, REPLY_TTL, 1, 0, 0, v[0], v[1], v[2], v[3], c[0],
         c[1], c[2], c[3],
@@ -159,7 +160,7 @@ fn too_big_v4(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> bool {
 }
 
 #[inline(always)]
-fn too_big_v6(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> bool {
+fn too_big_v6(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, mtu: u32) -> bool {
     let l2 = pkt.l2_len;
     let hdr = IPV6_LEN + ICMP_LEN;
     if !reshape(ctx, l2, hdr) {
@@ -177,8 +178,8 @@ fn too_big_v6(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> bool {
     // SAFETY: `ip` covers the headers and the quote.
     unsafe {
         core::ptr::write_unaligned(ip as *mut [u8; 8], head);
-        core::ptr::write_unaligned(ip.add(8) as *mut [u8; 16], pkt.key.dst);
-        core::ptr::write_unaligned(ip.add(24) as *mut [u8; 16], pkt.key.src);
+        core::ptr::write_unaligned(ip.add(8) as *mut [u8; 16], key.dst);
+        core::ptr::write_unaligned(ip.add(24) as *mut [u8; 16], key.src);
         core::ptr::write_unaligned(ip.add(IPV6_LEN) as *mut [u8; 8], icmp);
         // Pseudo-header: addresses, upper-layer length, next header (RFC 8200 8.1); the
         // two constants are added in the byte order the memory sums use.

@@ -18,16 +18,17 @@ mod select;
 
 #[cfg(target_arch = "bpf")]
 mod prog {
+    use core::mem::MaybeUninit;
+
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
     use gateway_common::{
         PROTO_TCP, STAT_FORWARDED, STAT_ICMP_RELAYED, STAT_PASS_NOT_VIP, STAT_RX_PACKETS,
-        ServiceKey,
     };
 
     use crate::{
         forward, icmp,
         maps::{BACKEND_STATS, SERVICE_STATS, SERVICES, account, count},
-        parse::{self, L4, TCP_ACK, TCP_SYN},
+        parse::{self, KeyBuf, L4, SvcKeyBuf, TCP_ACK, TCP_SYN},
         select::{self, Track},
     };
 
@@ -46,21 +47,18 @@ mod prog {
     /// `Err(stat)`: pass the packet to the stack and count `stat`.
     #[inline(always)]
     fn try_gateway(ctx: &XdpContext) -> Result<u32, u32> {
-        let pkt = parse::parse(ctx)?;
+        let mut buf = MaybeUninit::<KeyBuf>::uninit();
+        let pkt = parse::parse(ctx, &mut buf)?;
+        // SAFETY: `parse` wrote the whole key before returning Ok.
+        let buf = unsafe { buf.assume_init_mut() };
         let relay = pkt.l4 == L4::IcmpError;
-        let key = if relay {
-            icmp::quoted_flow(ctx, &pkt)?
-        } else {
-            pkt.key
-        };
-        let skey = ServiceKey {
-            addr: key.dst,
-            port_be: key.dport_be,
-            proto: key.proto,
-            family: key.family,
-        };
+        if relay {
+            icmp::quoted_flow(ctx, &pkt, buf)?;
+        }
+        let key = buf.key();
+        let skey = SvcKeyBuf::new(buf.dst_words(), key);
         // SAFETY: a map value stays valid for the rest of this program run (RCU).
-        let svc = unsafe { SERVICES.get(&skey) }.ok_or(STAT_PASS_NOT_VIP)?;
+        let svc = unsafe { SERVICES.get(skey.key()) }.ok_or(STAT_PASS_NOT_VIP)?;
         let track = if relay {
             Track::Relay
         } else if key.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
@@ -69,7 +67,7 @@ mod prog {
             Track::Flow
         };
         let bytes = parse::frame_len(ctx) as u64;
-        let Some(choice) = select::choose(svc, &key, track) else {
+        let Some(choice) = select::choose(svc, key, track) else {
             account(&SERVICE_STATS, svc.id, bytes, false);
             return Ok(xdp_action::XDP_DROP);
         };
@@ -79,7 +77,7 @@ mod prog {
         if relay {
             count(STAT_ICMP_RELAYED);
         }
-        let action = forward::send(ctx, &pkt, svc.mode, choice.backend, &key, choice.hash);
+        let action = forward::send(ctx, &pkt, svc.mode, choice.backend, key, choice.hash);
         if action == xdp_action::XDP_TX {
             count(STAT_FORWARDED);
         }

@@ -1,10 +1,12 @@
 //! Header parsing. Every read is bounds-checked against `data_end`; anything the program
 //! cannot parse far enough to know it belongs to a service is passed to the stack untouched
 //! and counted by layer (`Err(STAT_*)`), so a malformed packet is never forwarded.
+use core::mem::MaybeUninit;
+
 use aya_ebpf::programs::XdpContext;
 use gateway_common::{
     FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, STAT_FRAGMENT, STAT_PARSE_L2,
-    STAT_PARSE_L3, STAT_PARSE_L4, STAT_PASS_NOT_IP, STAT_PASS_NOT_VIP,
+    STAT_PARSE_L3, STAT_PARSE_L4, STAT_PASS_NOT_IP, STAT_PASS_NOT_VIP, ServiceKey,
 };
 
 pub const ETH_LEN: usize = 14;
@@ -79,6 +81,102 @@ pub enum L4 {
     IcmpError,
 }
 
+/// A flow key on the stack, written as five 8-byte words. `FlowKey` is only 2-byte aligned
+/// and built field by field; the BPF backend then split it into single bytes shuffled
+/// through the stack, and zeroed or copied it with calls to byte-wise `memset`/`memcpy`.
+#[repr(C)]
+pub union KeyBuf {
+    words: [u64; 5],
+    key: FlowKey,
+}
+const _: () = assert!(core::mem::size_of::<KeyBuf>() == core::mem::size_of::<FlowKey>());
+
+impl KeyBuf {
+    /// A key with ports zero. Addresses are given as two 8-byte halves in memory order.
+    #[inline(always)]
+    pub fn new(src: [[u8; 8]; 2], dst: [[u8; 8]; 2], proto: u8, family: u8) -> KeyBuf {
+        KeyBuf {
+            words: [
+                u64::from_ne_bytes(src[0]),
+                u64::from_ne_bytes(src[1]),
+                u64::from_ne_bytes(dst[0]),
+                u64::from_ne_bytes(dst[1]),
+                // sport_be, dport_be, proto, family, _pad.
+                u64::from_ne_bytes([0, 0, 0, 0, proto, family, 0, 0]),
+            ],
+        }
+    }
+
+    #[inline(always)]
+    pub fn key(&self) -> &FlowKey {
+        // SAFETY: both fields are plain bytes of the same size; any bit pattern is a key.
+        unsafe { &self.key }
+    }
+
+    #[inline(always)]
+    pub fn key_mut(&mut self) -> &mut FlowKey {
+        // SAFETY: as in `key`.
+        unsafe { &mut self.key }
+    }
+
+    /// The destination address as two 8-byte words (for the service key).
+    #[inline(always)]
+    pub fn dst_words(&self) -> [u64; 2] {
+        // SAFETY: as in `key`.
+        unsafe { [self.words[2], self.words[3]] }
+    }
+}
+
+/// A service key on the stack, written as words for the same reason as `KeyBuf`.
+#[repr(C)]
+pub union SvcKeyBuf {
+    words: SvcWords,
+    key: ServiceKey,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SvcWords {
+    addr: [u64; 2],
+    /// port_be, proto, family.
+    rest: u32,
+}
+
+impl SvcKeyBuf {
+    /// The service a flow is addressed to; `dst` is the key's destination as words.
+    #[inline(always)]
+    pub fn new(dst: [u64; 2], key: &FlowKey) -> SvcKeyBuf {
+        let port = key.dport_be.to_ne_bytes();
+        SvcKeyBuf {
+            words: SvcWords {
+                addr: dst,
+                rest: u32::from_ne_bytes([port[0], port[1], key.proto, key.family]),
+            },
+        }
+    }
+
+    #[inline(always)]
+    pub fn key(&self) -> &ServiceKey {
+        // SAFETY: the key's 20 bytes are all written by `new`; any bit pattern is a key.
+        unsafe { &self.key }
+    }
+}
+
+/// An IPv4 address as the two 8-byte halves of a 16-byte key field.
+#[inline(always)]
+pub fn v4_halves(a: [u8; 4]) -> [[u8; 8]; 2] {
+    [[a[0], a[1], a[2], a[3], 0, 0, 0, 0], [0; 8]]
+}
+
+/// An IPv6 address (16 bytes of packet at `p + i`) as two 8-byte halves.
+#[inline(always)]
+pub fn v6_halves(p: *const u8, i: usize) -> [[u8; 8]; 2] {
+    [copy(p, i), copy(p, i + 8)]
+}
+
+/// What the program needs of a frame besides its flow key. The key is written into the
+/// caller's buffer instead of travelling in here: returned by value, the 40 bytes were
+/// split into byte-sized pieces and shuffled through the stack on every path.
 pub struct Packet {
     /// Ethernet header length: 14, or 18 with one 802.1Q tag.
     pub l2_len: usize,
@@ -87,8 +185,8 @@ pub struct Packet {
     /// IP packet length according to its header (frames may carry padding after it).
     pub l3_len: u32,
     pub l4: L4,
-    /// The 5-tuple (for ICMP: addresses and protocol only).
-    pub key: FlowKey,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
     pub tcp_flags: u8,
     /// IPv4 TOS / IPv6 traffic class.
     pub tos: u8,
@@ -96,8 +194,10 @@ pub struct Packet {
     pub df: bool,
 }
 
+/// Parses the frame and writes its 5-tuple into `buf` (for ICMP: addresses and protocol
+/// only, ports zero). On `Ok` the whole key is initialised.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
+pub fn parse(ctx: &XdpContext, buf: &mut MaybeUninit<KeyBuf>) -> Result<Packet, u32> {
     let eth = at(ctx, 0, ETH_LEN).ok_or(STAT_PARSE_L2)?;
     let mut ethertype = rd16(eth, 12);
     let mut l2_len = ETH_LEN;
@@ -107,14 +207,14 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
         l2_len = ETH_LEN + VLAN_LEN;
     }
     match ethertype {
-        ETH_P_IP => parse_v4(ctx, l2_len),
-        ETH_P_IPV6 => parse_v6(ctx, l2_len),
+        ETH_P_IP => parse_v4(ctx, l2_len, buf),
+        ETH_P_IPV6 => parse_v6(ctx, l2_len, buf),
         _ => Err(STAT_PASS_NOT_IP),
     }
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, l2: usize) -> Result<Packet, u32> {
+fn parse_v4(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Result<Packet, u32> {
     let ip = at(ctx, l2, IPV4_LEN).ok_or(STAT_PARSE_L3)?;
     let ver_ihl = rd8(ip, 0);
     if ver_ihl >> 4 != 4 || ver_ihl & 0xf < 5 {
@@ -126,35 +226,34 @@ fn parse_v4(ctx: &XdpContext, l2: usize) -> Result<Packet, u32> {
         return Err(STAT_PARSE_L3);
     }
     let frag = rd16(ip, 6);
-    let mut key = FlowKey {
-        family: FAMILY_V4,
-        proto: rd8(ip, 9),
-        ..FlowKey::default()
-    };
-    let src: [u8; 4] = copy(ip, 12);
-    let dst: [u8; 4] = copy(ip, 16);
-    key.src[..4].copy_from_slice(&src);
-    key.dst[..4].copy_from_slice(&dst);
     if frag & 0x3fff != 0 {
         // More-fragments set or a non-zero offset.
         return Err(STAT_FRAGMENT);
     }
+    let key = buf
+        .write(KeyBuf::new(
+            v4_halves(copy(ip, 12)),
+            v4_halves(copy(ip, 16)),
+            rd8(ip, 9),
+            FAMILY_V4,
+        ))
+        .key_mut();
     let mut pkt = Packet {
         l2_len: l2,
         l4_off: l2 + hlen,
         l3_len: tot_len as u32,
         l4: L4::Tcp,
-        key,
+        family: FAMILY_V4,
         tcp_flags: 0,
         tos: rd8(ip, 1),
         df: frag & 0x4000 != 0,
     };
-    parse_l4(ctx, &mut pkt, PROTO_ICMP)?;
+    parse_l4(ctx, &mut pkt, key, PROTO_ICMP)?;
     Ok(pkt)
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, l2: usize) -> Result<Packet, u32> {
+fn parse_v6(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Result<Packet, u32> {
     let ip = at(ctx, l2, IPV6_LEN).ok_or(STAT_PARSE_L3)?;
     let b0 = rd8(ip, 0);
     if b0 >> 4 != 6 {
@@ -165,12 +264,6 @@ fn parse_v6(ctx: &XdpContext, l2: usize) -> Result<Packet, u32> {
         return Err(STAT_PARSE_L3);
     }
     let mut nh = rd8(ip, 6);
-    let key = FlowKey {
-        family: FAMILY_V6,
-        src: copy(ip, 8),
-        dst: copy(ip, 24),
-        ..FlowKey::default()
-    };
     let tos = ((b0 & 0x0f) << 4) | (rd8(ip, 1) >> 4);
 
     let mut off = l2 + IPV6_LEN;
@@ -192,35 +285,48 @@ fn parse_v6(ctx: &XdpContext, l2: usize) -> Result<Packet, u32> {
         NH_HOP_BY_HOP | NH_ROUTING | NH_DEST_OPTS => return Err(STAT_PARSE_L3),
         _ => {}
     }
+    let key = buf
+        .write(KeyBuf::new(
+            v6_halves(ip, 8),
+            v6_halves(ip, 24),
+            nh,
+            FAMILY_V6,
+        ))
+        .key_mut();
     let mut pkt = Packet {
         l2_len: l2,
         l4_off: off,
         l3_len: (IPV6_LEN + payload_len) as u32,
         l4: L4::Tcp,
-        key: FlowKey { proto: nh, ..key },
+        family: FAMILY_V6,
         tcp_flags: 0,
         tos,
         df: true,
     };
-    parse_l4(ctx, &mut pkt, PROTO_ICMPV6)?;
+    parse_l4(ctx, &mut pkt, key, PROTO_ICMPV6)?;
     Ok(pkt)
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, pkt: &mut Packet, icmp_proto: u8) -> Result<(), u32> {
+fn parse_l4(
+    ctx: &XdpContext,
+    pkt: &mut Packet,
+    key: &mut FlowKey,
+    icmp_proto: u8,
+) -> Result<(), u32> {
     let off = pkt.l4_off;
-    match pkt.key.proto {
+    match key.proto {
         PROTO_TCP => {
             let tcp = at(ctx, off, 20).ok_or(STAT_PARSE_L4)?;
-            pkt.key.sport_be = u16::from_ne_bytes(copy(tcp, 0));
-            pkt.key.dport_be = u16::from_ne_bytes(copy(tcp, 2));
+            key.sport_be = u16::from_ne_bytes(copy(tcp, 0));
+            key.dport_be = u16::from_ne_bytes(copy(tcp, 2));
             pkt.tcp_flags = rd8(tcp, 13);
             pkt.l4 = L4::Tcp;
         }
         PROTO_UDP => {
             let udp = at(ctx, off, 8).ok_or(STAT_PARSE_L4)?;
-            pkt.key.sport_be = u16::from_ne_bytes(copy(udp, 0));
-            pkt.key.dport_be = u16::from_ne_bytes(copy(udp, 2));
+            key.sport_be = u16::from_ne_bytes(copy(udp, 0));
+            key.dport_be = u16::from_ne_bytes(copy(udp, 2));
             pkt.l4 = L4::Udp;
         }
         p if p == icmp_proto => {

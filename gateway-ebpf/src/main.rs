@@ -80,6 +80,14 @@ mod prog {
         let action = forward::send(ctx, &pkt, svc.mode, choice.backend, key, choice.hash);
         if action == xdp_action::XDP_TX {
             count(STAT_FORWARDED);
+        } else {
+            // Rare (no headroom, or an ICMP error too big to encapsulate): worth a log line,
+            // which the agent can switch off at load time (`kernel_log`).
+            aya_log_ebpf::warn!(
+                ctx,
+                "service {}: could not forward a packet (see drop_internal, too_big)",
+                svc.id
+            );
         }
         Ok(action)
     }

@@ -25,8 +25,9 @@ use crate::{
 
 /// Transitions kept per backend for status output.
 const HISTORY: usize = 16;
-/// How often next hops are re-resolved.
+/// How often next hops are re-resolved; sooner while one is still being resolved.
 const NEIGH_INTERVAL: Duration = Duration::from_secs(1);
+const NEIGH_RETRY: Duration = Duration::from_millis(100);
 
 /// Load-time sizes from the config.
 pub fn load_options(c: &Config) -> LoadOptions {
@@ -34,6 +35,13 @@ pub fn load_options(c: &Config) -> LoadOptions {
         conntrack_size: c.dataplane.conntrack_size,
         max_services: c.dataplane.max_services,
         max_table_size: c.dataplane.max_table_size,
+        kernel_log: match c.dataplane.kernel_log {
+            config::KernelLog::Off => 0,
+            config::KernelLog::Error => 1,
+            config::KernelLog::Warn => 2,
+            config::KernelLog::Info => 3,
+            config::KernelLog::Debug => 4,
+        },
     }
 }
 
@@ -339,6 +347,7 @@ impl Agent {
         next.dataplane.conntrack_size = d.conntrack_size;
         next.dataplane.max_services = d.max_services;
         next.dataplane.max_table_size = d.max_table_size;
+        next.dataplane.kernel_log = d.kernel_log;
         self.config = next;
         self.resolver.flush_routes();
         self.sync_checks();
@@ -358,7 +367,24 @@ impl Agent {
         self.resolve();
         self.replan("start")?;
         let mut hup = signal(SignalKind::hangup())?;
-        let mut neigh = tokio::time::interval(NEIGH_INTERVAL);
+        // The program's own log lines (rare events) arrive through a ring buffer.
+        let mut klog = match self.dp.take_logger() {
+            // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
+            Some(l) => match unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE)
+            } {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    warn!(
+                        "the program's log is unavailable: {}",
+                        std::io::Error::from(e)
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut next_resolve = tokio::time::Instant::now() + NEIGH_RETRY;
         let mut stats = tokio::time::interval(stats_every.unwrap_or(Duration::from_secs(3600)));
         stats.tick().await;
         tokio::pin!(shutdown);
@@ -378,13 +404,20 @@ impl Agent {
                         self.replan("health change")?;
                     }
                 }
-                _ = neigh.tick() => {
+                _ = tokio::time::sleep_until(next_resolve) => {
                     if self.resolve() {
                         self.replan("next hops changed")?;
                     }
+                    let pending = self.macs.values().any(Result::is_err);
+                    next_resolve = tokio::time::Instant::now() + if pending { NEIGH_RETRY } else { NEIGH_INTERVAL };
                 }
                 _ = async { tokio::time::sleep_until(step.unwrap_or_else(tokio::time::Instant::now)).await }, if step.is_some() => {
                     self.replan("slow start step")?;
+                }
+                guard = async { klog.as_mut().expect("guarded").readable_mut().await }, if klog.is_some() => {
+                    let mut guard = guard?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
                 }
                 _ = hup.recv() => {
                     if let Err(e) = self.reload() {

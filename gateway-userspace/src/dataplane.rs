@@ -43,6 +43,9 @@ pub enum DataplaneError {
     Mmap(std::io::Error),
 }
 
+/// aya-log's level numbering (aya_log_common::Level): 1 error, 2 warn, 3 info, 4 debug.
+pub const KERNEL_LOG_WARN: u8 = 2;
+
 /// Sizes fixed when the program is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
@@ -51,6 +54,8 @@ pub struct LoadOptions {
     pub max_services: u32,
     /// Largest table a service may use (the region stride).
     pub max_table_size: u32,
+    /// Level of the program's own log messages (aya-log): 0 off, 1 error .. 5 trace.
+    pub kernel_log: u8,
 }
 
 impl Default for LoadOptions {
@@ -59,6 +64,7 @@ impl Default for LoadOptions {
             conntrack_size: DEFAULT_CONNTRACK_SIZE,
             max_services: 16,
             max_table_size: DEFAULT_TABLE_SIZE,
+            kernel_log: KERNEL_LOG_WARN,
         }
     }
 }
@@ -178,6 +184,7 @@ pub struct Dataplane {
     service_stats: PerCpuArray<MapData, TrafficStats>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
     tables: TableMem,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     // Keeps the TABLES map (and so the mapping) alive.
     _tables_map: MapData,
 }
@@ -198,6 +205,7 @@ impl Dataplane {
     pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
         let slots = options.layout().slots();
         let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &options.kernel_log, false)
             .map_max_entries(MAP_TABLES, slots)
             .map_max_entries(MAP_CONNTRACK, options.conntrack_size)
             .load(crate::object::GATEWAY)?;
@@ -226,6 +234,13 @@ impl Dataplane {
             _ => return Err(DataplaneError::NoMap(MAP_TABLES)),
         };
         let tables = TableMem::new(&tables_map, slots)?;
+        let logger = if options.kernel_log > 0 {
+            aya_log::EbpfLogger::init(&mut ebpf)
+                .map_err(|e| warn!("the program's log is unavailable: {e}"))
+                .ok()
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             link: None,
@@ -238,12 +253,18 @@ impl Dataplane {
             service_stats,
             backend_stats,
             tables,
+            logger,
             _tables_map: tables_map,
         })
     }
 
     pub fn options(&self) -> LoadOptions {
         self.options
+    }
+
+    /// The reader of the program's log ring, for the agent to poll.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
     }
 
     /// Attaches to `ifindex`. `Auto` tries native mode and falls back to generic mode with a

@@ -281,6 +281,9 @@ impl Lab {
         ])?;
 
         let c = &self.client.netns;
+        // Tests pick client ports from 20000 up so that placement is reproducible; keep the
+        // kernel's own ephemeral ports out of that range.
+        sysctl(c, "net.ipv4.ip_local_port_range", "10000 19999")?;
         ip(&[
             "-n",
             c,

@@ -105,30 +105,6 @@ fn distribution(mode: &'static str, v6: bool) {
     assert!(agent.stop().success());
 }
 
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn distribution_l2dsr_v4() {
-    distribution("l2dsr", false);
-}
-
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn distribution_l2dsr_v6() {
-    distribution("l2dsr", true);
-}
-
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn distribution_ipip_v4() {
-    distribution("ipip", false);
-}
-
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn distribution_ipip_v6() {
-    distribution("ipip", true);
-}
-
 // ---------------------------------------------------------------------------------------
 // Stickiness, failover, recovery, drain, backup, UDP, the host's own traffic, bad configs.
 
@@ -149,6 +125,59 @@ fn start(lab: &Lab, cfg: &Cfg, up: usize) -> Agent {
     warm_up(lab, cfg.v6);
     agent
 }
+
+/// The log name of backend `i`'s health check target, e.g. `198.18.0.11:80`.
+fn target(lab: &Lab, i: usize, v6: bool) -> String {
+    let b = &lab.backends[i];
+    let ip: std::net::IpAddr = if v6 { b.ipv6.into() } else { b.ipv4.into() };
+    SocketAddr::new(ip, SERVER_PORT).to_string()
+}
+
+/// Each scenario runs for both forwarding modes and both address families.
+macro_rules! matrix {
+    ($name:ident) => {
+        mod $name {
+            fn run(mode: &'static str, v6: bool) {
+                let name = format!(
+                    "{}_{mode}_{}",
+                    stringify!($name),
+                    if v6 { "v6" } else { "v4" }
+                );
+                if super::common::privileged(&name) {
+                    super::$name(mode, v6);
+                }
+            }
+            #[test]
+            #[ignore = "privileged: run by `cargo xtask test`"]
+            fn l2dsr_v4() {
+                run("l2dsr", false);
+            }
+            #[test]
+            #[ignore = "privileged: run by `cargo xtask test`"]
+            fn l2dsr_v6() {
+                run("l2dsr", true);
+            }
+            #[test]
+            #[ignore = "privileged: run by `cargo xtask test`"]
+            fn ipip_v4() {
+                run("ipip", false);
+            }
+            #[test]
+            #[ignore = "privileged: run by `cargo xtask test`"]
+            fn ipip_v6() {
+                run("ipip", true);
+            }
+        }
+    };
+}
+
+matrix!(distribution);
+matrix!(stickiness);
+matrix!(failover);
+matrix!(recovery_with_slow_start);
+matrix!(drain_keeps_established_connections);
+matrix!(backup_takes_over_only_while_no_primary_is_up);
+matrix!(udp_spreads_and_sticks_per_flow);
 
 fn label(mode: &str, v6: bool) -> String {
     format!("{mode}/{}", if v6 { "IPv6" } else { "IPv4" })
@@ -218,7 +247,14 @@ fn stickiness(mode: &'static str, v6: bool) {
     drop(tx);
     let errors = worker.join().unwrap();
     assert!(errors.is_empty(), "{}: {errors:#?}", label(mode, v6));
-    // New connections do see the changes: b4 takes some.
+    // New connections do see the changes: b4 takes some once it is up.
+    let b4_up = format!("{} UP after", target(&lab, 3, v6));
+    assert!(
+        agent.wait_log(&b4_up, Duration::from_secs(3)),
+        "{}",
+        agent.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(1200));
     let (seen, failed) = spread(&lab, v6, 30_000, 300);
     assert_eq!(failed, 0);
     assert!(
@@ -227,26 +263,10 @@ fn stickiness(mode: &'static str, v6: bool) {
     );
 }
 
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn stickiness_l2dsr_v4() {
-    if common::privileged("stickiness_l2dsr_v4") {
-        stickiness("l2dsr", false);
-    }
-}
-
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn stickiness_ipip_v6() {
-    if common::privileged("stickiness_ipip_v6") {
-        stickiness("ipip", true);
-    }
-}
-
 /// A steady stream of new connections while backend b1's server dies: returns (ms from the
 /// kill to the last failure, failures, successes per backend) and checks that long-lived
 /// connections to the other backends never see an error.
-fn failover(mode: &'static str, v6: bool) -> Duration {
+fn failover(mode: &'static str, v6: bool) {
     let _g = serial();
     let lab = common::lab("f", 3);
     let mut lab = lab;
@@ -311,59 +331,24 @@ fn failover(mode: &'static str, v6: bool) -> Duration {
     // fall x interval + timeout + 200 ms
     let bound = Duration::from_millis(2 * 100 + 100 + 200);
     assert!(took <= bound, "failover took {took:?} > {bound:?}");
-    took
 }
 
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn failover_l2dsr_v4() {
-    if common::privileged("failover_l2dsr_v4") {
-        failover("l2dsr", false);
-    }
-}
-
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn failover_l2dsr_v6() {
-    if common::privileged("failover_l2dsr_v6") {
-        failover("l2dsr", true);
-    }
-}
-
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn failover_ipip_v4() {
-    if common::privileged("failover_ipip_v4") {
-        failover("ipip", false);
-    }
-}
-
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn failover_ipip_v6() {
-    if common::privileged("failover_ipip_v6") {
-        failover("ipip", true);
-    }
-}
-
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn recovery_with_slow_start_ipip_v4() {
-    if !common::privileged("recovery_with_slow_start_ipip_v4") {
-        return;
-    }
+fn recovery_with_slow_start(mode: &'static str, v6: bool) {
     let _g = serial();
     let mut lab = common::lab("r", 3);
-    let mut cfg = Cfg::new("ipip", false, 3);
+    let mut cfg = Cfg::new(mode, v6, 3);
     cfg.service_extra = "slowstart = \"4s\"".into();
     let agent = start(&lab, &cfg, 3);
     lab.stop_server(0).unwrap();
     assert!(agent.wait_log("DOWN after", Duration::from_secs(3)));
-    let (seen, _) = spread(&lab, false, 20_000, 300);
+    let (seen, _) = spread(&lab, v6, 20_000, 300);
     assert!(!seen.contains_key("b1"), "{seen:?}");
     lab.start_server_again(0).unwrap();
     assert!(
-        agent.wait_log("198.18.0.11:80 UP after", Duration::from_secs(3)),
+        agent.wait_log(
+            &format!("{} UP after", target(&lab, 0, v6)),
+            Duration::from_secs(3)
+        ),
         "{}",
         agent.log_text()
     );
@@ -378,11 +363,14 @@ fn recovery_with_slow_start_ipip_v4() {
         if i > 0 {
             std::thread::sleep(Duration::from_millis(1000));
         }
-        let (seen, failed) = spread(&lab, false, *first, 600);
+        let (seen, failed) = spread(&lab, v6, *first, 600);
         assert_eq!(failed, 0);
         shares.push(share(&seen));
     }
-    println!("b1's share of new connections during slow start, once a second: {shares:.3?}");
+    println!(
+        "{}: b1's share of new connections during slow start, once a second: {shares:.3?}",
+        label(mode, v6)
+    );
     assert!(shares[0] < 0.15, "starts small: {shares:?}");
     assert!(
         shares.windows(2).all(|w| w[1] + 0.03 >= w[0]),
@@ -394,17 +382,12 @@ fn recovery_with_slow_start_ipip_v4() {
     );
 }
 
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn drain_keeps_established_connections_l2dsr_v6() {
-    if !common::privileged("drain_keeps_established_connections_l2dsr_v6") {
-        return;
-    }
+fn drain_keeps_established_connections(mode: &'static str, v6: bool) {
     let _g = serial();
     let lab = common::lab("dr", 2);
-    let mut cfg = Cfg::new("l2dsr", true, 2);
+    let mut cfg = Cfg::new(mode, v6, 2);
     let agent = start(&lab, &cfg, 2);
-    let v = vip(&lab, true);
+    let v = vip(&lab, v6);
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let worker = common::in_netns(&lab.client.netns, move || {
@@ -425,7 +408,7 @@ fn drain_keeps_established_connections_l2dsr_v6() {
     ready_rx.recv().unwrap();
     cfg.backends = vec![Some("state = \"drain\"".into()), Some(String::new())];
     agent.reload(&cfg.render(&lab));
-    let (seen, failed) = spread(&lab, true, 30_000, 300);
+    let (seen, failed) = spread(&lab, v6, 30_000, 300);
     assert_eq!(failed, 0);
     assert_eq!(
         seen.get("b1"),
@@ -440,22 +423,17 @@ fn drain_keeps_established_connections_l2dsr_v6() {
     );
 }
 
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn backup_takes_over_only_while_no_primary_is_up_l2dsr_v4() {
-    if !common::privileged("backup_takes_over_only_while_no_primary_is_up_l2dsr_v4") {
-        return;
-    }
+fn backup_takes_over_only_while_no_primary_is_up(mode: &'static str, v6: bool) {
     let _g = serial();
     let mut lab = common::lab("bk", 3);
-    let mut cfg = Cfg::new("l2dsr", false, 3);
+    let mut cfg = Cfg::new(mode, v6, 3);
     cfg.backends = vec![
         Some(String::new()),
         Some(String::new()),
         Some("backup = true".into()),
     ];
     let agent = start(&lab, &cfg, 3);
-    let (seen, _) = spread(&lab, false, 20_000, 300);
+    let (seen, _) = spread(&lab, v6, 20_000, 300);
     assert!(
         !seen.contains_key("b3"),
         "backup used while primaries are up: {seen:?}"
@@ -464,12 +442,13 @@ fn backup_takes_over_only_while_no_primary_is_up_l2dsr_v4() {
     lab.stop_server(1).unwrap();
     assert!(agent.wait_log_count("DOWN after", 2, Duration::from_secs(3)));
     std::thread::sleep(Duration::from_millis(100));
-    let (seen, failed) = spread(&lab, false, 21_000, 300);
+    let (seen, failed) = spread(&lab, v6, 21_000, 300);
     assert_eq!((seen.get("b3"), failed), (Some(&300), 0), "{seen:?}");
     lab.start_server_again(0).unwrap();
-    assert!(agent.wait_log("198.18.0.11:80 UP after", Duration::from_secs(3)));
+    let up = format!("{} UP after", target(&lab, 0, v6));
+    assert!(agent.wait_log(&up, Duration::from_secs(3)));
     std::thread::sleep(Duration::from_millis(100));
-    let (seen, failed) = spread(&lab, false, 22_000, 300);
+    let (seen, failed) = spread(&lab, v6, 22_000, 300);
     assert_eq!(
         (seen.get("b1"), failed),
         (Some(&300), 0),
@@ -477,7 +456,7 @@ fn backup_takes_over_only_while_no_primary_is_up_l2dsr_v4() {
     );
 }
 
-fn udp(v6: bool, mode: &'static str) {
+fn udp_spreads_and_sticks_per_flow(mode: &'static str, v6: bool) {
     let _g = serial();
     let lab = common::lab("u", 3);
     let mut cfg = Cfg::new(mode, v6, 3);
@@ -528,22 +507,6 @@ fn start_udp(lab: &Lab, cfg: &Cfg) -> Agent {
         (0..30).for_each(|i| drop(udp_name(v, 61_000 + i, Duration::from_secs(2))))
     });
     agent
-}
-
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn udp_spreads_and_sticks_per_flow_l2dsr_v4() {
-    if common::privileged("udp_spreads_and_sticks_per_flow_l2dsr_v4") {
-        udp(false, "l2dsr");
-    }
-}
-
-#[test]
-#[ignore = "privileged: run by `cargo xtask test`"]
-fn udp_spreads_and_sticks_per_flow_ipip_v6() {
-    if common::privileged("udp_spreads_and_sticks_per_flow_ipip_v6") {
-        udp(true, "ipip");
-    }
 }
 
 #[test]

@@ -149,3 +149,41 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn gateway_run_explains_missing_root_and_missing_bpffs_in_one_line() {
+    if !common::privileged("gateway_run_explains_missing_root_and_missing_bpffs_in_one_line") {
+        return;
+    }
+    let dir = tempdir();
+    let cfg = dir.join("gateway.toml");
+    std::fs::write(&cfg, "[dataplane]\ninterface = \"lo\"\n").unwrap();
+    let one_line_error = |out: std::process::Output, want: &str| {
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{err}");
+    };
+    // Not root: an unprivileged user.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(gateway_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    one_line_error(out, "must run as root");
+    // No bpffs: a private mount namespace where /sys/fs/bpf is unmounted.
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("umount /sys/fs/bpf 2>/dev/null; exec \"$0\" run --config \"$1\"")
+        .arg(gateway_bin())
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    one_line_error(
+        out,
+        "bpffs is not mounted at /sys/fs/bpf: run `mount -t bpf bpf /sys/fs/bpf`",
+    );
+}

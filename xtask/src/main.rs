@@ -476,6 +476,11 @@ const BENCHES: &[(&str, &str, &str)] = &[
         "maglev",
         "Maglev: table build time and slots moved",
     ),
+    (
+        "sync",
+        "sync",
+        "Agent: from a probe verdict to the maps updated",
+    ),
 ];
 
 fn bench(which: Option<&str>) -> anyhow::Result<()> {

@@ -43,7 +43,7 @@ impl Agent {
     /// Starts the agent without waiting for anything.
     pub fn spawn(lab: &Lab, path: &std::path::Path) -> Agent {
         let mut child = lab::ns_command(&lab.lb.netns, gateway_bin())
-            .args(["run", "--config"])
+            .args(["run", "--stats-interval", "1", "--config"])
             .arg(path)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

@@ -94,6 +94,7 @@ pub const TEST_LOAD: LoadOptions = LoadOptions {
     conntrack_size: 65536,
     max_services: 16,
     max_table_size: 65537,
+    kernel_log: 0,
 };
 
 impl World {

@@ -40,7 +40,7 @@ pub const SERVER_PORT: u16 = 80;
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct LabSpec {
-    /// Short name, part of every namespace name; `[a-z0-9]`, at most 8 characters.
+    /// Short name, part of every namespace name; `[a-z0-9]`, at most 16 characters.
     pub name: String,
     pub backends: usize,
     /// The map-less XDP_PASS object (`gateway-ebpf`'s `xdp-pass`) for the balancer's peer.
@@ -167,14 +167,14 @@ impl Lab {
             bail!("the lab needs root (network namespaces, veth, XDP)");
         }
         if spec.name.is_empty()
-            || spec.name.len() > 8
+            || spec.name.len() > 16
             || !spec
                 .name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         {
             bail!(
-                "lab name `{}` must be 1-8 characters of [a-z0-9]",
+                "lab name `{}` must be 1-16 characters of [a-z0-9]",
                 spec.name
             );
         }

@@ -508,7 +508,6 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
          The figures include the test-run harness (~30 ns), in the floor as in every case. The \
          new-flow case is dominated by the kernel's LRU-hash insert (~270-300 ns measured by \
          building the program with and without it).\n\n",
-    ); numbers are from the run below, on this machine.\n\n",
     );
     doc += &machine_info();
     // Not necessarily cargo's target directory (CARGO_TARGET_DIR may point elsewhere), so

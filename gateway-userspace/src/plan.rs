@@ -121,7 +121,9 @@ pub struct BackendPlan {
 }
 
 impl BackendPlan {
-    /// A one-word state for tables: up, drain, maint, down, backup, no-mac.
+    /// A one-word state for tables: up, standby (in the table's set but holding no slot),
+    /// backup (healthy, idle while a primary is up), drain, maint, down (probed down),
+    /// unavailable (next hop unknown).
     pub fn state_word(&self) -> &'static str {
         match (self.admin, self.kernel_state) {
             (AdminState::Maint, _) => "maint",
@@ -129,6 +131,7 @@ impl BackendPlan {
             (_, BACKEND_UP) if self.slots > 0 => "up",
             (_, BACKEND_UP) => "standby",
             _ if !self.health_up => "down",
+            _ if self.backup && self.reason.starts_with("backup") => "backup",
             _ => "unavailable",
         }
     }
@@ -582,7 +585,7 @@ address = "198.18.0.13"
             vec![
                 ("up", BACKEND_UP, 65537),
                 ("down", BACKEND_DOWN, 0),
-                ("unavailable", BACKEND_DOWN, 0)
+                ("backup", BACKEND_DOWN, 0)
             ]
         );
         assert!(p.services[0].backends[2].reason.contains("backup"));

@@ -343,15 +343,11 @@ fn recovery_with_slow_start(mode: &'static str, v6: bool) {
     assert!(agent.wait_log("DOWN after", Duration::from_secs(3)));
     let (seen, _) = spread(&lab, v6, 20_000, 300);
     assert!(!seen.contains_key("b1"), "{seen:?}");
+    let up = format!("{} UP after", target(&lab, 0, v6));
+    let ups = agent.count_log(&up);
     lab.start_server_again(0).unwrap();
-    assert!(
-        agent.wait_log(
-            &format!("{} UP after", target(&lab, 0, v6)),
-            Duration::from_secs(3)
-        ),
-        "{}",
-        agent.log_text()
-    );
+    assert!(agent.wait_log_count(&up, ups + 1, Duration::from_secs(3)));
+    assert!(agent.wait_log_then(&up, "health change: applied", Duration::from_secs(3)));
     let share = |seen: &BTreeMap<String, usize>| {
         *seen.get("b1").unwrap_or(&0) as f64 / seen.values().sum::<usize>().max(1) as f64
     };
@@ -371,13 +367,14 @@ fn recovery_with_slow_start(mode: &'static str, v6: bool) {
         "{}: b1's share of new connections during slow start, once a second: {shares:.3?}",
         label(mode, v6)
     );
+    // Each sample is 600 connections: a share carries about 2 points of noise.
     assert!(shares[0] < 0.15, "starts small: {shares:?}");
     assert!(
-        shares.windows(2).all(|w| w[1] + 0.03 >= w[0]),
+        shares[1] < shares[4] && shares[0] < shares[3],
         "grows: {shares:?}"
     );
     assert!(
-        (shares[4] - 1.0 / 3.0).abs() < 0.06,
+        (shares[4] - 1.0 / 3.0).abs() < 0.08,
         "ends at its full share: {shares:?}"
     );
 }
@@ -441,13 +438,25 @@ fn backup_takes_over_only_while_no_primary_is_up(mode: &'static str, v6: bool) {
     lab.stop_server(0).unwrap();
     lab.stop_server(1).unwrap();
     assert!(agent.wait_log_count("DOWN after", 2, Duration::from_secs(3)));
-    std::thread::sleep(Duration::from_millis(100));
+    let second_down = format!("{} DOWN after", target(&lab, 1, v6));
+    let first_down = format!("{} DOWN after", target(&lab, 0, v6));
+    let last_down = if agent.log_text().find(&second_down) > agent.log_text().find(&first_down) {
+        second_down
+    } else {
+        first_down
+    };
+    assert!(agent.wait_log_then(&last_down, "health change: applied", Duration::from_secs(3)));
     let (seen, failed) = spread(&lab, v6, 21_000, 300);
     assert_eq!((seen.get("b3"), failed), (Some(&300), 0), "{seen:?}");
-    lab.start_server_again(0).unwrap();
     let up = format!("{} UP after", target(&lab, 0, v6));
-    assert!(agent.wait_log(&up, Duration::from_secs(3)));
-    std::thread::sleep(Duration::from_millis(100));
+    let ups = agent.count_log(&up);
+    lab.start_server_again(0).unwrap();
+    assert!(agent.wait_log_count(&up, ups + 1, Duration::from_secs(3)));
+    assert!(
+        agent.wait_log_then(&up, "health change: applied", Duration::from_secs(3)),
+        "{}",
+        agent.log_text()
+    );
     let (seen, failed) = spread(&lab, v6, 22_000, 300);
     assert_eq!(
         (seen.get("b1"), failed),

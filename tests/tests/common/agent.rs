@@ -105,6 +105,24 @@ impl Agent {
         false
     }
 
+    /// Waits until the last line containing `first` is followed by a line containing `then`
+    /// (e.g. a health transition and the map update it caused).
+    pub fn wait_log_then(&self, first: &str, then: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            {
+                let log = self.log.lock().unwrap();
+                if let Some(i) = log.iter().rposition(|l| l.contains(first))
+                    && log[i + 1..].iter().any(|l| l.contains(then))
+                {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
     /// Rewrites the config and sends SIGHUP; waits for the reload to be applied.
     pub fn reload(&self, config: &str) {
         let n = self.count_log("reloaded ");

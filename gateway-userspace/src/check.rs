@@ -439,13 +439,13 @@ fn lower(v: impl std::fmt::Debug) -> String {
 }
 
 #[derive(Clone, Copy)]
-enum Align {
+pub(crate) enum Align {
     Left,
     Right,
 }
 
 /// Rows under a header, columns padded to their widest cell, two spaces apart.
-fn columns(header: &[(&str, Align)], rows: &[Vec<String>], indent: &str) -> String {
+pub(crate) fn columns(header: &[(&str, Align)], rows: &[Vec<String>], indent: &str) -> String {
     let mut widths: Vec<usize> = header.iter().map(|(h, _)| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

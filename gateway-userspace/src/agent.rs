@@ -354,7 +354,11 @@ impl Agent {
                 "reload: interface, XDP mode, conntrack_size, max_services and max_table_size take effect at the next start"
             );
         }
+        if next.admin.listen != self.config.admin.listen {
+            warn!("reload: admin.listen takes effect at the next start");
+        }
         let mut next = next;
+        next.admin.listen = self.config.admin.listen;
         next.dataplane.interface = d.interface.clone();
         next.dataplane.xdp_mode = d.xdp_mode;
         next.dataplane.conntrack_size = d.conntrack_size;

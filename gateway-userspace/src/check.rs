@@ -222,7 +222,7 @@ fn setting_changes(running: &Config, next: &Config) -> Vec<String> {
         "admin: listen",
         running.admin.listen.to_string(),
         next.admin.listen.to_string(),
-        None,
+        Some("needs a restart: the admin API stays where it listens"),
     );
     out
 }
@@ -747,7 +747,7 @@ mod tests {
         b.admin.listen = "127.0.0.1:9181".parse().unwrap();
         let out = render_change(&a, &b);
         assert!(
-            out.contains("admin: listen 127.0.0.1:9180 -> 127.0.0.1:9181\n"),
+            out.contains("admin: listen 127.0.0.1:9180 -> 127.0.0.1:9181 (needs a restart"),
             "{out}"
         );
         assert!(

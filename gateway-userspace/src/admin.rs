@@ -609,6 +609,74 @@ service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
         assert_eq!(text, want, "\n{text}");
     }
 
+    /// GET `path` from `addr`: status code and body.
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        (
+            head.split(' ').nth(1).unwrap().parse().unwrap(),
+            body.into(),
+        )
+    }
+
+    fn free_port() -> SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn endpoints_answer_from_the_loop_and_errors_are_json() {
+        let addr = free_port();
+        let (tx, mut rx) = mpsc::channel(8);
+        spawn(addr, tx).await;
+        // Stands in for the agent's loop: not ready yet, then a snapshot.
+        let agent = tokio::spawn(async move {
+            let mut ready = false;
+            while let Some(req) = rx.recv().await {
+                match req {
+                    Request::Ready(r) => {
+                        let _ = r.send(ready);
+                        ready = true;
+                    }
+                    Request::Snapshot(r) => {
+                        let _ = r.send(Ok(snapshot()));
+                    }
+                }
+            }
+        });
+        assert_eq!(get(addr, "/readyz").await.0, 503);
+        assert_eq!(get(addr, "/readyz").await.0, 200);
+        assert_eq!(get(addr, "/healthz").await, (200, r#"{"ok":true}"#.into()));
+        let (code, body) = get(addr, "/status").await;
+        assert_eq!(code, 200);
+        assert_eq!(serde_json::from_str::<Snapshot>(&body).unwrap(), snapshot());
+        let (code, body) = get(addr, "/metrics").await;
+        assert_eq!((code, body), (200, render_metrics(&snapshot())));
+        assert_eq!(
+            get(addr, "/nope").await,
+            (404, r#"{"error":"not found"}"#.into())
+        );
+        agent.abort();
+        let _ = agent.await;
+        let (code, body) = get(addr, "/healthz").await;
+        assert_eq!(code, 503);
+        assert!(body.contains("\"error\""), "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_address_in_use_is_logged_not_fatal() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        spawn(taken.local_addr().unwrap(), tx).await;
+    }
+
     #[test]
     fn snapshot_round_trips_through_json() {
         let s = snapshot();

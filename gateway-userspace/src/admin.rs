@@ -27,8 +27,14 @@ const LOOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Request {
     /// Whether the first plan has been applied (the loop answering at all means it runs).
     Ready(oneshot::Sender<bool>),
-    /// Everything `/status` and `/metrics` show, read now.
-    Snapshot(oneshot::Sender<Result<Snapshot, String>>),
+    /// Everything `/status` and `/metrics` show, read now. Counting conntrack entries
+    /// walks the whole map (one syscall per entry, so about a second for a million flows,
+    /// during which the loop does nothing else): only `/status` asks for it, not every
+    /// scrape.
+    Snapshot {
+        conntrack: bool,
+        reply: oneshot::Sender<Result<Snapshot, String>>,
+    },
 }
 
 /// The balancer's state at one moment: the body of `GET /status`.
@@ -51,7 +57,9 @@ pub struct DataplaneStatus {
     pub xdp_mode: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub program_id: Option<u32>,
-    pub conntrack_entries: usize,
+    /// Absent when not asked for (metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack_entries: Option<usize>,
     pub conntrack_capacity: u32,
     /// Global counters by name (`gateway_common::STAT_NAMES`), in that order.
     pub counters: Vec<Counter>,
@@ -192,14 +200,14 @@ async fn readyz(State(agent): State<mpsc::Sender<Request>>) -> Response {
     }
 }
 
-async fn snapshot(agent: &mpsc::Sender<Request>) -> Result<Snapshot, Response> {
-    ask(agent, Request::Snapshot)
+async fn snapshot(agent: &mpsc::Sender<Request>, conntrack: bool) -> Result<Snapshot, Response> {
+    ask(agent, |reply| Request::Snapshot { conntrack, reply })
         .await?
         .map_err(|e| error_body(StatusCode::INTERNAL_SERVER_ERROR, &e))
 }
 
 async fn status(State(agent): State<mpsc::Sender<Request>>) -> Response {
-    match snapshot(&agent).await {
+    match snapshot(&agent, true).await {
         Ok(s) => match serde_json::to_string(&s) {
             Ok(body) => json(StatusCode::OK, body),
             Err(e) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -209,7 +217,7 @@ async fn status(State(agent): State<mpsc::Sender<Request>>) -> Response {
 }
 
 async fn metrics(State(agent): State<mpsc::Sender<Request>>) -> Response {
-    match snapshot(&agent).await {
+    match snapshot(&agent, false).await {
         Ok(s) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -373,11 +381,14 @@ pub fn render_status(s: &Snapshot) -> String {
     if let Some(id) = d.program_id {
         let _ = write!(out, "  program {id}");
     }
-    let _ = writeln!(
-        out,
-        "  conntrack {}/{} entries",
-        d.conntrack_entries, d.conntrack_capacity
-    );
+    match d.conntrack_entries {
+        Some(n) => {
+            let _ = writeln!(out, "  conntrack {n}/{} entries", d.conntrack_capacity);
+        }
+        None => {
+            let _ = writeln!(out, "  conntrack {} entries", d.conntrack_capacity);
+        }
+    }
     for svc in &s.services {
         let endpoint = if svc.vip.contains(':') {
             format!("[{}]:{}/{}", svc.vip, svc.port, svc.protocol)
@@ -489,7 +500,7 @@ mod tests {
                 interface: "eth0".into(),
                 xdp_mode: Some("native".into()),
                 program_id: Some(42),
-                conntrack_entries: 7,
+                conntrack_entries: Some(7),
                 conntrack_capacity: 65536,
                 counters: vec![
                     Counter {
@@ -645,8 +656,8 @@ service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
                         let _ = r.send(ready);
                         ready = true;
                     }
-                    Request::Snapshot(r) => {
-                        let _ = r.send(Ok(snapshot()));
+                    Request::Snapshot { reply, .. } => {
+                        let _ = reply.send(Ok(snapshot()));
                     }
                 }
             }

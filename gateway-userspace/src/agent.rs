@@ -468,14 +468,15 @@ impl Agent {
             admin::Request::Ready(reply) => {
                 let _ = reply.send(self.last_plan.is_some());
             }
-            admin::Request::Snapshot(reply) => {
-                let _ = reply.send(self.snapshot().map_err(|e| format!("{e:#}")));
+            admin::Request::Snapshot { conntrack, reply } => {
+                let _ = reply.send(self.snapshot(conntrack).map_err(|e| format!("{e:#}")));
             }
         }
     }
 
-    /// The state the admin API reports, with the counters read now.
-    pub fn snapshot(&self) -> anyhow::Result<admin::Snapshot> {
+    /// The state the admin API reports, with the counters read now; `conntrack` also
+    /// counts the tracked flows (a walk over the whole map).
+    pub fn snapshot(&self, conntrack: bool) -> anyhow::Result<admin::Snapshot> {
         let counters = gateway_common::STAT_NAMES
             .iter()
             .zip(self.dp.global_stats()?)
@@ -544,7 +545,7 @@ impl Agent {
                 interface: self.config.dataplane.interface.clone(),
                 xdp_mode: self.dp.attached_mode().map(|m| m.to_string()),
                 program_id: self.dp.program_id(),
-                conntrack_entries: self.dp.conntrack_len(),
+                conntrack_entries: conntrack.then(|| self.dp.conntrack_len()),
                 conntrack_capacity: self.dp.options().conntrack_size,
                 counters,
             },

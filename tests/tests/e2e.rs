@@ -664,6 +664,8 @@ fn the_admin_api_and_gateway_status_report_live_state() {
         "shares sum to {shares}: {body}"
     );
     assert_eq!(status["dataplane"]["xdp_mode"], "native", "{body}");
+    let flows = status["dataplane"]["conntrack_entries"].as_u64().unwrap();
+    assert!(flows > 0, "no tracked flows: {body}");
 
     let (code, metrics) = admin_get(&ns, "/metrics");
     assert_eq!(code, 200, "{metrics}");

@@ -15,6 +15,7 @@ use log::{error, info, warn};
 use tokio::sync::mpsc;
 
 use crate::{
+    admin,
     config::{self, AdminState, Config, Mode},
     dataplane::{Dataplane, LoadOptions},
     health::{self, CheckId, CheckSpec, Prober},
@@ -55,6 +56,8 @@ pub struct BackendRecord {
     pub up_since: Option<Duration>,
     pub last: Option<health::ProbeResult>,
     pub transitions: VecDeque<String>,
+    /// Every transition since the agent started (`transitions` keeps only the last few).
+    pub transitions_total: u64,
     check: Option<(CheckId, CheckSpec)>,
 }
 
@@ -75,6 +78,10 @@ pub struct Agent {
     started: Instant,
     pub last_plan: Option<Plan>,
     next_step: Option<Duration>,
+    /// Replans that changed the maps, and SIGHUP reloads by outcome (for metrics).
+    table_rebuilds: u64,
+    reloads_ok: u64,
+    reloads_error: u64,
 }
 
 fn check_spec(h: &config::HealthConfig, addr: IpAddr) -> Option<CheckSpec> {
@@ -123,6 +130,9 @@ impl Agent {
             started: Instant::now(),
             last_plan: None,
             next_step: None,
+            table_rebuilds: 0,
+            reloads_ok: 0,
+            reloads_error: 0,
         };
         agent.sync_checks();
         agent
@@ -171,6 +181,7 @@ impl Agent {
                     up_since: None,
                     last: None,
                     transitions: VecDeque::new(),
+                    transitions_total: 0,
                     check: None,
                 });
             match (spec, rec.check.take()) {
@@ -237,6 +248,7 @@ impl Agent {
         if !ops.is_empty() {
             sync::apply(&ops, &mut self.dp)?;
             self.applied = next;
+            self.table_rebuilds += 1;
             info!(
                 "{why}: applied {} map updates in {:?}",
                 ops.len(),
@@ -315,6 +327,7 @@ impl Agent {
             let line = format!("{} {}", key.0, t.describe(ev.target, &ev.result.reason));
             info!("{line}");
             rec.transitions.push_back(line);
+            rec.transitions_total += 1;
             if rec.transitions.len() > HISTORY {
                 rec.transitions.pop_front();
             }
@@ -341,7 +354,11 @@ impl Agent {
                 "reload: interface, XDP mode, conntrack_size, max_services and max_table_size take effect at the next start"
             );
         }
+        if next.admin.listen != self.config.admin.listen {
+            warn!("reload: admin.listen takes effect at the next start");
+        }
         let mut next = next;
+        next.admin.listen = self.config.admin.listen;
         next.dataplane.interface = d.interface.clone();
         next.dataplane.xdp_mode = d.xdp_mode;
         next.dataplane.conntrack_size = d.conntrack_size;
@@ -364,6 +381,10 @@ impl Agent {
         stats_every: Option<Duration>,
     ) -> anyhow::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
+        let (admin_tx, mut admin_rx) = mpsc::channel(64);
+        admin::spawn(self.config.admin.listen, admin_tx).await;
+        // Closed when the API could not bind (or stopped): the arm below is then disabled.
+        let mut admin_open = true;
         self.resolve();
         self.replan("start")?;
         let mut hup = signal(SignalKind::hangup())?;
@@ -420,15 +441,119 @@ impl Agent {
                     guard.clear_ready();
                 }
                 _ = hup.recv() => {
-                    if let Err(e) = self.reload() {
-                        error!("reload failed, keeping the running config: {e:#}");
+                    match self.reload() {
+                        Ok(()) => self.reloads_ok += 1,
+                        Err(e) => {
+                            self.reloads_error += 1;
+                            error!("reload failed, keeping the running config: {e:#}");
+                        }
                     }
                 }
+                req = admin_rx.recv(), if admin_open => match req {
+                    Some(req) => self.answer(req),
+                    None => admin_open = false,
+                },
                 _ = stats.tick(), if stats_every.is_some() => {
                     print_stats(&self.dp)?;
                 }
             }
         }
+    }
+}
+
+impl Agent {
+    /// Answers an admin API request; a dropped reply (the client went away) is fine.
+    fn answer(&self, req: admin::Request) {
+        match req {
+            admin::Request::Ready(reply) => {
+                let _ = reply.send(self.last_plan.is_some());
+            }
+            admin::Request::Snapshot { conntrack, reply } => {
+                let _ = reply.send(self.snapshot(conntrack).map_err(|e| format!("{e:#}")));
+            }
+        }
+    }
+
+    /// The state the admin API reports, with the counters read now; `conntrack` also
+    /// counts the tracked flows (a walk over the whole map).
+    pub fn snapshot(&self, conntrack: bool) -> anyhow::Result<admin::Snapshot> {
+        let counters = gateway_common::STAT_NAMES
+            .iter()
+            .zip(self.dp.global_stats()?)
+            .map(|(n, v)| admin::Counter {
+                name: n.to_string(),
+                value: v,
+            })
+            .collect();
+        let traffic = |t: gateway_common::TrafficStats| admin::Traffic {
+            packets: t.packets,
+            bytes: t.bytes,
+            new_flows: t.new_flows,
+        };
+        let mut services = Vec::new();
+        let planned = self.last_plan.as_ref().map_or(&[][..], |p| &p.services[..]);
+        for sp in planned {
+            let Some(sc) = self.config.services.iter().find(|s| s.name == sp.name) else {
+                continue;
+            };
+            let mut backends = Vec::new();
+            for b in &sp.backends {
+                let rec = self.records.get(&(sp.name.clone(), b.address));
+                backends.push(admin::BackendStatus {
+                    address: b.address.to_string(),
+                    id: b.id,
+                    state: b.state_word().to_string(),
+                    reason: b.reason.clone(),
+                    weight: b.weight,
+                    effective_weight: b.effective_weight,
+                    backup: b.backup,
+                    slots: b.slots,
+                    share: if sp.table_size == 0 {
+                        0.0
+                    } else {
+                        b.slots as f64 * 100.0 / f64::from(sp.table_size)
+                    },
+                    health_up: b.health_up,
+                    last_probe: rec
+                        .and_then(|r| r.last.as_ref())
+                        .map(|p| admin::ProbeStatus {
+                            ok: p.ok,
+                            reason: p.reason.clone(),
+                            latency_ms: p.latency.as_secs_f64() * 1000.0,
+                        }),
+                    transitions: rec
+                        .map(|r| r.transitions.iter().cloned().collect())
+                        .unwrap_or_default(),
+                    transitions_total: rec.map_or(0, |r| r.transitions_total),
+                    traffic: traffic(self.dp.backend_stats(b.id)?),
+                });
+            }
+            services.push(admin::ServiceStatus {
+                name: sp.name.clone(),
+                vip: sc.vip.to_string(),
+                port: sc.port,
+                protocol: format!("{:?}", sc.protocol).to_lowercase(),
+                mode: format!("{:?}", sc.mode).to_lowercase(),
+                table_size: sp.table_size,
+                panic: sp.panic,
+                traffic: traffic(self.dp.service_stats(sp.id)?),
+                backends,
+            });
+        }
+        Ok(admin::Snapshot {
+            dataplane: admin::DataplaneStatus {
+                interface: self.config.dataplane.interface.clone(),
+                xdp_mode: self.dp.attached_mode().map(|m| m.to_string()),
+                program_id: self.dp.program_id(),
+                conntrack_entries: conntrack.then(|| self.dp.conntrack_len()),
+                conntrack_capacity: self.dp.options().conntrack_size,
+                counters,
+            },
+            services,
+            table_rebuilds: self.table_rebuilds,
+            reloads_ok: self.reloads_ok,
+            reloads_error: self.reloads_error,
+        })
     }
 }
 

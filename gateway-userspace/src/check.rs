@@ -222,7 +222,7 @@ fn setting_changes(running: &Config, next: &Config) -> Vec<String> {
         "admin: listen",
         running.admin.listen.to_string(),
         next.admin.listen.to_string(),
-        None,
+        Some("needs a restart: the admin API stays where it listens"),
     );
     out
 }
@@ -439,13 +439,13 @@ fn lower(v: impl std::fmt::Debug) -> String {
 }
 
 #[derive(Clone, Copy)]
-enum Align {
+pub(crate) enum Align {
     Left,
     Right,
 }
 
 /// Rows under a header, columns padded to their widest cell, two spaces apart.
-fn columns(header: &[(&str, Align)], rows: &[Vec<String>], indent: &str) -> String {
+pub(crate) fn columns(header: &[(&str, Align)], rows: &[Vec<String>], indent: &str) -> String {
     let mut widths: Vec<usize> = header.iter().map(|(h, _)| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -747,7 +747,7 @@ mod tests {
         b.admin.listen = "127.0.0.1:9181".parse().unwrap();
         let out = render_change(&a, &b);
         assert!(
-            out.contains("admin: listen 127.0.0.1:9180 -> 127.0.0.1:9181\n"),
+            out.contains("admin: listen 127.0.0.1:9180 -> 127.0.0.1:9181 (needs a restart"),
             "{out}"
         );
         assert!(

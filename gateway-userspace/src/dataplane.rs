@@ -300,6 +300,16 @@ impl Dataplane {
         Ok(attached)
     }
 
+    /// The mode the program is attached in, if it is.
+    pub fn attached_mode(&self) -> Option<AttachedMode> {
+        self.link.as_ref().map(|(_, m)| *m)
+    }
+
+    /// The kernel's id of the loaded program (as `bpftool prog` shows it).
+    pub fn program_id(&self) -> Option<u32> {
+        self.program().ok()?.info().ok().map(|i| i.id())
+    }
+
     /// Detaches the program if it is attached.
     pub fn detach(&mut self) -> Result<(), DataplaneError> {
         if let Some((id, _)) = self.link.take() {

@@ -1,6 +1,7 @@
 //! The gateway agent: loads the XDP program, keeps its maps in step with the configuration
 //! and the backends' health, and reports what the data plane does.
 
+pub mod admin;
 pub mod agent;
 pub mod check;
 pub mod config;

@@ -1,9 +1,15 @@
 //! `gateway`: the agent and its command line.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gateway::{
+    admin,
     agent::{self, Agent},
     check,
     config::{Config, XdpMode},
@@ -45,6 +51,15 @@ enum Command {
         #[arg(long, value_name = "RUNNING_FILE")]
         against: Option<PathBuf>,
     },
+    /// Show the running agent's data plane, services and backends (from its admin API).
+    Status {
+        /// Where the agent's admin API listens (`[admin] listen`).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9180")]
+        admin: SocketAddr,
+        /// Print the raw JSON of `GET /status`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Helpers for test beds; not part of the stable interface.
     #[command(hide = true, subcommand)]
     Internal(Internal),
@@ -67,6 +82,7 @@ fn main() {
             stats_interval,
         } => run(config, xdp_mode, stats_interval),
         Command::Check { config, against } => check(config, against),
+        Command::Status { admin, json } => status(admin, json),
         Command::Internal(Internal::WriteObjects { pass, decap }) => {
             std::fs::write(&pass, gateway::object::XDP_PASS)
                 .and_then(|_| std::fs::write(&decap, gateway::object::XDP_DECAP))
@@ -128,5 +144,46 @@ fn check(path: PathBuf, against: Option<PathBuf>) -> anyhow::Result<()> {
         );
         print!("{}", check::render_change(&running, &next));
     }
+    Ok(())
+}
+
+/// A plain HTTP/1.1 GET: the status code and the body.
+fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let timeout = Duration::from_secs(5);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|_| anyhow::anyhow!("gateway is not running (nothing listens on {addr})"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading the answer from {addr}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{addr} did not answer with HTTP"))?;
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("{addr} did not answer with HTTP"))?;
+    Ok((code, body.to_string()))
+}
+
+fn status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
+    let (code, body) = http_get(addr, "/status")?;
+    if code != 200 {
+        anyhow::bail!("{addr} answered {code}: {}", body.trim());
+    }
+    if json {
+        println!("{}", body.trim_end());
+        return Ok(());
+    }
+    let snapshot: admin::Snapshot =
+        serde_json::from_str(&body).with_context(|| format!("reading the status from {addr}"))?;
+    print!("{}", admin::render_status(&snapshot));
     Ok(())
 }

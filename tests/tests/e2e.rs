@@ -611,3 +611,112 @@ fn a_bad_config_attaches_nothing_and_a_killed_agent_leaves_a_working_interface()
     assert_eq!(failed, 0, "{seen:?}");
     assert!(agent.stop().success());
 }
+
+/// A plain HTTP/1.1 GET from inside `netns`: status code and body.
+fn admin_get(netns: &str, path: &'static str) -> (u16, String) {
+    common::in_netns(netns, move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9180").expect("admin API");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP answer");
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, body.to_string())
+    })
+    .join()
+    .expect("admin client thread")
+}
+
+/// Sums the samples of `metric` in a Prometheus text body whose labels contain `labels`.
+fn metric_sum(text: &str, metric: &str, labels: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(metric) && l.contains(labels))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn the_admin_api_and_gateway_status_report_live_state() {
+    if !common::privileged("the_admin_api_and_gateway_status_report_live_state") {
+        return;
+    }
+    let _g = serial();
+    let lab = common::lab("a", 3);
+    let agent = start(&lab, &Cfg::new("l2dsr", false, 3), 3);
+    let (seen, failed) = spread(&lab, false, 20_000, 200);
+    assert_eq!(failed, 0, "{seen:?}");
+    let ns = lab.lb.netns.clone();
+
+    assert_eq!(admin_get(&ns, "/healthz"), (200, r#"{"ok":true}"#.into()));
+    assert_eq!(admin_get(&ns, "/readyz").0, 200);
+
+    let (code, body) = admin_get(&ns, "/status");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let backends = status["services"][0]["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 3, "{body}");
+    for b in backends {
+        assert_eq!(b["state"], "up", "{b}");
+        assert_eq!(b["health_up"], true, "{b}");
+    }
+    let shares: f64 = backends.iter().map(|b| b["share"].as_f64().unwrap()).sum();
+    assert!(
+        (shares - 100.0).abs() < 0.1,
+        "shares sum to {shares}: {body}"
+    );
+    assert_eq!(status["dataplane"]["xdp_mode"], "native", "{body}");
+    let flows = status["dataplane"]["conntrack_entries"].as_u64().unwrap();
+    assert!(flows > 0, "no tracked flows: {body}");
+
+    let (code, metrics) = admin_get(&ns, "/metrics");
+    assert_eq!(code, 200, "{metrics}");
+    let to_backends = metric_sum(&metrics, "gateway_backend_packets_total", "");
+    assert!(
+        to_backends >= 400,
+        "{to_backends} packets to backends:\n{metrics}"
+    );
+    let syn = metric_sum(
+        &metrics,
+        "gateway_packets_total",
+        r#"reason="conntrack_miss_syn""#,
+    );
+    assert!(syn >= 200, "{syn} SYNs missed conntrack:\n{metrics}");
+    assert_eq!(
+        metric_sum(&metrics, "gateway_backend_up", ""),
+        3,
+        "{metrics}"
+    );
+
+    let (code, body) = admin_get(&ns, "/nope");
+    assert_eq!(code, 404);
+    let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(err["error"].is_string(), "{body}");
+
+    let out = lab::ns_command(&lab.lb.netns, gateway_bin())
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for b in &lab.backends {
+        assert!(
+            text.contains(&b.ipv4.to_string()),
+            "{} missing:\n{text}",
+            b.ipv4
+        );
+    }
+    println!("{text}");
+    assert!(agent.stop().success());
+}

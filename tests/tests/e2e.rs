@@ -44,7 +44,20 @@ fn spread(lab: &Lab, v6: bool, first: u16, n: u16) -> (BTreeMap<String, usize>, 
 /// wait for neighbour discovery longer than the tests' short timeouts).
 fn warm_up(lab: &Lab, v6: bool) {
     let vip = vip(lab, v6);
+    // Every backend, including backups that get no traffic yet, learns the client's address
+    // from a direct exchange.
+    let direct: Vec<SocketAddr> = lab
+        .backends
+        .iter()
+        .map(|b| {
+            let ip: std::net::IpAddr = if v6 { b.ipv6.into() } else { b.ipv4.into() };
+            SocketAddr::new(ip, SERVER_PORT)
+        })
+        .collect();
     let ok = client(lab, move || {
+        for (i, d) in direct.iter().enumerate() {
+            let _ = tcp_name(*d, 59_000 + i as u16, Duration::from_secs(3));
+        }
         (0..30)
             .filter(|i| tcp_name(vip, 60_000 + i, Duration::from_secs(3)).is_ok())
             .count()

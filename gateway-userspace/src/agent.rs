@@ -88,12 +88,7 @@ fn check_spec(h: &config::HealthConfig, addr: IpAddr) -> Option<CheckSpec> {
     let kind = match &h.kind {
         config::CheckKind::None => return None,
         config::CheckKind::Tcp => health::CheckKind::Tcp,
-        config::CheckKind::Http(c) => health::CheckKind::Http(health::HttpCheck {
-            path: c.path.clone(),
-            host: c.host.clone(),
-            expect_status: c.expect_status.clone(),
-            body_contains: c.body_contains.clone(),
-        }),
+        config::CheckKind::Http(c) => health::CheckKind::Http(c.clone()),
     };
     Some(CheckSpec {
         kind,

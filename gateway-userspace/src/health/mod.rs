@@ -13,7 +13,6 @@ mod tcp;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::RangeInclusive;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -70,18 +69,9 @@ impl CheckKind {
     }
 }
 
-/// What an HTTP check sends and what it accepts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpCheck {
-    /// The request target, e.g. `/healthz`; empty means `/`.
-    pub path: String,
-    /// The `Host` header; `None` sends the target's IP (and its port unless it is 80).
-    pub host: Option<String>,
-    /// Accepted status codes; an empty list accepts `200..=399`.
-    pub expect_status: Vec<RangeInclusive<u16>>,
-    /// A byte string the body (its first [`MAX_BODY`] bytes) must contain.
-    pub body_contains: Option<String>,
-}
+/// What an HTTP check sends and what it accepts: the validated config type itself (the
+/// prober also tolerates an empty path or status list, as `/` and `200..=399`).
+pub use crate::config::HttpCheck;
 
 /// The outcome of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,9 +11,7 @@ use gateway::{
     maglev,
     sync::{self, Applied, Desired, DesiredService},
 };
-use gateway_common::{
-    BACKEND_UP, Backend, FAMILY_V4, FAMILY_V6, FlowKey, ServiceKey, Settings, hash::flow_hash,
-};
+use gateway_common::{BACKEND_UP, Backend, FlowKey, ServiceKey, Settings, hash::flow_hash};
 
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
@@ -47,18 +45,7 @@ pub struct Svc {
     pub backends: Vec<Be>,
 }
 
-pub fn addr16(a: IpAddr) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    match a {
-        IpAddr::V4(v) => out[..4].copy_from_slice(&v.octets()),
-        IpAddr::V6(v) => out = v.octets(),
-    }
-    out
-}
-
-pub fn family(a: IpAddr) -> u8 {
-    if a.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }
-}
+pub use gateway::plan::{addr16, family};
 
 pub fn service_key(s: &Svc) -> ServiceKey {
     ServiceKey {

@@ -497,39 +497,62 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
         );
     }
     let root = workspace_root();
-    let mut doc = String::from(
-        "# Benchmarks\n\nWritten by `cargo xtask bench`; numbers are from the run below, on this \
-         machine. Each figure is a median over repeated rounds, with the spread; timings are \
-         compared with a baseline measured in the same run where one exists (these machines are \
-         shared and noisy).\n\nThe data-plane figures are the kernel's own duration of \
-         BPF_PROG_TEST_RUN with `repeat = 1` in a loop: with `repeat > 1` the kernel would rerun \
-         the program on the already-rewritten buffer, so a forwarding path would be measured once. \
-         The program's counters prove every run took the intended path (listed under the table). \
-         The figures include the test-run harness (~30 ns), in the floor as in every case. The \
-         new-flow case is dominated by the kernel's LRU-hash insert (~270-300 ns measured by \
-         building the program with and without it).\n\n",
-    );
-    doc += &machine_info();
+    let path = root.join("docs/BENCHMARKS.md");
+    // Sections of benchmarks not run this time are kept from the last run.
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut sections: Vec<(String, String)> = BENCHES
+        .iter()
+        .filter_map(|(_, _, title)| {
+            section_of(&old, title).map(|body| (title.to_string(), body.to_string()))
+        })
+        .collect();
     // Not necessarily cargo's target directory (CARGO_TARGET_DIR may point elsewhere), so
     // it may not exist yet.
     let out_dir = root.join("target");
     std::fs::create_dir_all(&out_dir)?;
+    let started = std::time::Instant::now();
     for (name, target, title) in selected {
         step(&format!("bench {name}"));
         let out = out_dir.join(format!("bench-{name}.md"));
+        let t0 = std::time::Instant::now();
         status(
             cargo(&env)
                 .args(["bench", "-p", "gateway-tests", "--bench", target])
                 .env("GATEWAY_BENCH_OUT", &out),
         )?;
         let body = std::fs::read_to_string(&out)?;
-        doc += &format!("\n## {title}\n\nCommand: `cargo xtask bench {name}`\n\n{body}");
+        let body = format!(
+            "Command: `cargo xtask bench {name}` (took {:.0} s, build included)\n\n{body}",
+            t0.elapsed().as_secs_f64()
+        );
+        sections.retain(|(t, _)| t != title);
+        sections.push((title.to_string(), body));
     }
-    let path = root.join("docs/BENCHMARKS.md");
+    println!("benchmarks took {:.0} s", started.elapsed().as_secs_f64());
+    let mut doc = String::from(
+        "# Benchmarks\n\nWritten by `cargo xtask bench` (all) or `cargo xtask bench NAME` (that \
+         section only); numbers are from the runs below, on this machine. Each figure is a \
+         median over repeated rounds, with the spread; timings are compared with a baseline \
+         measured in the same run where one exists (these machines are shared and noisy).\n\n",
+    );
+    doc += &machine_info();
+    for (_, _, title) in BENCHES {
+        if let Some((_, body)) = sections.iter().find(|(t, _)| t == title) {
+            doc += &format!("\n## {title}\n\n{}", body.trim_start());
+        }
+    }
     std::fs::create_dir_all(root.join("docs"))?;
     std::fs::write(&path, doc)?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// The body of section `## title` in a BENCHMARKS.md, up to the next section.
+fn section_of<'a>(doc: &'a str, title: &str) -> Option<&'a str> {
+    let head = format!("\n## {title}\n");
+    let start = doc.find(&head)? + head.len();
+    let rest = &doc[start..];
+    Some(rest.find("\n## ").map_or(rest, |end| &rest[..end + 1]))
 }
 
 fn machine_info() -> String {

@@ -32,6 +32,27 @@ pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 /// Data-plane settings: `Array<Settings>` with one entry.
 pub const MAP_SETTINGS: &str = "SETTINGS";
+/// What the pinned maps are: `Array<Meta>` with one entry, written by the agent that
+/// created them and checked by one that adopts them.
+pub const MAP_META: &str = "META";
+/// Every map, in the order they are pinned.
+pub const MAP_NAMES: [&str; 9] = [
+    MAP_META,
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_TABLES,
+    MAP_CONNTRACK,
+    MAP_STATS,
+    MAP_SERVICE_STATS,
+    MAP_BACKEND_STATS,
+    MAP_SETTINGS,
+];
+
+/// The maps' layout: bump it whenever any map's type, key, value or meaning changes. An
+/// agent refuses pinned maps of another layout instead of misreading them.
+pub const LAYOUT_VERSION: u32 = 1;
+/// `Meta::magic`: "GWAY".
+pub const META_MAGIC: u32 = 0x4757_4159;
 
 /// Most services the data plane holds (also the size of SERVICE_STATS).
 pub const MAX_SERVICES: u32 = 256;
@@ -185,8 +206,12 @@ pub struct Backend {
     pub family: u8,
     /// `BACKEND_UP`, `BACKEND_DRAIN` or `BACKEND_DOWN`.
     pub state: u8,
+    /// Id of the service it belongs to (ids are per service and backend address). The
+    /// kernel ignores it; a restarted agent reads it to adopt pinned maps.
+    pub service: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 24);
+const _: () = assert!(core::mem::size_of::<Backend>() == 32);
 
 /// A flow's 5-tuple as the client sent it.
 #[repr(C)]
@@ -244,6 +269,26 @@ pub struct Settings {
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 32);
 
+/// META[0]: the layout and the load-time sizes the maps were created with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// `META_MAGIC` once written (a fresh map reads zero).
+    pub magic: u32,
+    /// `LAYOUT_VERSION` of the agent that created the maps.
+    pub layout_version: u32,
+    pub conntrack_size: u32,
+    pub max_services: u32,
+    pub max_table_size: u32,
+    /// `META_MODE_*`: how the pinned link was attached (0 before it is).
+    pub attached_mode: u32,
+}
+const _: () = assert!(core::mem::size_of::<Meta>() == 24);
+
+/// `Meta::attached_mode` values.
+pub const META_MODE_NATIVE: u32 = 1;
+pub const META_MODE_GENERIC: u32 = 2;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
@@ -254,4 +299,5 @@ mod pod {
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::TrafficStats {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Meta {}
 }

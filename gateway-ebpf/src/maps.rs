@@ -5,7 +5,7 @@ use aya_ebpf::{
 };
 use gateway_common::{
     BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, Backend, DEFAULT_CONNTRACK_SIZE, FlowKey, FlowValue,
-    MAX_BACKENDS, MAX_SERVICES, STAT_COUNT, ServiceKey, ServiceValue, Settings, TrafficStats,
+    MAX_BACKENDS, MAX_SERVICES, Meta, STAT_COUNT, ServiceKey, ServiceValue, Settings, TrafficStats,
 };
 
 #[map(name = "SERVICES")]
@@ -35,6 +35,10 @@ pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
 
 #[map(name = "SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Read only by user space (layout version and sizes of pinned maps).
+#[map(name = "META")]
+pub static META: Array<Meta> = Array::with_max_entries(1, 0);
 
 /// Bumps a global counter (`gateway_common::STAT_*`).
 #[inline(always)]

@@ -4,20 +4,32 @@
 //! agent's control loop and waits for the reply, so every answer is read fresh from the maps
 //! at request time and nothing here touches aya. Rendering ([`render_metrics`],
 //! [`render_status`]) is pure and works on a [`Snapshot`].
-use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     Router,
-    extract::State,
-    http::{StatusCode, header},
+    body::Bytes,
+    extract::{Path, Request as HttpRequest, State},
+    http::{HeaderMap, Method, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use log::{error, info};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::check::{Align, columns};
+use crate::{
+    check::{Align, columns},
+    config::{AdminConfig, AdminState},
+    overrides::{Change, Override, OverrideError},
+};
 
 /// How long a handler waits for the control loop before answering 503.
 const LOOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,6 +47,80 @@ pub enum Request {
         conntrack: bool,
         reply: oneshot::Sender<Result<Snapshot, String>>,
     },
+    /// Set a backend's admin state (an override of the file; see `crate::overrides`).
+    SetState {
+        service: String,
+        addr: IpAddr,
+        state: AdminState,
+        reply: oneshot::Sender<Result<Change, OverrideError>>,
+    },
+    /// Set a backend's weight.
+    SetWeight {
+        service: String,
+        addr: IpAddr,
+        weight: u32,
+        reply: oneshot::Sender<Result<Change, OverrideError>>,
+    },
+    /// Re-read the config file, as SIGHUP does; the error if it is invalid.
+    Reload(oneshot::Sender<Result<(), String>>),
+}
+
+/// Who may call the API: with a token, writes (and reads, if `reads`) must carry
+/// `Authorization: Bearer <token>`.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    pub token: Option<String>,
+    pub reads: bool,
+}
+
+impl Auth {
+    /// Reads `[admin] token_file`. An unreadable or empty file is an error: the API would
+    /// otherwise be open, or closed to everyone.
+    pub fn from_config(c: &AdminConfig) -> anyhow::Result<Auth> {
+        let Some(path) = &c.token_file else {
+            return Ok(Auth::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("admin.token_file {}: {e}", path.display()))?;
+        let token = text.trim().to_string();
+        if token.is_empty() {
+            anyhow::bail!("admin.token_file {} is empty", path.display());
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(m) = std::fs::metadata(path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            log::warn!(
+                "admin.token_file {} is readable by others than its owner (chmod 600)",
+                path.display()
+            );
+        }
+        Ok(Auth {
+            token: Some(token),
+            reads: c.token_for_reads,
+        })
+    }
+
+    fn allows(&self, write: bool, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        if !write && !self.reads {
+            return true;
+        }
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compare in time independent of where the first difference is.
+        given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
 }
 
 /// The balancer's state at one moment: the body of `GET /status`.
@@ -47,6 +133,19 @@ pub struct Snapshot {
     /// SIGHUP reloads by outcome.
     pub reloads_ok: u64,
     pub reloads_error: u64,
+    /// Health-check latency per service.
+    #[serde(default)]
+    pub probe_latency: Vec<LatencyHistogram>,
+}
+
+/// A latency histogram: `counts[i]` probes took at most `le[i]` seconds (and more than the
+/// bucket before); the last count is above every bound.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyHistogram {
+    pub service: String,
+    pub le: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum_seconds: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +211,9 @@ pub struct BackendStatus {
     /// Every transition since the agent started.
     pub transitions_total: u64,
     pub traffic: Traffic,
+    /// Values set through the API that override the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_override: Option<Override>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,7 +225,7 @@ pub struct ProbeStatus {
 
 /// Binds `listen` and serves until the runtime stops. A failure to bind is logged and the
 /// agent keeps balancing without the API.
-pub async fn spawn(listen: SocketAddr, agent: mpsc::Sender<Request>) {
+pub async fn spawn(listen: SocketAddr, auth: Auth, agent: mpsc::Sender<Request>) {
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -132,7 +234,7 @@ pub async fn spawn(listen: SocketAddr, agent: mpsc::Sender<Request>) {
         }
     };
     info!("admin API listening on {listen}");
-    let app = router(agent);
+    let app = router(agent, auth);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             error!("admin API stopped: {e}");
@@ -140,15 +242,123 @@ pub async fn spawn(listen: SocketAddr, agent: mpsc::Sender<Request>) {
     });
 }
 
-fn router(agent: mpsc::Sender<Request>) -> Router {
+fn router(agent: mpsc::Sender<Request>, auth: Auth) -> Router {
+    let auth = Arc::new(auth);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/backends/{service}/{addr}/state", post(set_state))
+        .route("/backends/{service}/{addr}/weight", post(set_weight))
+        .route("/reload", post(reload))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(move |req: HttpRequest, next: Next| {
+            let auth = auth.clone();
+            async move {
+                let write = req.method() != Method::GET && req.method() != Method::HEAD;
+                // Health probes stay open: a load balancer in front of the balancer checks them.
+                let open = matches!(req.uri().path(), "/healthz" | "/readyz");
+                if !open && !auth.allows(write, req.headers()) {
+                    let mut r =
+                        error_body(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                    r.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+                    return r;
+                }
+                next.run(req).await
+            }
+        }))
         .with_state(agent)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateBody {
+    state: AdminState,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightBody {
+    weight: u32,
+}
+
+/// A JSON body of type `T`, or what is wrong with it.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("bad request body: {e}"))
+}
+
+fn backend_addr(addr: &str) -> Result<IpAddr, String> {
+    addr.parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))
+}
+
+fn change_response(r: Result<Change, OverrideError>) -> Response {
+    match r {
+        Ok(c) => match serde_json::to_string(&c) {
+            Ok(body) => json(StatusCode::OK, body),
+            Err(e) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+        Err(e @ (OverrideError::NoService(_) | OverrideError::NoBackend { .. })) => {
+            error_body(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Err(e @ OverrideError::Weight(_)) => error_body(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+async fn set_state(
+    State(agent): State<mpsc::Sender<Request>>,
+    Path((service, addr)): Path<(String, String)>,
+    bytes: Bytes,
+) -> Response {
+    let (addr, b) = match (backend_addr(&addr), body::<StateBody>(&bytes)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return error_body(StatusCode::BAD_REQUEST, &e),
+    };
+    match ask(&agent, |reply| Request::SetState {
+        service,
+        addr,
+        state: b.state,
+        reply,
+    })
+    .await
+    {
+        Ok(r) => change_response(r),
+        Err(r) => r,
+    }
+}
+
+async fn set_weight(
+    State(agent): State<mpsc::Sender<Request>>,
+    Path((service, addr)): Path<(String, String)>,
+    bytes: Bytes,
+) -> Response {
+    let (addr, b) = match (backend_addr(&addr), body::<WeightBody>(&bytes)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return error_body(StatusCode::BAD_REQUEST, &e),
+    };
+    match ask(&agent, |reply| Request::SetWeight {
+        service,
+        addr,
+        weight: b.weight,
+        reply,
+    })
+    .await
+    {
+        Ok(r) => change_response(r),
+        Err(r) => r,
+    }
+}
+
+async fn reload(State(agent): State<mpsc::Sender<Request>>) -> Response {
+    match ask(&agent, Request::Reload).await {
+        Ok(Ok(())) => json(StatusCode::OK, r#"{"reloaded":true}"#.into()),
+        // The file is wrong, not the request: 422 with the config errors.
+        Ok(Err(e)) => error_body(StatusCode::UNPROCESSABLE_ENTITY, &e),
+        Err(r) => r,
+    }
 }
 
 fn json(code: StatusCode, body: String) -> Response {
@@ -354,7 +564,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
     });
     families.push(Family {
         name: "gateway_reloads_total",
-        help: "Configuration reloads (SIGHUP), by result.",
+        help: "Configuration reloads (SIGHUP or the API), by result.",
         kind: "counter",
         samples: vec![
             (vec![("result", "ok")], s.reloads_ok),
@@ -364,6 +574,23 @@ pub fn render_metrics(s: &Snapshot) -> String {
     let mut out = String::new();
     for f in &families {
         f.write(&mut out);
+    }
+    let name = "gateway_probe_duration_seconds";
+    let _ = writeln!(out, "# HELP {name} Health-check duration per service.");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for h in &s.probe_latency {
+        let svc = escape(&h.service);
+        let mut cumulative = 0;
+        for (i, c) in h.counts.iter().enumerate() {
+            cumulative += c;
+            let le = h.le.get(i).map_or("+Inf".to_string(), |v| v.to_string());
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{service=\"{svc}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(out, "{name}_sum{{service=\"{svc}\"}} {}", h.sum_seconds);
+        let _ = writeln!(out, "{name}_count{{service=\"{svc}\"}} {cumulative}");
     }
     out
 }
@@ -419,10 +646,17 @@ pub fn render_status(s: &Snapshot) -> String {
                     (None, true) => "up".into(),
                     (None, false) => "down".into(),
                 };
+                // Values set through the API rather than the config file are marked `*`.
+                let o = b.api_override.as_ref();
+                let mark = |set: bool| if set { "*" } else { "" };
                 vec![
                     b.address.clone(),
-                    b.state.clone(),
-                    b.weight.to_string(),
+                    format!("{}{}", b.state, mark(o.is_some_and(|o| o.state.is_some()))),
+                    format!(
+                        "{}{}",
+                        b.weight,
+                        mark(o.is_some_and(|o| o.weight.is_some()))
+                    ),
                     b.slots.to_string(),
                     format!("{:.1}%", b.share),
                     health,
@@ -445,6 +679,13 @@ pub fn render_status(s: &Snapshot) -> String {
                 "  ",
             );
         }
+    }
+    if s.services
+        .iter()
+        .flat_map(|svc| &svc.backends)
+        .any(|b| b.api_override.is_some())
+    {
+        out += "\n* set through the API (gateway backend ...), overriding the config file\n";
     }
     out
 }
@@ -491,6 +732,7 @@ mod tests {
                 bytes: packets * 60,
                 new_flows: packets / 2,
             },
+            api_override: None,
         }
     }
 
@@ -534,6 +776,27 @@ mod tests {
             table_rebuilds: 2,
             reloads_ok: 1,
             reloads_error: 0,
+            probe_latency: vec![LatencyHistogram {
+                service: "web".into(),
+                le: vec![0.001, 0.01],
+                counts: vec![3, 1, 1],
+                sum_seconds: 2.5,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_probe_histogram_is_cumulative() {
+        let m = render_metrics(&snapshot());
+        for line in [
+            "# TYPE gateway_probe_duration_seconds histogram",
+            r#"gateway_probe_duration_seconds_bucket{service="web",le="0.001"} 3"#,
+            r#"gateway_probe_duration_seconds_bucket{service="web",le="0.01"} 4"#,
+            r#"gateway_probe_duration_seconds_bucket{service="web",le="+Inf"} 5"#,
+            r#"gateway_probe_duration_seconds_sum{service="web"} 2.5"#,
+            r#"gateway_probe_duration_seconds_count{service="web"} 5"#,
+        ] {
+            assert!(m.lines().any(|l| l == line), "{line} missing in\n{m}");
         }
     }
 
@@ -558,12 +821,21 @@ mod tests {
             } else if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let mut it = rest.split(' ');
                 assert_eq!(Some(declared.last().unwrap().as_str()), it.next(), "{line}");
-                assert!(matches!(it.next(), Some("counter" | "gauge")), "{line}");
+                assert!(
+                    matches!(it.next(), Some("counter" | "gauge" | "histogram")),
+                    "{line}"
+                );
             } else {
                 let name = line.split(['{', ' ']).next().unwrap();
-                assert_eq!(declared.last().map(String::as_str), Some(name), "{line}");
+                let family = declared.last().map(String::as_str).unwrap();
+                // A histogram's samples are <family>_bucket, _sum and _count.
+                let ok = name == family
+                    || ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|suffix| name == format!("{family}{suffix}"));
+                assert!(ok, "{line} after family {family}");
                 let value = line.rsplit(' ').next().unwrap();
-                assert!(value.parse::<u64>().is_ok(), "{line}");
+                assert!(value.parse::<f64>().is_ok(), "{line}");
             }
         }
         for name in [
@@ -622,9 +894,24 @@ service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
 
     /// GET `path` from `addr`: status code and body.
     async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        request(addr, "GET", path, "", "").await
+    }
+
+    /// Any request, with extra header lines and a body.
+    async fn request(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &str,
+    ) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
         s.write_all(req.as_bytes()).await.unwrap();
         let mut raw = String::new();
         s.read_to_string(&mut raw).await.unwrap();
@@ -646,7 +933,7 @@ service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
     async fn endpoints_answer_from_the_loop_and_errors_are_json() {
         let addr = free_port();
         let (tx, mut rx) = mpsc::channel(8);
-        spawn(addr, tx).await;
+        spawn(addr, Auth::default(), tx).await;
         // Stands in for the agent's loop: not ready yet, then a snapshot.
         let agent = tokio::spawn(async move {
             let mut ready = false;
@@ -659,6 +946,7 @@ service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
                     Request::Snapshot { reply, .. } => {
                         let _ = reply.send(Ok(snapshot()));
                     }
+                    other => panic!("unexpected {other:?}"),
                 }
             }
         });
@@ -685,7 +973,179 @@ service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
     async fn an_address_in_use_is_logged_not_fatal() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let (tx, _rx) = mpsc::channel(1);
-        spawn(taken.local_addr().unwrap(), tx).await;
+        spawn(taken.local_addr().unwrap(), Auth::default(), tx).await;
+    }
+
+    /// A stand-in loop for write requests: knows service "web" with backend 198.18.0.11;
+    /// a reload fails while `bad` is set.
+    fn write_loop(mut rx: mpsc::Receiver<Request>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let file: crate::config::Config = crate::config::Config::parse(
+                "[dataplane]\ninterface = \"eth0\"\n[[service]]\nname = \"web\"\n\
+                 vip = \"198.18.1.1\"\nport = 80\nprotocol = \"tcp\"\nmode = \"l2dsr\"\n\
+                 [[service.backend]]\naddress = \"198.18.0.11\"\n",
+                std::path::Path::new("t.toml"),
+            )
+            .unwrap();
+            let mut o = crate::overrides::Overrides::default();
+            let mut reloads = 0;
+            while let Some(req) = rx.recv().await {
+                match req {
+                    Request::SetState {
+                        service,
+                        addr,
+                        state,
+                        reply,
+                    } => {
+                        let _ = reply.send(o.set_state(&file, &service, addr, state));
+                    }
+                    Request::SetWeight {
+                        service,
+                        addr,
+                        weight,
+                        reply,
+                    } => {
+                        let _ = reply.send(o.set_weight(&file, &service, addr, weight));
+                    }
+                    Request::Reload(reply) => {
+                        reloads += 1;
+                        let _ = reply.send(if reloads == 1 {
+                            Ok(())
+                        } else {
+                            Err("t.toml:3: service.port: 0 is outside 1..=65535".into())
+                        });
+                    }
+                    Request::Ready(r) => {
+                        let _ = r.send(true);
+                    }
+                    Request::Snapshot { reply, .. } => {
+                        let _ = reply.send(Ok(snapshot()));
+                    }
+                }
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn writes_change_backends_and_bad_requests_get_4xx_json() {
+        let addr = free_port();
+        let (tx, rx) = mpsc::channel(8);
+        spawn(addr, Auth::default(), tx).await;
+        let agent = write_loop(rx);
+        let post = |path: &'static str, body: &'static str| request(addr, "POST", path, "", body);
+        let (code, body) = post("/backends/web/198.18.0.11/state", r#"{"state":"drain"}"#).await;
+        assert_eq!(code, 200, "{body}");
+        let c: Change = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (c.from.as_str(), c.to.as_str(), c.source.as_str()),
+            ("ready", "drain", "api")
+        );
+        let (code, body) = post("/backends/web/198.18.0.11/weight", r#"{"weight":7}"#).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            post("/reload", "").await,
+            (200, r#"{"reloaded":true}"#.into())
+        );
+
+        // Every bad request: a 4xx with a JSON error, and the API keeps serving.
+        for (path, body, want) in [
+            (
+                "/backends/web/198.18.0.11/state",
+                r#"{"state":"sleep"}"#,
+                400,
+            ),
+            (
+                "/backends/web/198.18.0.11/state",
+                r#"{"state":"drain","x":1}"#,
+                400,
+            ),
+            ("/backends/web/198.18.0.11/state", "not json", 400),
+            ("/backends/web/198.18.0.11/state", "", 400),
+            ("/backends/web/198.18.0.11/weight", r#"{"weight":0}"#, 400),
+            ("/backends/web/198.18.0.11/weight", r#"{"weight":-1}"#, 400),
+            (
+                "/backends/web/198.18.0.11/weight",
+                r#"{"weight":"10"}"#,
+                400,
+            ),
+            ("/backends/web/not-an-ip/state", r#"{"state":"drain"}"#, 400),
+            (
+                "/backends/nope/198.18.0.11/state",
+                r#"{"state":"drain"}"#,
+                404,
+            ),
+            ("/backends/web/198.18.0.99/weight", r#"{"weight":5}"#, 404),
+            ("/backends/web/state", r#"{"state":"drain"}"#, 404),
+            ("/reload", "", 422),
+        ] {
+            let (code, text) = post(path, body).await;
+            assert_eq!(code, want, "{path} {body}: {text}");
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{path} {body}: not JSON ({e}): {text}"));
+            assert!(v["error"].is_string(), "{path} {body}: {text}");
+        }
+        let (code, text) = request(addr, "GET", "/reload", "", "").await;
+        assert_eq!(code, 405, "{text}");
+        let (code, text) = request(addr, "DELETE", "/status", "", "").await;
+        assert_eq!(code, 405, "{text}");
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        agent.abort();
+    }
+
+    #[tokio::test]
+    async fn a_token_guards_writes_and_optionally_reads() {
+        for reads in [false, true] {
+            let addr = free_port();
+            let (tx, rx) = mpsc::channel(8);
+            let auth = Auth {
+                token: Some("s3cret-token".into()),
+                reads,
+            };
+            spawn(addr, auth, tx).await;
+            let agent = write_loop(rx);
+            let path = "/backends/web/198.18.0.11/state";
+            let body = r#"{"state":"drain"}"#;
+            for bad in [
+                "",
+                "Authorization: Bearer wrong\r\n",
+                "Authorization: s3cret-token\r\n",
+                "Authorization: Bearer s3cret-tokenX\r\n",
+            ] {
+                let (code, text) = request(addr, "POST", path, bad, body).await;
+                assert_eq!(code, 401, "{bad:?}: {text}");
+                assert!(text.contains("\"error\""), "{text}");
+            }
+            let good = "Authorization: Bearer s3cret-token\r\n";
+            assert_eq!(request(addr, "POST", path, good, body).await.0, 200);
+            // Reads: open unless `reads`; health checks always open.
+            let want = if reads { 401 } else { 200 };
+            assert_eq!(get(addr, "/status").await.0, want);
+            assert_eq!(get(addr, "/metrics").await.0, want);
+            assert_eq!(request(addr, "GET", "/status", good, "").await.0, 200);
+            assert_eq!(get(addr, "/healthz").await.0, 200);
+            agent.abort();
+        }
+    }
+
+    #[test]
+    fn the_token_file_must_hold_a_token() {
+        let dir = std::env::temp_dir().join(format!("gateway-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("token");
+        let cfg = |p: &std::path::Path| AdminConfig {
+            token_file: Some(p.to_path_buf()),
+            ..AdminConfig::default()
+        };
+        assert!(Auth::from_config(&cfg(&f)).is_err(), "missing file");
+        std::fs::write(&f, "  \n").unwrap();
+        let e = Auth::from_config(&cfg(&f)).unwrap_err().to_string();
+        assert!(e.contains("is empty"), "{e}");
+        std::fs::write(&f, "abc\n").unwrap();
+        assert_eq!(
+            Auth::from_config(&cfg(&f)).unwrap().token.as_deref(),
+            Some("abc")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::{
     dataplane::{Dataplane, LoadOptions},
     health::{self, CheckId, CheckSpec, Prober},
     neigh::Resolver,
+    overrides::{Change, OverrideError, Overrides},
     plan::{self, BackendFacts, Facts, Ids, Plan, TableCache},
     sync::{self, Applied},
 };
@@ -29,6 +30,13 @@ const HISTORY: usize = 16;
 /// How often next hops are re-resolved; sooner while one is still being resolved.
 const NEIGH_INTERVAL: Duration = Duration::from_secs(1);
 const NEIGH_RETRY: Duration = Duration::from_millis(100);
+/// After adopting pinned maps, a next hop still being resolved keeps the MAC the maps had
+/// for this long (rather than taking its backend out while the neighbour table warms up).
+const ADOPT_GRACE: Duration = Duration::from_secs(10);
+/// Upper bounds (seconds) of the probe latency histogram's buckets.
+pub const PROBE_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 /// Load-time sizes from the config.
 pub fn load_options(c: &Config) -> LoadOptions {
@@ -62,7 +70,20 @@ pub struct BackendRecord {
 }
 
 pub struct Agent {
+    /// What the agent runs: the file's config with the API's overrides applied, and the
+    /// load-time settings of the first one.
     pub config: Config,
+    /// The config file as last read.
+    pub file_config: Config,
+    overrides: Overrides,
+    state_file: PathBuf,
+    /// Health and next hops of an adopted data plane, used until the agent knows its own.
+    seed_up: HashMap<(String, IpAddr), bool>,
+    pinned_macs: HashMap<IpAddr, [u8; 6]>,
+    /// Probe latencies per service: bucket counts (non-cumulative), sum and count.
+    probe_latency: HashMap<String, ([u64; PROBE_BUCKETS.len() + 1], f64)>,
+    /// The admin API's token (read at start).
+    pub auth: admin::Auth,
     pub path: PathBuf,
     pub dp: Dataplane,
     applied: Applied,
@@ -105,15 +126,69 @@ fn check_spec(h: &config::HealthConfig, addr: IpAddr) -> Option<CheckSpec> {
 }
 
 impl Agent {
-    /// Takes a loaded (and usually attached) data plane and starts probing.
+    /// Takes a loaded (and usually attached) data plane and starts probing. If the data
+    /// plane was adopted from pinned maps, the agent starts from what they hold: the same
+    /// ids, and each backend's last health, so the first plan changes nothing that works.
     pub fn new(config: Config, path: PathBuf, dp: Dataplane) -> Agent {
         let (tx, rx) = mpsc::channel(4096);
+        let state_file = config
+            .admin
+            .state_file
+            .clone()
+            .unwrap_or_else(|| Overrides::default_path(&config.dataplane.interface));
+        let mut overrides = Overrides::load(&state_file).unwrap_or_else(|e| {
+            warn!("ignoring the API state file: {e}");
+            Overrides::default()
+        });
+        for line in overrides.reconcile(&config) {
+            warn!("{line}");
+        }
+        let effective = overrides.apply(&config);
+        let (mut applied, mut ids) = (Applied::default(), Ids::default());
+        let (mut seed_up, mut pinned_macs) = (HashMap::new(), HashMap::new());
+        if dp.adopted() {
+            match dp.read_applied() {
+                Ok(a) => {
+                    ids = Ids::adopt(&effective, &a);
+                    for s in &effective.services {
+                        for b in &s.backends {
+                            let Some(pb) = ids
+                                .backend_id(&s.name, b.address)
+                                .and_then(|id| a.backends.get(&id))
+                            else {
+                                continue;
+                            };
+                            let up = pb.state != gateway_common::BACKEND_DOWN;
+                            seed_up.insert((s.name.clone(), b.address), up);
+                            if up {
+                                pinned_macs.insert(b.address, pb.mac);
+                            }
+                        }
+                    }
+                    info!(
+                        "adopted the pinned maps: {} services, {} backends ({} up)",
+                        a.services.len(),
+                        a.backends.len(),
+                        seed_up.values().filter(|u| **u).count()
+                    );
+                    applied = a;
+                }
+                Err(e) => warn!("reading the adopted maps: {e}; rewriting them"),
+            }
+        }
         let mut agent = Agent {
-            config: config.clone(),
+            config: effective,
+            file_config: config,
+            overrides,
+            state_file,
+            seed_up,
+            pinned_macs,
+            probe_latency: HashMap::new(),
+            auth: admin::Auth::default(),
             path,
             dp,
-            applied: Applied::default(),
-            ids: Ids::default(),
+            applied,
+            ids,
             tables: TableCache::default(),
             records: HashMap::new(),
             macs: HashMap::new(),
@@ -197,9 +272,15 @@ impl Agent {
                 (Some(spec), None) => {
                     let id = self.next_check;
                     self.next_check += 1;
-                    rec.up = spec.initial_up;
+                    // An adopted backend starts where the last agent left it.
+                    let mut first = spec.clone();
+                    if let Some(up) = self.seed_up.remove(&key) {
+                        first.initial_up = up;
+                        rec.was_up = up;
+                    }
+                    rec.up = first.initial_up;
                     rec.up_since = None;
-                    self.prober.add(id, spec.clone());
+                    self.prober.add(id, first);
                     self.by_check.insert(id, key.clone());
                     rec.check = Some((id, spec));
                 }
@@ -291,9 +372,21 @@ impl Agent {
                     .map(move |b| (b.address, s.mode == Mode::L2dsr))
             })
             .collect();
-        let macs = self
+        let mut macs = self
             .resolver
             .resolve(&backends, &self.config.dataplane.interface);
+        if !self.pinned_macs.is_empty() {
+            if self.now() > ADOPT_GRACE {
+                self.pinned_macs.clear();
+            }
+            for (addr, m) in macs.iter_mut() {
+                if m.is_err()
+                    && let Some(pinned) = self.pinned_macs.get(addr)
+                {
+                    *m = Ok(*pinned);
+                }
+            }
+        }
         let changed = macs != self.macs;
         for (addr, m) in &macs {
             let old = self.macs.get(addr);
@@ -332,41 +425,124 @@ impl Agent {
         }
         rec.was_up |= ev.up;
         rec.up = ev.up;
+        let h = self
+            .probe_latency
+            .entry(key.0.clone())
+            .or_insert(([0; PROBE_BUCKETS.len() + 1], 0.0));
+        let secs = ev.result.latency.as_secs_f64();
+        let bucket = PROBE_BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(PROBE_BUCKETS.len());
+        h.0[bucket] += 1;
+        h.1 += secs;
         rec.last = Some(ev.result);
         changed
     }
 
-    /// Re-reads the config file. An invalid file changes nothing (the error is returned);
-    /// settings fixed at load time keep their old values until a restart.
-    pub fn reload(&mut self) -> anyhow::Result<()> {
-        let next = Config::load(&self.path)?;
+    /// Recomputes the running config from the file and the overrides; settings fixed at
+    /// load time keep their old values until a restart.
+    fn set_effective(&mut self) {
+        let mut next = self.overrides.apply(&self.file_config);
         let d = &self.config.dataplane;
-        let n = &next.dataplane;
-        if (d.interface.as_str(), d.xdp_mode, load_options(&self.config))
-            != (n.interface.as_str(), n.xdp_mode, load_options(&next))
-        {
-            warn!(
-                "reload: interface, XDP mode, conntrack_size, max_services and max_table_size take effect at the next start"
-            );
-        }
-        if next.admin.listen != self.config.admin.listen {
-            warn!("reload: admin.listen takes effect at the next start");
-        }
-        let mut next = next;
         next.admin.listen = self.config.admin.listen;
+        next.admin.token_file = self.config.admin.token_file.clone();
+        next.admin.token_for_reads = self.config.admin.token_for_reads;
+        next.admin.state_file = self.config.admin.state_file.clone();
         next.dataplane.interface = d.interface.clone();
         next.dataplane.xdp_mode = d.xdp_mode;
         next.dataplane.conntrack_size = d.conntrack_size;
         next.dataplane.max_services = d.max_services;
         next.dataplane.max_table_size = d.max_table_size;
         next.dataplane.kernel_log = d.kernel_log;
+        next.dataplane.pin_dir = d.pin_dir.clone();
         self.config = next;
+    }
+
+    fn save_overrides(&self) {
+        if let Err(e) = self.overrides.save(&self.state_file) {
+            error!("saving API changes (they apply, but will not survive a restart): {e}");
+        }
+    }
+
+    /// An admin API change of one backend: recorded as an override, then planned and
+    /// applied like any other change.
+    pub fn api_change(
+        &mut self,
+        f: impl FnOnce(&mut Overrides, &Config) -> Result<Change, OverrideError>,
+    ) -> Result<Change, OverrideError> {
+        let change = f(&mut self.overrides, &self.file_config)?;
+        self.save_overrides();
+        self.set_effective();
+        self.sync_checks();
+        let why = format!(
+            "api: {} {} {} {} -> {}",
+            change.service, change.backend, change.field, change.from, change.to
+        );
+        info!("{why}");
+        if let Err(e) = self.replan(&why) {
+            error!("{why}: {e:#}");
+        }
+        Ok(change)
+    }
+
+    /// Re-reads the config file. An invalid file changes nothing (the error is returned);
+    /// settings fixed at load time keep their old values until a restart. API overrides are
+    /// kept unless the file changed the same field (see [`crate::overrides`]).
+    pub fn reload(&mut self) -> anyhow::Result<()> {
+        let next = Config::load(&self.path)?;
+        let d = &self.config.dataplane;
+        let n = &next.dataplane;
+        if (
+            d.interface.as_str(),
+            d.xdp_mode,
+            load_options(&self.config),
+            &d.pin_dir,
+        ) != (
+            n.interface.as_str(),
+            n.xdp_mode,
+            load_options(&next),
+            &n.pin_dir,
+        ) {
+            warn!(
+                "reload: interface, XDP mode, conntrack_size, max_services, max_table_size and pin_dir take effect at the next start"
+            );
+        }
+        if next.admin != self.config.admin {
+            warn!("reload: the [admin] section takes effect at the next start");
+        }
+        let mut overrides = self.overrides.clone();
+        for line in overrides.reconcile(&next) {
+            warn!("reload: {line}");
+        }
+        self.file_config = next;
+        if overrides != self.overrides {
+            self.overrides = overrides;
+            self.save_overrides();
+        }
+        self.set_effective();
         self.resolver.flush_routes();
         self.sync_checks();
         self.resolve();
         self.replan("reload")?;
         info!("reloaded {}", self.path.display());
         Ok(())
+    }
+
+    /// A reload with its outcome counted and logged; the error is returned to the caller.
+    pub fn reload_counted(&mut self) -> Result<(), String> {
+        match self.reload() {
+            Ok(()) => {
+                self.reloads_ok += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.reloads_error += 1;
+                let e = format!("{e:#}");
+                error!("reload failed, keeping the running config: {e}");
+                Err(e)
+            }
+        }
     }
 
     /// Runs until `shutdown` resolves. `stats_every` prints the global counters.
@@ -377,11 +553,15 @@ impl Agent {
     ) -> anyhow::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let (admin_tx, mut admin_rx) = mpsc::channel(64);
-        admin::spawn(self.config.admin.listen, admin_tx).await;
+        admin::spawn(self.config.admin.listen, self.auth.clone(), admin_tx).await;
         // Closed when the API could not bind (or stopped): the arm below is then disabled.
         let mut admin_open = true;
         self.resolve();
+        let before = self.table_rebuilds;
         self.replan("start")?;
+        if self.table_rebuilds == before {
+            info!("start: applied nothing: the adopted maps already match the config");
+        }
         let mut hup = signal(SignalKind::hangup())?;
         // The program's own log lines (rare events) arrive through a ring buffer.
         let mut klog = match self.dp.take_logger() {
@@ -436,13 +616,7 @@ impl Agent {
                     guard.clear_ready();
                 }
                 _ = hup.recv() => {
-                    match self.reload() {
-                        Ok(()) => self.reloads_ok += 1,
-                        Err(e) => {
-                            self.reloads_error += 1;
-                            error!("reload failed, keeping the running config: {e:#}");
-                        }
-                    }
+                    let _ = self.reload_counted();
                 }
                 req = admin_rx.recv(), if admin_open => match req {
                     Some(req) => self.answer(req),
@@ -458,8 +632,29 @@ impl Agent {
 
 impl Agent {
     /// Answers an admin API request; a dropped reply (the client went away) is fine.
-    fn answer(&self, req: admin::Request) {
+    fn answer(&mut self, req: admin::Request) {
         match req {
+            admin::Request::SetState {
+                service,
+                addr,
+                state,
+                reply,
+            } => {
+                let r = self.api_change(|o, file| o.set_state(file, &service, addr, state));
+                let _ = reply.send(r);
+            }
+            admin::Request::SetWeight {
+                service,
+                addr,
+                weight,
+                reply,
+            } => {
+                let r = self.api_change(|o, file| o.set_weight(file, &service, addr, weight));
+                let _ = reply.send(r);
+            }
+            admin::Request::Reload(reply) => {
+                let _ = reply.send(self.reload_counted());
+            }
             admin::Request::Ready(reply) => {
                 let _ = reply.send(self.last_plan.is_some());
             }
@@ -521,6 +716,7 @@ impl Agent {
                         .unwrap_or_default(),
                     transitions_total: rec.map_or(0, |r| r.transitions_total),
                     traffic: traffic(self.dp.backend_stats(b.id)?),
+                    api_override: self.overrides.get(&sp.name, b.address).cloned(),
                 });
             }
             services.push(admin::ServiceStatus {
@@ -548,6 +744,20 @@ impl Agent {
             table_rebuilds: self.table_rebuilds,
             reloads_ok: self.reloads_ok,
             reloads_error: self.reloads_error,
+            probe_latency: {
+                let mut v: Vec<admin::LatencyHistogram> = self
+                    .probe_latency
+                    .iter()
+                    .map(|(svc, (counts, sum))| admin::LatencyHistogram {
+                        service: svc.clone(),
+                        le: PROBE_BUCKETS.to_vec(),
+                        counts: counts.to_vec(),
+                        sum_seconds: *sum,
+                    })
+                    .collect();
+                v.sort_by(|a, b| a.service.cmp(&b.service));
+                v
+            },
         })
     }
 }

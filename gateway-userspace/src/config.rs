@@ -117,6 +117,22 @@ pub enum XdpMode {
     Generic,
 }
 
+/// What `gateway run` does with the data plane when it exits on SIGINT or SIGTERM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExit {
+    /// Detach the program and remove its pinned maps: traffic to VIPs goes to the host's
+    /// stack again and conntrack is gone.
+    #[default]
+    Detach,
+    /// Leave the program attached and its maps pinned, so that the next agent adopts them
+    /// (a restart or upgrade drops no connection). `gateway stop --detach` removes them.
+    Keep,
+}
+
+/// Where the maps and the XDP link are pinned when `pin_dir` is not set.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/gateway";
+
 /// The level of the XDP program's aya-log messages that reach the agent's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -163,18 +179,32 @@ pub struct DataplaneConfig {
     /// Outer source of IPv6 encapsulation; set whenever an ipip service has an IPv6 VIP.
     pub ipip_source_v6: Option<Ipv6Addr>,
     pub kernel_log: KernelLog,
+    /// A directory on bpffs for the pinned maps and link (default
+    /// `/sys/fs/bpf/gateway/<interface>`).
+    pub pin_dir: PathBuf,
+    pub on_exit: OnExit,
 }
 
 /// `[admin]`: the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// A file holding the bearer token that write requests (and reads, with
+    /// `token_for_reads`) must carry. Required when `listen` is not a loopback address.
+    pub token_file: Option<PathBuf>,
+    pub token_for_reads: bool,
+    /// Where changes made through the API are kept across restarts (default
+    /// `/run/gateway/<interface>.overrides.json`).
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: DEFAULT_ADMIN_LISTEN,
+            token_file: None,
+            token_for_reads: false,
+            state_file: None,
         }
     }
 }
@@ -206,7 +236,7 @@ pub enum Mode {
 }
 
 /// What the operator wants of a backend, apart from its health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AdminState {
     /// Takes new flows when healthy.
@@ -311,7 +341,7 @@ const MIN_MTU: i64 = 1280;
 const MAX_MTU: i64 = 65535;
 const DEFAULT_MAX_SERVICES: u32 = 16;
 const VARY_BITS: RangeInclusive<i64> = 0..=16;
-const WEIGHT: RangeInclusive<i64> = 1..=10_000;
+pub const WEIGHT: RangeInclusive<i64> = 1..=10_000;
 const DEFAULT_WEIGHT: u32 = 100;
 const PORT: RangeInclusive<i64> = 1..=65535;
 const RISE_FALL: RangeInclusive<i64> = 1..=100;
@@ -457,12 +487,17 @@ struct RawDataplane {
     ipip_source_v4_vary_bits: Option<Spanned<i64>>,
     ipip_source_v6: Option<Spanned<String>>,
     kernel_log: Option<KernelLog>,
+    pin_dir: Option<Spanned<String>>,
+    on_exit: Option<OnExit>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    token_for_reads: Option<bool>,
+    state_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -927,6 +962,20 @@ impl Validator<'_> {
             },
         };
 
+        let pin_dir = match &d.pin_dir {
+            None => interface
+                .as_ref()
+                .map(|i| Path::new(DEFAULT_PIN_ROOT).join(i)),
+            Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains("/../") => {
+                Some(PathBuf::from(p.get_ref()))
+            }
+            Some(p) => {
+                let msg = format!("{:?} is not an absolute path", p.get_ref());
+                self.report(p.span(), "dataplane.pin_dir", msg);
+                None
+            }
+        };
+
         let limits = Limits {
             max_services,
             max_table_size,
@@ -945,26 +994,65 @@ impl Validator<'_> {
                 ipip_source_v4_vary_bits: ipip_source_v4_vary_bits?,
                 ipip_source_v6: ipip_source_v6?,
                 kernel_log: d.kernel_log.unwrap_or_default(),
+                pin_dir: pin_dir?,
+                on_exit: d.on_exit.unwrap_or_default(),
             })
         })();
         (config, limits)
     }
 
     fn admin(&mut self, raw: Option<&Spanned<RawAdmin>>) -> Option<AdminConfig> {
-        let Some(listen) = raw.and_then(|a| a.get_ref().listen.as_ref()) else {
+        let Some(raw) = raw else {
             return Some(AdminConfig::default());
         };
-        match listen.get_ref().parse::<SocketAddr>() {
-            Ok(listen) => Some(AdminConfig { listen }),
-            Err(_) => {
-                let msg = format!(
-                    "{:?} is not an address and port (\"127.0.0.1:9180\", \"[::1]:9180\")",
-                    listen.get_ref()
-                );
-                self.report(listen.span(), "admin.listen", msg);
+        let a = raw.get_ref();
+        let listen = match &a.listen {
+            None => Some(DEFAULT_ADMIN_LISTEN),
+            Some(listen) => match listen.get_ref().parse::<SocketAddr>() {
+                Ok(listen) => Some(listen),
+                Err(_) => {
+                    let msg = format!(
+                        "{:?} is not an address and port (\"127.0.0.1:9180\", \"[::1]:9180\")",
+                        listen.get_ref()
+                    );
+                    self.report(listen.span(), "admin.listen", msg);
+                    None
+                }
+            },
+        };
+        let token_file = match &a.token_file {
+            None => Some(None),
+            Some(p) if p.get_ref().starts_with('/') => Some(Some(PathBuf::from(p.get_ref()))),
+            Some(p) => {
+                let msg = format!("{:?} is not an absolute path", p.get_ref());
+                self.report(p.span(), "admin.token_file", msg);
                 None
             }
+        };
+        let state_file = match &a.state_file {
+            None => Some(None),
+            Some(p) if p.get_ref().starts_with('/') => Some(Some(PathBuf::from(p.get_ref()))),
+            Some(p) => {
+                let msg = format!("{:?} is not an absolute path", p.get_ref());
+                self.report(p.span(), "admin.state_file", msg);
+                None
+            }
+        };
+        let (listen, token_file, state_file) = (listen?, token_file?, state_file?);
+        if !listen.ip().is_loopback() && token_file.is_none() {
+            let msg = format!(
+                "{listen} is not a loopback address: set admin.token_file, a file holding the \
+                 token that write requests must carry"
+            );
+            self.report(raw.span(), "admin.token_file", msg);
+            return None;
         }
+        Some(AdminConfig {
+            listen,
+            token_file,
+            token_for_reads: a.token_for_reads.unwrap_or(false),
+            state_file,
+        })
     }
 
     fn service(&mut self, raw: &Spanned<RawService>, limits: &Limits) -> Option<ServiceConfig> {
@@ -1582,6 +1670,8 @@ mod tests {
                 ipip_source_v4_vary_bits: 0,
                 ipip_source_v6: None,
                 kernel_log: KernelLog::Warn,
+                pin_dir: "/sys/fs/bpf/gateway/eth0".into(),
+                on_exit: OnExit::Detach,
             }
         );
         assert_eq!(c.admin.listen, "127.0.0.1:9180".parse().unwrap());

@@ -1,22 +1,29 @@
 //! Loading, attaching and reading the XDP program: the only module that talks to aya.
-use std::os::fd::AsFd;
+use std::{os::fd::AsFd, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode as AyaMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode as AyaMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use gateway_common::{
-    Backend, DEFAULT_CONNTRACK_SIZE, DEFAULT_TABLE_SIZE, FlowKey, FlowValue, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_CONNTRACK, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS, MAP_STATS,
-    MAP_TABLES, PROG_GATEWAY, STAT_COUNT, ServiceKey, ServiceValue, Settings, TrafficStats,
+    Backend, DEFAULT_CONNTRACK_SIZE, DEFAULT_TABLE_SIZE, FlowKey, FlowValue, LAYOUT_VERSION,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_META, MAP_NAMES, MAP_SERVICE_STATS,
+    MAP_SERVICES, MAP_SETTINGS, MAP_STATS, MAP_TABLES, META_MAGIC, META_MODE_GENERIC,
+    META_MODE_NATIVE, Meta, PROG_GATEWAY, STAT_COUNT, ServiceKey, ServiceValue, Settings,
+    TrafficStats,
 };
 use log::{info, warn};
 use thiserror::Error;
 
 use crate::{
     config::XdpMode,
-    sync::{Layout, MapWriter, SyncError},
+    pin,
+    sync::{Applied, AppliedService, Layout, MapWriter, SyncError},
 };
 
 #[derive(Debug, Error)]
@@ -41,6 +48,10 @@ pub enum DataplaneError {
     },
     #[error("mapping the table memory: {0}")]
     Mmap(std::io::Error),
+    #[error(transparent)]
+    Pin(#[from] crate::pin::PinError),
+    #[error("{what}: {message}")]
+    Link { what: String, message: String },
 }
 
 /// aya-log's level numbering (aya_log_common::Level): 1 error, 2 warn, 3 info, 4 debug.
@@ -171,11 +182,29 @@ impl Drop for TableMem {
     }
 }
 
-/// The loaded object. Dropping it detaches the program and frees the maps.
+/// How the program is attached.
+enum Attachment {
+    /// Owned by the program: dropping the data plane detaches it.
+    Owned(XdpLinkId),
+    /// Pinned on bpffs: stays attached when this process exits. Held for its descriptor.
+    Pinned(#[allow(dead_code)] PinnedLink),
+    /// A pinned link adopted from an earlier agent, now running our program (the program
+    /// holds the descriptor).
+    Adopted(#[allow(dead_code)] XdpLinkId),
+}
+
+/// The loaded object. Dropping it detaches the program and frees the maps, unless they are
+/// pinned ([`Dataplane::load_pinned`]).
 pub struct Dataplane {
     ebpf: Ebpf,
-    link: Option<(XdpLinkId, AttachedMode)>,
+    link: Option<(Attachment, AttachedMode)>,
     options: LoadOptions,
+    /// Where the maps and link are pinned, if they are.
+    pin_dir: Option<std::path::PathBuf>,
+    /// META as found in (or written to) the pin directory.
+    meta: Option<Meta>,
+    /// Whether the maps were adopted from an earlier agent rather than created.
+    adopted: bool,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: Array<MapData, Backend>,
     settings: Array<MapData, Settings>,
@@ -201,14 +230,84 @@ fn map_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError + '
 }
 
 impl Dataplane {
-    /// Loads the embedded object and verifies the program, without attaching it.
+    /// Loads the embedded object and verifies the program, without attaching it. The maps
+    /// are this process's own: they go away with it.
     pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
+        Self::load_in(options, None)
+    }
+
+    /// Like [`Dataplane::load`], with the maps pinned in `dir`: maps already pinned there
+    /// by an earlier agent (same layout) are adopted with their contents - conntrack,
+    /// tables, counters - and their sizes win over `options` (a warning says so).
+    pub fn load_pinned(options: LoadOptions, dir: &Path) -> Result<Self, DataplaneError> {
+        pin::prepare(dir)?;
+        let found = pin::read_meta(dir)?;
+        let mut options = options;
+        if let Some(m) = found {
+            let pinned = LoadOptions {
+                conntrack_size: m.conntrack_size,
+                max_services: m.max_services,
+                max_table_size: m.max_table_size,
+                kernel_log: options.kernel_log,
+            };
+            if pinned != options {
+                warn!(
+                    "the pinned maps in {} were created with conntrack_size {}, max_services {}, \
+                     max_table_size {}; those stay until `gateway stop --detach` resets them",
+                    dir.display(),
+                    m.conntrack_size,
+                    m.max_services,
+                    m.max_table_size
+                );
+            }
+            options = pinned;
+        }
+        let mut dp = Self::load_in(options, Some(dir))?;
+        dp.adopted = found.is_some();
+        dp.pin_dir = Some(dir.to_path_buf());
+        match found {
+            Some(m) => dp.meta = Some(m),
+            None => {
+                let m = Meta {
+                    magic: META_MAGIC,
+                    layout_version: LAYOUT_VERSION,
+                    conntrack_size: options.conntrack_size,
+                    max_services: options.max_services,
+                    max_table_size: options.max_table_size,
+                    attached_mode: 0,
+                };
+                dp.write_meta(m)?;
+            }
+        }
+        Ok(dp)
+    }
+
+    fn write_meta(&mut self, m: Meta) -> Result<(), DataplaneError> {
+        let mut meta: Array<&mut MapData, Meta> = Array::try_from(
+            self.ebpf
+                .map_mut(MAP_META)
+                .ok_or(DataplaneError::NoMap(MAP_META))?,
+        )
+        .map_err(map_err(MAP_META))?;
+        meta.set(0, m, 0).map_err(map_err("writing META"))?;
+        self.meta = Some(m);
+        Ok(())
+    }
+
+    fn load_in(options: LoadOptions, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
         let slots = options.layout().slots();
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(aya_log::LEVEL, &options.kernel_log, false)
             .map_max_entries(MAP_TABLES, slots)
-            .map_max_entries(MAP_CONNTRACK, options.conntrack_size)
-            .load(crate::object::GATEWAY)?;
+            .map_max_entries(MAP_CONNTRACK, options.conntrack_size);
+        let paths: Vec<(&str, std::path::PathBuf)> = pin_dir
+            .map(|d| MAP_NAMES.iter().map(|n| (*n, d.join(n))).collect())
+            .unwrap_or_default();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(crate::object::GATEWAY)?;
         program_mut(&mut ebpf)?
             .load()
             .map_err(|source| DataplaneError::Program {
@@ -245,6 +344,9 @@ impl Dataplane {
             ebpf,
             link: None,
             options,
+            pin_dir: None,
+            meta: None,
+            adopted: false,
             services,
             backends,
             settings,
@@ -262,6 +364,16 @@ impl Dataplane {
         self.options
     }
 
+    /// Whether the maps came from an earlier agent's pinned state.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Where the maps are pinned, if they are.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
     /// The reader of the program's log ring, for the agent to poll.
     pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         self.logger.take()
@@ -275,6 +387,12 @@ impl Dataplane {
         ifname: &str,
         mode: XdpMode,
     ) -> Result<AttachedMode, DataplaneError> {
+        if let Some(dir) = self.pin_dir.clone() {
+            let path = dir.join(pin::LINK);
+            if path.exists() {
+                return self.adopt_link(&path, ifname, mode);
+            }
+        }
         let prog = program_mut(&mut self.ebpf)?;
         let attempt = |prog: &mut Xdp, m: AyaMode| prog.attach_to_if_index(ifindex, m);
         let (id, attached) = match mode {
@@ -296,7 +414,78 @@ impl Dataplane {
             source,
         })?;
         info!("attached to {ifname} (ifindex {ifindex}) in {attached} mode");
-        self.link = Some((id, attached));
+        let Some(dir) = self.pin_dir.clone() else {
+            self.link = Some((Attachment::Owned(id), attached));
+            return Ok(attached);
+        };
+        // Pin the link so the program stays attached when this process exits.
+        let prog = program_mut(&mut self.ebpf)?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DataplaneError::Program {
+                what: "taking the XDP link".into(),
+                source,
+            })?;
+        let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Link {
+            what: "the XDP link cannot be pinned (attached through netlink, kernel < 5.9?)".into(),
+            message: e.to_string(),
+        })?;
+        let pinned = fd_link
+            .pin(dir.join(pin::LINK))
+            .map_err(|e| DataplaneError::Link {
+                what: format!("pinning the XDP link in {}", dir.display()),
+                message: e.to_string(),
+            })?;
+        self.link = Some((Attachment::Pinned(pinned), attached));
+        if let Some(mut m) = self.meta {
+            m.attached_mode = match attached {
+                AttachedMode::Native => META_MODE_NATIVE,
+                AttachedMode::Generic => META_MODE_GENERIC,
+            };
+            self.write_meta(m)?;
+        }
+        Ok(attached)
+    }
+
+    /// Swaps our program into the link an earlier agent pinned: one atomic replacement, so
+    /// no packet meets a detached interface.
+    fn adopt_link(
+        &mut self,
+        path: &Path,
+        ifname: &str,
+        mode: XdpMode,
+    ) -> Result<AttachedMode, DataplaneError> {
+        let link_err = |what: &str| {
+            let what = format!("{what} {}", path.display());
+            move |e: &dyn std::fmt::Display| DataplaneError::Link {
+                what,
+                message: e.to_string(),
+            }
+        };
+        let pinned = PinnedLink::from_pin(path).map_err(|e| link_err("opening the link")(&e))?;
+        let xdp_link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| link_err("the pinned object is not an XDP link:")(&e))?;
+        let prog = program_mut(&mut self.ebpf)?;
+        let id = prog
+            .attach_to_link(xdp_link)
+            .map_err(|e| link_err("replacing the program of")(&e))?;
+        let attached = match self.meta.map(|m| m.attached_mode) {
+            Some(META_MODE_GENERIC) => AttachedMode::Generic,
+            _ => AttachedMode::Native,
+        };
+        let wanted = match mode {
+            XdpMode::Native => Some(AttachedMode::Native),
+            XdpMode::Generic => Some(AttachedMode::Generic),
+            XdpMode::Auto => None,
+        };
+        if wanted.is_some_and(|w| w != attached) {
+            warn!(
+                "the pinned link on {ifname} is in {attached} mode; xdp_mode takes effect \
+                 after `gateway stop --detach`"
+            );
+        }
+        info!("adopted the pinned link on {ifname} ({attached} mode): program replaced");
+        self.link = Some((Attachment::Adopted(id), attached));
         Ok(attached)
     }
 
@@ -305,22 +494,71 @@ impl Dataplane {
         self.link.as_ref().map(|(_, m)| *m)
     }
 
+    /// The maps' current contents as an [`Applied`] state, and which backend id belongs to
+    /// which service: what an adopting agent starts its diff from.
+    pub fn read_applied(&self) -> Result<Applied, DataplaneError> {
+        let mut applied = Applied {
+            settings: Some(
+                self.settings
+                    .get(&0, 0)
+                    .map_err(map_err("reading SETTINGS"))?,
+            ),
+            ..Applied::default()
+        };
+        for id in 1..self.backends.len() {
+            let b = self
+                .backends
+                .get(&id, 0)
+                .map_err(map_err("reading BACKENDS"))?;
+            if b.family != 0 {
+                applied.backends.insert(id, b);
+            }
+        }
+        for entry in self.services.iter() {
+            let (key, value) = entry.map_err(map_err("reading SERVICES"))?;
+            let table = self.tables.read(value.table_offset, value.table_size);
+            applied.services.insert(
+                key,
+                AppliedService {
+                    value,
+                    table: std::sync::Arc::new(table),
+                },
+            );
+        }
+        Ok(applied)
+    }
+
     /// The kernel's id of the loaded program (as `bpftool prog` shows it).
     pub fn program_id(&self) -> Option<u32> {
         self.program().ok()?.info().ok().map(|i| i.id())
     }
 
-    /// Detaches the program if it is attached.
+    /// Detaches the program if it is attached, and removes the pinned state if there is
+    /// some (conntrack and counters go with it).
     pub fn detach(&mut self) -> Result<(), DataplaneError> {
-        if let Some((id, _)) = self.link.take() {
-            program_mut(&mut self.ebpf)?
-                .detach(id)
-                .map_err(|source| DataplaneError::Program {
-                    what: "detaching".into(),
-                    source,
+        match self.link.take() {
+            Some((Attachment::Owned(id), _)) => {
+                program_mut(&mut self.ebpf)?.detach(id).map_err(|source| {
+                    DataplaneError::Program {
+                        what: "detaching".into(),
+                        source,
+                    }
                 })?;
+            }
+            // `pin::remove` detaches the link for every holder.
+            Some((Attachment::Pinned(_) | Attachment::Adopted(_), _)) | None => {}
+        }
+        if let Some(dir) = self.pin_dir.take() {
+            pin::remove(&dir)?;
         }
         Ok(())
+    }
+
+    /// Leaves the program attached and the maps pinned for the next agent to adopt: our
+    /// descriptors close when this value drops, and the pins keep the rest alive.
+    pub fn keep(&mut self) {
+        self.link = None;
+        self.pin_dir = None;
     }
 
     /// The loaded program, e.g. for BPF_PROG_TEST_RUN.

@@ -10,6 +10,8 @@ pub mod health;
 pub mod maglev;
 pub mod neigh;
 pub mod object;
+pub mod overrides;
+pub mod pin;
 pub mod plan;
 pub mod sync;
 pub mod sys;

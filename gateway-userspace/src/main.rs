@@ -12,9 +12,9 @@ use gateway::{
     admin,
     agent::{self, Agent},
     check,
-    config::{Config, XdpMode},
+    config::{Config, OnExit, XdpMode},
     dataplane::Dataplane,
-    sys,
+    pin, sys,
 };
 use log::info;
 
@@ -38,6 +38,39 @@ enum Command {
         /// Print the global counters this often (seconds; 0 = only at exit).
         #[arg(long, default_value_t = 0)]
         stats_interval: u64,
+        /// Overrides `on_exit` in the config: `keep` leaves the program attached and its
+        /// state pinned for the next agent (hitless restart), `detach` removes both.
+        #[arg(long, value_enum)]
+        on_exit: Option<OnExit>,
+    },
+    /// Remove what a stopped agent left pinned: detach the program, drop its maps.
+    ///
+    /// Established connections are then placed again by the next agent (conntrack is gone),
+    /// and until one starts, VIP traffic goes to this host's own stack.
+    Stop {
+        /// Required: say that the data plane should go.
+        #[arg(long)]
+        detach: bool,
+        /// Take the pin directory from this config (`dataplane.pin_dir`, by default
+        /// /sys/fs/bpf/gateway/<interface>).
+        #[arg(long, short, value_name = "FILE", conflicts_with_all = ["pin_dir", "interface"])]
+        config: Option<PathBuf>,
+        /// The pin directory.
+        #[arg(long, value_name = "DIR", conflicts_with = "interface")]
+        pin_dir: Option<PathBuf>,
+        /// The interface (pin directory /sys/fs/bpf/gateway/<interface>).
+        #[arg(long, value_name = "IFACE")]
+        interface: Option<String>,
+    },
+    /// Change a backend through the running agent (kept across reloads and restarts until
+    /// the config file changes the same field; `gateway status` marks such values).
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Make the running agent re-read its config file (as SIGHUP does), and say if it
+    /// was invalid.
+    Reload {
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Validate a config and print its plan; with --against, what applying it would change.
     ///
@@ -53,9 +86,8 @@ enum Command {
     },
     /// Show the running agent's data plane, services and backends (from its admin API).
     Status {
-        /// Where the agent's admin API listens (`[admin] listen`).
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9180")]
-        admin: SocketAddr,
+        #[command(flatten)]
+        api: ApiArgs,
         /// Print the raw JSON of `GET /status`.
         #[arg(long)]
         json: bool,
@@ -63,6 +95,43 @@ enum Command {
     /// Helpers for test beds; not part of the stable interface.
     #[command(hide = true, subcommand)]
     Internal(Internal),
+}
+
+/// How to reach the running agent's admin API.
+#[derive(clap::Args, Clone)]
+struct ApiArgs {
+    /// Where the agent's admin API listens (`[admin] listen`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9180")]
+    admin: SocketAddr,
+    /// A file holding the API's bearer token (`[admin] token_file`).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum BackendCommand {
+    /// Take new flows again (while healthy).
+    Ready(BackendArgs),
+    /// Keep established flows, take no new ones.
+    Drain(BackendArgs),
+    /// Take nothing: established flows are placed on other backends; no health checks.
+    Maint(BackendArgs),
+    /// Set the backend's weight (1..=10000).
+    Weight {
+        #[command(flatten)]
+        backend: BackendArgs,
+        weight: u32,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct BackendArgs {
+    /// The service's name.
+    service: String,
+    /// The backend's address.
+    addr: std::net::IpAddr,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 #[derive(Subcommand)]
@@ -80,9 +149,18 @@ fn main() {
             config,
             xdp_mode,
             stats_interval,
-        } => run(config, xdp_mode, stats_interval),
+            on_exit,
+        } => run(config, xdp_mode, stats_interval, on_exit),
         Command::Check { config, against } => check(config, against),
-        Command::Status { admin, json } => status(admin, json),
+        Command::Status { api, json } => status(&api, json),
+        Command::Stop {
+            detach,
+            config,
+            pin_dir,
+            interface,
+        } => stop(detach, config, pin_dir, interface),
+        Command::Backend(cmd) => backend(cmd),
+        Command::Reload { api } => reload(&api),
         Command::Internal(Internal::WriteObjects { pass, decap }) => {
             std::fs::write(&pass, gateway::object::XDP_PASS)
                 .and_then(|_| std::fs::write(&decap, gateway::object::XDP_DECAP))
@@ -95,14 +173,30 @@ fn main() {
     }
 }
 
-fn run(path: PathBuf, mode: Option<XdpMode>, stats_interval: u64) -> anyhow::Result<()> {
+fn run(
+    path: PathBuf,
+    mode: Option<XdpMode>,
+    stats_interval: u64,
+    on_exit: Option<OnExit>,
+) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let iface = config.dataplane.interface.clone();
     let mode = mode.unwrap_or(config.dataplane.xdp_mode);
     let ifindex = sys::preflight(&iface)?;
+    let auth = admin::Auth::from_config(&config.admin)?;
 
-    let mut dp = Dataplane::load(agent::load_options(&config))?;
-    dp.attach(ifindex, &iface, mode)?;
+    let pin_dir = config.dataplane.pin_dir.clone();
+    let mut dp = Dataplane::load_pinned(agent::load_options(&config), &pin_dir)?;
+    if dp.adopted() {
+        info!("adopting the data plane pinned in {}", pin_dir.display());
+    }
+    if let Err(e) = dp.attach(ifindex, &iface, mode) {
+        // Nothing of ours serves traffic yet; an adopted link keeps its old program.
+        if !dp.adopted() {
+            let _ = dp.detach();
+        }
+        return Err(e.into());
+    }
     info!(
         "{} services configured; probing backends",
         config.services.len()
@@ -113,6 +207,7 @@ fn run(path: PathBuf, mode: Option<XdpMode>, stats_interval: u64) -> anyhow::Res
         .build()
         .context("starting the runtime")?;
     let mut agent = rt.block_on(async { Agent::new(config, path.clone(), dp) });
+    agent.auth = auth;
     let result = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let shutdown = async move {
@@ -125,9 +220,106 @@ fn run(path: PathBuf, mode: Option<XdpMode>, stats_interval: u64) -> anyhow::Res
         agent.run(shutdown, every).await
     });
     agent::print_stats(&agent.dp)?;
-    agent.dp.detach()?;
-    info!("detached from {iface}");
+    match on_exit.unwrap_or(agent.config.dataplane.on_exit) {
+        OnExit::Detach => {
+            agent.dp.detach()?;
+            info!("detached from {iface}");
+        }
+        OnExit::Keep => {
+            agent.dp.keep();
+            info!(
+                "left the program attached to {iface}, state pinned in {} (on_exit = keep)",
+                pin_dir.display()
+            );
+        }
+    }
     result
+}
+
+fn stop(
+    detach: bool,
+    config: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
+    interface: Option<String>,
+) -> anyhow::Result<()> {
+    if !detach {
+        anyhow::bail!(
+            "`gateway stop` removes the pinned data plane and needs --detach to say so; to stop \
+             the agent itself, stop its service (it leaves or removes the data plane as its \
+             on_exit says)"
+        );
+    }
+    let dir = match (config, pin_dir, interface) {
+        (Some(c), ..) => Config::load(&c)?.dataplane.pin_dir,
+        (_, Some(d), _) => d,
+        (_, _, Some(i)) => std::path::Path::new(gateway::config::DEFAULT_PIN_ROOT).join(i),
+        _ => {
+            anyhow::bail!("say which data plane: --config FILE, --pin-dir DIR or --interface IFACE")
+        }
+    };
+    if !sys::is_root() {
+        anyhow::bail!("gateway stop --detach must run as root");
+    }
+    let removed = pin::remove(&dir)?;
+    if removed.is_empty() {
+        println!("nothing pinned in {}", dir.display());
+    } else {
+        println!("removed {} from {}", removed.join(", "), dir.display());
+    }
+    Ok(())
+}
+
+fn backend(cmd: BackendCommand) -> anyhow::Result<()> {
+    let (b, path, body) = match cmd {
+        BackendCommand::Ready(b) => (b, "state", r#"{"state":"ready"}"#.to_string()),
+        BackendCommand::Drain(b) => (b, "state", r#"{"state":"drain"}"#.to_string()),
+        BackendCommand::Maint(b) => (b, "state", r#"{"state":"maint"}"#.to_string()),
+        BackendCommand::Weight { backend, weight } => {
+            (backend, "weight", format!(r#"{{"weight":{weight}}}"#))
+        }
+    };
+    let url = format!("/backends/{}/{}/{path}", b.service, b.addr);
+    let (code, text) = http(&b.api, "POST", &url, Some(&body))?;
+    if code != 200 {
+        anyhow::bail!("{}", api_error(code, &text));
+    }
+    let c: gateway::overrides::Change =
+        serde_json::from_str(&text).context("reading the agent's answer")?;
+    println!(
+        "{} {}: {} {} -> {}{}",
+        c.service,
+        c.backend,
+        c.field,
+        c.from,
+        c.to,
+        if c.source == "api" {
+            " (overrides the config file until the file changes it)"
+        } else {
+            " (the config file's value again)"
+        }
+    );
+    Ok(())
+}
+
+fn reload(api: &ApiArgs) -> anyhow::Result<()> {
+    let (code, text) = http(api, "POST", "/reload", Some(""))?;
+    if code != 200 {
+        anyhow::bail!("{}", api_error(code, &text));
+    }
+    println!("reloaded");
+    Ok(())
+}
+
+/// The `error` of a JSON error body, else the body.
+fn api_error(code: u16, body: &str) -> String {
+    let msg = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| body.trim().to_string());
+    match code {
+        401 => format!("the agent refused the token: {msg} (pass --token-file)"),
+        _ => format!("the agent answered {code}: {msg}"),
+    }
 }
 
 fn check(path: PathBuf, against: Option<PathBuf>) -> anyhow::Result<()> {
@@ -147,15 +339,38 @@ fn check(path: PathBuf, against: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A plain HTTP/1.1 GET: the status code and the body.
-fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let timeout = Duration::from_secs(5);
+/// A plain HTTP/1.1 request to the admin API: the status code and the body.
+fn http(
+    api: &ApiArgs,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let addr = api.admin;
+    let auth = match &api.token_file {
+        Some(f) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the token file {}", f.display()))?;
+            format!("Authorization: Bearer {}\r\n", t.trim())
+        }
+        None => String::new(),
+    };
+    let timeout = Duration::from_secs(10);
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|_| anyhow::anyhow!("gateway is not running (nothing listens on {addr})"))?;
     stream.set_read_timeout(Some(timeout))?;
+    let body = body.unwrap_or("");
+    let content = if method == "GET" {
+        String::new()
+    } else {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{content}Connection: close\r\n\r\n{body}"
     )?;
     let mut raw = Vec::new();
     stream
@@ -173,10 +388,11 @@ fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((code, body.to_string()))
 }
 
-fn status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
-    let (code, body) = http_get(addr, "/status")?;
+fn status(api: &ApiArgs, json: bool) -> anyhow::Result<()> {
+    let addr = api.admin;
+    let (code, body) = http(api, "GET", "/status", None)?;
     if code != 200 {
-        anyhow::bail!("{addr} answered {code}: {}", body.trim());
+        anyhow::bail!("{}", api_error(code, &body));
     }
     if json {
         println!("{}", body.trim_end());

@@ -68,6 +68,39 @@ impl Ids {
         id
     }
 
+    /// The ids an earlier agent gave the services and backends of `config` that the maps
+    /// still hold: a service by its key (VIP, port, protocol), a backend by its service and
+    /// address. Conntrack entries name backends by id, so keeping ids keeps flows in place.
+    pub fn adopt(config: &Config, applied: &crate::sync::Applied) -> Ids {
+        let mut ids = Ids::default();
+        for s in &config.services {
+            let Some(a) = applied.services.get(&service_key(s)) else {
+                continue;
+            };
+            let sid = a.value.id;
+            if ids.services.values().any(|v| *v == sid) {
+                continue;
+            }
+            ids.services.insert(s.name.clone(), sid);
+            for b in &s.backends {
+                let found = applied.backends.iter().find(|(_, pb)| {
+                    pb.service == sid
+                        && pb.addr == addr16(b.address)
+                        && pb.family == family(b.address)
+                });
+                if let Some((id, _)) = found {
+                    ids.backends.insert((s.name.clone(), b.address), *id);
+                }
+            }
+        }
+        ids
+    }
+
+    /// A backend's id, if it has one.
+    pub fn backend_id(&self, service: &str, addr: IpAddr) -> Option<u32> {
+        self.backends.get(&(service.to_string(), addr)).copied()
+    }
+
     /// Drops ids of services and backends no longer configured.
     pub fn retain(&mut self, config: &Config) {
         self.services
@@ -392,6 +425,8 @@ pub fn plan(
                         mac: *mac,
                         family: family(b.address),
                         state: b.kernel_state,
+                        service: sid,
+                        _pad: 0,
                     },
                 );
             }

@@ -313,6 +313,8 @@ mod tests {
             mac: [2, 0, 0, 0, 0, last],
             family: FAMILY_V4,
             state: BACKEND_UP,
+            service: 0,
+            _pad: 0,
         }
     }
 

@@ -17,7 +17,7 @@
 use std::{
     io::{BufRead, BufReader},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -145,7 +145,26 @@ pub fn delete_netns(netns: &str) -> anyhow::Result<()> {
 }
 
 /// Deletes every namespace of lab `name`; returns how many there were.
+/// Where agents run in a lab pin their maps and link (bpffs is shared by every network
+/// namespace, so each lab needs its own directory).
+pub const PIN_ROOT: &str = "/sys/fs/bpf/gateway-test";
+
+/// The pin directory of lab `name`.
+pub fn pin_dir(name: &str) -> PathBuf {
+    Path::new(PIN_ROOT).join(name)
+}
+
+/// Removes what agents of lab `name` left pinned.
+fn remove_pins(name: &str) -> anyhow::Result<()> {
+    let dir = pin_dir(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 pub fn teardown_by_name(name: &str) -> anyhow::Result<usize> {
+    remove_pins(name)?;
     let prefix = format!("{NS_PREFIX}{name}-");
     let mut n = 0;
     // Switch last: deleting it first would pull every node's link out from under them.
@@ -428,7 +447,15 @@ impl Lab {
                 first_err.get_or_insert(e);
             }
         }
+        if let Err(e) = remove_pins(&self.name) {
+            first_err.get_or_insert(e);
+        }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Where an agent in this lab pins its state (`dataplane.pin_dir`).
+    pub fn pin_dir(&self) -> PathBuf {
+        pin_dir(&self.name)
     }
 }
 

@@ -610,7 +610,9 @@ fn a_bad_config_attaches_nothing_and_a_killed_agent_leaves_a_working_interface()
     let cfg = Cfg::new("l2dsr", false, 2);
     let agent = start(&lab, &cfg, 2);
     agent.kill();
-    // The host answers, and a new agent attaches and serves.
+    // The program stays attached (pinned), the host answers, and a new agent adopts the
+    // data plane and serves.
+    assert!(xdp_attached(&lab), "a crash detached the program");
     let host = SocketAddr::new(lab.lb.ipv4.into(), 22);
     let _ = host;
     let ping = lab::run(
@@ -619,7 +621,15 @@ fn a_bad_config_attaches_nothing_and_a_killed_agent_leaves_a_working_interface()
             .arg(lab.lb.ipv4.to_string()),
     );
     assert!(ping.is_ok(), "balancer unreachable after SIGKILL: {ping:?}");
-    let agent = start(&lab, &cfg, 2);
+    let agent = Agent::start(&lab, &cfg.render(&lab));
+    assert!(
+        agent.wait_log(
+            "adopted the pinned maps: 1 services, 2 backends (2 up)",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        agent.log_text()
+    );
     let (seen, failed) = spread(&lab, false, 20_000, 200);
     assert_eq!(failed, 0, "{seen:?}");
     assert!(agent.stop().success());
@@ -689,6 +699,40 @@ fn the_admin_api_and_gateway_status_report_live_state() {
     let flows = status["dataplane"]["conntrack_entries"].as_u64().unwrap();
     assert!(flows > 0, "no tracked flows: {body}");
 
+    // Counters against traffic sent now: every connection is one SYN, one new flow on the
+    // backend that answered it.
+    let (_, before) = admin_get(&ns, "/metrics");
+    let (seen2, failed) = spread(&lab, false, 21_000, 150);
+    assert_eq!(failed, 0, "{seen2:?}");
+    let (_, after) = admin_get(&ns, "/metrics");
+    let delta = |metric: &str, labels: &str| {
+        metric_sum(&after, metric, labels) - metric_sum(&before, metric, labels)
+    };
+    assert_eq!(
+        delta("gateway_packets_total", r#"reason="conntrack_miss_syn""#),
+        150
+    );
+    assert_eq!(delta("gateway_service_new_flows_total", ""), 150);
+    for (i, b) in lab.backends.iter().enumerate() {
+        let name = format!("b{}", i + 1);
+        let label = format!("backend=\"{}\"", b.ipv4);
+        let conns = seen2.get(&name).copied().unwrap_or(0) as u64;
+        assert_eq!(
+            delta("gateway_backend_new_flows_total", &label),
+            conns,
+            "{name}"
+        );
+        // SYN, ACK, request, RST at least.
+        assert!(
+            delta("gateway_backend_packets_total", &label) >= 3 * conns,
+            "{name}"
+        );
+    }
+    assert!(
+        metric_sum(&after, "gateway_probe_duration_seconds_count", "") > 0,
+        "{after}"
+    );
+
     let (code, metrics) = admin_get(&ns, "/metrics");
     assert_eq!(code, 200, "{metrics}");
     let to_backends = metric_sum(&metrics, "gateway_backend_packets_total", "");
@@ -731,5 +775,290 @@ fn the_admin_api_and_gateway_status_report_live_state() {
         );
     }
     println!("{text}");
+    assert!(agent.stop().success());
+}
+
+/// Long-lived connections to the VIP, each asked for its backend on every `check`: any
+/// error or move is recorded.
+struct LiveConns {
+    tx: std::sync::mpsc::Sender<usize>,
+    done: std::sync::mpsc::Receiver<(usize, Vec<String>)>,
+    worker: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl LiveConns {
+    fn open(lab: &Lab, v6: bool, n: usize) -> LiveConns {
+        let v = vip(lab, v6);
+        let (tx, rx) = std::sync::mpsc::channel::<usize>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let worker = common::in_netns(&lab.client.netns, move || {
+            let mut conns: Vec<(Conn, String)> = (0..n)
+                .map(|_| {
+                    let mut c = Conn::open(v).expect("open");
+                    let name = c.ask().expect("ask");
+                    (c, name)
+                })
+                .collect();
+            done_tx
+                .send((0, conns.iter().map(|c| c.1.clone()).collect()))
+                .unwrap();
+            let mut errors = Vec::new();
+            let mut asked = 0;
+            while let Ok(step) = rx.recv() {
+                for (i, (c, name)) in conns.iter_mut().enumerate() {
+                    match c.ask() {
+                        Ok(got) if &got == name => asked += 1,
+                        Ok(got) => errors
+                            .push(format!("step {step}: connection {i} moved {name} -> {got}")),
+                        Err(e) => {
+                            errors.push(format!("step {step}: connection {i} on {name}: {e}"))
+                        }
+                    }
+                }
+                done_tx.send((asked, vec![])).unwrap();
+            }
+            errors
+        });
+        let live = LiveConns { tx, done, worker };
+        live.done.recv().expect("connections opened");
+        live
+    }
+
+    /// Asks every connection once; the answers so far.
+    fn check(&self, step: usize) -> usize {
+        self.tx.send(step).unwrap();
+        self.done.recv().unwrap().0
+    }
+
+    /// Closes the connections; every error seen.
+    fn finish(self) -> Vec<String> {
+        drop(self.tx);
+        self.worker.join().unwrap()
+    }
+}
+
+/// Whether an XDP program is attached to the balancer's eth0.
+fn xdp_attached(lab: &Lab) -> bool {
+    let out = lab::run(std::process::Command::new("ip").args([
+        "-n",
+        &lab.lb.netns,
+        "link",
+        "show",
+        "eth0",
+    ]))
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+/// Runs `gateway ARGS` in the balancer's namespace: exit success, stdout, stderr.
+fn gateway_cli(lab: &Lab, args: &[&str]) -> (bool, String, String) {
+    let out = lab::ns_command(&lab.lb.netns, gateway_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn ten_agent_restarts_one_a_crash_break_no_connection() {
+    if !common::privileged("ten_agent_restarts_one_a_crash_break_no_connection") {
+        return;
+    }
+    let _g = serial();
+    let lab = common::lab("h", 3);
+    let mut cfg = Cfg::new("l2dsr", false, 3);
+    cfg.on_exit = "keep";
+    let mut agent = start(&lab, &cfg, 3);
+    let live = LiveConns::open(&lab, false, 60);
+    let mut step = 0;
+    let mut exercise = |what: &str| {
+        step += 1;
+        let asked = live.check(step);
+        eprintln!("{what}: {asked} answers so far");
+    };
+    let mut new_conn_port = 40_000;
+    for round in 0..10 {
+        if round == 4 {
+            agent.kill();
+        } else {
+            let status = agent.stop();
+            assert!(status.success(), "round {round}: agent exited {status}");
+        }
+        // No agent: the pinned program keeps forwarding old and new connections.
+        assert!(
+            xdp_attached(&lab),
+            "round {round}: detached while the agent is away"
+        );
+        exercise(&format!("round {round}, agent away"));
+        let (seen, failed) = spread(&lab, false, new_conn_port, 30);
+        new_conn_port += 30;
+        assert_eq!(
+            failed, 0,
+            "round {round}: new connections without an agent: {seen:?}"
+        );
+        agent = Agent::start(&lab, &cfg.render(&lab));
+        assert!(
+            agent.wait_log("adopted the pinned maps", Duration::from_secs(5)),
+            "round {round}: did not adopt:\n{}",
+            agent.log_text()
+        );
+        // The adopted backends start up: a few probe intervals bring no transition.
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(agent.count_log("DOWN after"), 0, "{}", agent.log_text());
+        exercise(&format!("round {round}, agent back"));
+    }
+    let errors = live.finish();
+    assert!(errors.is_empty(), "{errors:#?}\n{}", agent.log_text());
+    assert_eq!(agent.count_log("NO BACKEND"), 0, "{}", agent.log_text());
+
+    // `gateway stop --detach` removes the program and the pinned state.
+    assert!(agent.stop().success());
+    assert!(xdp_attached(&lab));
+    let pin_dir = lab.pin_dir().display().to_string();
+    let (ok, out, err) = gateway_cli(&lab, &["stop", "--detach", "--pin-dir", &pin_dir]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("removed link"), "{out}");
+    assert!(!xdp_attached(&lab), "still attached after stop --detach");
+    assert!(!lab.pin_dir().exists());
+    let (ok, out, _) = gateway_cli(&lab, &["stop", "--detach", "--pin-dir", &pin_dir]);
+    assert!(ok && out.contains("nothing pinned"), "{out}");
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn backend_commands_reload_and_the_token_through_the_cli() {
+    if !common::privileged("backend_commands_reload_and_the_token_through_the_cli") {
+        return;
+    }
+    let _g = serial();
+    let lab = common::lab("c", 3);
+    let dir = std::env::temp_dir().join(format!("gateway-e2e-{}", lab.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = std::fs::remove_file(dir.join("overrides.json"));
+    let token = dir.join("token");
+    std::fs::write(&token, "t0ken-for-the-lab\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let admin = format!("{}:9180", lab.lb.ipv4);
+    let mut cfg = Cfg::new("l2dsr", false, 3);
+    // Not loopback: writes need the token.
+    cfg.admin_listen = admin.clone();
+    cfg.admin_extra = format!("token_file = \"{}\"", token.display());
+    cfg.on_exit = "keep";
+    let mut agent = start(&lab, &cfg, 3);
+    let tok = token.display().to_string();
+    let api = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--admin", &admin, "--token-file", &tok]);
+        gateway_cli(&lab, &all)
+    };
+    let b1 = lab.backends[0].ipv4.to_string();
+    let b3 = lab.backends[2].ipv4.to_string();
+    let live = LiveConns::open(&lab, false, 30);
+
+    // Without the token a write is refused; reads are open (token_for_reads is off).
+    let (ok, _, err) = gateway_cli(&lab, &["backend", "drain", "web", &b1, "--admin", &admin]);
+    assert!(!ok && err.contains("refused the token"), "{err}");
+    let (ok, out, err) = gateway_cli(&lab, &["status", "--admin", &admin]);
+    assert!(ok, "{out}{err}");
+
+    let (ok, out, err) = api(&["backend", "drain", "web", &b1]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("state ready -> drain (overrides"), "{out}");
+    let (seen, failed) = spread(&lab, false, 20_000, 150);
+    assert_eq!(failed, 0);
+    assert!(!seen.contains_key("b1") && seen.len() == 2, "{seen:?}");
+    assert_eq!(
+        live.check(1),
+        30,
+        "drained b1's connections must keep working"
+    );
+    let (_, out, _) = api(&["status"]);
+    assert!(out.contains("drain*"), "{out}");
+
+    // Bad requests: clear errors, nothing changes.
+    for (args, want) in [
+        (
+            vec!["backend", "drain", "web", "198.18.0.99"],
+            "has no backend 198.18.0.99",
+        ),
+        (
+            vec!["backend", "drain", "nope", &b1],
+            "no service named \"nope\"",
+        ),
+        (
+            vec!["backend", "weight", "web", &b1, "0"],
+            "outside 1..=10000",
+        ),
+    ] {
+        let (ok, out, err) = api(&args);
+        assert!(!ok && err.contains(want), "{args:?}: {out}{err}");
+    }
+    let (ok, _, err) = gateway_cli(&lab, &["status", "--admin", "127.0.0.1:1"]);
+    assert!(!ok && err.contains("gateway is not running"), "{err}");
+
+    // An API weight, then a reload whose file changes that weight: the file wins. The drain
+    // (a field the file did not touch) stays.
+    let (ok, out, err) = api(&["backend", "weight", "web", &b3, "1000"]);
+    assert!(ok, "{out}{err}");
+    cfg.backends = vec![
+        Some(String::new()),
+        Some(String::new()),
+        Some("weight = 50".into()),
+    ];
+    std::fs::write(&agent.config, cfg.render(&lab)).unwrap();
+    let (ok, out, err) = api(&["reload"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        agent.wait_log("the file changed weight 100 -> 50", Duration::from_secs(3)),
+        "{}",
+        agent.log_text()
+    );
+    let (_, status, _) = api(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let backends = v["services"][0]["backends"].as_array().unwrap();
+    assert_eq!(backends[2]["weight"], 50, "{status}");
+    assert_eq!(backends[0]["state"], "drain", "{status}");
+
+    // A broken file: the reload fails with the error, the old config keeps serving.
+    std::fs::write(
+        &agent.config,
+        cfg.render(&lab).replace("port = 80", "port = 0"),
+    )
+    .unwrap();
+    let (ok, out, err) = api(&["reload"]);
+    assert!(!ok && err.contains("port"), "{out}{err}");
+    let (seen, failed) = spread(&lab, false, 21_000, 100);
+    assert_eq!(failed, 0);
+    assert!(!seen.contains_key("b1"), "{seen:?}");
+    std::fs::write(&agent.config, cfg.render(&lab)).unwrap();
+    assert!(
+        agent.wait_log("reload failed", Duration::from_secs(2)),
+        "{}",
+        agent.log_text()
+    );
+
+    // The drain survives a restart (kept in the state file).
+    assert!(agent.stop().success());
+    agent = Agent::start(&lab, &cfg.render(&lab));
+    let (_, out, _) = api(&["status"]);
+    assert!(out.contains("drain*"), "{out}");
+    let (ok, out, err) = api(&["backend", "ready", "web", &b1]);
+    assert!(
+        ok && out.contains("(the config file's value again)"),
+        "{out}{err}"
+    );
+    assert_eq!(live.check(2), 60);
+    let errors = live.finish();
+    assert!(errors.is_empty(), "{errors:#?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let (seen, failed) = spread(&lab, false, 22_000, 150);
+    assert_eq!(failed, 0);
+    assert!(seen.contains_key("b1"), "{seen:?}");
     assert!(agent.stop().success());
 }

@@ -71,7 +71,10 @@ fn gateway_run_attaches_and_detaches_on_sigint() {
     let cfg = dir.join("gateway.toml");
     std::fs::write(
         &cfg,
-        "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"native\"\n",
+        format!(
+            "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"native\"\npin_dir = \"{}\"\n",
+            lab.pin_dir().display()
+        ),
     )
     .unwrap();
     let child = lab::ns_command(&lab.lb.netns, gateway_bin())
@@ -110,6 +113,11 @@ fn gateway_run_attaches_and_detaches_on_sigint() {
         .unwrap_or_else(|| panic!("no stats line in {stdout:?}"));
     assert!(rx >= 5, "rx_packets={rx}");
     assert!(!xdp_attached(&lb), "program still attached after SIGINT");
+    assert!(
+        !lab.pin_dir().exists(),
+        "pinned state left in {} after SIGINT with on_exit = detach",
+        lab.pin_dir().display()
+    );
 }
 
 #[test]

@@ -247,6 +247,19 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     if !left.is_empty() {
         bail!("tests left namespaces behind: {left:?}");
     }
+    let pins: Vec<String> = std::fs::read_dir(lab::PIN_ROOT)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !pins.is_empty() {
+        bail!(
+            "tests left pinned state behind in {}: {pins:?}",
+            lab::PIN_ROOT
+        );
+    }
     println!("all tests passed in {:.0?}", started.elapsed());
     Ok(())
 }

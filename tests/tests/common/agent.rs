@@ -175,6 +175,12 @@ pub struct Cfg {
     pub interval_ms: u64,
     pub fall: u32,
     pub rise: u32,
+    /// `dataplane.on_exit`.
+    pub on_exit: &'static str,
+    /// `admin.listen` (inside the balancer's namespace).
+    pub admin_listen: String,
+    /// Extra `[admin]` lines (token_file, token_for_reads).
+    pub admin_extra: String,
 }
 
 impl Cfg {
@@ -188,6 +194,9 @@ impl Cfg {
             interval_ms: 100,
             fall: 2,
             rise: 1,
+            on_exit: "detach",
+            admin_listen: "127.0.0.1:9180".into(),
+            admin_extra: String::new(),
         }
     }
 
@@ -195,11 +204,20 @@ impl Cfg {
         let vip = lab.vip(self.v6);
         let mut s = format!(
             "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"native\"\nconntrack_size = 65536\n\
-             ipip_source_v4 = \"{}\"\nipip_source_v6 = \"{}\"\n\n\
+             ipip_source_v4 = \"{}\"\nipip_source_v6 = \"{}\"\npin_dir = \"{}\"\non_exit = \"{}\"\n\n\
+             [admin]\nlisten = \"{}\"\nstate_file = \"{}\"\n{}\n\
              [[service]]\nname = \"web\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"{}\"\nmode = \"{}\"\n{}\n\
              [service.health]\nkind = \"tcp\"\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nfall = {}\nrise = {}\njitter = 0.0\n",
             lab.lb.ipv4,
             lab.lb.ipv6,
+            lab.pin_dir().display(),
+            self.on_exit,
+            self.admin_listen,
+            std::env::temp_dir()
+                .join(format!("gateway-e2e-{}", lab.name))
+                .join("overrides.json")
+                .display(),
+            self.admin_extra,
             self.protocol,
             self.mode,
             self.service_extra,

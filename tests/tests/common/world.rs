@@ -116,6 +116,8 @@ impl World {
                         mac: b.mac,
                         family: family(b.addr),
                         state: b.state,
+                        service: i as u32,
+                        _pad: 0,
                     },
                 );
                 if b.state == BACKEND_UP {

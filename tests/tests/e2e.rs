@@ -917,9 +917,47 @@ fn ten_agent_restarts_one_a_crash_break_no_connection() {
     assert_eq!(agent.count_log("NO BACKEND"), 0, "{}", agent.log_text());
 
     // `gateway stop --detach` removes the program and the pinned state.
+    let config = agent.config.display().to_string();
     assert!(agent.stop().success());
     assert!(xdp_attached(&lab));
     let pin_dir = lab.pin_dir().display().to_string();
+
+    // Pinned state is root's alone.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&lab.pin_dir()), 0o700);
+    for e in std::fs::read_dir(lab.pin_dir()).unwrap() {
+        let p = e.unwrap().path();
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+
+    // Maps of another layout are refused with the command that resets them, and left alone.
+    let meta_path = lab.pin_dir().join(gateway_common::MAP_META);
+    let set_layout = |v: u32| {
+        let data = aya::maps::MapData::from_pin(&meta_path).unwrap();
+        let mut meta: aya::maps::Array<_, gateway_common::Meta> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+        let mut m = meta.get(&0, 0).unwrap();
+        m.layout_version = v;
+        meta.set(0, m, 0).unwrap();
+    };
+    set_layout(gateway_common::LAYOUT_VERSION + 1);
+    let (ok, out, err) = gateway_cli(&lab, &["run", "--config", &config]);
+    assert!(!ok, "started on another layout: {out}{err}");
+    assert!(
+        err.contains(&format!(
+            "has map layout {}, this gateway uses layout {}",
+            gateway_common::LAYOUT_VERSION + 1,
+            gateway_common::LAYOUT_VERSION
+        )) && err.contains(&format!("gateway stop --detach --pin-dir {pin_dir}")),
+        "{err}"
+    );
+    assert!(
+        xdp_attached(&lab),
+        "a refused start must leave the running data plane alone"
+    );
+    let (seen, failed) = spread(&lab, false, new_conn_port, 30);
+    assert_eq!(failed, 0, "{seen:?}");
     let (ok, out, err) = gateway_cli(&lab, &["stop", "--detach", "--pin-dir", &pin_dir]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("removed link"), "{out}");

@@ -717,6 +717,20 @@ impl Validator<'_> {
     }
 
     /// An integer key: `default` when absent, else range-checked and converted.
+    /// An optional absolute path: `Some(None)` when unset, `None` (reported) when invalid.
+    fn abs_path(&mut self, v: Option<&Spanned<String>>, field: &str) -> Option<Option<PathBuf>> {
+        let Some(p) = v else {
+            return Some(None);
+        };
+        let text = p.get_ref();
+        if text.starts_with('/') && !text.split('/').any(|c| c == "..") {
+            return Some(Some(PathBuf::from(text)));
+        }
+        let msg = format!("{text:?} is not an absolute path (without \"..\")");
+        self.report(p.span(), field, msg);
+        None
+    }
+
     fn int<T: TryFrom<i64>>(
         &mut self,
         raw: Option<&Spanned<i64>>,
@@ -962,18 +976,11 @@ impl Validator<'_> {
             },
         };
 
-        let pin_dir = match &d.pin_dir {
-            None => interface
+        let pin_dir = match self.abs_path(d.pin_dir.as_ref(), "dataplane.pin_dir") {
+            Some(None) => interface
                 .as_ref()
                 .map(|i| Path::new(DEFAULT_PIN_ROOT).join(i)),
-            Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains("/../") => {
-                Some(PathBuf::from(p.get_ref()))
-            }
-            Some(p) => {
-                let msg = format!("{:?} is not an absolute path", p.get_ref());
-                self.report(p.span(), "dataplane.pin_dir", msg);
-                None
-            }
+            other => other.flatten(),
         };
 
         let limits = Limits {
@@ -1020,24 +1027,8 @@ impl Validator<'_> {
                 }
             },
         };
-        let token_file = match &a.token_file {
-            None => Some(None),
-            Some(p) if p.get_ref().starts_with('/') => Some(Some(PathBuf::from(p.get_ref()))),
-            Some(p) => {
-                let msg = format!("{:?} is not an absolute path", p.get_ref());
-                self.report(p.span(), "admin.token_file", msg);
-                None
-            }
-        };
-        let state_file = match &a.state_file {
-            None => Some(None),
-            Some(p) if p.get_ref().starts_with('/') => Some(Some(PathBuf::from(p.get_ref()))),
-            Some(p) => {
-                let msg = format!("{:?} is not an absolute path", p.get_ref());
-                self.report(p.span(), "admin.state_file", msg);
-                None
-            }
-        };
+        let token_file = self.abs_path(a.token_file.as_ref(), "admin.token_file");
+        let state_file = self.abs_path(a.state_file.as_ref(), "admin.state_file");
         let (listen, token_file, state_file) = (listen?, token_file?, state_file?);
         if !listen.ip().is_loopback() && token_file.is_none() {
             let msg = format!(
@@ -1605,6 +1596,27 @@ mod tests {
         let found: Vec<_> = all.iter().filter(|i| i.field == field).collect();
         assert_eq!(found.len(), 1, "one issue with {field} in {all:#?}");
         found[0].clone()
+    }
+
+    #[test]
+    fn paths_must_be_absolute() {
+        let text = "[dataplane]\ninterface = \"eth0\"\npin_dir = \"gw\"\n\
+                    [admin]\ntoken_file = \"/a/../b\"\nstate_file = \"x.json\"\n";
+        for field in ["dataplane.pin_dir", "admin.token_file", "admin.state_file"] {
+            let i = only(text, field);
+            assert!(i.message.contains("is not an absolute path"), "{i:?}");
+        }
+        let c = parse("[dataplane]\ninterface = \"eth1\"\n").unwrap();
+        assert_eq!(c.dataplane.pin_dir, Path::new("/sys/fs/bpf/gateway/eth1"));
+    }
+
+    #[test]
+    fn a_non_loopback_admin_api_needs_a_token() {
+        let text = "[dataplane]\ninterface = \"eth0\"\n[admin]\nlisten = \"0.0.0.0:9180\"\n";
+        let i = only(text, "admin.token_file");
+        assert!(i.message.contains("not a loopback address"), "{i:?}");
+        let ok = format!("{text}token_file = \"/etc/gateway/token\"\n");
+        assert!(parse(&ok).is_ok());
     }
 
     /// The 1-based line of the only line containing `needle`.

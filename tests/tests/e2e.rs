@@ -576,8 +576,7 @@ fn a_bad_config_attaches_nothing_and_a_killed_agent_leaves_a_working_interface()
     }
     let _g = serial();
     let lab = common::lab("k", 2);
-    let dir = std::env::temp_dir().join(format!("gateway-e2e-{}", lab.name));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = lab_dir(&lab);
     let bad = dir.join("bad.toml");
     std::fs::write(
         &bad,
@@ -975,8 +974,7 @@ fn backend_commands_reload_and_the_token_through_the_cli() {
     }
     let _g = serial();
     let lab = common::lab("c", 3);
-    let dir = std::env::temp_dir().join(format!("gateway-e2e-{}", lab.name));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = lab_dir(&lab);
     let _ = std::fs::remove_file(dir.join("overrides.json"));
     let token = dir.join("token");
     std::fs::write(&token, "t0ken-for-the-lab\n").unwrap();

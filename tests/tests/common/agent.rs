@@ -19,6 +19,13 @@ pub struct Agent {
     pub config: std::path::PathBuf,
 }
 
+/// A scratch directory for lab `lab`'s configs, tokens and state files (created).
+pub fn lab_dir(lab: &Lab) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("gateway-e2e-{}", lab.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn gateway_bin() -> std::path::PathBuf {
     lab::target_bin("gateway").expect("gateway binary (cargo build --bins)")
 }
@@ -27,8 +34,7 @@ impl Agent {
     /// Starts `gateway run` in the balancer namespace with `config` and waits until its first
     /// plan is applied.
     pub fn start(lab: &Lab, config: &str) -> Agent {
-        let dir = std::env::temp_dir().join(format!("gateway-e2e-{}", lab.name));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = lab_dir(lab);
         let path = dir.join("gateway.toml");
         std::fs::write(&path, config).unwrap();
         let a = Agent::spawn(lab, &path);
@@ -213,10 +219,7 @@ impl Cfg {
             lab.pin_dir().display(),
             self.on_exit,
             self.admin_listen,
-            std::env::temp_dir()
-                .join(format!("gateway-e2e-{}", lab.name))
-                .join("overrides.json")
-                .display(),
+            lab_dir(lab).join("overrides.json").display(),
             self.admin_extra,
             self.protocol,
             self.mode,

@@ -390,7 +390,18 @@ impl Dataplane {
         if let Some(dir) = self.pin_dir.clone() {
             let path = dir.join(pin::LINK);
             if path.exists() {
-                return self.adopt_link(&path, ifname, mode);
+                match self.adopt_link(&path, ifname, mode) {
+                    Ok(m) => return Ok(m),
+                    // E.g. the interface was deleted and created again: the old link is
+                    // defunct. The maps are still good; attach a new link beside them.
+                    Err(e) => {
+                        warn!("{e}; attaching a new link instead");
+                        std::fs::remove_file(&path).map_err(|e| DataplaneError::Link {
+                            what: format!("removing the stale link {}", path.display()),
+                            message: e.to_string(),
+                        })?;
+                    }
+                }
             }
         }
         let prog = program_mut(&mut self.ebpf)?;

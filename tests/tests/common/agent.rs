@@ -191,6 +191,13 @@ impl Cfg {
         }
     }
 
+    /// How long health checking may take to call a dead backend down: `fall` failed checks
+    /// `interval` apart, the last one allowed its whole timeout (`render` sets timeout =
+    /// interval).
+    pub fn probe_bound(&self) -> Duration {
+        Duration::from_millis(u64::from(self.fall) * self.interval_ms + self.interval_ms)
+    }
+
     pub fn render(&self, lab: &Lab) -> String {
         let vip = lab.vip(self.v6);
         let mut s = format!(

@@ -49,7 +49,7 @@ enum Cmd {
     Demo,
     /// Run benchmarks (all, or the one named) and write docs/BENCHMARKS.md.
     Bench {
-        /// `xdp`, `maglev`, `sync` or `e2e`; all when omitted.
+        /// `xdp`, `maglev`, `sync`, `e2e` or `failover`; all when omitted.
         which: Option<String>,
     },
 }
@@ -486,11 +486,12 @@ const BENCHES: &[(&str, &str, &str)] = &[
         "e2e",
         "End to end in the lab: connections and requests per second",
     ),
+    ("failover", "failover", "Failover time over 20 runs"),
 ];
 
 /// Benchmarks that run the `gateway` binary in a lab: cargo does not build another
 /// package's binaries for a bench, so xtask builds the release agent first.
-const AGENT_BENCHES: &[&str] = &["e2e"];
+const AGENT_BENCHES: &[&str] = &["e2e", "failover"];
 
 fn bench(which: Option<&str>) -> anyhow::Result<()> {
     let env = setup::ensure(false)?;

@@ -16,6 +16,8 @@ use std::{
 use common::{agent::Cfg, scenario};
 
 const RUNS: usize = 20;
+/// The config's default fast_interval (interval / 4): no failover can be faster.
+const FAST_INTERVAL: Duration = Duration::from_millis(25);
 /// Each run takes about 5 s; stop early rather than run past this.
 const BUDGET: Duration = Duration::from_secs(170);
 
@@ -37,6 +39,7 @@ fn main() {
     // for both, and the alternation shows that.
     let modes = ["l2dsr", "ipip"];
     let mut took: Vec<(&str, Duration, usize, usize)> = Vec::new();
+    let mut gaps: Vec<Duration> = Vec::new();
     let mut problems = Vec::new();
     let mut bound = Duration::ZERO;
     for run in 0..RUNS {
@@ -54,11 +57,13 @@ fn main() {
         let f = scenario::failover(&mut lab, false);
         let down = agent.wait_log("DOWN after 2 failures", Duration::from_secs(2));
         eprintln!(
-            "run {run} {mode}: {} ms, {} of {} new connections failed",
+            "run {run} {mode}: {} ms, {} of {} new connections failed, longest pause {} ms",
             f.took.as_millis(),
             f.failed,
-            f.total
+            f.total,
+            f.max_gap.as_millis()
         );
+        gaps.push(f.max_gap);
         if !down || f.failed_before > 0 || !f.other_errors.is_empty() {
             problems.push(format!(
                 "run {run} ({mode}): DOWN logged: {down}, failures before the kill: {}, \
@@ -121,6 +126,7 @@ fn main() {
         took.len()
     )
     .unwrap();
+    let (_, gap_med, _, gap_max) = stats(&gaps);
     writeln!(
         md,
         "Why well under the bound: the kill lands at a random point of the 100 ms check \
@@ -128,9 +134,27 @@ fn main() {
          agent checks again after `fast_interval` (default interval / 4 = 25 ms), whose \
          failure makes fall = 2 and takes b1 out of the table within a few ms (see the sync \
          benchmark). So failover should take between 25 and 125 ms plus that; the bound \
-         allows for checks that time out instead of being refused, and for a slow machine.\n"
+         allows for checks that time out instead of being refused, and for a slow machine. \
+         The figure is the last failure the client saw, so it is only as fine as the client's \
+         stream: the longest pause between two new connections in the 300 ms after the kill \
+         was {:.0} ms in the median run and {:.0} ms at most.\n",
+        ms(gap_med),
+        ms(gap_max)
     )
     .unwrap();
+    let early: Vec<String> = took
+        .iter()
+        .filter(|t| t.1 < FAST_INTERVAL)
+        .map(|t| format!("{:.0} ms ({}, {} failed)", ms(t.1), t.0, t.2))
+        .collect();
+    if !early.is_empty() {
+        problems.push(format!(
+            "runs that ended sooner than the fast check interval allows: {}. The client saw \
+             no failed connection after that although b1 cannot have been out of the table \
+             yet; not explained (seen now and then on this busy machine)",
+            early.join(", ")
+        ));
+    }
     for p in &problems {
         writeln!(md, "- problem: {p}").unwrap();
     }

@@ -73,6 +73,9 @@ pub struct Failover {
     pub other_errors: Vec<String>,
     /// Source port and error of every failed new connection.
     pub errors: Vec<(u16, String)>,
+    /// The longest pause between new connections in the 300 ms after the kill: how finely
+    /// `took` is sampled (a busy machine can stall the client thread).
+    pub max_gap: Duration,
 }
 
 /// A steady stream of new connections (one at a time, from source ports 40000 up) while
@@ -121,6 +124,17 @@ pub fn failover(lab: &mut Lab, v6: bool) -> Failover {
         .map(|(t, _)| *t)
         .collect();
     let last = after.iter().copied().max().unwrap_or(killed);
+    let mut seen = vec![killed];
+    seen.extend(
+        log.iter()
+            .map(|(t, _)| *t)
+            .filter(|t| *t >= killed && *t <= killed + Duration::from_millis(300)),
+    );
+    let max_gap = seen
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .max()
+        .unwrap_or_default();
     Failover {
         took: last.saturating_duration_since(killed),
         failed: after.len(),
@@ -128,5 +142,6 @@ pub fn failover(lab: &mut Lab, v6: bool) -> Failover {
         failed_before: log.iter().filter(|(t, ok)| *t < killed && !ok).count(),
         other_errors,
         errors,
+        max_gap,
     }
 }

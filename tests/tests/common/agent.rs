@@ -17,6 +17,8 @@ pub struct Agent {
     child: Option<Child>,
     pub log: Arc<Mutex<Vec<String>>>,
     pub config: std::path::PathBuf,
+    /// The directory `start` made for the config; removed with the agent.
+    dir: Option<std::path::PathBuf>,
 }
 
 pub fn gateway_bin() -> std::path::PathBuf {
@@ -31,7 +33,8 @@ impl Agent {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("gateway.toml");
         std::fs::write(&path, config).unwrap();
-        let a = Agent::spawn(lab, &path);
+        let mut a = Agent::spawn(lab, &path);
+        a.dir = Some(dir);
         assert!(
             a.wait_log("start: applied", Duration::from_secs(20)),
             "agent did not start:\n{}",
@@ -69,6 +72,7 @@ impl Agent {
             child: Some(child),
             log,
             config: path.to_path_buf(),
+            dir: None,
         }
     }
 
@@ -159,6 +163,9 @@ impl Drop for Agent {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -154,17 +154,22 @@ pub fn pin_dir(name: &str) -> PathBuf {
     Path::new(PIN_ROOT).join(name)
 }
 
-/// Removes what agents of lab `name` left pinned.
-fn remove_pins(name: &str) -> anyhow::Result<()> {
-    let dir = pin_dir(name);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+fn scratch_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("gateway-lab-{name}"))
+}
+
+/// Removes what agents of lab `name` left pinned, and the lab's scratch files.
+fn remove_leftovers(name: &str) -> anyhow::Result<()> {
+    for dir in [pin_dir(name), scratch_dir(name)] {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
     }
     Ok(())
 }
 
 pub fn teardown_by_name(name: &str) -> anyhow::Result<usize> {
-    remove_pins(name)?;
+    remove_leftovers(name)?;
     let prefix = format!("{NS_PREFIX}{name}-");
     let mut n = 0;
     // Switch last: deleting it first would pull every node's link out from under them.
@@ -447,7 +452,7 @@ impl Lab {
                 first_err.get_or_insert(e);
             }
         }
-        if let Err(e) = remove_pins(&self.name) {
+        if let Err(e) = remove_leftovers(&self.name) {
             first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
@@ -456,6 +461,14 @@ impl Lab {
     /// Where an agent in this lab pins its state (`dataplane.pin_dir`).
     pub fn pin_dir(&self) -> PathBuf {
         pin_dir(&self.name)
+    }
+
+    /// A scratch directory for this lab's files (configs, tokens, state files); created on
+    /// first use, removed with the lab.
+    pub fn scratch_dir(&self) -> PathBuf {
+        let dir = scratch_dir(&self.name);
+        std::fs::create_dir_all(&dir).expect("creating the lab's scratch directory");
+        dir
     }
 }
 

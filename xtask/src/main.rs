@@ -49,7 +49,7 @@ enum Cmd {
     Demo,
     /// Run benchmarks (all, or the one named) and write docs/BENCHMARKS.md.
     Bench {
-        /// `xdp` or `maglev`; all when omitted.
+        /// `xdp`, `maglev`, `sync`, `e2e` or `failover`; all when omitted.
         which: Option<String>,
     },
 }
@@ -494,7 +494,17 @@ const BENCHES: &[(&str, &str, &str)] = &[
         "sync",
         "Agent: from a probe verdict to the maps updated",
     ),
+    (
+        "e2e",
+        "e2e",
+        "End to end in the lab: connections and requests per second",
+    ),
+    ("failover", "failover", "Failover time over 20 runs"),
 ];
+
+/// Benchmarks that run the `gateway` binary in a lab: cargo does not build another
+/// package's binaries for a bench, so xtask builds the release agent first.
+const AGENT_BENCHES: &[&str] = &["e2e", "failover"];
 
 fn bench(which: Option<&str>) -> anyhow::Result<()> {
     let env = setup::ensure(false)?;
@@ -524,6 +534,17 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
     let out_dir = root.join("target");
     std::fs::create_dir_all(&out_dir)?;
     let started = std::time::Instant::now();
+    if selected.iter().any(|(n, ..)| AGENT_BENCHES.contains(n)) {
+        step("cargo build --release -p gateway-userspace --bin gateway");
+        status(cargo(&env).args([
+            "build",
+            "--release",
+            "-p",
+            "gateway-userspace",
+            "--bin",
+            "gateway",
+        ]))?;
+    }
     for (name, target, title) in selected {
         step(&format!("bench {name}"));
         let out = out_dir.join(format!("bench-{name}.md"));

@@ -19,11 +19,10 @@ pub struct Agent {
     pub config: std::path::PathBuf,
 }
 
-/// A scratch directory for lab `lab`'s configs, tokens and state files (created).
+/// A scratch directory for lab `lab`'s configs, tokens and state files: it outlives agent
+/// restarts and goes with the lab.
 pub fn lab_dir(lab: &Lab) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("gateway-e2e-{}", lab.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    lab.scratch_dir()
 }
 
 pub fn gateway_bin() -> std::path::PathBuf {
@@ -204,6 +203,13 @@ impl Cfg {
             admin_listen: "127.0.0.1:9180".into(),
             admin_extra: String::new(),
         }
+    }
+
+    /// How long health checking may take to call a dead backend down: `fall` failed checks
+    /// `interval` apart, the last one allowed its whole timeout (`render` sets timeout =
+    /// interval).
+    pub fn probe_bound(&self) -> Duration {
+        Duration::from_millis(u64::from(self.fall) * self.interval_ms + self.interval_ms)
     }
 
     pub fn render(&self, lab: &Lab) -> String {

@@ -105,44 +105,80 @@ impl std::fmt::Display for AttachedMode {
     }
 }
 
-/// TABLES mapped into our memory (the map is created `BPF_F_MMAPABLE`): a whole table is
-/// one pass over memory instead of one syscall per slot. Array maps round each element up
-/// to 8 bytes (kernel/bpf/arraymap.c, `elem_size = round_up(value_size, 8)`), so slot `i`
-/// is the low half of the `i`-th u64 of the mapping.
+/// TABLES written and read through memory mappings (the map is created `BPF_F_MMAPABLE`):
+/// a whole table is one pass over memory instead of one syscall per slot. Array maps round
+/// each element up to 8 bytes (kernel/bpf/arraymap.c, `elem_size = round_up(value_size,
+/// 8)`), so slot `i` is the low half of the `i`-th u64.
+///
+/// Each access maps just the pages it needs and unmaps them after: the map's memory is the
+/// kernel's either way, and a mapping kept open would count every table the agent ever
+/// wrote (two regions per service) in its resident memory.
 struct TableMem {
-    ptr: *mut u64,
+    map: MapData,
     slots: usize,
-    bytes: usize,
+    page: usize,
 }
 
-// SAFETY: the mapping is owned by this value and only written through `&mut self`.
-unsafe impl Send for TableMem {}
+/// A window of TABLES mapped into our memory; unmapped when dropped.
+struct Window {
+    base: *mut u8,
+    len: usize,
+    /// The first requested slot, inside the window.
+    first: *mut u64,
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `TableMem::window` mapped.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
 
 impl TableMem {
-    fn new(map: &MapData, slots: u32) -> Result<Self, DataplaneError> {
+    fn new(map: MapData, slots: u32) -> Result<Self, DataplaneError> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let bytes = (slots as usize * 8).div_ceil(page) * page;
-        let fd = map.fd().as_fd();
+        let t = Self {
+            map,
+            slots: slots as usize,
+            page,
+        };
+        // Fail at load, not at the first write, if the map cannot be mapped.
+        t.window(0, 1, false)?;
+        Ok(t)
+    }
+
+    /// Maps slots `[offset, offset + len)` (`len` >= 1, in bounds).
+    fn window(&self, offset: usize, len: usize, write: bool) -> Result<Window, DataplaneError> {
         use std::os::fd::AsRawFd;
-        // SAFETY: a shared read-write mapping of an mmapable array map of at least `bytes`.
-        let ptr = unsafe {
+        let start = offset * 8 / self.page * self.page;
+        let end = ((offset + len) * 8).div_ceil(self.page) * self.page;
+        let prot = if write {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a shared mapping of a page-aligned range of an mmapable array map; the
+        // kernel checks the range against the map's size.
+        let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
+                end - start,
+                prot,
                 libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
+                self.map.fd().as_fd().as_raw_fd(),
+                start as libc::off_t,
             )
         };
-        if ptr == libc::MAP_FAILED {
+        if base == libc::MAP_FAILED {
             return Err(DataplaneError::Mmap(std::io::Error::last_os_error()));
         }
-        Ok(Self {
-            ptr: ptr.cast(),
-            slots: slots as usize,
-            bytes,
+        let base = base.cast::<u8>();
+        Ok(Window {
+            base,
+            len: end - start,
+            // SAFETY: within the mapping just made.
+            first: unsafe { base.add(offset * 8 - start) }.cast(),
         })
     }
 
@@ -154,10 +190,19 @@ impl TableMem {
                 message: format!("slot {end} is past the map's {} slots", self.slots),
             });
         }
-        // SAFETY: bounds checked above; the kernel reads these slots concurrently, but only
-        // in a region no service entry points at yet. Little-endian: the id is the low half.
-        let dst =
-            unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset as usize), slots.len()) };
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let w = self
+            .window(offset as usize, slots.len(), true)
+            .map_err(|e| SyncError::Write {
+                what: format!("table @{offset}"),
+                message: e.to_string(),
+            })?;
+        // SAFETY: the window covers these slots; the kernel reads them concurrently, but
+        // only in a region no service entry points at yet. Little-endian: the id is the
+        // low half.
+        let dst = unsafe { std::slice::from_raw_parts_mut(w.first, slots.len()) };
         for (d, s) in dst.iter_mut().zip(slots) {
             *d = u64::from(*s);
         }
@@ -169,16 +214,15 @@ impl TableMem {
     fn read(&self, offset: u32, len: u32) -> Vec<u32> {
         let start = (offset as usize).min(self.slots);
         let end = (offset as usize + len as usize).min(self.slots);
-        // SAFETY: within the mapping.
-        let src = unsafe { std::slice::from_raw_parts(self.ptr.add(start), end - start) };
+        if end == start {
+            return Vec::new();
+        }
+        let Ok(w) = self.window(start, end - start, false) else {
+            return Vec::new();
+        };
+        // SAFETY: the window covers these slots.
+        let src = unsafe { std::slice::from_raw_parts(w.first, end - start) };
         src.iter().map(|v| *v as u32).collect()
-    }
-}
-
-impl Drop for TableMem {
-    fn drop(&mut self) {
-        // SAFETY: unmapping what `new` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
     }
 }
 
@@ -214,8 +258,6 @@ pub struct Dataplane {
     backend_stats: PerCpuArray<MapData, TrafficStats>,
     tables: TableMem,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    // Keeps the TABLES map (and so the mapping) alive.
-    _tables_map: MapData,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
@@ -332,7 +374,7 @@ impl Dataplane {
             Map::Array(data) => data,
             _ => return Err(DataplaneError::NoMap(MAP_TABLES)),
         };
-        let tables = TableMem::new(&tables_map, slots)?;
+        let tables = TableMem::new(tables_map, slots)?;
         let logger = if options.kernel_log > 0 {
             aya_log::EbpfLogger::init(&mut ebpf)
                 .map_err(|e| warn!("the program's log is unavailable: {e}"))
@@ -356,7 +398,6 @@ impl Dataplane {
             backend_stats,
             tables,
             logger,
-            _tables_map: tables_map,
         })
     }
 

@@ -50,14 +50,16 @@ pub const MAP_NAMES: [&str; 9] = [
 
 /// The maps' layout: bump it whenever any map's type, key, value or meaning changes. An
 /// agent refuses pinned maps of another layout instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// `Meta::magic`: "GWAY".
 pub const META_MAGIC: u32 = 0x4757_4159;
 
 /// Most services the data plane holds (also the size of SERVICE_STATS).
 pub const MAX_SERVICES: u32 = 256;
 /// Most backends (ids 1..MAX_BACKENDS; also the size of BACKENDS and BACKEND_STATS).
-pub const MAX_BACKENDS: u32 = 4096;
+/// Room for a 10,000-backend fleet: 512 KiB of BACKENDS plus 24 bytes per CPU per id of
+/// BACKEND_STATS.
+pub const MAX_BACKENDS: u32 = 16384;
 /// Default conntrack capacity; the agent sets the real one at load time.
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 1 << 20;
 /// Default Maglev table size (prime).

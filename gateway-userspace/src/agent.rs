@@ -99,6 +99,9 @@ pub struct Agent {
     started: Instant,
     pub last_plan: Option<Plan>,
     next_step: Option<Duration>,
+    /// When the last replan ended and how long it took: health changes wait that long
+    /// after it before the next one (see `run`).
+    last_replan: Option<(Instant, Duration)>,
     /// Replans that changed the maps, and SIGHUP reloads by outcome (for metrics).
     table_rebuilds: u64,
     reloads_ok: u64,
@@ -200,6 +203,7 @@ impl Agent {
             started: Instant::now(),
             last_plan: None,
             next_step: None,
+            last_replan: None,
             table_rebuilds: 0,
             reloads_ok: 0,
             reloads_error: 0,
@@ -358,7 +362,18 @@ impl Agent {
         }
         self.next_step = p.next_step;
         self.last_plan = Some(p);
+        self.last_replan = Some((Instant::now(), started.elapsed()));
         Ok(())
+    }
+
+    /// The earliest time a health change may be planned: a replan's own duration after the
+    /// last one ended. With a few backends that is about a millisecond and changes nothing;
+    /// with thousands coming up at once a replan takes tens of milliseconds, and planning
+    /// after every batch of results would starve the probes that share this thread (their
+    /// timeouts would then fail healthy backends). This keeps replanning under half the
+    /// loop's time; results that arrive meanwhile go into the same replan.
+    fn next_health_replan(&self) -> Option<Instant> {
+        self.last_replan.map(|(ended, took)| ended + took)
     }
 
     fn resolve(&mut self) -> bool {
@@ -581,6 +596,10 @@ impl Agent {
             None => None,
         };
         let mut next_resolve = tokio::time::Instant::now() + NEIGH_RETRY;
+        // Replans since free memory was last handed back.
+        let mut trimmed_at = self.table_rebuilds;
+        // Health changes not planned yet (waiting for `next_health_replan`).
+        let mut health_pending = false;
         let mut stats = tokio::time::interval(stats_every.unwrap_or(Duration::from_secs(3600)));
         stats.tick().await;
         tokio::pin!(shutdown);
@@ -588,6 +607,10 @@ impl Agent {
             let step = self
                 .next_step
                 .map(|t| tokio::time::Instant::from_std(self.started + t));
+            let health_at = health_pending
+                .then(|| self.next_health_replan())
+                .flatten()
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 Some(ev) = self.events.recv() => {
@@ -596,13 +619,25 @@ impl Agent {
                     while let Ok(ev) = self.events.try_recv() {
                         changed |= self.on_event(ev);
                     }
-                    if changed {
+                    health_pending |= changed;
+                    if health_pending
+                        && self.next_health_replan().is_none_or(|t| Instant::now() >= t)
+                    {
+                        health_pending = false;
                         self.replan("health change")?;
                     }
+                }
+                _ = async { tokio::time::sleep_until(health_at.unwrap_or_else(tokio::time::Instant::now)).await }, if health_at.is_some() => {
+                    health_pending = false;
+                    self.replan("health change")?;
                 }
                 _ = tokio::time::sleep_until(next_resolve) => {
                     if self.resolve() {
                         self.replan("next hops changed")?;
+                    }
+                    if self.table_rebuilds != trimmed_at {
+                        trimmed_at = self.table_rebuilds;
+                        release_free_memory();
                     }
                     let pending = self.macs.values().any(Result::is_err);
                     next_resolve = tokio::time::Instant::now() + if pending { NEIGH_RETRY } else { NEIGH_INTERVAL };
@@ -759,6 +794,29 @@ impl Agent {
                 v
             },
         })
+    }
+}
+
+/// Sets the allocator up for an agent whose big buffers (65537-slot tables, a thousand
+/// backends' plans) come and go with every replan: with glibc's default, freed blocks of
+/// that size stay in the heap and fragment it, so the agent's memory would grow to its
+/// worst moment and stay there. A fixed mmap threshold gives such blocks their own
+/// mappings, returned to the kernel when freed.
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes glibc's allocation policy; called before the runtime
+    // starts its threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+/// Hands free heap pages back to the kernel (after replans, which free a lot at once).
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases memory the allocator holds free.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -311,8 +311,9 @@ pub struct HealthConfig {
 pub enum CheckKind {
     /// A TCP connect.
     Tcp,
-    /// An HTTP/1.1 GET.
-    Http(HttpCheck),
+    /// An HTTP/1.1 GET. Shared, not copied, by every backend and probe that uses it: a
+    /// service's ten thousand backends hold one.
+    Http(std::sync::Arc<HttpCheck>),
     /// No probe: the backend is always considered healthy.
     None,
 }
@@ -1323,7 +1324,9 @@ impl Validator<'_> {
         let kind = match kind {
             RawKind::Tcp => Some(CheckKind::Tcp),
             RawKind::None => Some(CheckKind::None),
-            RawKind::Http => self.http_check(layers).map(CheckKind::Http),
+            RawKind::Http => self
+                .http_check(layers)
+                .map(|h| CheckKind::Http(std::sync::Arc::new(h))),
         };
 
         Some(HealthConfig {
@@ -1731,12 +1734,12 @@ mod tests {
         assert_eq!(h.down_interval, Duration::from_millis(40));
         assert_eq!(
             h.kind,
-            CheckKind::Http(HttpCheck {
+            CheckKind::Http(std::sync::Arc::new(HttpCheck {
                 path: "/".into(),
                 host: None,
                 expect_status: vec![200..=399],
                 body_contains: None,
-            })
+            }))
         );
     }
 

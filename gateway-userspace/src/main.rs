@@ -179,6 +179,7 @@ fn run(
     stats_interval: u64,
     on_exit: Option<OnExit>,
 ) -> anyhow::Result<()> {
+    gateway::agent::tune_allocator();
     let config = Config::load(&path)?;
     let iface = config.dataplane.interface.clone();
     let mode = mode.unwrap_or(config.dataplane.xdp_mode);

@@ -1,11 +1,12 @@
 //! L2 next hops of backends, from the kernel's routing and neighbour tables (`ip -j route
-//! get`, `ip -j neigh show`). XDP_TX sends a frame back out of the interface it came in
+//! get` for all backends in one `ip -batch`, `ip -j neigh show`). XDP_TX sends a frame back out of the interface it came in
 //! on, so a backend is usable only if its route leaves through that interface: directly
 //! (l2dsr needs this: the backend must be on the same segment) or via a router (ipip).
 use std::{
     collections::HashMap,
+    io::Write as _,
     net::{IpAddr, SocketAddr, UdpSocket},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use serde::Deserialize;
@@ -51,10 +52,69 @@ fn ip_json(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The kernel's route to `addr`.
-pub fn route_get(addr: IpAddr) -> Result<Route, String> {
-    let text = ip_json(&["route", "get", &addr.to_string()])?;
-    parse_route(&text)
+/// The kernel's routes to `addrs`, in order, from one `ip` process (one per address
+/// would cost seconds of process start-up for thousands of backends).
+pub fn routes_get(addrs: &[IpAddr]) -> Vec<Result<Route, String>> {
+    if addrs.is_empty() {
+        return Vec::new();
+    }
+    let script: String = addrs.iter().map(|a| format!("route get {a}\n")).collect();
+    let run = || -> Result<std::process::Output, String> {
+        let mut child = Command::new("ip")
+            .args(["-j", "-force", "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("running ip: {e}"))?;
+        // Written from a thread: ip answers while it reads, and a full stdout pipe would
+        // otherwise stall both sides.
+        let mut stdin = child.stdin.take().expect("piped");
+        let writer = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("running ip: {e}"))?;
+        let _ = writer.join();
+        Ok(out)
+    };
+    match run() {
+        Ok(out) => parse_batch(
+            addrs.len(),
+            &String::from_utf8_lossy(&out.stdout),
+            &String::from_utf8_lossy(&out.stderr),
+        ),
+        Err(e) => vec![Err(e); addrs.len()],
+    }
+}
+
+/// Splits the output of `ip -j -force -batch` with `n` `route get` commands into one result
+/// per command. A command that succeeded printed one JSON line; one that failed printed
+/// nothing there and its error then `Command failed -:LINE` on stderr.
+pub fn parse_batch(n: usize, stdout: &str, stderr: &str) -> Vec<Result<Route, String>> {
+    let mut failed: HashMap<usize, String> = HashMap::new();
+    let mut last_error = String::new();
+    for line in stderr.lines() {
+        match line
+            .strip_prefix("Command failed -:")
+            .and_then(|l| l.trim().parse::<usize>().ok())
+        {
+            Some(no) => {
+                failed.insert(no, std::mem::take(&mut last_error));
+            }
+            None => last_error = line.trim().to_string(),
+        }
+    }
+    let mut answers = stdout.lines().filter(|l| !l.trim().is_empty());
+    (1..=n)
+        .map(|no| match failed.remove(&no) {
+            Some(e) if e.is_empty() => Err("ip route get failed".to_string()),
+            Some(e) => Err(e),
+            None => answers
+                .next()
+                .ok_or_else(|| "ip route get printed nothing".to_string())
+                .and_then(parse_route),
+        })
+        .collect()
 }
 
 pub fn parse_route(text: &str) -> Result<Route, String> {
@@ -124,13 +184,18 @@ impl Resolver {
         iface: &str,
     ) -> HashMap<IpAddr, Result<[u8; 6], String>> {
         let neigh = neighbours();
+        let mut missing: Vec<IpAddr> = backends
+            .iter()
+            .map(|(a, _)| *a)
+            .filter(|a| !self.routes.contains_key(a))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        let found = routes_get(&missing);
+        self.routes.extend(missing.into_iter().zip(found));
         let mut out = HashMap::new();
         for (addr, on_link_only) in backends {
-            let route = self
-                .routes
-                .entry(*addr)
-                .or_insert_with(|| route_get(*addr))
-                .clone();
+            let route = self.routes[addr].clone();
             let result = match (route, &neigh) {
                 (Err(e), _) => Err(format!("no route: {e}")),
                 (Ok(r), _) if r.dev != iface => Err(format!(
@@ -183,6 +248,46 @@ mod tests {
         );
         assert!(parse_route("[]").is_err());
         assert!(parse_route("not json").is_err());
+    }
+
+    #[test]
+    fn a_batch_maps_answers_and_errors_back_to_their_commands() {
+        let stdout = concat!(
+            r#"[{"dst":"198.18.0.11","dev":"eth0","flags":[]}]"#,
+            "\n",
+            r#"[{"dst":"198.18.9.9","gateway":"198.18.0.254","dev":"eth0","flags":[]}]"#,
+            "\n"
+        );
+        let stderr = "RTNETLINK answers: Network is unreachable\nCommand failed -:2\n";
+        let r = parse_batch(3, stdout, stderr);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].as_ref().unwrap().gateway, None);
+        assert_eq!(
+            r[1].as_ref().unwrap_err(),
+            "RTNETLINK answers: Network is unreachable"
+        );
+        assert_eq!(
+            r[2].as_ref().unwrap().gateway,
+            Some("198.18.0.254".parse().unwrap())
+        );
+        // Fewer answers than commands (ip died): the rest are errors, not misattributed.
+        let r = parse_batch(3, "", "");
+        assert!(r.iter().all(Result::is_err));
+    }
+
+    #[test]
+    fn the_real_ip_answers_a_batch_in_order() {
+        let r = routes_get(&["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()]);
+        if r.iter()
+            .any(|r| r.as_ref().is_err_and(|e| e.starts_with("running ip")))
+        {
+            eprintln!("skipped: no `ip` here ({r:?})");
+            return;
+        }
+        assert_eq!(r.len(), 2);
+        for r in r {
+            assert_eq!(r.unwrap().dev, "lo");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! - `drain`: keeps established flows (`BACKEND_DRAIN`), gets no new ones;
 //! - `maint`, probed down, or next hop unknown: `BACKEND_DOWN`, its flows are placed again.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
     time::Duration,
@@ -51,6 +51,10 @@ pub type Facts = HashMap<(String, IpAddr), BackendFacts>;
 pub struct Ids {
     services: BTreeMap<String, u32>,
     backends: BTreeMap<(String, IpAddr), u32>,
+    /// The backend ids in `backends`, and a bound below which all are taken: with
+    /// thousands of backends, finding the lowest free id must not scan them all each time.
+    backend_ids: BTreeSet<u32>,
+    backends_full_below: u32,
 }
 
 impl Ids {
@@ -73,6 +77,11 @@ impl Ids {
     /// address. Conntrack entries name backends by id, so keeping ids keeps flows in place.
     pub fn adopt(config: &Config, applied: &crate::sync::Applied) -> Ids {
         let mut ids = Ids::default();
+        let by_key: HashMap<(u32, u8, [u8; 16]), u32> = applied
+            .backends
+            .iter()
+            .map(|(id, pb)| ((pb.service, pb.family, pb.addr), *id))
+            .collect();
         for s in &config.services {
             let Some(a) = applied.services.get(&service_key(s)) else {
                 continue;
@@ -83,13 +92,9 @@ impl Ids {
             }
             ids.services.insert(s.name.clone(), sid);
             for b in &s.backends {
-                let found = applied.backends.iter().find(|(_, pb)| {
-                    pb.service == sid
-                        && pb.addr == addr16(b.address)
-                        && pb.family == family(b.address)
-                });
-                if let Some((id, _)) = found {
+                if let Some(id) = by_key.get(&(sid, family(b.address), addr16(b.address))) {
                     ids.backends.insert((s.name.clone(), b.address), *id);
+                    ids.backend_ids.insert(*id);
                 }
             }
         }
@@ -103,13 +108,22 @@ impl Ids {
 
     /// Drops ids of services and backends no longer configured.
     pub fn retain(&mut self, config: &Config) {
+        let services: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        let backends: HashSet<(&str, IpAddr)> = config
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| (s.name.as_str(), b.address)))
+            .collect();
         self.services
-            .retain(|name, _| config.services.iter().any(|s| &s.name == name));
-        self.backends.retain(|(svc, addr), _| {
-            config
-                .services
-                .iter()
-                .any(|s| &s.name == svc && s.backends.iter().any(|b| &b.address == addr))
+            .retain(|name, _| services.contains(name.as_str()));
+        let (ids, full_below) = (&mut self.backend_ids, &mut self.backends_full_below);
+        self.backends.retain(|(svc, addr), id| {
+            let keep = backends.contains(&(svc.as_str(), *addr));
+            if !keep {
+                ids.remove(id);
+                *full_below = (*full_below).min(*id);
+            }
+            keep
         });
     }
 
@@ -128,7 +142,14 @@ impl Ids {
         if let Some(id) = self.backends.get(&key) {
             return *id;
         }
-        let id = Self::lowest_free(self.backends.values(), 1);
+        // Every id below `backends_full_below` is taken, so the lowest free one is the
+        // first gap from there.
+        let mut id = self.backends_full_below.max(1);
+        while self.backend_ids.contains(&id) {
+            id += 1;
+        }
+        self.backends_full_below = id + 1;
+        self.backend_ids.insert(id);
         self.backends.insert(key, id);
         id
     }
@@ -208,25 +229,42 @@ struct CachedTable {
     entries: Vec<maglev::Entry>,
     size: u32,
     table: Arc<Vec<u32>>,
+    /// Slots per backend id (counting them walks the whole table).
+    shares: Arc<BTreeMap<u32, usize>>,
 }
 
+type Shares = Arc<BTreeMap<u32, usize>>;
+
 impl TableCache {
-    fn build(&mut self, service: &str, mut entries: Vec<maglev::Entry>, m: u32) -> Arc<Vec<u32>> {
+    fn build(
+        &mut self,
+        service: &str,
+        mut entries: Vec<maglev::Entry>,
+        m: u32,
+    ) -> (Arc<Vec<u32>>, Shares) {
         entries.sort_by_key(|e| e.key);
         if let Some(c) = self.last.get(service)
             && c.entries == entries
             && c.size == m
         {
-            return c.table.clone();
+            return (c.table.clone(), c.shares.clone());
         }
         let table = Arc::new(maglev::build(&entries, m));
+        let shares = Arc::new(maglev::shares(&table));
         let cached = CachedTable {
             entries,
             size: m,
             table: table.clone(),
+            shares: shares.clone(),
         };
         self.last.insert(service.to_string(), cached);
-        table
+        (table, shares)
+    }
+
+    /// Forgets services no longer configured.
+    fn retain(&mut self, config: &Config) {
+        let names: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        self.last.retain(|name, _| names.contains(name.as_str()));
     }
 }
 
@@ -290,6 +328,7 @@ pub fn plan(
     now: Duration,
 ) -> Plan {
     ids.retain(config);
+    tables.retain(config);
     let mut desired = Desired {
         settings: settings(config),
         ..Desired::default()
@@ -408,8 +447,7 @@ pub fn plan(
                 weight: b.effective_weight,
             });
         }
-        let table = tables.build(&s.name, entries, s.table_size);
-        let shares = maglev::shares(&table);
+        let (table, shares) = tables.build(&s.name, entries, s.table_size);
         for (b, mac) in rows.iter_mut() {
             b.slots = shares.get(&b.id).copied().unwrap_or(0);
             if b.slots == 0 {
@@ -707,6 +745,50 @@ address = "198.18.0.13"
         assert_eq!(id_list(&p3), vec![1, 3]);
         let p4 = plan(&c, &facts([true; 3]), &mut ids, &mut t, Duration::ZERO);
         assert_eq!(id_list(&p4), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn new_backends_take_the_lowest_free_ids_whatever_the_gaps() {
+        let mut c = config("", ["", "", ""]);
+        let template = c.services[0].backends[0].clone();
+        let at = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0xc612_4000 + i));
+        c.services[0].backends = (0..300)
+            .map(|i| crate::config::BackendConfig {
+                address: at(i),
+                ..template.clone()
+            })
+            .collect();
+        let mut ids = Ids::default();
+        let mut assigned: HashMap<IpAddr, u32> = HashMap::new();
+        let mut next = 300;
+        // Rounds of removing a scattered third and adding new backends; the reference is
+        // the plain definition: the lowest id nobody holds.
+        for round in 0..4u32 {
+            ids.retain(&c);
+            assigned.retain(|a, _| c.services[0].backends.iter().any(|b| b.address == *a));
+            for b in &c.services[0].backends {
+                let want = match assigned.get(&b.address) {
+                    Some(id) => *id,
+                    None => (1..)
+                        .find(|id| !assigned.values().any(|v| v == id))
+                        .unwrap(),
+                };
+                assert_eq!(ids.backend("web", b.address), want, "round {round}");
+                assigned.insert(b.address, want);
+            }
+            let mut i = 0;
+            c.services[0].backends.retain(|_| {
+                i += 1;
+                (i + round) % 3 != 0
+            });
+            for _ in 0..50 {
+                c.services[0].backends.push(crate::config::BackendConfig {
+                    address: at(next),
+                    ..template.clone()
+                });
+                next += 1;
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use common::{agent::*, scenario::*};
+use common::{admin_get, agent::*, metric_sum, scenario::*};
 use lab::{Lab, SERVER_PORT};
 
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -555,36 +555,6 @@ fn a_bad_config_attaches_nothing_and_a_killed_agent_leaves_a_working_interface()
     let (seen, failed) = spread(&lab, false, 20_000, 200);
     assert_eq!(failed, 0, "{seen:?}");
     assert!(agent.stop().success());
-}
-
-/// A plain HTTP/1.1 GET from inside `netns`: status code and body.
-fn admin_get(netns: &str, path: &'static str) -> (u16, String) {
-    common::in_netns(netns, move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9180").expect("admin API");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP answer");
-        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (code, body.to_string())
-    })
-    .join()
-    .expect("admin client thread")
-}
-
-/// Sums the samples of `metric` in a Prometheus text body whose labels contain `labels`.
-fn metric_sum(text: &str, metric: &str, labels: &str) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(metric) && l.contains(labels))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
 }
 
 #[test]

@@ -500,11 +500,16 @@ const BENCHES: &[(&str, &str, &str)] = &[
         "End to end in the lab: connections and requests per second",
     ),
     ("failover", "failover", "Failover time over 20 runs"),
+    (
+        "health",
+        "health",
+        "Health checking at scale: 10,000 backends probed every second",
+    ),
 ];
 
 /// Benchmarks that run the `gateway` binary in a lab: cargo does not build another
 /// package's binaries for a bench, so xtask builds the release agent first.
-const AGENT_BENCHES: &[&str] = &["e2e", "failover"];
+const AGENT_BENCHES: &[&str] = &["e2e", "failover", "health"];
 
 fn bench(which: Option<&str>) -> anyhow::Result<()> {
     let env = setup::ensure(false)?;

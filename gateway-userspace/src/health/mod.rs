@@ -20,7 +20,7 @@ pub use http::{HttpProbe, MAX_BODY};
 pub use none::NoneProbe;
 pub use scheduler::{CheckId, DEFAULT_MAX_IN_FLIGHT, Event, Prober};
 pub use state::{HealthState, Transition};
-pub use tcp::TcpProbe;
+pub use tcp::{SocketPool, TcpProbe};
 
 /// Everything needed to probe one target and judge it up or down.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,18 +52,18 @@ pub struct CheckSpec {
 pub enum CheckKind {
     /// A TCP connect that succeeds.
     Tcp,
-    /// An HTTP/1.1 GET whose response passes [`HttpCheck`].
-    Http(HttpCheck),
+    /// An HTTP/1.1 GET whose response passes [`HttpCheck`] (shared with the config).
+    Http(std::sync::Arc<HttpCheck>),
     /// No probing: always up.
     None,
 }
 
 impl CheckKind {
-    /// The probe that implements this kind.
-    pub fn build_probe(&self) -> Box<dyn Probe> {
+    /// The probe that implements this kind; TCP probes take their sockets from `sockets`.
+    pub fn build_probe(&self, sockets: &std::sync::Arc<SocketPool>) -> Box<dyn Probe> {
         match self {
-            CheckKind::Tcp => Box::new(TcpProbe),
-            CheckKind::Http(check) => Box::new(HttpProbe::new(check.clone())),
+            CheckKind::Tcp => Box::new(TcpProbe::new(sockets.clone())),
+            CheckKind::Http(check) => Box::new(HttpProbe::new(HttpCheck::clone(check))),
             CheckKind::None => Box::new(NoneProbe),
         }
     }

@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{CheckSpec, HealthState, Probe, ProbeResult, Transition};
+use super::{CheckSpec, HealthState, Probe, ProbeResult, SocketPool, Transition};
 
 /// The caller's name for a check.
 pub type CheckId = u64;
@@ -51,6 +51,8 @@ pub struct Prober {
     permits: Arc<Semaphore>,
     events: mpsc::Sender<Event>,
     checks: HashMap<CheckId, Running>,
+    /// Sockets the TCP checks reuse (one per probe in flight is enough).
+    sockets: Arc<SocketPool>,
     /// Keyed per process, so that agents on different hosts start their checks at different
     /// offsets even for the same targets.
     seeder: RandomState,
@@ -83,6 +85,7 @@ impl Prober {
             permits: Arc::new(Semaphore::new(permits)),
             events,
             checks: HashMap::new(),
+            sockets: SocketPool::new(permits),
             seeder: RandomState::new(),
             started: 0,
         }
@@ -91,7 +94,7 @@ impl Prober {
     /// Starts probing `spec` as `id`, after a random delay in `[0, interval)`. An existing
     /// check with the same id is replaced and starts afresh.
     pub fn add(&mut self, id: CheckId, spec: CheckSpec) {
-        let probe = spec.kind.build_probe();
+        let probe = spec.kind.build_probe(&self.sockets);
         self.start(id, spec, probe);
     }
 
@@ -213,11 +216,25 @@ async fn run(mut check: Check) {
     }
 }
 
-/// The instant `wait` from now, saturating far in the future instead of overflowing.
+/// Probes start on a grid of this step. Thousands of checks then wake in batches (about
+/// one in a hundred per step at one-second intervals) instead of one at a time: one
+/// timer tick, one epoll wake-up and one burst of packets serve a batch, which costs a
+/// fraction of the CPU of the same probes spread evenly, for at most this much delay.
+const GRID: Duration = Duration::from_millis(10);
+
+/// The instant `wait` from now, rounded up to the probe grid, saturating far in the future
+/// instead of overflowing.
 fn after(wait: Duration) -> Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let now = Instant::now();
-    now.checked_add(wait)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+    let Some(at) = now.checked_add(wait) else {
+        return now + Duration::from_secs(100 * 365 * 86_400);
+    };
+    let epoch = Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now));
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let grid = GRID.as_nanos();
+    let up = (grid - since % grid) % grid;
+    at + Duration::from_nanos(up as u64)
 }
 
 /// A uniform random delay in `[0, interval)` (zero for a zero interval).
@@ -300,6 +317,29 @@ mod tests {
 
     fn target() -> SocketAddr {
         "198.18.0.11:80".parse().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_start_on_the_grid() {
+        let mut rng = XorShift64::new(7);
+        let mut starts = Vec::new();
+        for _ in 0..1000 {
+            let wait = jittered(Duration::from_secs(1), 0.5, &mut rng);
+            let before = Instant::now();
+            let at = after(wait);
+            assert!(at >= before + wait && at < before + wait + GRID, "{wait:?}");
+            starts.push(at);
+        }
+        // All on one grid: any two starts differ by a whole number of steps.
+        let first = starts[0];
+        for s in &starts {
+            let d = if *s >= first { *s - first } else { first - *s };
+            assert_eq!(d.as_nanos() % GRID.as_nanos(), 0, "{d:?}");
+        }
+        // ...and spread over many of its steps, not bunched into a few.
+        starts.sort();
+        starts.dedup();
+        assert!(starts.len() > 50, "{} distinct start times", starts.len());
     }
 
     #[test]
@@ -494,7 +534,7 @@ mod tests {
         let e = rx.recv().await.unwrap();
         assert!(!e.up);
         assert!(
-            Instant::now() - before <= Duration::from_secs(5),
+            Instant::now() - before <= Duration::from_secs(5) + GRID,
             "new down_interval applies"
         );
         assert_eq!(
@@ -643,12 +683,12 @@ mod tests {
 
         let (tx, mut rx) = mpsc::channel(1024);
         let mut prober = Prober::new(MAX, tx);
-        let http = CheckKind::Http(HttpCheck {
+        let http = CheckKind::Http(Arc::new(HttpCheck {
             path: "/".into(),
             host: None,
             expect_status: vec![],
             body_contains: None,
-        });
+        }));
         let ms = Duration::from_millis;
         for id in 0..50 {
             let check = CheckSpec {

@@ -42,3 +42,34 @@ pub fn lab(prefix: &str, backends: usize) -> Lab {
 
 #[allow(unused_imports)]
 pub use lab::client::in_netns;
+
+/// A plain HTTP/1.1 GET of the agent's admin API (127.0.0.1:9180) from inside `netns`: status code and body.
+pub fn admin_get(netns: &str, path: &'static str) -> (u16, String) {
+    in_netns(netns, move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9180").expect("admin API");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP answer");
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, body.to_string())
+    })
+    .join()
+    .expect("admin client thread")
+}
+
+/// Sums the samples of `metric` in a Prometheus text body whose labels contain `labels`.
+pub fn metric_sum(text: &str, metric: &str, labels: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(metric) && l.contains(labels))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}

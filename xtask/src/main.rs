@@ -577,7 +577,8 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
     doc += &machine_info();
     for (_, _, title) in BENCHES {
         if let Some((_, body)) = sections.iter().find(|(t, _)| t == title) {
-            doc += &format!("\n## {title}\n\n{}", body.trim_start());
+            // Trimmed, so that rewriting the file does not pile up blank lines.
+            doc += &format!("\n## {title}\n\n{}\n", body.trim());
         }
     }
     std::fs::create_dir_all(root.join("docs"))?;

@@ -317,7 +317,7 @@ impl Agent {
     pub fn replan(&mut self, why: &str) -> anyhow::Result<()> {
         let started = Instant::now();
         let now = self.now();
-        let p = plan::plan(
+        let mut p = plan::plan(
             &self.config,
             &self.facts(),
             &mut self.ids,
@@ -361,6 +361,10 @@ impl Agent {
             }
         }
         self.next_step = p.next_step;
+        // What the maps should hold is now what they hold; the tables stay in the table
+        // cache, and a second reference here would keep each old table alive through the
+        // next replan.
+        p.desired = sync::Desired::default();
         self.last_plan = Some(p);
         self.last_replan = Some((Instant::now(), started.elapsed()));
         Ok(())

@@ -573,7 +573,7 @@ impl Dataplane {
                 key,
                 AppliedService {
                     value,
-                    table: std::sync::Arc::new(table),
+                    table_hash: crate::sync::table_hash(&table),
                 },
             );
         }

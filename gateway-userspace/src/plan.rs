@@ -228,37 +228,44 @@ pub struct TableCache {
 struct CachedTable {
     entries: Vec<maglev::Entry>,
     size: u32,
+    built: Built,
+}
+
+/// A table and what is derived from it once, when it is built.
+#[derive(Debug, Clone)]
+struct Built {
     table: Arc<Vec<u32>>,
     /// Slots per backend id (counting them walks the whole table).
     shares: Arc<BTreeMap<u32, usize>>,
+    /// `sync::table_hash` of the table.
+    hash: u64,
 }
 
-type Shares = Arc<BTreeMap<u32, usize>>;
-
 impl TableCache {
-    fn build(
-        &mut self,
-        service: &str,
-        mut entries: Vec<maglev::Entry>,
-        m: u32,
-    ) -> (Arc<Vec<u32>>, Shares) {
+    fn build(&mut self, service: &str, mut entries: Vec<maglev::Entry>, m: u32) -> Built {
         entries.sort_by_key(|e| e.key);
         if let Some(c) = self.last.get(service)
             && c.entries == entries
             && c.size == m
         {
-            return (c.table.clone(), c.shares.clone());
+            return c.built.clone();
         }
-        let table = Arc::new(maglev::build(&entries, m));
-        let shares = Arc::new(maglev::shares(&table));
+        // The old table goes first: with many services, keeping every old table until
+        // the new ones are built would double the agent's table memory.
+        self.last.remove(service);
+        let table = maglev::build(&entries, m);
+        let built = Built {
+            shares: Arc::new(maglev::shares(&table)),
+            hash: crate::sync::table_hash(&table),
+            table: Arc::new(table),
+        };
         let cached = CachedTable {
             entries,
             size: m,
-            table: table.clone(),
-            shares: shares.clone(),
+            built: built.clone(),
         };
         self.last.insert(service.to_string(), cached);
-        (table, shares)
+        built
     }
 
     /// Forgets services no longer configured.
@@ -447,7 +454,8 @@ pub fn plan(
                 weight: b.effective_weight,
             });
         }
-        let (table, shares) = tables.build(&s.name, entries, s.table_size);
+        let built = tables.build(&s.name, entries, s.table_size);
+        let shares = &built.shares;
         for (b, mac) in rows.iter_mut() {
             b.slots = shares.get(&b.id).copied().unwrap_or(0);
             if b.slots == 0 {
@@ -478,7 +486,8 @@ pub fn plan(
                     Mode::L2dsr => MODE_L2DSR,
                     Mode::Ipip => MODE_IPIP,
                 },
-                table,
+                table: built.table,
+                table_hash: built.hash,
             },
         );
         services.push(ServicePlan {

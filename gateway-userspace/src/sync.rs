@@ -37,6 +37,30 @@ pub struct DesiredService {
     pub mode: u8,
     /// The Maglev table: `M` backend ids, 0 meaning none.
     pub table: Arc<Vec<u32>>,
+    /// [`table_hash`] of `table`.
+    pub table_hash: u64,
+}
+
+impl DesiredService {
+    pub fn new(id: u32, mode: u8, table: Arc<Vec<u32>>) -> Self {
+        let table_hash = table_hash(&table);
+        Self {
+            id,
+            mode,
+            table,
+            table_hash,
+        }
+    }
+}
+
+/// Identifies a table's contents. What was written is remembered by this hash rather than
+/// by a copy: with many services the copies would double the agent's table memory during
+/// every replan (the old tables kept beside the new ones).
+pub fn table_hash(table: &[u32]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    table.hash(&mut h);
+    h.finish()
 }
 
 /// The data plane as it was last written.
@@ -50,7 +74,8 @@ pub struct Applied {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppliedService {
     pub value: ServiceValue,
-    pub table: Arc<Vec<u32>>,
+    /// [`table_hash`] of the table the entry points at.
+    pub table_hash: u64,
 }
 
 /// One map write.
@@ -165,7 +190,7 @@ pub fn diff(
             mode: want.mode,
             _pad: [0; 3],
         };
-        let same_table = current.is_some_and(|c| c.table == want.table);
+        let same_table = current.is_some_and(|c| c.table_hash == want.table_hash);
         match current {
             Some(c) if same_table => value.table_offset = c.value.table_offset,
             Some(c) => {
@@ -188,7 +213,7 @@ pub fn diff(
             *key,
             AppliedService {
                 value,
-                table: want.table.clone(),
+                table_hash: want.table_hash,
             },
         );
     }
@@ -322,14 +347,8 @@ mod tests {
         let mut d = Desired::default();
         d.backends.insert(1, backend(11));
         d.backends.insert(2, backend(12));
-        d.services.insert(
-            skey(1),
-            DesiredService {
-                id: 1,
-                mode: MODE_L2DSR,
-                table: Arc::new(table),
-            },
-        );
+        d.services
+            .insert(skey(1), DesiredService::new(1, MODE_L2DSR, Arc::new(table)));
         d
     }
 

@@ -130,14 +130,8 @@ impl World {
             }
             let table = Arc::new(maglev::build(&entries, s.table_size));
             self.tables.insert(service_key(s), table.clone());
-            d.services.insert(
-                service_key(s),
-                DesiredService {
-                    id: i as u32,
-                    mode: s.mode,
-                    table,
-                },
-            );
+            d.services
+                .insert(service_key(s), DesiredService::new(i as u32, s.mode, table));
         }
         let (ops, next) = sync::diff(&self.applied, &d, TEST_LOAD.layout()).expect("diff");
         sync::apply(&ops, &mut self.dp).expect("apply");

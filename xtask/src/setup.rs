@@ -5,7 +5,8 @@
 //! - bpf-linker, built against the LLVM that ships inside the installed nightly, into
 //!   `~/.cache/gateway/bpf-linker-<nightly version>`; crates.io's default build wants a newer
 //!   LLVM than Debian has;
-//! - the Debian packages the tests use (iproute2, ethtool, iputils-ping, util-linux);
+//! - the Debian packages the tests and benches use (iproute2, ethtool, iputils-ping,
+//!   util-linux, bpftool);
 //! - bpffs mounted at /sys/fs/bpf.
 use std::{
     path::{Path, PathBuf},
@@ -25,6 +26,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("ping", "iputils-ping"),
     ("nsenter", "util-linux"),
+    // The end-to-end bench reads the XDP program's run-time statistics with it.
+    ("bpftool", "bpftool"),
 ];
 
 pub fn is_root() -> bool {

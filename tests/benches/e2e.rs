@@ -320,10 +320,15 @@ fn config(lab: &Lab) -> String {
              [[service.backend]]\naddress = \"{backend}\"\n"
         )
     };
+    // The lab's own pin directory and state file: the defaults are per interface name, and
+    // every lab's balancer interface is eth0.
     format!(
         "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"native\"\nconntrack_size = 65536\n\
-         ipip_source_v4 = \"{}\"\n{}{}",
+         ipip_source_v4 = \"{}\"\npin_dir = \"{}\"\non_exit = \"detach\"\n\n\
+         [admin]\nstate_file = \"{}\"\n{}{}",
         lab.lb.ipv4,
+        lab.pin_dir().display(),
+        lab.scratch_dir().join("overrides.json").display(),
         service("dsr", VIP4, "l2dsr"),
         service("tun", VIP_IPIP, "ipip")
     )

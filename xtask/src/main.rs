@@ -265,12 +265,18 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// The built-in config of the demo: one TCP service on the lab's IPv4 VIP, three backends,
-/// HTTP health checks every 200 ms.
+/// HTTP health checks every 200 ms. Pinned state and API changes go to the lab's own
+/// directories (`PIN_DIR`, `STATE_FILE`), which go with the lab, so that a demo that was
+/// interrupted leaves nothing that the next one would adopt.
 const DEMO_CONFIG: &str = r#"
 [dataplane]
 interface = "eth0"
 xdp_mode = "auto"
 conntrack_size = 65536
+pin_dir = "PIN_DIR"
+
+[admin]
+state_file = "STATE_FILE"
 
 [[service]]
 name = "web"
@@ -328,7 +334,13 @@ fn demo() -> anyhow::Result<()> {
         "gateway run on the balancer's eth0, with a built-in config (l2dsr, 3 backends, HTTP checks every 200 ms)",
     );
     let cfg = dir.join("demo-gateway.toml");
-    std::fs::write(&cfg, DEMO_CONFIG)?;
+    let state_file = l.scratch_dir().join("overrides.json");
+    std::fs::write(
+        &cfg,
+        DEMO_CONFIG
+            .replace("PIN_DIR", &l.pin_dir().display().to_string())
+            .replace("STATE_FILE", &state_file.display().to_string()),
+    )?;
     let mut agent = lab::ns_command(&l.lb.netns, dir.join("gateway"))
         .args(["run", "--config"])
         .arg(&cfg)

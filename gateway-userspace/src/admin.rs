@@ -480,7 +480,12 @@ impl Family<'_> {
 
 /// The Prometheus text format (0.0.4) for a snapshot.
 pub fn render_metrics(s: &Snapshot) -> String {
-    let mut families = vec![Family {
+    // Each family is written as soon as it is built: with thousands of backends, holding
+    // every family's samples at once (and growing the text by doubling) cost the agent
+    // more memory per scrape than its steady state has to spare.
+    let backends: usize = s.services.iter().map(|svc| svc.backends.len()).sum();
+    let mut out = String::with_capacity(4096 + 512 * s.services.len() + 400 * backends);
+    Family {
         name: "gateway_packets_total",
         help: "Packets seen by the XDP program, by outcome.",
         kind: "counter",
@@ -490,7 +495,8 @@ pub fn render_metrics(s: &Snapshot) -> String {
             .iter()
             .map(|c| (vec![("reason", c.name.as_str())], c.value))
             .collect(),
-    }];
+    }
+    .write(&mut out);
     type Pick = fn(&Traffic) -> u64;
     let traffic: [(&str, &str, Pick); 3] = [
         ("packets_total", "Packets forwarded", |t| t.packets),
@@ -509,7 +515,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
         })
         .collect();
     for ((_, _, pick), (sname, shelp, _, _)) in traffic.iter().zip(&names) {
-        families.push(Family {
+        Family {
             name: sname,
             help: shelp,
             kind: "counter",
@@ -518,7 +524,8 @@ pub fn render_metrics(s: &Snapshot) -> String {
                 .iter()
                 .map(|svc| (vec![("service", svc.name.as_str())], pick(&svc.traffic)))
                 .collect(),
-        });
+        }
+        .write(&mut out);
     }
     let per_backend = |f: &dyn Fn(&BackendStatus) -> u64| {
         s.services
@@ -537,32 +544,36 @@ pub fn render_metrics(s: &Snapshot) -> String {
             .collect::<Vec<_>>()
     };
     for ((_, _, pick), (_, _, bname, bhelp)) in traffic.iter().zip(&names) {
-        families.push(Family {
+        Family {
             name: bname,
             help: bhelp,
             kind: "counter",
             samples: per_backend(&|b| pick(&b.traffic)),
-        });
+        }
+        .write(&mut out);
     }
-    families.push(Family {
+    Family {
         name: "gateway_backend_up",
         help: "Whether the backend's health check passes (1) or not (0).",
         kind: "gauge",
         samples: per_backend(&|b| u64::from(b.health_up)),
-    });
-    families.push(Family {
+    }
+    .write(&mut out);
+    Family {
         name: "gateway_backend_transitions_total",
         help: "Health transitions (up or down) of the backend.",
         kind: "counter",
         samples: per_backend(&|b| b.transitions_total),
-    });
-    families.push(Family {
+    }
+    .write(&mut out);
+    Family {
         name: "gateway_table_rebuilds_total",
         help: "Replans that changed the data plane's maps.",
         kind: "counter",
         samples: vec![(vec![], s.table_rebuilds)],
-    });
-    families.push(Family {
+    }
+    .write(&mut out);
+    Family {
         name: "gateway_reloads_total",
         help: "Configuration reloads (SIGHUP or the API), by result.",
         kind: "counter",
@@ -570,11 +581,8 @@ pub fn render_metrics(s: &Snapshot) -> String {
             (vec![("result", "ok")], s.reloads_ok),
             (vec![("result", "error")], s.reloads_error),
         ],
-    });
-    let mut out = String::new();
-    for f in &families {
-        f.write(&mut out);
     }
+    .write(&mut out);
     let name = "gateway_probe_duration_seconds";
     let _ = writeln!(out, "# HELP {name} Health-check duration per service.");
     let _ = writeln!(out, "# TYPE {name} histogram");

@@ -222,6 +222,29 @@ fn print_lab(l: &lab::Lab) {
     );
 }
 
+/// The agent's default pin root (`dataplane.pin_dir` is `<this>/<interface>` by default);
+/// tests and benches must never use it.
+const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/gateway";
+
+/// The names in directory `dir` (none if it does not exist).
+fn entries(dir: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Entries of the default pin root that are not in `before`.
+fn pinned_since(before: &[String]) -> Vec<String> {
+    entries(DEFAULT_PIN_ROOT)
+        .into_iter()
+        .filter(|e| !before.contains(e))
+        .collect()
+}
+
 fn test(args: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     let env = setup::ensure(false)?;
@@ -232,6 +255,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     step("cargo build --bins");
     status(cargo(&env).args(["build", "--bins"]))?;
     step("unit and privileged tests");
+    let production_pins = entries(DEFAULT_PIN_ROOT);
     if !setup::is_root() {
         println!("not root: privileged tests will print SKIPPED; CI runs them as root");
     }
@@ -247,18 +271,18 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     if !left.is_empty() {
         bail!("tests left namespaces behind: {left:?}");
     }
-    let pins: Vec<String> = std::fs::read_dir(lab::PIN_ROOT)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let pins = entries(lab::PIN_ROOT);
     if !pins.is_empty() {
         bail!(
             "tests left pinned state behind in {}: {pins:?}",
             lab::PIN_ROOT
         );
+    }
+    // Every lab's balancer interface is called eth0, so an agent that pinned under the
+    // default root would be adopted by the next lab's agent (and by a real one on eth0).
+    let new = pinned_since(&production_pins);
+    if !new.is_empty() {
+        bail!("tests pinned state under {DEFAULT_PIN_ROOT} (not their lab's directory): {new:?}");
     }
     println!("all tests passed in {:.0?}", started.elapsed());
     Ok(())
@@ -551,6 +575,7 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
     let out_dir = root.join("target");
     std::fs::create_dir_all(&out_dir)?;
     let started = std::time::Instant::now();
+    let production_pins = entries(DEFAULT_PIN_ROOT);
     if selected.iter().any(|(n, ..)| AGENT_BENCHES.contains(n)) {
         step("cargo build --release -p gateway-userspace --bin gateway");
         status(cargo(&env).args([
@@ -580,6 +605,12 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
         sections.push((title.to_string(), body));
     }
     println!("benchmarks took {:.0} s", started.elapsed().as_secs_f64());
+    let new = pinned_since(&production_pins);
+    if !new.is_empty() {
+        bail!(
+            "benchmarks pinned state under {DEFAULT_PIN_ROOT} (not their lab's directory): {new:?}"
+        );
+    }
     let mut doc = String::from(
         "# Benchmarks\n\nWritten by `cargo xtask bench` (all) or `cargo xtask bench NAME` (that \
          section only); numbers are from the runs below, on this machine. Each figure is a \

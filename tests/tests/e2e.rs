@@ -56,13 +56,7 @@ fn distribution(mode: &'static str, v6: bool) {
     let _g = serial();
     let lab = common::lab("d", 3);
     let mut cfg = Cfg::new(mode, v6, 3);
-    let agent = Agent::start(&lab, &cfg.render(&lab));
-    assert!(
-        agent.wait_log_count("UP after", 3, Duration::from_secs(10)),
-        "{}",
-        agent.log_text()
-    );
-    warm_up(&lab, v6);
+    let agent = start(&lab, &cfg, 3);
 
     let (seen, failed) = spread(&lab, v6, 20_000, CONNECTIONS);
     println!("{name} equal weights: {seen:?}, {failed} failed");
@@ -443,7 +437,8 @@ fn udp_names(v: SocketAddr, ports: std::ops::Range<u16>) -> Vec<Result<String, S
 fn start_udp(lab: &Lab, cfg: &Cfg) -> Agent {
     let agent = Agent::start(lab, &cfg.render(lab));
     assert!(
-        agent.wait_log_count("UP after", 3, Duration::from_secs(10)),
+        agent.wait_log_count("UP after", 3, Duration::from_secs(10))
+            && agent.wait_log_then("UP after", "applied", Duration::from_secs(5)),
         "{}",
         agent.log_text()
     );

@@ -51,27 +51,42 @@ pub type Facts = HashMap<(String, IpAddr), BackendFacts>;
 pub struct Ids {
     services: BTreeMap<String, u32>,
     backends: BTreeMap<(String, IpAddr), u32>,
-    /// The backend ids in `backends`, and a bound below which all are taken: with
-    /// thousands of backends, finding the lowest free id must not scan them all each time.
-    backend_ids: BTreeSet<u32>,
-    backends_full_below: u32,
+    service_ids: IdPool,
+    backend_ids: IdPool,
 }
 
-impl Ids {
-    fn lowest_free<'a>(used: impl Iterator<Item = &'a u32>, first: u32) -> u32 {
-        let mut v: Vec<u32> = used.copied().collect();
-        v.sort_unstable();
-        let mut id = first;
-        for u in v {
-            if u == id {
-                id += 1;
-            } else if u > id {
-                break;
-            }
+/// The ids in use, handing out the lowest free one. Every id from the first one asked for
+/// up to `full_below` is taken, so with thousands of ids the search does not scan them all.
+#[derive(Debug, Default, Clone)]
+struct IdPool {
+    used: BTreeSet<u32>,
+    full_below: u32,
+}
+
+impl IdPool {
+    /// The lowest free id at or above `first`, now taken.
+    fn take(&mut self, first: u32) -> u32 {
+        let mut id = self.full_below.max(first);
+        while self.used.contains(&id) {
+            id += 1;
         }
+        self.full_below = id + 1;
+        self.used.insert(id);
         id
     }
 
+    /// Takes `id` as it is (adopting); false if it was taken already.
+    fn hold(&mut self, id: u32) -> bool {
+        self.used.insert(id)
+    }
+
+    fn release(&mut self, id: u32) {
+        self.used.remove(&id);
+        self.full_below = self.full_below.min(id);
+    }
+}
+
+impl Ids {
     /// The ids an earlier agent gave the services and backends of `config` that the maps
     /// still hold: a service by its key (VIP, port, protocol), a backend by its service and
     /// address. Conntrack entries name backends by id, so keeping ids keeps flows in place.
@@ -87,14 +102,14 @@ impl Ids {
                 continue;
             };
             let sid = a.value.id;
-            if ids.services.values().any(|v| *v == sid) {
+            if !ids.service_ids.hold(sid) {
                 continue;
             }
             ids.services.insert(s.name.clone(), sid);
             for b in &s.backends {
                 if let Some(id) = by_key.get(&(sid, family(b.address), addr16(b.address))) {
                     ids.backends.insert((s.name.clone(), b.address), *id);
-                    ids.backend_ids.insert(*id);
+                    ids.backend_ids.hold(*id);
                 }
             }
         }
@@ -114,14 +129,19 @@ impl Ids {
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| (s.name.as_str(), b.address)))
             .collect();
-        self.services
-            .retain(|name, _| services.contains(name.as_str()));
-        let (ids, full_below) = (&mut self.backend_ids, &mut self.backends_full_below);
+        let pool = &mut self.service_ids;
+        self.services.retain(|name, id| {
+            let keep = services.contains(name.as_str());
+            if !keep {
+                pool.release(*id);
+            }
+            keep
+        });
+        let pool = &mut self.backend_ids;
         self.backends.retain(|(svc, addr), id| {
             let keep = backends.contains(&(svc.as_str(), *addr));
             if !keep {
-                ids.remove(id);
-                *full_below = (*full_below).min(*id);
+                pool.release(*id);
             }
             keep
         });
@@ -131,7 +151,7 @@ impl Ids {
         if let Some(id) = self.services.get(name) {
             return *id;
         }
-        let id = Self::lowest_free(self.services.values(), 0);
+        let id = self.service_ids.take(0);
         self.services.insert(name.to_string(), id);
         id
     }
@@ -142,14 +162,7 @@ impl Ids {
         if let Some(id) = self.backends.get(&key) {
             return *id;
         }
-        // Every id below `backends_full_below` is taken, so the lowest free one is the
-        // first gap from there.
-        let mut id = self.backends_full_below.max(1);
-        while self.backend_ids.contains(&id) {
-            id += 1;
-        }
-        self.backends_full_below = id + 1;
-        self.backend_ids.insert(id);
+        let id = self.backend_ids.take(1);
         self.backends.insert(key, id);
         id
     }

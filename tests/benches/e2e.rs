@@ -23,7 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::agent::Agent;
+use common::{
+    agent::Agent,
+    procfs::{clock_ticks, proc_ticks},
+    scenario::wait_up,
+};
 use lab::{
     Lab, SERVER_PORT, VIP4,
     client::{Conn, in_netns, tcp_name},
@@ -131,24 +135,6 @@ impl Sample {
     fn xdp_us_per_op(&self) -> f64 {
         self.xdp_cpu * WINDOW.as_secs_f64() * 1e6 / self.ops.max(1) as f64
     }
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-/// utime + stime of a process, in clock ticks (all its threads).
-fn proc_ticks(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
 }
 
 fn machine_ticks() -> [u64; 8] {
@@ -387,11 +373,7 @@ fn main() {
     ]))
     .expect("route to the second VIP");
     let agent = Agent::start(&lab, &config(&lab));
-    assert!(
-        agent.wait_log_count("UP after", 2, Duration::from_secs(10)),
-        "{}",
-        agent.log_text()
-    );
+    wait_up(&agent, 2);
     let pids = Pids {
         server: lab.server_pids()[0].to_string(),
         agent: agent.pid().to_string(),

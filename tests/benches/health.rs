@@ -43,7 +43,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{admin_get, metric_sum};
+use common::{
+    admin_get, metric_sum,
+    procfs::{clock_ticks, proc_ticks, status_kib},
+};
 
 const SERVICES: usize = 40;
 const PER_SERVICE: usize = 250;
@@ -194,7 +197,7 @@ impl Bed {
 
     /// The lab's scratch directory (removed with the namespaces).
     fn scratch(&self) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("gateway-lab-{}", self.name));
+        let dir = lab::scratch_dir(&self.name);
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -280,31 +283,6 @@ impl Bed {
     }
 }
 
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("agent stat");
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-/// A `/proc/PID/status` field in KiB (VmHWM: peak resident set, VmRSS: now).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
 struct Window {
     cpu: f64,
     probes_per_s: f64,
@@ -333,9 +311,9 @@ fn measure() -> Measured {
     for _ in 0..WINDOWS {
         // Scrapes fall between windows, so their cost is not in the agent's figure.
         let probes0 = count(&bed.metrics());
-        let (c0, t0) = (cpu_ticks(pid), Instant::now());
+        let (c0, t0) = (proc_ticks(&pid.to_string()), Instant::now());
         std::thread::sleep(WINDOW);
-        let (c1, t1) = (cpu_ticks(pid), Instant::now());
+        let (c1, t1) = (proc_ticks(&pid.to_string()), Instant::now());
         let probes1 = count(&bed.metrics());
         let secs = (t1 - t0).as_secs_f64();
         windows.push(Window {

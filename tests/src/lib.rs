@@ -154,7 +154,8 @@ pub fn pin_dir(name: &str) -> PathBuf {
     Path::new(PIN_ROOT).join(name)
 }
 
-fn scratch_dir(name: &str) -> PathBuf {
+/// The scratch directory of lab `name` (removed by [`teardown_by_name`]).
+pub fn scratch_dir(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("gateway-lab-{name}"))
 }
 

@@ -48,24 +48,24 @@ pub fn warm_up(lab: &Lab, v6: bool) {
     assert!(ok > 0, "nothing answered during warm-up");
 }
 
-/// Starts the agent with `cfg`, waits until `up` backends passed their checks and the maps
-/// say so, warms up.
+/// Starts the agent with `cfg`, waits until `up` backends are up in the maps, warms up.
 pub fn start(lab: &Lab, cfg: &Cfg, up: usize) -> Agent {
     let agent = Agent::start(lab, &cfg.render(lab));
-    assert!(
-        agent.wait_log_count("UP after", up, Duration::from_secs(10)),
-        "{}",
-        agent.log_text()
-    );
-    // A transition is logged when the result arrives; the replan that writes it may follow
-    // a few milliseconds later (replans are paced by their own cost).
-    assert!(
-        agent.wait_log_then("UP after", "applied", Duration::from_secs(5)),
-        "{}",
-        agent.log_text()
-    );
+    wait_up(&agent, up);
     warm_up(lab, cfg.v6);
     agent
+}
+
+/// Waits until `up` backends passed their checks and the maps say so: a transition is
+/// logged when the result arrives, and the replan that writes it may follow a few
+/// milliseconds later (replans are paced by their own cost).
+pub fn wait_up(agent: &Agent, up: usize) {
+    assert!(
+        agent.wait_log_count("UP after", up, Duration::from_secs(10))
+            && agent.wait_log_then("UP after", "applied", Duration::from_secs(5)),
+        "{}",
+        agent.log_text()
+    );
 }
 
 /// What one failover run saw.

@@ -373,7 +373,7 @@ fn main() {
     ]))
     .expect("route to the second VIP");
     let agent = Agent::start(&lab, &config(&lab));
-    wait_up(&agent, 2);
+    wait_up(&lab, &agent, "127.0.0.1:9180", 2);
     let pids = Pids {
         server: lab.server_pids()[0].to_string(),
         agent: agent.pid().to_string(),

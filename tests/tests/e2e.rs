@@ -436,7 +436,7 @@ fn udp_names(v: SocketAddr, ports: std::ops::Range<u16>) -> Vec<Result<String, S
 
 fn start_udp(lab: &Lab, cfg: &Cfg) -> Agent {
     let agent = Agent::start(lab, &cfg.render(lab));
-    wait_up(&agent, 3);
+    wait_up(lab, &agent, &cfg.admin_listen, 3);
     let v = vip(lab, cfg.v6);
     client(lab, move || {
         (0..30).for_each(|i| drop(udp_name(v, 61_000 + i, Duration::from_secs(2))))

@@ -8,6 +8,7 @@ mod http;
 mod none;
 mod scheduler;
 mod state;
+mod syn;
 mod tcp;
 
 use std::future::Future;
@@ -20,6 +21,7 @@ pub use http::{HttpProbe, MAX_BODY};
 pub use none::NoneProbe;
 pub use scheduler::{CheckId, DEFAULT_MAX_IN_FLIGHT, Event, Prober};
 pub use state::{HealthState, Transition};
+pub use syn::{SynProbe, SynSockets};
 pub use tcp::{SocketPool, TcpProbe};
 
 /// Everything needed to probe one target and judge it up or down.
@@ -50,7 +52,8 @@ pub struct CheckSpec {
 /// The kind of probe a check runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CheckKind {
-    /// A TCP connect that succeeds.
+    /// A TCP handshake that is answered: half-open where raw sockets are available
+    /// ([`SynProbe`]), else a full connect ([`TcpProbe`]).
     Tcp,
     /// An HTTP/1.1 GET whose response passes [`HttpCheck`] (shared with the config).
     Http(std::sync::Arc<HttpCheck>),
@@ -59,14 +62,30 @@ pub enum CheckKind {
 }
 
 impl CheckKind {
-    /// The probe that implements this kind; TCP probes take their sockets from `sockets`.
-    pub fn build_probe(&self, sockets: &std::sync::Arc<SocketPool>) -> Box<dyn Probe> {
+    /// The probe that implements this kind; TCP probes use the prober's shared `sockets`.
+    pub fn build_probe(&self, sockets: &TcpSockets) -> Box<dyn Probe> {
         match self {
-            CheckKind::Tcp => Box::new(TcpProbe::new(sockets.clone())),
+            CheckKind::Tcp => {
+                let connect = TcpProbe::new(sockets.pool.clone());
+                match &sockets.syn {
+                    Some(syn) => Box::new(SynProbe::new(syn.clone(), connect)),
+                    None => Box::new(connect),
+                }
+            }
             CheckKind::Http(check) => Box::new(HttpProbe::new(HttpCheck::clone(check))),
             CheckKind::None => Box::new(NoneProbe),
         }
     }
+}
+
+/// The sockets a prober's TCP checks share: raw sockets for half-open checks where the
+/// agent may open them, and a pool for full connects (HTTP checks and the fallback).
+#[derive(Debug, Clone)]
+pub struct TcpSockets {
+    /// Idle sockets for full connects.
+    pub pool: std::sync::Arc<SocketPool>,
+    /// Raw sockets for half-open checks; `None` without CAP_NET_RAW.
+    pub syn: Option<std::sync::Arc<SynSockets>>,
 }
 
 /// What an HTTP check sends and what it accepts: the validated config type itself (the

@@ -13,7 +13,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{CheckSpec, HealthState, Probe, ProbeResult, SocketPool, Transition};
+use super::{
+    CheckSpec, HealthState, Probe, ProbeResult, SocketPool, SynSockets, TcpSockets, Transition,
+};
 
 /// The caller's name for a check.
 pub type CheckId = u64;
@@ -51,8 +53,8 @@ pub struct Prober {
     permits: Arc<Semaphore>,
     events: mpsc::Sender<Event>,
     checks: HashMap<CheckId, Running>,
-    /// Sockets the TCP checks reuse (one per probe in flight is enough).
-    sockets: Arc<SocketPool>,
+    /// Sockets the TCP checks share.
+    sockets: TcpSockets,
     /// Keyed per process, so that agents on different hosts start their checks at different
     /// offsets even for the same targets.
     seeder: RandomState,
@@ -85,7 +87,20 @@ impl Prober {
             permits: Arc::new(Semaphore::new(permits)),
             events,
             checks: HashMap::new(),
-            sockets: SocketPool::new(permits),
+            sockets: TcpSockets {
+                // One idle socket per probe in flight is enough.
+                pool: SocketPool::new(permits),
+                syn: match SynSockets::open() {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        log::warn!(
+                            "TCP checks will make full connections: no raw socket for \
+                             half-open checks ({e})"
+                        );
+                        None
+                    }
+                },
+            },
             seeder: RandomState::new(),
             started: 0,
         }

@@ -46,9 +46,15 @@ pub use lab::client::in_netns;
 
 /// A plain HTTP/1.1 GET of the agent's admin API (127.0.0.1:9180) from inside `netns`: status code and body.
 pub fn admin_get(netns: &str, path: &'static str) -> (u16, String) {
+    admin_get_at(netns, "127.0.0.1:9180", path)
+}
+
+/// [`admin_get`] of an API listening on `addr`.
+pub fn admin_get_at(netns: &str, addr: &str, path: &'static str) -> (u16, String) {
+    let addr = addr.to_owned();
     in_netns(netns, move || {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9180").expect("admin API");
+        let mut s = std::net::TcpStream::connect(&addr).expect("admin API");
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
         write!(

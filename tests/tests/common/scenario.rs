@@ -51,19 +51,48 @@ pub fn warm_up(lab: &Lab, v6: bool) {
 /// Starts the agent with `cfg`, waits until `up` backends are up in the maps, warms up.
 pub fn start(lab: &Lab, cfg: &Cfg, up: usize) -> Agent {
     let agent = Agent::start(lab, &cfg.render(lab));
-    wait_up(&agent, up);
+    wait_up(lab, &agent, &cfg.admin_listen, up);
     warm_up(lab, cfg.v6);
     agent
 }
 
-/// Waits until `up` backends passed their checks and the maps say so: a transition is
-/// logged when the result arrives, and the replan that writes it may follow a few
-/// milliseconds later (replans are paced by their own cost).
-pub fn wait_up(agent: &Agent, up: usize) {
+/// Waits until `up` backends passed their checks and the maps say so. A transition is
+/// logged when the result arrives and the replan that writes it may follow a few
+/// milliseconds later (replans are paced by their own cost), or may write nothing (a
+/// backup while the primaries are up): so the agent's last plan, which is what the maps
+/// hold, is read from `/status` (served on `admin`) until it has taken in every backend
+/// that is up.
+pub fn wait_up(lab: &Lab, agent: &Agent, admin: &str, up: usize) {
     assert!(
-        agent.wait_log_count("UP after", up, Duration::from_secs(10))
-            && agent.wait_log_then("UP after", "applied", Duration::from_secs(5)),
+        agent.wait_log_count("UP after", up, Duration::from_secs(10)),
         "{}",
+        agent.log_text()
+    );
+    let start = Instant::now();
+    let mut unplanned = Vec::new();
+    while start.elapsed() < Duration::from_secs(5) {
+        let (code, body) = super::admin_get_at(&lab.lb.netns, admin, "/status");
+        assert_eq!(code, 200, "{body}");
+        let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+        unplanned = status["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .flat_map(|s| s["backends"].as_array().expect("backends"))
+            .filter(|b| {
+                let reason = b["reason"].as_str().unwrap_or_default();
+                b["health_up"] == true
+                    && (reason == "health check down" || reason.starts_with("next hop unknown"))
+            })
+            .map(|b| b["address"].to_string())
+            .collect::<Vec<_>>();
+        if unplanned.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!(
+        "up but not in the maps: {unplanned:?}\n{}",
         agent.log_text()
     );
 }

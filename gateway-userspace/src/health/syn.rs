@@ -6,9 +6,11 @@
 //! involved in either case (its kernel completes handshakes on its own). What the full
 //! connect adds is cost on both ends: the prober's socket and its state machine, a fourth
 //! packet, and on the backend a child socket that is created, queued for `accept(2)`, and
-//! torn down by the prober's reset (and logged by servers that log connections). Measured
-//! on one veth pair at 10,000 checks a second, the kernel work of a half-open probe was
-//! about a third of a connect-and-reset (`cargo xtask bench health`, docs/BENCHMARKS.md).
+//! torn down by the prober's reset (and logged by servers that log connections). Over one
+//! veth pair at 10,000 probes a second, where the sender is billed for both ends' kernel
+//! work, a bare loop of half-open probes cost 16% of a core in system time and one of
+//! connects-and-resets 44% (measured by hand on this project's health bench bed; the bench
+//! itself, `cargo xtask bench health`, measures the agent).
 //!
 //! The exchange: the SYN leaves from one of a few source ports that the prober holds bound
 //! (and never listens on), so no local connection can use them; the backend answers with a

@@ -11,6 +11,7 @@ mod state;
 mod syn;
 mod tcp;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -101,12 +102,13 @@ pub struct ProbeResult {
     pub latency: Duration,
     /// A short human-readable account, e.g. `connection refused`, `timeout after 500ms`,
     /// `status 503`, `body lacks "ok"`, `HTTP 200`. For logs only: never branch on it.
-    pub reason: String,
+    /// Borrowed when fixed, as most are, so a passing probe allocates nothing for it.
+    pub reason: Cow<'static, str>,
 }
 
 impl ProbeResult {
     /// A passing result.
-    pub fn pass(latency: Duration, reason: impl Into<String>) -> Self {
+    pub fn pass(latency: Duration, reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             ok: true,
             latency,
@@ -115,7 +117,7 @@ impl ProbeResult {
     }
 
     /// A failing result.
-    pub fn fail(latency: Duration, reason: impl Into<String>) -> Self {
+    pub fn fail(latency: Duration, reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             ok: false,
             latency,
@@ -138,7 +140,7 @@ pub trait Probe: Send + Sync {
 }
 
 /// A short reason for an I/O error, without the `(os error N)` suffix for the common cases.
-pub(crate) fn io_reason(e: &io::Error) -> String {
+pub(crate) fn io_reason(e: &io::Error) -> Cow<'static, str> {
     use io::ErrorKind as K;
     let short = match e.kind() {
         K::ConnectionRefused => "connection refused",
@@ -149,9 +151,9 @@ pub(crate) fn io_reason(e: &io::Error) -> String {
         K::NetworkUnreachable => "network unreachable",
         K::AddrNotAvailable => "address not available",
         K::UnexpectedEof => "unexpected end of stream",
-        _ => return e.to_string(),
+        _ => return e.to_string().into(),
     };
-    short.to_owned()
+    short.into()
 }
 
 /// The reason given for a probe that ran out of time.

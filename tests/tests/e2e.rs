@@ -138,6 +138,7 @@ matrix!(recovery_with_slow_start);
 matrix!(drain_keeps_established_connections);
 matrix!(backup_takes_over_only_while_no_primary_is_up);
 matrix!(udp_spreads_and_sticks_per_flow);
+matrix!(a_silent_backend_fails_at_the_timeout);
 
 fn label(mode: &str, v6: bool) -> String {
     format!("{mode}/{}", if v6 { "IPv6" } else { "IPv4" })
@@ -260,6 +261,102 @@ fn failover(mode: &'static str, v6: bool) {
         "failover took {:?} > {bound:?}; failed connections: {:?}",
         f.took,
         f.errors
+    );
+}
+
+/// A backend that answers nothing at all (its address removed: no SYN-ACK, no reset) goes
+/// down when its checks time out, and comes back once it answers again.
+fn a_silent_backend_fails_at_the_timeout(mode: &'static str, v6: bool) {
+    let _g = serial();
+    let lab = common::lab("t", 2);
+    let cfg = Cfg::new(mode, v6, 2);
+    let agent = start(&lab, &cfg, 2);
+    let b = &lab.backends[0];
+    let cidr = if v6 {
+        format!("{}/64", b.ipv6)
+    } else {
+        format!("{}/24", b.ipv4)
+    };
+    let addr = |op: &str| {
+        let mut args = vec!["ip", "addr", op, cidr.as_str(), "dev", "eth0"];
+        if v6 {
+            args.push("nodad");
+        }
+        lab::ns_exec(&b.netns, &args).unwrap();
+    };
+    addr("del");
+    let down = format!(
+        "{} DOWN after {} failures: timeout after {}ms",
+        target(&lab, 0, v6),
+        cfg.fall,
+        cfg.interval_ms
+    );
+    assert!(
+        agent.wait_log(&down, cfg.probe_bound() + Duration::from_secs(1))
+            && agent.wait_log_then(&down, "health change: applied", Duration::from_secs(3)),
+        "{}",
+        agent.log_text()
+    );
+    let (seen, failed) = spread(&lab, v6, 26_000, 100);
+    assert_eq!(failed, 0, "{seen:?}");
+    assert!(!seen.contains_key("b1"), "{seen:?}");
+
+    addr("add");
+    let up = format!("{} UP after", target(&lab, 0, v6));
+    assert!(
+        agent.wait_log_count(&up, 2, Duration::from_secs(5)),
+        "{}",
+        agent.log_text()
+    );
+}
+
+/// Without CAP_NET_RAW the agent cannot open raw sockets: it says so, and its TCP checks
+/// make full connections instead, which judge live and dead backends the same.
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn without_cap_net_raw_tcp_checks_connect() {
+    if !common::privileged("without_cap_net_raw_tcp_checks_connect") {
+        return;
+    }
+    let _g = serial();
+    let mut lab = common::lab("n", 2);
+    let cfg = Cfg::new("l2dsr", false, 2);
+    let no_raw = ["setpriv", "--bounding-set", "-net_raw", "--"];
+    let agent = Agent::start_via(&lab, &cfg.render(&lab), &no_raw);
+    assert!(
+        agent.wait_log(
+            "TCP checks will make full connections",
+            Duration::from_secs(1)
+        ),
+        "{}",
+        agent.log_text()
+    );
+    wait_up(&lab, &agent, &cfg.admin_listen, 2);
+    let (code, body) = admin_get(&lab.lb.netns, "/status");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let reasons: Vec<_> = status["services"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            b["last_probe"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(reasons, ["connected", "connected"], "{body}");
+    lab.stop_server(0).unwrap();
+    let down = format!(
+        "{} DOWN after {} failures: connection refused",
+        target(&lab, 0, false),
+        cfg.fall
+    );
+    assert!(
+        agent.wait_log(&down, cfg.probe_bound() + Duration::from_secs(1)),
+        "{}",
+        agent.log_text()
     );
 }
 

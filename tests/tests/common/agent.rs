@@ -33,10 +33,16 @@ impl Agent {
     /// Starts `gateway run` in the balancer namespace with `config` and waits until its first
     /// plan is applied.
     pub fn start(lab: &Lab, config: &str) -> Agent {
+        Agent::start_via(lab, config, &[])
+    }
+
+    /// [`Agent::start`] through `wrapper`, a command that execs the rest (e.g. `setpriv`
+    /// with its options), so that the agent keeps its PID.
+    pub fn start_via(lab: &Lab, config: &str, wrapper: &[&str]) -> Agent {
         let dir = lab_dir(lab);
         let path = dir.join("gateway.toml");
         std::fs::write(&path, config).unwrap();
-        let a = Agent::spawn(lab, &path);
+        let a = Agent::spawn_via(lab, &path, wrapper);
         assert!(
             a.wait_log("start: applied", Duration::from_secs(20)),
             "agent did not start:\n{}",
@@ -47,7 +53,19 @@ impl Agent {
 
     /// Starts the agent without waiting for anything.
     pub fn spawn(lab: &Lab, path: &std::path::Path) -> Agent {
-        let mut child = lab::ns_command(&lab.lb.netns, gateway_bin())
+        Agent::spawn_via(lab, path, &[])
+    }
+
+    fn spawn_via(lab: &Lab, path: &std::path::Path, wrapper: &[&str]) -> Agent {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, options)) => {
+                let mut c = lab::ns_command(&lab.lb.netns, program);
+                c.args(options).arg(gateway_bin());
+                c
+            }
+            None => lab::ns_command(&lab.lb.netns, gateway_bin()),
+        };
+        let mut child = cmd
             .args(["run", "--stats-interval", "1", "--config"])
             .arg(path)
             .env("RUST_LOG", "info")

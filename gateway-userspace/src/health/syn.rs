@@ -40,9 +40,14 @@ use tokio::time::Instant;
 
 use super::{Probe, ProbeFuture, ProbeResult, TcpProbe, io_reason, timeout_reason};
 
-/// Source ports held for probes. Each probe takes the next in turn, so one target sees the
-/// same four-tuple again only every this many probes, long after its last one ended.
+/// Source ports held for probes. Each check takes them in turn, so its backend sees the same
+/// four-tuple again only every this many probes of the check (should the prober's reset of
+/// an earlier one be lost, the backend still holds that attempt for a while); and no two
+/// probes in flight share a four-tuple (checks of one target in several services).
 const PORTS: usize = 8;
+
+/// Replies read in one go before the reader lets other tasks run.
+const READ_BUDGET: usize = 256;
 
 /// TCP header flags.
 const FIN: u8 = 0x01;
@@ -67,10 +72,11 @@ enum Answer {
     Refused,
 }
 
-/// A probe in flight: the backend, its port, our port, and the sequence number of our SYN.
-type Key = (IpAddr, u16, u16, u32);
+/// A probe's four-tuple: the backend, its port, and our port.
+type Tuple = (IpAddr, u16, u16);
 
-type Pending = Arc<Mutex<HashMap<Key, oneshot::Sender<Answer>>>>;
+/// Probes in flight by four-tuple: the sequence number of the SYN, and who waits.
+type Pending = Arc<Mutex<HashMap<Tuple, (u32, oneshot::Sender<Answer>)>>>;
 
 /// Counts for tests and diagnostics.
 #[derive(Debug, Default)]
@@ -162,12 +168,34 @@ impl SynSockets {
         if v6 { self.v6.as_ref() } else { Some(&self.v4) }
     }
 
-    /// The source port and initial sequence number of the next probe.
-    fn next_probe(&self) -> (u16, u32) {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let port = self.ports[n as usize % self.ports.len()];
-        // Unpredictable, so nobody off-path can forge an answer.
-        (port, self.seqs.hash_one(n) as u32)
+    /// A random number (initial sequence numbers: unpredictable, so nobody off-path can
+    /// forge an answer).
+    fn random(&self) -> u32 {
+        self.seqs
+            .hash_one(self.next.fetch_add(1, Ordering::Relaxed)) as u32
+    }
+
+    /// Registers a probe of `target` with sequence number `seq`: from the first held port,
+    /// starting at the check's `turn`, whose four-tuple no probe in flight uses (moving the
+    /// turn past it). `None` if every one is in use.
+    fn claim(
+        &self,
+        target: SocketAddr,
+        turn: &AtomicU32,
+        seq: u32,
+        waiter: oneshot::Sender<Answer>,
+    ) -> Option<Tuple> {
+        let first = turn.load(Ordering::Relaxed) as usize;
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let n = self.ports.len();
+        let i = (0..n).find(|i| {
+            let port = self.ports[(first + i) % n];
+            !pending.contains_key(&(target.ip(), target.port(), port))
+        })?;
+        let tuple = (target.ip(), target.port(), self.ports[(first + i) % n]);
+        pending.insert(tuple, (seq, waiter));
+        turn.store(((first + i + 1) % n) as u32, Ordering::Relaxed);
+        Some(tuple)
     }
 }
 
@@ -203,6 +231,9 @@ fn raw_socket(v6: bool, ports: &[u16]) -> io::Result<Socket> {
         setsockopt_int(&s, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 16)?;
     }
     attach_filter(&s, &port_filter(v6, ports))?;
+    // Segments that arrived between socket(2) and the filter passed no filter: drop them.
+    let mut buf = [MaybeUninit::<u8>::uninit(); 64];
+    while s.recv(&mut buf).is_ok() {}
     if setsockopt_int(&s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF as i32).is_err() {
         s.set_recv_buffer_size(RCVBUF)?;
     }
@@ -288,7 +319,13 @@ async fn read_replies(fd: Arc<AsyncFd<Socket>>, v6: bool, pending: Pending, coun
         let Ok(mut ready) = fd.readable().await else {
             return;
         };
-        loop {
+        for reads in 0.. {
+            if reads == READ_BUDGET {
+                // Still readable (the readiness is kept): come back after the others ran.
+                drop(ready);
+                tokio::task::yield_now().await;
+                break;
+            }
             let read = ready.try_io(|s| s.get_ref().recv_from(&mut buf));
             let (n, from) = match read {
                 Ok(Ok(r)) => r,
@@ -299,15 +336,19 @@ async fn read_replies(fd: Arc<AsyncFd<Socket>>, v6: bool, pending: Pending, coun
             };
             // SAFETY: recv_from initialised the first `n` bytes (at most the buffer).
             let data = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
-            let Some((key, answer)) = parse_reply(data, from.as_socket().map(|a| a.ip()), v6)
+            let Some((tuple, seq, answer)) =
+                parse_reply(data, from.as_socket().map(|a| a.ip()), v6)
             else {
                 counts.unmatched.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            let waiter = pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
+            let waiter = {
+                let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+                match pending.get(&tuple) {
+                    Some((s, _)) if *s == seq => pending.remove(&tuple).map(|(_, tx)| tx),
+                    _ => None,
+                }
+            };
             match waiter {
                 Some(tx) => {
                     counts.matched.fetch_add(1, Ordering::Relaxed);
@@ -324,7 +365,7 @@ async fn read_replies(fd: Arc<AsyncFd<Socket>>, v6: bool, pending: Pending, coun
 /// The probe a received segment answers, and how. `data` starts at the IPv4 header for
 /// IPv4 and at the TCP header for IPv6 (where `from` gives the source). Anything else, from
 /// a plain ACK to a truncated header, is no answer.
-fn parse_reply(data: &[u8], from: Option<IpAddr>, v6: bool) -> Option<(Key, Answer)> {
+fn parse_reply(data: &[u8], from: Option<IpAddr>, v6: bool) -> Option<(Tuple, u32, Answer)> {
     let (src, tcp) = if v6 {
         (from?, data)
     } else {
@@ -346,7 +387,7 @@ fn parse_reply(data: &[u8], from: Option<IpAddr>, v6: bool) -> Option<(Key, Answ
     } else {
         return None;
     };
-    Some(((src, be16(0), be16(2), ack.wrapping_sub(1)), answer))
+    Some(((src, be16(0), be16(2)), ack.wrapping_sub(1), answer))
 }
 
 /// A SYN from `src_port` to `dst` with sequence number `seq`. For IPv4 the checksum is
@@ -388,27 +429,84 @@ fn tcp_sum_v4(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
 /// The local address the kernel would send from to reach `dst` (a connected UDP socket's
 /// name: no packet is sent).
 fn source_for(dst: SocketAddr) -> io::Result<Ipv4Addr> {
-    let udp = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-    udp.connect(dst)?;
-    match udp.local_addr()?.ip() {
-        IpAddr::V4(a) => Ok(a),
-        IpAddr::V6(_) => Err(io::Error::from(io::ErrorKind::AddrNotAvailable)),
+    let udp = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    udp.connect(&dst.into())?;
+    match udp.local_addr()?.as_socket().map(|a| a.ip()) {
+        Some(IpAddr::V4(a)) => Ok(a),
+        _ => Err(io::Error::from(io::ErrorKind::AddrNotAvailable)),
     }
 }
 
+/// Sends an IPv4 segment to `dst` from `src`. The kernel builds the IP header, but left
+/// to itself it would pick the source by its own route lookup, which can differ from the
+/// one `source_for` made (multipath routes hash ports and protocol; policy routing may
+/// match them), and the TCP checksum covers the source: so the source is given with
+/// IP_PKTINFO (a source no longer local fails the send).
+fn send_v4(s: &Socket, segment: &[u8], dst: Ipv4Addr, src: Ipv4Addr) -> io::Result<()> {
+    let to = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(dst).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let info = libc::in_pktinfo {
+        ipi_ifindex: 0,
+        ipi_spec_dst: libc::in_addr {
+            s_addr: u32::from(src).to_be(),
+        },
+        ipi_addr: libc::in_addr { s_addr: 0 },
+    };
+    let mut iov = libc::iovec {
+        iov_base: segment.as_ptr().cast_mut().cast(),
+        iov_len: segment.len(),
+    };
+    // Room for one control message, aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: every pointer in the header points at a live local of the size given, the
+    // control buffer is aligned and larger than CMSG_SPACE(in_pktinfo) (32 bytes), and
+    // CMSG_FIRSTHDR of a buffer that size is non-null.
+    let rc = unsafe {
+        let space = libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
+        debug_assert!(space <= size_of_val(&control));
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&raw const to).cast_mut().cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::IPPROTO_IP;
+        (*cmsg).cmsg_type = libc::IP_PKTINFO;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>(), info);
+        libc::sendmsg(s.as_raw_fd(), &msg, 0)
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Removes a probe's entry when the probe ends, however it ends (answered, timed out or
-/// aborted with its check).
+/// aborted with its check), unless a later probe already holds the four-tuple.
 struct InFlight<'a> {
     pending: &'a Pending,
-    key: Key,
+    tuple: Tuple,
+    seq: u32,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending
+            .get(&self.tuple)
+            .is_some_and(|(s, _)| *s == self.seq)
+        {
+            pending.remove(&self.tuple);
+        }
     }
 }
 
@@ -419,17 +517,21 @@ pub struct SynProbe {
     sockets: Arc<SynSockets>,
     fallback: TcpProbe,
     /// The IPv4 source for this check's target (0 until known), looked up again after a
-    /// probe times out: a changed route may have changed it.
+    /// probe fails to send or times out: a changed route may have changed it.
     source: AtomicU32,
+    /// Where the next probe starts looking for a free held port.
+    turn: AtomicU32,
 }
 
 impl SynProbe {
     /// A probe sending from `sockets`; `fallback` serves families they lack.
     pub fn new(sockets: Arc<SynSockets>, fallback: TcpProbe) -> Self {
+        let turn = sockets.random() % PORTS as u32;
         Self {
             sockets,
             fallback,
             source: AtomicU32::new(0),
+            turn: AtomicU32::new(turn),
         }
     }
 
@@ -452,11 +554,19 @@ impl SynProbe {
             SocketAddr::V6(_) => None,
         };
         let segment = syn_segment(src, target, port, seq);
-        // Raw sockets take no port in the address (the IPv6 one rejects one).
-        let to = SockAddr::from(SocketAddr::new(target.ip(), 0));
-        fd.async_io(Interest::WRITABLE, |s| s.send_to(&segment, &to))
-            .await
-            .map(drop)
+        match (target.ip(), src) {
+            (IpAddr::V4(dst), Some(src)) => {
+                fd.async_io(Interest::WRITABLE, |s| send_v4(s, &segment, dst, src))
+                    .await
+            }
+            _ => {
+                // Raw sockets take no port in the address (the IPv6 one rejects one).
+                let to = SockAddr::from(SocketAddr::new(target.ip(), 0));
+                fd.async_io(Interest::WRITABLE, |s| s.send_to(&segment, &to))
+                    .await
+                    .map(drop)
+            }
+        }
     }
 }
 
@@ -467,17 +577,19 @@ impl Probe for SynProbe {
                 return self.fallback.probe(target, timeout).await;
             };
             let start = Instant::now();
-            let (port, seq) = self.sockets.next_probe();
+            let seq = self.sockets.random();
             let (tx, rx) = oneshot::channel();
-            let key = (target.ip(), target.port(), port, seq);
-            let pending = &self.sockets.pending;
-            pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key, tx);
-            let _in_flight = InFlight { pending, key };
+            let Some(tuple) = self.sockets.claim(target, &self.turn, seq, tx) else {
+                // As many probes of this target in flight as held ports: this one connects.
+                return self.fallback.probe(target, timeout).await;
+            };
+            let _in_flight = InFlight {
+                pending: &self.sockets.pending,
+                tuple,
+                seq,
+            };
             let exchange = async {
-                self.send(fd, target, port, seq).await?;
+                self.send(fd, target, tuple.2, seq).await?;
                 rx.await.map_err(|_| io::Error::other("prober stopped"))
             };
             match tokio::time::timeout(timeout, exchange).await {
@@ -519,18 +631,18 @@ mod tests {
     #[test]
     fn replies_are_parsed_and_everything_else_is_ignored() {
         let src = IpAddr::from([198, 18, 0, 11]);
-        let key = (src, 80, 40000, 999);
-        type Case = (&'static str, Vec<u8>, Option<(Key, Answer)>);
+        let tuple = (src, 80, 40000);
+        type Case = (&'static str, Vec<u8>, Option<(Tuple, u32, Answer)>);
         let cases: [Case; 8] = [
             (
                 "syn-ack",
                 reply_v4([198, 18, 0, 11], 80, 40000, 1000, SYN | ACK),
-                Some((key, Answer::Accepted)),
+                Some((tuple, 999, Answer::Accepted)),
             ),
             (
                 "reset",
                 reply_v4([198, 18, 0, 11], 80, 40000, 1000, RST | ACK),
-                Some((key, Answer::Refused)),
+                Some((tuple, 999, Answer::Refused)),
             ),
             (
                 "plain ack",
@@ -572,7 +684,7 @@ mod tests {
         opts.splice(20..20, [1, 1, 1, 1]);
         assert_eq!(
             parse_reply(&opts, None, false),
-            Some((key, Answer::Accepted))
+            Some((tuple, 999, Answer::Accepted))
         );
         // A bad header length is no answer, not a panic.
         let mut bad = reply_v4([198, 18, 0, 11], 80, 40000, 1000, SYN | ACK);
@@ -583,7 +695,7 @@ mod tests {
         let seg = reply_v4([0; 4], 80, 40000, 1000, SYN | ACK)[20..].to_vec();
         assert_eq!(
             parse_reply(&seg, Some(v6), true),
-            Some(((v6, 80, 40000, 999), Answer::Accepted))
+            Some(((v6, 80, 40000), 999, Answer::Accepted))
         );
         assert_eq!(parse_reply(&seg, None, true), None);
     }
@@ -695,6 +807,33 @@ mod tests {
         for (target, r) in results {
             assert_eq!(r.ok, target != closed, "{target}: {r:?}");
         }
+        assert!(sockets.pending.lock().unwrap().is_empty());
+    }
+
+    /// Checks of one target running at once never share a four-tuple: each takes a held
+    /// port no other probe in flight uses, and past that many the probe connects instead.
+    #[tokio::test]
+    async fn probes_of_one_target_at_once_take_distinct_ports() {
+        let Some(sockets) = open() else { return };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap();
+        let probes: Vec<_> = (0..PORTS + 3).map(|_| probe(&sockets)).collect();
+        let results = futures_join_all(probes.iter().map(|p| p.probe(target, TIMEOUT))).await;
+        let mut reasons: Vec<_> = results.iter().map(|r| r.reason.to_string()).collect();
+        reasons.sort();
+        let mut want = vec!["SYN-ACK".to_owned(); PORTS];
+        want.extend(vec!["connected".to_owned(); 3]);
+        want.sort();
+        assert_eq!(reasons, want, "{results:?}");
+        // One check alone walks the ports in turn.
+        let p = probe(&sockets);
+        let mut used = std::collections::BTreeSet::new();
+        for _ in 0..PORTS {
+            let before = p.turn.load(Ordering::Relaxed);
+            assert!(p.probe(target, TIMEOUT).await.ok);
+            used.insert(before);
+        }
+        assert_eq!(used.len(), PORTS, "{used:?}");
         assert!(sockets.pending.lock().unwrap().is_empty());
     }
 

@@ -151,7 +151,12 @@ pub fn failover(lab: &mut Lab, v6: bool) -> Failover {
         }
         (log, errors, other_errors)
     });
-    std::thread::sleep(Duration::from_millis(700));
+    // Checks run on a fixed period, so a fixed delay after the agent came up would kill at
+    // about the same point of the check cycle every run: a random extra delay of up to
+    // 250 ms (more than two cycles of the tests' 100 ms checks) spreads the kills over it.
+    use std::hash::BuildHasher as _;
+    let spread = std::collections::hash_map::RandomState::new().hash_one(0u8) % 250;
+    std::thread::sleep(Duration::from_millis(700 + spread));
     let killed = Instant::now();
     lab.stop_server(0).expect("stop b1's server");
     let (log, errors, other_errors) = stream.join().expect("client thread");

@@ -60,8 +60,8 @@ pub fn start(lab: &Lab, cfg: &Cfg, up: usize) -> Agent {
 /// logged when the result arrives and the replan that writes it may follow a few
 /// milliseconds later (replans are paced by their own cost), or may write nothing (a
 /// backup while the primaries are up): so the agent's last plan, which is what the maps
-/// hold, is read from `/status` (served on `admin`) until it has taken in every backend
-/// that is up.
+/// hold, is read from `/status` (served on `admin`) until it counts `up` backends up (its
+/// `health_up` is the health it planned with) with a known next hop.
 pub fn wait_up(lab: &Lab, agent: &Agent, admin: &str, up: usize) {
     assert!(
         agent.wait_log_count("UP after", up, Duration::from_secs(10)),
@@ -69,30 +69,29 @@ pub fn wait_up(lab: &Lab, agent: &Agent, admin: &str, up: usize) {
         agent.log_text()
     );
     let start = Instant::now();
-    let mut unplanned = Vec::new();
+    let mut body = String::new();
     while start.elapsed() < Duration::from_secs(5) {
-        let (code, body) = super::admin_get_at(&lab.lb.netns, admin, "/status");
+        let code;
+        (code, body) = super::admin_get_at(&lab.lb.netns, admin, "/status");
         assert_eq!(code, 200, "{body}");
         let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
-        unplanned = status["services"]
+        let planned = status["services"]
             .as_array()
             .expect("services")
             .iter()
             .flat_map(|s| s["backends"].as_array().expect("backends"))
             .filter(|b| {
                 let reason = b["reason"].as_str().unwrap_or_default();
-                b["health_up"] == true
-                    && (reason == "health check down" || reason.starts_with("next hop unknown"))
+                b["health_up"] == true && !reason.starts_with("next hop unknown")
             })
-            .map(|b| b["address"].to_string())
-            .collect::<Vec<_>>();
-        if unplanned.is_empty() {
+            .count();
+        if planned >= up {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!(
-        "up but not in the maps: {unplanned:?}\n{}",
+        "the last plan has fewer than {up} backends up: {body}\n{}",
         agent.log_text()
     );
 }

@@ -343,11 +343,7 @@ impl Agent {
                     error!(
                         "service {}: NO BACKEND AVAILABLE - new connections are dropped ({})",
                         s.name,
-                        s.backends
-                            .iter()
-                            .map(|b| format!("{} {}", b.address, b.reason))
-                            .collect::<Vec<_>>()
-                            .join("; ")
+                        s.reasons()
                     );
                 } else if !s.empty() && was_empty {
                     info!("service {}: backends available again", s.name);

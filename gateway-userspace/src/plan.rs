@@ -220,6 +220,31 @@ impl ServicePlan {
     pub fn empty(&self) -> bool {
         self.backends.iter().all(|b| b.slots == 0)
     }
+
+    /// Why each backend takes no new flows, for the log: the first few by name, then how
+    /// many more for each reason (a service of hundreds would otherwise log one line of
+    /// tens of kilobytes).
+    pub fn reasons(&self) -> String {
+        const NAMED: usize = 5;
+        let mut parts: Vec<String> = self
+            .backends
+            .iter()
+            .take(NAMED)
+            .map(|b| format!("{} {}", b.address, b.reason))
+            .collect();
+        let mut rest: Vec<(&str, usize)> = Vec::new();
+        for b in self.backends.iter().skip(NAMED) {
+            match rest.iter_mut().find(|(r, _)| *r == b.reason) {
+                Some((_, n)) => *n += 1,
+                None => rest.push((&b.reason, 1)),
+            }
+        }
+        parts.extend(
+            rest.into_iter()
+                .map(|(reason, n)| format!("{n} more: {reason}")),
+        );
+        parts.join("; ")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -626,6 +651,28 @@ address = "198.18.0.13"
             assert_eq!(b.kernel_state, BACKEND_UP);
         }
         assert!(!s.empty());
+    }
+
+    #[test]
+    fn reasons_name_the_first_backends_and_count_the_rest() {
+        let c = config("", ["", "", "state = \"maint\""]);
+        let p = run(&c, &facts([false, false, true]));
+        let s = &p.services[0];
+        assert!(s.empty());
+        assert_eq!(
+            s.reasons(),
+            "198.18.0.11 health check down; 198.18.0.12 health check down; \
+             198.18.0.13 admin maint"
+        );
+        // Twelve backends: five named, then the other seven counted by reason.
+        let mut big = s.clone();
+        big.backends = (0..4).flat_map(|_| s.backends.clone()).collect();
+        assert_eq!(
+            big.reasons(),
+            "198.18.0.11 health check down; 198.18.0.12 health check down; \
+             198.18.0.13 admin maint; 198.18.0.11 health check down; \
+             198.18.0.12 health check down; 3 more: admin maint; 4 more: health check down"
+        );
     }
 
     #[test]

@@ -40,10 +40,13 @@ use tokio::time::Instant;
 
 use super::{Probe, ProbeFuture, ProbeResult, TcpProbe, io_reason, timeout_reason};
 
-/// Source ports held for probes. Each check takes them in turn, so its backend sees the same
-/// four-tuple again only every this many probes of the check (should the prober's reset of
-/// an earlier one be lost, the backend still holds that attempt for a while); and no two
-/// probes in flight share a four-tuple (checks of one target in several services).
+/// Source ports held for probes. Each check takes them in turn, and no two probes in flight
+/// share a four-tuple (checks of one target in several services). A four-tuple's SYN always
+/// carries the same sequence number: should the prober's reset of an earlier attempt be
+/// lost (a firewall dropping it), the backend still holds that attempt in SYN-RECV for up
+/// to a minute, and answers a SYN with the same sequence number with its SYN-ACK again,
+/// where a new one would get no answer (checked by hand with tcpdump: a retransmitted SYN
+/// got the SYN-ACK at once, one with another sequence number nothing).
 const PORTS: usize = 8;
 
 /// Replies read in one go before the reader lets other tasks run.
@@ -168,23 +171,21 @@ impl SynSockets {
         if v6 { self.v6.as_ref() } else { Some(&self.v4) }
     }
 
-    /// A random number (initial sequence numbers: unpredictable, so nobody off-path can
-    /// forge an answer).
+    /// A random number.
     fn random(&self) -> u32 {
         self.seqs
             .hash_one(self.next.fetch_add(1, Ordering::Relaxed)) as u32
     }
 
-    /// Registers a probe of `target` with sequence number `seq`: from the first held port,
-    /// starting at the check's `turn`, whose four-tuple no probe in flight uses (moving the
-    /// turn past it). `None` if every one is in use.
+    /// Registers a probe of `target`: from the first held port, starting at the check's
+    /// `turn`, whose four-tuple no probe in flight uses (moving the turn past it). Returns
+    /// the four-tuple and the SYN's sequence number, or `None` if every port is in use.
     fn claim(
         &self,
         target: SocketAddr,
         turn: &AtomicU32,
-        seq: u32,
         waiter: oneshot::Sender<Answer>,
-    ) -> Option<Tuple> {
+    ) -> Option<(Tuple, u32)> {
         let first = turn.load(Ordering::Relaxed) as usize;
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let n = self.ports.len();
@@ -193,9 +194,12 @@ impl SynSockets {
             !pending.contains_key(&(target.ip(), target.port(), port))
         })?;
         let tuple = (target.ip(), target.port(), self.ports[(first + i) % n]);
+        // Keyed per agent, so unpredictable off-path (nobody can forge an answer), and the
+        // same for every SYN of this four-tuple (see PORTS).
+        let seq = self.seqs.hash_one(tuple) as u32;
         pending.insert(tuple, (seq, waiter));
         turn.store(((first + i + 1) % n) as u32, Ordering::Relaxed);
-        Some(tuple)
+        Some((tuple, seq))
     }
 }
 
@@ -577,9 +581,8 @@ impl Probe for SynProbe {
                 return self.fallback.probe(target, timeout).await;
             };
             let start = Instant::now();
-            let seq = self.sockets.random();
             let (tx, rx) = oneshot::channel();
-            let Some(tuple) = self.sockets.claim(target, &self.turn, seq, tx) else {
+            let Some((tuple, seq)) = self.sockets.claim(target, &self.turn, tx) else {
                 // As many probes of this target in flight as held ports: this one connects.
                 return self.fallback.probe(target, timeout).await;
             };
@@ -835,6 +838,27 @@ mod tests {
         }
         assert_eq!(used.len(), PORTS, "{used:?}");
         assert!(sockets.pending.lock().unwrap().is_empty());
+    }
+
+    /// Every SYN of a four-tuple carries the same sequence number, and different four-tuples
+    /// different ones.
+    #[tokio::test]
+    async fn a_four_tuple_always_carries_the_same_sequence_number() {
+        let Some(sockets) = open() else { return };
+        let target: SocketAddr = "198.18.0.11:80".parse().unwrap();
+        let turn = AtomicU32::new(0);
+        let mut seen = HashMap::new();
+        for _ in 0..3 * PORTS {
+            let (tx, _rx) = oneshot::channel();
+            let (tuple, seq) = sockets.claim(target, &turn, tx).unwrap();
+            sockets.pending.lock().unwrap().remove(&tuple);
+            if let Some(before) = seen.insert(tuple, seq) {
+                assert_eq!(before, seq, "{tuple:?}");
+            }
+        }
+        assert_eq!(seen.len(), PORTS);
+        let distinct: std::collections::HashSet<_> = seen.values().collect();
+        assert_eq!(distinct.len(), PORTS);
     }
 
     /// Runs futures concurrently on this task (no extra crate for one test).

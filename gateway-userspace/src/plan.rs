@@ -222,8 +222,8 @@ impl ServicePlan {
     }
 
     /// Why each backend takes no new flows, for the log: the first few by name, then how
-    /// many more for each reason (a service of hundreds would otherwise log one line of
-    /// tens of kilobytes).
+    /// many more for each kind of reason (its text before any `:`, which may go on with
+    /// details of each backend), so that a service of hundreds logs a short line.
     pub fn reasons(&self) -> String {
         const NAMED: usize = 5;
         let mut parts: Vec<String> = self
@@ -234,9 +234,10 @@ impl ServicePlan {
             .collect();
         let mut rest: Vec<(&str, usize)> = Vec::new();
         for b in self.backends.iter().skip(NAMED) {
-            match rest.iter_mut().find(|(r, _)| *r == b.reason) {
+            let kind = b.reason.split(':').next().unwrap_or_default();
+            match rest.iter_mut().find(|(r, _)| *r == kind) {
                 Some((_, n)) => *n += 1,
-                None => rest.push((&b.reason, 1)),
+                None => rest.push((kind, 1)),
             }
         }
         parts.extend(
@@ -664,14 +665,17 @@ address = "198.18.0.13"
             "198.18.0.11 health check down; 198.18.0.12 health check down; \
              198.18.0.13 admin maint"
         );
-        // Twelve backends: five named, then the other seven counted by reason.
+        // Twelve backends: five named, then the other seven counted by kind of reason.
         let mut big = s.clone();
         big.backends = (0..4).flat_map(|_| s.backends.clone()).collect();
+        for (i, b) in big.backends.iter_mut().enumerate().skip(9) {
+            b.reason = format!("health check down: detail {i}");
+        }
         assert_eq!(
             big.reasons(),
             "198.18.0.11 health check down; 198.18.0.12 health check down; \
              198.18.0.13 admin maint; 198.18.0.11 health check down; \
-             198.18.0.12 health check down; 3 more: admin maint; 4 more: health check down"
+             198.18.0.12 health check down; 2 more: admin maint; 5 more: health check down"
         );
     }
 

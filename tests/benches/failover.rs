@@ -1,7 +1,7 @@
 //! `cargo xtask bench failover`: the end-to-end failover test's measurement, repeated. Each
 //! run builds a fresh lab (3 backends), starts the release `gateway` with TCP checks every
 //! 100 ms (fall 2, timeout 100 ms, the default fast_interval of 25 ms), streams new connections from the client and kills
-//! backend b1's server 700 ms in; the failover time is from the kill to the last new
+//! backend b1's server 700-950 ms in (a random point of the check cycle); the failover time is from the kill to the last new
 //! connection that failed, after which new connections all went to b2 and b3.
 //!
 //! Output: Markdown on stdout, also written to `$GATEWAY_BENCH_OUT` if set.

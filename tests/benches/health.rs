@@ -480,8 +480,8 @@ fn main() {
          handshake work and the balancer's receive of their answers are billed to that \
          thread (on real hosts: softirq time on each machine), not to the agent; without \
          it this kernel (no IRQ time accounting) bills all of it to the sender's system \
-         calls. The baseline's connect waits for its answer, so it pays for the receive \
-         path as it goes.\n",
+         calls. The baseline's figure is its own thread's CPU time: a socket opened, \
+         connected (sleeping until the handshake completes) and reset per connection.\n",
         WINDOW.as_secs(),
         cpu / base,
         m.came_up.as_secs_f64(),

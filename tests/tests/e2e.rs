@@ -321,7 +321,18 @@ fn without_cap_net_raw_tcp_checks_connect() {
     let _g = serial();
     let mut lab = common::lab("n", 2);
     let cfg = Cfg::new("l2dsr", false, 2);
-    let no_raw = ["setpriv", "--bounding-set", "-net_raw", "--"];
+    // Out of the bounding set and the inherited and ambient sets: root's capabilities after
+    // exec come from both.
+    let no_raw = [
+        "setpriv",
+        "--bounding-set",
+        "-net_raw",
+        "--inh-caps",
+        "-net_raw",
+        "--ambient-caps",
+        "-net_raw",
+        "--",
+    ];
     let agent = Agent::start_via(&lab, &cfg.render(&lab), &no_raw);
     assert!(
         agent.wait_log(

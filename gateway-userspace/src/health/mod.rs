@@ -80,7 +80,7 @@ impl CheckKind {
 }
 
 /// The sockets a prober's TCP checks share: raw sockets for half-open checks where the
-/// agent may open them, and a pool for full connects (HTTP checks and the fallback).
+/// agent may open them, and a pool for the full connects they fall back to.
 #[derive(Debug, Clone)]
 pub struct TcpSockets {
     /// Idle sockets for full connects.

@@ -115,7 +115,7 @@ pub struct Failover {
 }
 
 /// A steady stream of new connections (one at a time, from source ports 40000 up) while
-/// backend b1's server dies 700 ms in; the stream runs for 3 s in all. Six long-lived
+/// backend b1's server dies 700-950 ms in; the stream runs for 3 s in all. Six long-lived
 /// connections to the other backends are asked again after every new connection.
 pub fn failover(lab: &mut Lab, v6: bool) -> Failover {
     let v = vip(lab, v6);

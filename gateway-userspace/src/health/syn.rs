@@ -106,7 +106,8 @@ pub struct SynSockets {
     #[cfg_attr(not(test), allow(dead_code))]
     counts: Arc<Counts>,
     next: AtomicU64,
-    seqs: std::collections::hash_map::RandomState,
+    /// Keys the sequence numbers and the checks' first turns (per agent: unpredictable).
+    keys: std::collections::hash_map::RandomState,
     readers: Vec<JoinHandle<()>>,
 }
 
@@ -161,7 +162,7 @@ impl SynSockets {
             pending,
             counts,
             next: AtomicU64::new(0),
-            seqs: Default::default(),
+            keys: Default::default(),
             readers,
         }))
     }
@@ -173,7 +174,7 @@ impl SynSockets {
 
     /// A random number.
     fn random(&self) -> u32 {
-        self.seqs
+        self.keys
             .hash_one(self.next.fetch_add(1, Ordering::Relaxed)) as u32
     }
 
@@ -196,7 +197,7 @@ impl SynSockets {
         let tuple = (target.ip(), target.port(), self.ports[(first + i) % n]);
         // Keyed per agent, so unpredictable off-path (nobody can forge an answer), and the
         // same for every SYN of this four-tuple (see PORTS).
-        let seq = self.seqs.hash_one(tuple) as u32;
+        let seq = self.keys.hash_one(tuple) as u32;
         pending.insert(tuple, (seq, waiter));
         turn.store(((first + i + 1) % n) as u32, Ordering::Relaxed);
         Some((tuple, seq))
@@ -546,24 +547,20 @@ impl SynProbe {
         port: u16,
         seq: u32,
     ) -> io::Result<()> {
-        let src = match target {
-            SocketAddr::V4(_) => {
+        match target.ip() {
+            IpAddr::V4(dst) => {
                 let mut known = self.source.load(Ordering::Relaxed);
                 if known == 0 {
                     known = source_for(target)?.into();
                     self.source.store(known, Ordering::Relaxed);
                 }
-                Some(Ipv4Addr::from(known))
-            }
-            SocketAddr::V6(_) => None,
-        };
-        let segment = syn_segment(src, target, port, seq);
-        match (target.ip(), src) {
-            (IpAddr::V4(dst), Some(src)) => {
+                let src = Ipv4Addr::from(known);
+                let segment = syn_segment(Some(src), target, port, seq);
                 fd.async_io(Interest::WRITABLE, |s| send_v4(s, &segment, dst, src))
                     .await
             }
-            _ => {
+            IpAddr::V6(_) => {
+                let segment = syn_segment(None, target, port, seq);
                 // Raw sockets take no port in the address (the IPv6 one rejects one).
                 let to = SockAddr::from(SocketAddr::new(target.ip(), 0));
                 fd.async_io(Interest::WRITABLE, |s| s.send_to(&segment, &to))

@@ -25,7 +25,7 @@ use std::{
 
 use common::{
     agent::Agent,
-    procfs::{clock_ticks, proc_ticks},
+    procfs::{clock_ticks, pids_named, proc_ticks},
     scenario::wait_up,
 };
 use lab::{
@@ -171,19 +171,6 @@ fn prog_stats(id: u64) -> (u64, u64) {
 }
 
 /// The PIDs of the kernel's ksoftirqd threads.
-fn ksoftirqd_pids() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    dir.flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.starts_with("ksoftirqd/"))
-        })
-        .collect()
-}
-
 struct Pids {
     server: String,
     agent: String,
@@ -377,7 +364,7 @@ fn main() {
     let pids = Pids {
         server: lab.server_pids()[0].to_string(),
         agent: agent.pid().to_string(),
-        ksoftirqd: ksoftirqd_pids(),
+        ksoftirqd: pids_named("ksoftirqd/"),
         xdp: xdp_prog_id(&lab.lb.netns).expect("no XDP program on the balancer's eth0"),
     };
 

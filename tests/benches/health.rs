@@ -50,7 +50,7 @@ use std::{
 
 use common::{
     admin_get, metric_sum,
-    procfs::{clock_ticks, proc_ticks, status_kib},
+    procfs::{clock_ticks, pids_named, proc_ticks, status_kib},
 };
 
 const SERVICES: usize = 40;
@@ -123,19 +123,6 @@ fn listener() -> TcpListener {
     s.into()
 }
 
-/// The PIDs of the kernel's NAPI threads (named `napi/<dev>-<id>`).
-fn napi_threads() -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().into_string().ok()?;
-            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-            comm.starts_with("napi/").then_some(pid)
-        })
-        .collect()
-}
-
 fn backend(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(FIRST_BACKEND + i as u32)
 }
@@ -191,10 +178,10 @@ impl Bed {
         // netns exec`, whose /sys is the namespace's (nsenter's would be the host's).
         sh(Some(&bk), &["ethtool", "-K", "eth0", "gro", "on"]);
         sh(Some(&lb), &["ethtool", "-K", "eth0", "tso", "off"]);
-        let before = napi_threads();
+        let before = pids_named("napi/");
         let threaded = "echo 1 > /sys/class/net/eth0/threaded";
         sh(None, &["ip", "netns", "exec", &bk, "sh", "-c", threaded]);
-        bed.napi = napi_threads()
+        bed.napi = pids_named("napi/")
             .into_iter()
             .filter(|p| !before.contains(p))
             .collect();

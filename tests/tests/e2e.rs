@@ -343,9 +343,7 @@ fn without_cap_net_raw_tcp_checks_connect() {
         agent.log_text()
     );
     wait_up(&lab, &agent, &cfg.admin_listen, 2);
-    let (code, body) = admin_get(&lab.lb.netns, "/status");
-    assert_eq!(code, 200, "{body}");
-    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let status = common::status_at(&lab.lb.netns, &cfg.admin_listen);
     let reasons: Vec<_> = status["services"][0]["backends"]
         .as_array()
         .unwrap()
@@ -357,7 +355,7 @@ fn without_cap_net_raw_tcp_checks_connect() {
                 .to_owned()
         })
         .collect();
-    assert_eq!(reasons, ["connected", "connected"], "{body}");
+    assert_eq!(reasons, ["connected", "connected"], "{status}");
     lab.stop_server(0).unwrap();
     let down = format!(
         "{} DOWN after {} failures: connection refused",

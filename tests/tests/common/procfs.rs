@@ -20,6 +20,21 @@ pub fn proc_ticks(pid: &str) -> u64 {
     f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
 }
 
+/// The PIDs of the processes (kernel threads included) whose name starts with `prefix`,
+/// e.g. `ksoftirqd/` or `napi/`.
+pub fn pids_named(prefix: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with(prefix))
+        })
+        .collect()
+}
+
 /// A `/proc/PID/status` field in KiB (VmHWM: peak resident set, VmRSS: now).
 pub fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");

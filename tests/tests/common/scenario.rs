@@ -69,12 +69,9 @@ pub fn wait_up(lab: &Lab, agent: &Agent, admin: &str, up: usize) {
         agent.log_text()
     );
     let start = Instant::now();
-    let mut body = String::new();
+    let mut status = serde_json::Value::Null;
     while start.elapsed() < Duration::from_secs(5) {
-        let code;
-        (code, body) = super::admin_get_at(&lab.lb.netns, admin, "/status");
-        assert_eq!(code, 200, "{body}");
-        let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+        status = super::status_at(&lab.lb.netns, admin);
         let planned = status["services"]
             .as_array()
             .expect("services")
@@ -91,7 +88,7 @@ pub fn wait_up(lab: &Lab, agent: &Agent, admin: &str, up: usize) {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!(
-        "the last plan has fewer than {up} backends up: {body}\n{}",
+        "the last plan has fewer than {up} backends up: {status}\n{}",
         agent.log_text()
     );
 }

@@ -461,20 +461,8 @@ impl Agent {
     /// Recomputes the running config from the file and the overrides; settings fixed at
     /// load time keep their old values until a restart.
     fn set_effective(&mut self) {
-        let mut next = self.overrides.apply(&self.file_config);
-        let d = &self.config.dataplane;
-        next.admin.listen = self.config.admin.listen;
-        next.admin.token_file = self.config.admin.token_file.clone();
-        next.admin.token_for_reads = self.config.admin.token_for_reads;
-        next.admin.state_file = self.config.admin.state_file.clone();
-        next.dataplane.interface = d.interface.clone();
-        next.dataplane.xdp_mode = d.xdp_mode;
-        next.dataplane.conntrack_size = d.conntrack_size;
-        next.dataplane.max_services = d.max_services;
-        next.dataplane.max_table_size = d.max_table_size;
-        next.dataplane.kernel_log = d.kernel_log;
-        next.dataplane.pin_dir = d.pin_dir.clone();
-        self.config = next;
+        let next = self.overrides.apply(&self.file_config);
+        self.config = config::LoadTime::keep_running(&self.config, next);
     }
 
     fn save_overrides(&self) {
@@ -509,25 +497,12 @@ impl Agent {
     /// kept unless the file changed the same field (see [`crate::overrides`]).
     pub fn reload(&mut self) -> anyhow::Result<()> {
         let next = Config::load(&self.path)?;
-        let d = &self.config.dataplane;
-        let n = &next.dataplane;
-        if (
-            d.interface.as_str(),
-            d.xdp_mode,
-            load_options(&self.config),
-            &d.pin_dir,
-        ) != (
-            n.interface.as_str(),
-            n.xdp_mode,
-            load_options(&next),
-            &n.pin_dir,
-        ) {
-            warn!(
-                "reload: interface, XDP mode, conntrack_size, max_services, max_table_size and pin_dir take effect at the next start"
-            );
-        }
-        if next.admin != self.config.admin {
-            warn!("reload: the [admin] section takes effect at the next start");
+        let fixed: Vec<&str> = config::LoadTime::changed(&self.config, &next)
+            .iter()
+            .map(|s| s.key)
+            .collect();
+        if !fixed.is_empty() {
+            warn!("reload: {} take effect at the next start", fixed.join(", "));
         }
         let mut overrides = self.overrides.clone();
         for line in overrides.reconcile(&next) {

@@ -14,7 +14,7 @@ use std::{
 use gateway_common::{BACKEND_DRAIN, BACKEND_UP};
 
 use crate::{
-    config::{AdminState, BackendConfig, Config, Mode, ServiceConfig},
+    config::{AdminState, BackendConfig, Config, LoadTime, Mode, ServiceConfig},
     plan::{self, Ids, Plan, ServicePlan, TableCache},
 };
 use Align::{Left, Right};
@@ -153,77 +153,41 @@ fn dataplane_line(config: &Config) -> String {
 /// One line per changed data-plane or admin setting, prefixed with its section.
 fn setting_changes(running: &Config, next: &Config) -> Vec<String> {
     let (a, b) = (&running.dataplane, &next.dataplane);
-    let attached = "needs a restart: the program stays attached where it was";
-    let sized = "needs a restart: map sizes are fixed when the program is loaded";
-    let mut out = Vec::new();
-    let mut field = |name: &str, old: String, new: String, why: Option<&str>| {
+    let mut out: Vec<String> = LoadTime::changed(running, next)
+        .iter()
+        .map(|s| {
+            let (section, key) = s.key.split_once('.').unwrap_or(("", s.key));
+            format!(
+                "{section}: {key} {} -> {} (needs a restart: {})",
+                (s.show)(running),
+                (s.show)(next),
+                s.why
+            )
+        })
+        .collect();
+    let mut live = |name: &str, old: String, new: String| {
         if old != new {
-            let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
-            out.push(format!("{name} {old} -> {new}{why}"));
+            out.push(format!("{name} {old} -> {new}"));
         }
     };
     let opt = |a: Option<_>| a.map_or("none".to_string(), |a: IpAddr| a.to_string());
-    field(
-        "dataplane: interface",
-        a.interface.clone(),
-        b.interface.clone(),
-        Some(attached),
-    );
-    field(
-        "dataplane: xdp_mode",
-        lower(a.xdp_mode),
-        lower(b.xdp_mode),
-        Some(attached),
-    );
-    field(
-        "dataplane: conntrack_size",
-        a.conntrack_size.to_string(),
-        b.conntrack_size.to_string(),
-        Some(sized),
-    );
-    field(
-        "dataplane: max_services",
-        a.max_services.to_string(),
-        b.max_services.to_string(),
-        Some(sized),
-    );
-    field(
-        "dataplane: max_table_size",
-        a.max_table_size.to_string(),
-        b.max_table_size.to_string(),
-        Some(sized),
-    );
-    field("dataplane: mtu", a.mtu.to_string(), b.mtu.to_string(), None);
-    field(
+    live("dataplane: mtu", a.mtu.to_string(), b.mtu.to_string());
+    live(
         "dataplane: ipip_source_v4",
         opt(a.ipip_source_v4.map(IpAddr::V4)),
         opt(b.ipip_source_v4.map(IpAddr::V4)),
-        None,
     );
-    field(
+    live(
         "dataplane: ipip_source_v4_vary_bits",
         a.ipip_source_v4_vary_bits.to_string(),
         b.ipip_source_v4_vary_bits.to_string(),
-        None,
     );
-    field(
+    live(
         "dataplane: ipip_source_v6",
         opt(a.ipip_source_v6.map(IpAddr::V6)),
         opt(b.ipip_source_v6.map(IpAddr::V6)),
-        None,
     );
-    field(
-        "dataplane: kernel_log",
-        lower(a.kernel_log),
-        lower(b.kernel_log),
-        None,
-    );
-    field(
-        "admin: listen",
-        running.admin.listen.to_string(),
-        next.admin.listen.to_string(),
-        Some("needs a restart: the admin API stays where it listens"),
-    );
+    live("dataplane: on_exit", lower(a.on_exit), lower(b.on_exit));
     out
 }
 
@@ -744,6 +708,7 @@ mod tests {
         b.dataplane.interface = "eth1".into();
         b.dataplane.conntrack_size = 2048;
         b.dataplane.mtu = 9000;
+        b.dataplane.kernel_log = crate::config::KernelLog::Debug;
         b.admin.listen = "127.0.0.1:9181".parse().unwrap();
         let out = render_change(&a, &b);
         assert!(
@@ -756,6 +721,10 @@ mod tests {
         );
         assert!(
             out.contains("dataplane: conntrack_size 1048576 -> 2048 (needs a restart"),
+            "{out}"
+        );
+        assert!(
+            out.contains("dataplane: kernel_log warn -> debug (needs a restart"),
             "{out}"
         );
         assert!(out.contains("dataplane: mtu 1500 -> 9000\n"), "{out}");

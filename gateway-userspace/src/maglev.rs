@@ -124,6 +124,25 @@ pub fn moved_fraction(a: &[u32], b: &[u32]) -> f64 {
     moved as f64 / a.len() as f64
 }
 
+/// Whether `n` is prime (Maglev table sizes must be).
+pub fn is_prime(n: u32) -> bool {
+    if n < 4 {
+        return n >= 2;
+    }
+    if n.is_multiple_of(2) || n.is_multiple_of(3) {
+        return false;
+    }
+    let n = u64::from(n);
+    let mut d = 5u64;
+    while d * d <= n {
+        if n % d == 0 || n % (d + 2) == 0 {
+            return false;
+        }
+        d += 6;
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,5 +369,13 @@ mod tests {
     fn empty_or_zero_weight_gives_an_empty_table() {
         assert!(build(&[], 7).iter().all(|s| *s == 0));
         assert!(build(&entries(&[0, 0]), 7).iter().all(|s| *s == 0));
+    }
+
+    #[test]
+    fn primes() {
+        let small: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
+        assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+        assert!(is_prime(65537) && is_prime(4_294_967_291));
+        assert!(!is_prime(65536) && !is_prime(65535) && !is_prime(4_294_967_295) && !is_prime(25));
     }
 }

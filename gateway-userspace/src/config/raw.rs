@@ -1,0 +1,188 @@
+//! The file as written: serde's target, every key with its position.
+use std::{fmt, ops::Range};
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use super::types::{AdminState, KernelLog, Mode, OnExit, Protocol, XdpMode};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) dataplane: Spanned<RawDataplane>,
+    pub(super) admin: Option<Spanned<RawAdmin>>,
+    #[serde(default)]
+    pub(super) service: Vec<Spanned<RawService>>,
+}
+
+// Integers are read as i64 and ranges checked here, so that `port = 0` and `port = 70000`
+// are collected like every other problem instead of stopping serde.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDataplane {
+    pub(super) interface: Spanned<String>,
+    pub(super) xdp_mode: Option<XdpMode>,
+    pub(super) conntrack_size: Option<Spanned<i64>>,
+    pub(super) mtu: Option<Spanned<i64>>,
+    pub(super) max_services: Option<Spanned<i64>>,
+    pub(super) max_table_size: Option<Spanned<i64>>,
+    pub(super) ipip_source_v4: Option<Spanned<String>>,
+    pub(super) ipip_source_v4_vary_bits: Option<Spanned<i64>>,
+    pub(super) ipip_source_v6: Option<Spanned<String>>,
+    pub(super) kernel_log: Option<KernelLog>,
+    pub(super) pin_dir: Option<Spanned<String>>,
+    pub(super) on_exit: Option<OnExit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) token_file: Option<Spanned<String>>,
+    pub(super) token_for_reads: Option<bool>,
+    pub(super) state_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    pub(super) name: Spanned<String>,
+    pub(super) vip: Spanned<String>,
+    pub(super) port: Spanned<i64>,
+    pub(super) protocol: Protocol,
+    pub(super) mode: Spanned<Mode>,
+    pub(super) table_size: Option<Spanned<i64>>,
+    pub(super) slowstart: Option<Spanned<String>>,
+    pub(super) panic_threshold: Option<Spanned<Number>>,
+    pub(super) health: Option<Spanned<RawHealth>>,
+    #[serde(default)]
+    pub(super) backend: Vec<Spanned<RawBackend>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub(super) address: Spanned<String>,
+    pub(super) weight: Option<Spanned<i64>>,
+    pub(super) backup: Option<bool>,
+    pub(super) state: Option<AdminState>,
+    pub(super) health: Option<Spanned<RawHealth>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub(super) kind: Option<Spanned<RawKind>>,
+    pub(super) port: Option<Spanned<i64>>,
+    pub(super) interval: Option<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) rise: Option<Spanned<i64>>,
+    pub(super) fall: Option<Spanned<i64>>,
+    pub(super) fast_interval: Option<Spanned<String>>,
+    pub(super) down_interval: Option<Spanned<String>>,
+    pub(super) jitter: Option<Spanned<Number>>,
+    pub(super) initial: Option<Spanned<Initial>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) host: Option<Spanned<String>>,
+    pub(super) expect_status: Option<Spanned<Vec<Spanned<StatusSpec>>>>,
+    pub(super) body_contains: Option<Spanned<String>>,
+}
+
+impl RawHealth {
+    /// The keys that only an HTTP check may have, with where they are.
+    pub(super) fn http_keys(&self) -> Vec<(&'static str, Range<usize>)> {
+        let spans = [
+            ("path", self.path.as_ref().map(Spanned::span)),
+            ("host", self.host.as_ref().map(Spanned::span)),
+            (
+                "expect_status",
+                self.expect_status.as_ref().map(Spanned::span),
+            ),
+            (
+                "body_contains",
+                self.body_contains.as_ref().map(Spanned::span),
+            ),
+        ];
+        spans
+            .into_iter()
+            .filter_map(|(k, s)| Some((k, s?)))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawKind {
+    Tcp,
+    Http,
+    None,
+}
+
+impl fmt::Display for RawKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RawKind::Tcp => "tcp",
+            RawKind::Http => "http",
+            RawKind::None => "none",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Initial {
+    Down,
+    Up,
+}
+
+/// A float that may be written as an integer (`jitter = 0`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Number(pub(super) f64);
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Number;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Number, E> {
+                Ok(Number(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Number, E> {
+                Ok(Number(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Number, E> {
+                Ok(Number(v as f64))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One `expect_status` entry: `"200-299"`, `"204"` or `204`.
+#[derive(Debug, Clone)]
+pub(super) struct StatusSpec(pub(super) String);
+
+impl<'de> Deserialize<'de> for StatusSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = StatusSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a status (\"200\", 200) or a range of them (\"200-299\")")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<StatusSpec, E> {
+                Ok(StatusSpec(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<StatusSpec, E> {
+                Ok(StatusSpec(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<StatusSpec, E> {
+                Ok(StatusSpec(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -1,0 +1,245 @@
+//! The validated configuration: every value in range, every cross-reference holding.
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::RangeInclusive,
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// A validated configuration. Every value is in range and every cross-reference holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub dataplane: DataplaneConfig,
+    pub admin: AdminConfig,
+    /// In file order.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// How the program is attached to the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic mode with a warning.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode: works on every interface, slower.
+    Generic,
+}
+
+/// What `gateway run` does with the data plane when it exits on SIGINT or SIGTERM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExit {
+    /// Detach the program and remove its pinned maps: traffic to VIPs goes to the host's
+    /// stack again and conntrack is gone.
+    #[default]
+    Detach,
+    /// Leave the program attached and its maps pinned, so that the next agent adopts them
+    /// (a restart or upgrade drops no connection). `gateway stop --detach` removes them.
+    Keep,
+}
+
+/// Where the maps and the XDP link are pinned when `pin_dir` is not set.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/gateway";
+
+/// The level of the XDP program's aya-log messages that reach the agent's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelLog {
+    Off,
+    Error,
+    #[default]
+    Warn,
+    Info,
+    Debug,
+}
+
+impl KernelLog {
+    pub fn level_filter(self) -> log::LevelFilter {
+        match self {
+            KernelLog::Off => log::LevelFilter::Off,
+            KernelLog::Error => log::LevelFilter::Error,
+            KernelLog::Warn => log::LevelFilter::Warn,
+            KernelLog::Info => log::LevelFilter::Info,
+            KernelLog::Debug => log::LevelFilter::Debug,
+        }
+    }
+}
+
+/// `[dataplane]`: the interface, the program and the sizes of its maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// The interface the program attaches to (a valid Linux interface name).
+    pub interface: String,
+    pub xdp_mode: XdpMode,
+    /// Connection-tracking entries, 1024..=67108864.
+    pub conntrack_size: u32,
+    /// Largest L3 packet towards a backend after encapsulation; 0 disables the check,
+    /// otherwise 1280..=65535.
+    pub mtu: u32,
+    /// Services the maps hold, 1..=[`MAX_SERVICES`]; at least `services.len()`.
+    pub max_services: u32,
+    /// Largest Maglev table of any service: a prime, and every `table_size` is at most this.
+    pub max_table_size: u32,
+    /// Outer source of IPv4 encapsulation; set whenever an ipip service has an IPv4 VIP.
+    pub ipip_source_v4: Option<Ipv4Addr>,
+    /// Low bits of the IPv4 outer source replaced by the flow hash, 0..=16.
+    pub ipip_source_v4_vary_bits: u8,
+    /// Outer source of IPv6 encapsulation; set whenever an ipip service has an IPv6 VIP.
+    pub ipip_source_v6: Option<Ipv6Addr>,
+    pub kernel_log: KernelLog,
+    /// A directory on bpffs for the pinned maps and link (default
+    /// `/sys/fs/bpf/gateway/<interface>`).
+    pub pin_dir: PathBuf,
+    pub on_exit: OnExit,
+}
+
+/// `[admin]`: the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// A file holding the bearer token that write requests (and reads, with
+    /// `token_for_reads`) must carry. Required when `listen` is not a loopback address.
+    pub token_file: Option<PathBuf>,
+    pub token_for_reads: bool,
+    /// Where changes made through the API are kept across restarts (default
+    /// `/run/gateway/<interface>.overrides.json`).
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: super::validate::DEFAULT_ADMIN_LISTEN,
+            token_file: None,
+            token_for_reads: false,
+            state_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// How packets reach a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Rewrite the destination MAC; the backend holds the VIP and answers the client directly.
+    L2dsr,
+    /// Encapsulate in IPv4 (IPv4 VIP) or IPv6 (IPv6 VIP) towards the backend.
+    Ipip,
+}
+
+/// What the operator wants of a backend, apart from its health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Takes new flows when healthy.
+    #[default]
+    Ready,
+    /// Keeps its established flows, takes no new ones.
+    Drain,
+    /// Out of service: takes nothing, its flows are placed again.
+    Maint,
+}
+
+/// A `[[service]]`: one VIP, port and protocol, balanced over its backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// `[a-z0-9_-]{1,32}`, unique.
+    pub name: String,
+    pub vip: IpAddr,
+    /// 1..=65535. `(vip, port, protocol)` is unique.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    /// Maglev table size: a prime, larger than `backends.len()`, at most
+    /// `dataplane.max_table_size`.
+    pub table_size: u32,
+    /// How long a backend that comes up takes to reach its full weight; zero is off.
+    pub slowstart: Duration,
+    /// Below this fraction of healthy weight, spread over every backend not in maintenance.
+    /// Strictly between 0 and 1.
+    pub panic_threshold: Option<f64>,
+    /// The service's check, as written (backends may override parts of it).
+    pub health: HealthConfig,
+    /// In file order; addresses are unique and of the VIP's family.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// A `[[service.backend]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    pub address: IpAddr,
+    /// 1..=10000.
+    pub weight: u32,
+    /// Used only when no primary backend is healthy.
+    pub backup: bool,
+    pub state: AdminState,
+    /// The effective check: the service's, with this backend's overrides applied.
+    pub health: HealthConfig,
+}
+
+/// A health check. Durations are 10ms..=1h, `timeout <= interval`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub kind: CheckKind,
+    /// The port probed, 1..=65535.
+    pub port: u16,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a backend up, 1..=100.
+    pub rise: u32,
+    /// Consecutive failures that bring it down, 1..=100.
+    pub fall: u32,
+    /// Interval while a change is pending (some but not yet `rise`/`fall` results).
+    pub fast_interval: Duration,
+    /// Interval while the backend is down.
+    pub down_interval: Duration,
+    /// Random spread of each interval, as a fraction of it: 0.0..=0.5.
+    pub jitter: f64,
+    /// Whether a backend counts as up before its first results.
+    pub initial_up: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP/1.1 GET. Shared, not copied, by every backend and probe that uses it: a
+    /// service's ten thousand backends hold one.
+    Http(std::sync::Arc<HttpCheck>),
+    /// No probe: the backend is always considered healthy.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HttpCheck {
+    /// Starts with `/`, no whitespace or control characters.
+    pub path: String,
+    /// The Host header; `None` sends the backend's address.
+    pub host: Option<String>,
+    /// Accepted statuses: non-empty, each range within 100..=599.
+    pub expect_status: Vec<RangeInclusive<u16>>,
+    /// A string the response body must contain.
+    pub body_contains: Option<String>,
+}

@@ -15,3 +15,5 @@ pub mod pin;
 pub mod plan;
 pub mod sync;
 pub mod sys;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

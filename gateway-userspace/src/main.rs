@@ -183,7 +183,7 @@ fn run(
     let config = Config::load(&path)?;
     let iface = config.dataplane.interface.clone();
     let mode = mode.unwrap_or(config.dataplane.xdp_mode);
-    let ifindex = sys::preflight(&iface)?;
+    let ifindex = sys::preflight(&iface, &config.dataplane.pin_dir)?;
     let auth = admin::Auth::from_config(&config.admin)?;
 
     let pin_dir = config.dataplane.pin_dir.clone();

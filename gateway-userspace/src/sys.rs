@@ -16,8 +16,16 @@ pub enum PreflightError {
     NotRoot,
     #[error("no such interface `{0}`: check `ip link` and the `interface` setting in [dataplane]")]
     NoInterface(String),
-    #[error("bpffs is not mounted at {BPFFS}: run `mount -t bpf bpf {BPFFS}`")]
-    NoBpffs,
+    #[error(
+        "pin_dir {} is not on a bpffs ({} is not one): mount one with `mount -t bpf bpf {BPFFS}`, or set dataplane.pin_dir to a directory on a mounted bpffs",
+        .pin_dir.display(),
+        .checked.display()
+    )]
+    NoBpffs {
+        pin_dir: std::path::PathBuf,
+        /// The nearest existing directory of `pin_dir`, whose filesystem was checked.
+        checked: std::path::PathBuf,
+    },
 }
 
 pub fn is_root() -> bool {
@@ -43,16 +51,32 @@ pub fn bpffs_mounted(path: &Path) -> bool {
     rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
 }
 
+/// Whether `pin_dir` is (or, once created, will be) on a bpffs: the filesystem of its
+/// nearest existing directory. Any bpffs will do, not only the one at [`BPFFS`]
+/// (`ip netns exec` remounts /sys, and with it hides that one).
+pub fn check_pin_dir(pin_dir: &Path) -> Result<(), PreflightError> {
+    let checked = pin_dir
+        .ancestors()
+        .find(|p| p.is_dir())
+        .unwrap_or(Path::new("/"));
+    if bpffs_mounted(checked) {
+        Ok(())
+    } else {
+        Err(PreflightError::NoBpffs {
+            pin_dir: pin_dir.to_path_buf(),
+            checked: checked.to_path_buf(),
+        })
+    }
+}
+
 /// Everything `gateway run` needs before it touches the kernel, checked in the order a
 /// user would fix them.
-pub fn preflight(interface: &str) -> Result<u32, PreflightError> {
+pub fn preflight(interface: &str, pin_dir: &Path) -> Result<u32, PreflightError> {
     if !is_root() {
         return Err(PreflightError::NotRoot);
     }
     let idx = ifindex(interface).ok_or_else(|| PreflightError::NoInterface(interface.into()))?;
-    if !bpffs_mounted(Path::new(BPFFS)) {
-        return Err(PreflightError::NoBpffs);
-    }
+    check_pin_dir(pin_dir)?;
     Ok(idx)
 }
 
@@ -69,5 +93,39 @@ mod tests {
     #[test]
     fn a_plain_directory_is_not_bpffs() {
         assert!(!bpffs_mounted(Path::new("/")));
+        let dir = std::env::temp_dir().join("gateway-no-bpffs/eth0");
+        let err = check_pin_dir(&dir).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("pin_dir {} is not on a bpffs", dir.display())),
+            "{err}"
+        );
+    }
+
+    /// A pin_dir on a bpffs mounted elsewhere than /sys/fs/bpf is enough.
+    #[test]
+    fn any_bpffs_holds_the_pins() {
+        if !is_root() {
+            crate::testing::skip("any_bpffs_holds_the_pins", "mounting a bpffs needs root");
+            return;
+        }
+        let mnt = std::env::temp_dir().join(format!("gateway-bpffs-{}", std::process::id()));
+        std::fs::create_dir_all(&mnt).unwrap();
+        let c = CString::new(mnt.to_str().unwrap()).unwrap();
+        // SAFETY: valid NUL-terminated strings; the mount is undone below.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "mount bpffs: {}", std::io::Error::last_os_error());
+        let result = check_pin_dir(&mnt.join("gateway/eth0"));
+        // SAFETY: as above.
+        unsafe { libc::umount(c.as_ptr()) };
+        let _ = std::fs::remove_dir(&mnt);
+        result.unwrap();
     }
 }

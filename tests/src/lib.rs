@@ -373,6 +373,9 @@ impl Lab {
                 &format!("{VIP6}/128"),
                 "dev",
                 "lo",
+                // Without it the address is tentative for a moment, and the server's bind
+                // below fails with EADDRNOTAVAIL on a busy machine.
+                "nodad",
             ])?;
             let server = self.start_server(&b)?;
             self.servers.push(Some(server));

@@ -259,11 +259,13 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     if !setup::is_root() {
         println!("not root: privileged tests will print SKIPPED; CI runs them as root");
     }
-    status(
-        cargo(&env)
-            .args(["test", "--", "--include-ignored"])
-            .args(args),
-    )?;
+    let mut test = cargo(&env);
+    test.args(["test", "--", "--include-ignored"]).args(args);
+    if setup::is_root() {
+        // A privileged test that skips as root is a broken test: make it fail.
+        test.env("GATEWAY_REQUIRE_PRIVILEGED", "1");
+    }
+    status(&mut test)?;
     let left: Vec<String> = lab::list_netns()?
         .into_iter()
         .filter(|n| n.starts_with(lab::NS_PREFIX))

@@ -13,7 +13,10 @@ use lab::{Lab, LabSpec};
 /// Returns false (after printing why) when the test cannot run here.
 pub fn privileged(test: &str) -> bool {
     if !lab::is_root() {
-        eprintln!("SKIPPED {test}: needs root for namespaces and XDP (CI runs it as root)");
+        gateway::testing::skip(
+            test,
+            "needs root for namespaces and XDP (CI runs it as root)",
+        );
         return false;
     }
     true

@@ -27,9 +27,10 @@ use crate::{
 
 /// Transitions kept per backend for status output.
 const HISTORY: usize = 16;
-/// How often next hops are re-resolved; sooner while one is still being resolved.
-const NEIGH_INTERVAL: Duration = Duration::from_secs(1);
-const NEIGH_RETRY: Duration = Duration::from_millis(100);
+/// How often the loop asks whether next hops need work that no netlink event announces
+/// (a hop still being resolved is provoked again, the resolver's periodic resync, adopted
+/// MACs expiring); changes themselves arrive as events.
+const NEIGH_TICK: Duration = Duration::from_secs(1);
 /// After adopting pinned maps, a next hop still being resolved keeps the MAC the maps had
 /// for this long (rather than taking its backend out while the neighbour table warms up).
 const ADOPT_GRACE: Duration = Duration::from_secs(10);
@@ -573,7 +574,7 @@ impl Agent {
             },
             None => None,
         };
-        let mut next_resolve = tokio::time::Instant::now() + NEIGH_RETRY;
+        let mut next_resolve = tokio::time::Instant::now() + NEIGH_TICK;
         // Replans since free memory was last handed back.
         let mut trimmed_at = self.table_rebuilds;
         // Health changes not planned yet (waiting for `next_health_replan`).
@@ -609,16 +610,20 @@ impl Agent {
                     health_pending = false;
                     self.replan("health change")?;
                 }
-                _ = tokio::time::sleep_until(next_resolve) => {
+                _ = self.resolver.changed() => {
                     if self.resolve() {
+                        self.replan("next hops changed")?;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_resolve) => {
+                    if (self.resolver.due() || !self.pinned_macs.is_empty()) && self.resolve() {
                         self.replan("next hops changed")?;
                     }
                     if self.table_rebuilds != trimmed_at {
                         trimmed_at = self.table_rebuilds;
                         release_free_memory();
                     }
-                    let pending = self.macs.values().any(Result::is_err);
-                    next_resolve = tokio::time::Instant::now() + if pending { NEIGH_RETRY } else { NEIGH_INTERVAL };
+                    next_resolve = tokio::time::Instant::now() + NEIGH_TICK;
                 }
                 _ = async { tokio::time::sleep_until(step.unwrap_or_else(tokio::time::Instant::now)).await }, if step.is_some() => {
                     self.replan("slow start step")?;

@@ -6,7 +6,7 @@
 //! `apply` (the only code that writes maps).
 use std::{
     collections::{HashMap, VecDeque},
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -109,26 +109,6 @@ pub struct Agent {
     reloads_error: u64,
 }
 
-fn check_spec(h: &config::HealthConfig, addr: IpAddr) -> Option<CheckSpec> {
-    let kind = match &h.kind {
-        config::CheckKind::None => return None,
-        config::CheckKind::Tcp => health::CheckKind::Tcp,
-        config::CheckKind::Http(c) => health::CheckKind::Http(c.clone()),
-    };
-    Some(CheckSpec {
-        kind,
-        target: SocketAddr::new(addr, h.port),
-        interval: h.interval,
-        timeout: h.timeout,
-        rise: h.rise,
-        fall: h.fall,
-        fast_interval: h.fast_interval,
-        down_interval: h.down_interval,
-        jitter: h.jitter,
-        initial_up: h.initial_up,
-    })
-}
-
 impl Agent {
     /// Takes a loaded (and usually attached) data plane and starts probing. If the data
     /// plane was adopted from pinned maps, the agent starts from what they hold: the same
@@ -222,10 +202,11 @@ impl Agent {
         let mut wanted: HashMap<(String, IpAddr), Option<CheckSpec>> = HashMap::new();
         for s in &self.config.services {
             for b in &s.backends {
+                // Neither maint nor kind none (see CheckSpec::new) is probed.
                 let spec = if b.state == AdminState::Maint {
                     None
                 } else {
-                    check_spec(&b.health, b.address)
+                    CheckSpec::new(b.address, b.health.clone())
                 };
                 wanted.insert((s.name.clone(), b.address), spec);
             }
@@ -246,7 +227,7 @@ impl Agent {
             }
         }
         for (key, spec) in wanted {
-            let initial_up = spec.as_ref().is_none_or(|s| s.initial_up);
+            let initial_up = spec.as_ref().is_none_or(|s| s.check().initial_up);
             let rec = self
                 .records
                 .entry(key.clone())
@@ -280,10 +261,10 @@ impl Agent {
                     // An adopted backend starts where the last agent left it.
                     let mut first = spec.clone();
                     if let Some(up) = self.seed_up.remove(&key) {
-                        first.initial_up = up;
+                        first = first.starting(up);
                         rec.was_up = up;
                     }
-                    rec.up = first.initial_up;
+                    rec.up = first.check().initial_up;
                     rec.up_since = None;
                     self.prober.add(id, first);
                     self.by_check.insert(id, key.clone());

@@ -199,13 +199,16 @@ pub struct BackendConfig {
     pub health: HealthConfig,
 }
 
-/// A health check. Durations are 10ms..=1h, `timeout <= interval`.
+/// A health check. Durations are 10ms..=1h, `timeout <= interval`. The prober runs this
+/// type itself, with the address it probes ([`crate::health::CheckSpec`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthConfig {
     pub kind: CheckKind,
     /// The port probed, 1..=65535.
     pub port: u16,
+    /// Time between probes while the state is settled and up.
     pub interval: Duration,
+    /// Limit on one whole probe (connect, request and response); past it the probe fails.
     pub timeout: Duration,
     /// Consecutive successes that bring a backend up, 1..=100.
     pub rise: u32,
@@ -215,20 +218,24 @@ pub struct HealthConfig {
     pub fast_interval: Duration,
     /// Interval while the backend is down.
     pub down_interval: Duration,
-    /// Random spread of each interval, as a fraction of it: 0.0..=0.5.
+    /// Random spread of each interval either way, as a fraction of it: 0.0..=0.5 (the
+    /// prober clamps to that range too).
     pub jitter: f64,
     /// Whether a backend counts as up before its first results.
     pub initial_up: bool,
 }
 
+/// How a backend is checked.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CheckKind {
-    /// A TCP connect.
+    /// A TCP handshake that is answered: half-open where the agent may open raw sockets,
+    /// else a full connect.
     Tcp,
     /// An HTTP/1.1 GET. Shared, not copied, by every backend and probe that uses it: a
     /// service's ten thousand backends hold one.
     Http(std::sync::Arc<HttpCheck>),
-    /// No probe: the backend is always considered healthy.
+    /// No probe: the backend counts as up, and only its admin state matters. Nothing is
+    /// probed for it (it has no `CheckSpec`), so the other keys, though validated, are unused.
     None,
 }
 

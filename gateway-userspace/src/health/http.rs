@@ -5,6 +5,7 @@
 //! [`MAX_BODY`] bytes. Anything malformed fails the probe; nothing the server sends panics.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -25,13 +26,16 @@ const DEFAULT_STATUS: std::ops::RangeInclusive<u16> = 200..=399;
 /// Probes with an HTTP/1.1 GET and judges the response by an [`HttpCheck`].
 #[derive(Debug, Clone)]
 pub struct HttpProbe {
-    check: HttpCheck,
+    /// Shared with the config and every other probe of the same check.
+    check: Arc<HttpCheck>,
 }
 
 impl HttpProbe {
     /// A probe for `check`.
-    pub fn new(check: HttpCheck) -> Self {
-        Self { check }
+    pub fn new(check: impl Into<Arc<HttpCheck>>) -> Self {
+        Self {
+            check: check.into(),
+        }
     }
 }
 

@@ -3,9 +3,10 @@
 //!
 //! This module knows nothing about services or admin drain: it reports, per check, whether
 //! the target answers. The caller combines that with its own configuration and drain state.
+//! A check is the config's own [`HealthConfig`] with the address it probes ([`CheckSpec`]);
+//! a backend of kind `none` has none, as nothing probes it.
 
 mod http;
-mod none;
 mod scheduler;
 mod state;
 mod syn;
@@ -14,68 +15,58 @@ mod tcp;
 use std::borrow::Cow;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{CheckKind, HealthConfig, HttpCheck};
+
 pub use http::{HttpProbe, MAX_BODY};
-pub use none::NoneProbe;
 pub use scheduler::{CheckId, DEFAULT_MAX_IN_FLIGHT, Event, Prober};
 pub use state::{HealthState, Transition};
 pub use syn::{SynProbe, SynSockets};
 pub use tcp::{SocketPool, TcpProbe};
 
-/// Everything needed to probe one target and judge it up or down.
+/// One check the prober runs: the address probed and the config's check (kind, timings,
+/// thresholds), as validated.
+///
+/// Only a check that probes has one: a backend of kind `none` runs no probe, and whoever
+/// holds it counts it up (so no `CheckSpec` is of kind `none`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckSpec {
-    /// How to probe.
-    pub kind: CheckKind,
-    /// The address probed (the backend's address and the check port).
-    pub target: SocketAddr,
-    /// Time between probes while the state is settled and up.
-    pub interval: Duration,
-    /// Limit on one whole probe (connect, request and response); past it the probe fails.
-    pub timeout: Duration,
-    /// Consecutive successes that bring a down target up.
-    pub rise: u32,
-    /// Consecutive failures that take an up target down.
-    pub fall: u32,
-    /// Time between probes while a change is pending (a streak towards rise/fall is running).
-    pub fast_interval: Duration,
-    /// Time between probes while the state is settled and down.
-    pub down_interval: Duration,
-    /// Each wait is spread randomly by up to this fraction either way; clamped to `0..=0.5`.
-    pub jitter: f64,
-    /// The state before the first probe.
-    pub initial_up: bool,
+    /// The backend's address and the check's port.
+    target: SocketAddr,
+    check: HealthConfig,
 }
 
-/// The kind of probe a check runs.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CheckKind {
-    /// A TCP handshake that is answered: half-open where raw sockets are available
-    /// ([`SynProbe`]), else a full connect ([`TcpProbe`]).
-    Tcp,
-    /// An HTTP/1.1 GET whose response passes [`HttpCheck`] (shared with the config).
-    Http(std::sync::Arc<HttpCheck>),
-    /// No probing: always up.
-    None,
-}
-
-impl CheckKind {
-    /// The probe that implements this kind; TCP probes use the prober's shared `sockets`.
-    pub fn build_probe(&self, sockets: &TcpSockets) -> Box<dyn Probe> {
-        match self {
-            CheckKind::Tcp => {
-                let connect = TcpProbe::new(sockets.pool.clone());
-                match &sockets.syn {
-                    Some(syn) => Box::new(SynProbe::new(syn.clone(), connect)),
-                    None => Box::new(connect),
-                }
-            }
-            CheckKind::Http(check) => Box::new(HttpProbe::new(HttpCheck::clone(check))),
-            CheckKind::None => Box::new(NoneProbe),
+impl CheckSpec {
+    /// The check of the backend at `addr`, or `None` if `check` is of kind `none`.
+    pub fn new(addr: IpAddr, check: HealthConfig) -> Option<Self> {
+        if matches!(check.kind, CheckKind::None) {
+            return None;
         }
+        Some(Self {
+            target: SocketAddr::new(addr, check.port),
+            check,
+        })
+    }
+
+    /// The address probed.
+    pub fn target(&self) -> SocketAddr {
+        self.target
+    }
+
+    /// What is probed and how often, and the thresholds that judge the results.
+    pub fn check(&self) -> &HealthConfig {
+        &self.check
+    }
+
+    /// The same check, starting `up` or down whatever the config says (a backend adopted
+    /// from a previous agent starts where that agent left it).
+    pub fn starting(mut self, up: bool) -> Self {
+        self.check.initial_up = up;
+        self
     }
 }
 
@@ -84,14 +75,28 @@ impl CheckKind {
 #[derive(Debug, Clone)]
 pub struct TcpSockets {
     /// Idle sockets for full connects.
-    pub pool: std::sync::Arc<SocketPool>,
+    pub pool: Arc<SocketPool>,
     /// Raw sockets for half-open checks; `None` without CAP_NET_RAW.
-    pub syn: Option<std::sync::Arc<SynSockets>>,
+    pub syn: Option<Arc<SynSockets>>,
 }
 
-/// What an HTTP check sends and what it accepts: the validated config type itself (the
-/// prober also tolerates an empty path or status list, as `/` and `200..=399`).
-pub use crate::config::HttpCheck;
+impl TcpSockets {
+    /// The probe for a check of `kind`: for TCP, half-open where there are raw sockets
+    /// ([`SynProbe`]), else a full connect ([`TcpProbe`]).
+    fn probe_for(&self, kind: &CheckKind) -> Box<dyn Probe> {
+        match kind {
+            CheckKind::Tcp => {
+                let connect = TcpProbe::new(self.pool.clone());
+                match &self.syn {
+                    Some(syn) => Box::new(SynProbe::new(syn.clone(), connect)),
+                    None => Box::new(connect),
+                }
+            }
+            CheckKind::Http(check) => Box::new(HttpProbe::new(Arc::clone(check))),
+            CheckKind::None => unreachable!("CheckSpec::new makes no check of kind none"),
+        }
+    }
+}
 
 /// The outcome of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -109,7 +109,7 @@ impl Prober {
     /// Starts probing `spec` as `id`, after a random delay in `[0, interval)`. An existing
     /// check with the same id is replaced and starts afresh.
     pub fn add(&mut self, id: CheckId, spec: CheckSpec) {
-        let probe = spec.kind.build_probe(&self.sockets);
+        let probe = self.sockets.probe_for(&spec.check.kind);
         self.start(id, spec, probe);
     }
 
@@ -123,21 +123,31 @@ impl Prober {
     /// streak and uses the new timings and thresholds from its next wait; otherwise (or if
     /// `id` is unknown) it starts afresh as [`Prober::add`] does.
     pub fn update(&mut self, id: CheckId, spec: CheckSpec) {
-        if let Some(running) = self.checks.get(&id) {
-            let same = {
-                let current = running.spec.borrow();
-                current.kind == spec.kind && current.target == spec.target
-            };
-            if same {
-                running.spec.send_if_modified(|current| {
-                    let changed = *current != spec;
-                    *current = spec;
-                    changed
-                });
-                return;
-            }
+        if !self.retune(id, &spec) {
+            self.add(id, spec);
         }
-        self.add(id, spec);
+    }
+
+    /// Hands `spec` to the running check `id` if it probes the same kind and target, which
+    /// then keeps its state; whether it did.
+    fn retune(&mut self, id: CheckId, spec: &CheckSpec) -> bool {
+        let Some(running) = self.checks.get(&id) else {
+            return false;
+        };
+        let same = {
+            let current = running.spec.borrow();
+            current.check.kind == spec.check.kind && current.target == spec.target
+        };
+        if same {
+            running.spec.send_if_modified(|current| {
+                let changed = current != spec;
+                if changed {
+                    current.clone_from(spec);
+                }
+                changed
+            });
+        }
+        same
     }
 
     /// Whether `id` is up, or `None` if there is no such check.
@@ -149,7 +159,7 @@ impl Prober {
     fn start(&mut self, id: CheckId, spec: CheckSpec, probe: Box<dyn Probe>) {
         self.started = self.started.wrapping_add(1);
         let rng = XorShift64::new(self.seeder.hash_one((spec.target, self.started)));
-        let up = Arc::new(AtomicBool::new(spec.initial_up));
+        let up = Arc::new(AtomicBool::new(spec.check.initial_up));
         let (spec_tx, spec_rx) = watch::channel(spec);
         let task = tokio::spawn(run(Check {
             id,
@@ -186,8 +196,8 @@ struct Check {
 /// A check's loop: wait, probe under a permit, update the state, report.
 async fn run(mut check: Check) {
     let mut spec = check.spec.borrow_and_update().clone();
-    let mut state = HealthState::new(spec.rise, spec.fall, spec.initial_up);
-    let mut deadline = after(first_delay(spec.interval, &mut check.rng));
+    let mut state = HealthState::new(spec.check.rise, spec.check.fall, spec.check.initial_up);
+    let mut deadline = after(first_delay(spec.check.interval, &mut check.rng));
     loop {
         loop {
             tokio::select! {
@@ -197,8 +207,12 @@ async fn run(mut check: Check) {
                         return; // the Prober dropped this check
                     }
                     spec = check.spec.borrow_and_update().clone();
-                    state.set_thresholds(spec.rise, spec.fall);
-                    let wait = jittered(state.next_interval(&spec), spec.jitter, &mut check.rng);
+                    state.set_thresholds(spec.check.rise, spec.check.fall);
+                    let wait = jittered(
+                        state.next_interval(&spec.check),
+                        spec.check.jitter,
+                        &mut check.rng,
+                    );
                     deadline = after(wait);
                 }
             }
@@ -207,7 +221,7 @@ async fn run(mut check: Check) {
         let Ok(permit) = check.permits.acquire().await else {
             return; // never closed, but there is nothing to do without permits
         };
-        let result = check.probe.probe(spec.target, spec.timeout).await;
+        let result = check.probe.probe(spec.target, spec.check.timeout).await;
         drop(permit);
 
         let transition = state.observe(result.ok);
@@ -224,8 +238,8 @@ async fn run(mut check: Check) {
         let _ = check.events.send(event).await;
 
         deadline = after(jittered(
-            state.next_interval(&spec),
-            spec.jitter,
+            state.next_interval(&spec.check),
+            spec.check.jitter,
             &mut check.rng,
         ));
     }
@@ -313,12 +327,14 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::health::{CheckKind, HttpCheck, ProbeFuture};
+    use crate::config::{CheckKind, HealthConfig, HttpCheck};
+    use crate::health::ProbeFuture;
 
-    fn spec(kind: CheckKind, target: SocketAddr) -> CheckSpec {
-        CheckSpec {
+    /// The settings the tests start from, of kind `kind`.
+    fn settings(kind: CheckKind) -> HealthConfig {
+        HealthConfig {
             kind,
-            target,
+            port: 80,
             interval: Duration::from_secs(10),
             timeout: Duration::from_secs(1),
             rise: 2,
@@ -328,6 +344,19 @@ mod tests {
             jitter: 0.0,
             initial_up: true,
         }
+    }
+
+    fn tcp() -> HealthConfig {
+        settings(CheckKind::Tcp)
+    }
+
+    /// `check` of `target` (its port included).
+    fn spec(check: HealthConfig, target: SocketAddr) -> CheckSpec {
+        let check = HealthConfig {
+            port: target.port(),
+            ..check
+        };
+        CheckSpec::new(target.ip(), check).expect("a kind that probes")
     }
 
     fn target() -> SocketAddr {
@@ -462,7 +491,7 @@ mod tests {
         let mut prober = Prober::new(4, tx);
         let start = Instant::now();
         let (probe, calls) = Scripted::new(&[true, false, false, false, true, true]);
-        prober.start(1, spec(CheckKind::Tcp, target()), probe);
+        prober.start(1, spec(tcp(), target()), probe);
 
         let mut transitions = Vec::new();
         for _ in 0..6 {
@@ -493,7 +522,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let mut prober = Prober::new(4, tx);
         let (probe, _) = Scripted::new(&[false, false]);
-        prober.start(7, spec(CheckKind::Tcp, target()), probe);
+        prober.start(7, spec(tcp(), target()), probe);
         let first = rx.recv().await.unwrap();
         assert_eq!(
             first,
@@ -521,11 +550,14 @@ mod tests {
     async fn update_keeps_state_for_the_same_target() {
         let (tx, mut rx) = mpsc::channel(16);
         let mut prober = Prober::new(4, tx);
-        let initial = CheckSpec {
-            rise: 1,
-            fall: 1,
-            ..spec(CheckKind::Tcp, target())
-        };
+        let initial = spec(
+            HealthConfig {
+                rise: 1,
+                fall: 1,
+                ..tcp()
+            },
+            target(),
+        );
         let (probe, calls) = Scripted::new(&[false, false, false]);
         prober.start(1, initial.clone(), probe);
         assert_eq!(
@@ -537,12 +569,15 @@ mod tests {
         );
 
         // New timings and thresholds, same kind and target: still down, same task.
-        let faster = CheckSpec {
-            down_interval: Duration::from_secs(5),
-            rise: 3,
-            initial_up: true,
-            ..initial.clone()
-        };
+        let faster = spec(
+            HealthConfig {
+                down_interval: Duration::from_secs(5),
+                rise: 3,
+                initial_up: true,
+                ..initial.check().clone()
+            },
+            target(),
+        );
         prober.update(1, faster.clone());
         assert_eq!(prober.is_up(1), Some(false));
         let before = Instant::now();
@@ -558,13 +593,23 @@ mod tests {
             "the scripted probe kept running"
         );
 
-        // A different target is a different check: it starts afresh from initial_up.
-        let elsewhere = CheckSpec {
-            kind: CheckKind::None,
-            target: "198.18.0.12:80".parse().unwrap(),
-            ..faster
+        // A different kind or target is a different check: the running one does not take
+        // it, and `update` starts it afresh from initial_up, as `add` does (here with a
+        // scripted probe: a real one would probe the network).
+        let http = HealthConfig {
+            kind: CheckKind::Http(Arc::new(HttpCheck {
+                path: "/".into(),
+                host: None,
+                expect_status: vec![],
+                body_contains: None,
+            })),
+            ..faster.check().clone()
         };
-        prober.update(1, elsewhere);
+        assert!(!prober.retune(1, &spec(http, target())));
+        let elsewhere = spec(faster.check().clone(), "198.18.0.12:80".parse().unwrap());
+        assert!(!prober.retune(1, &elsewhere));
+        assert_eq!(prober.is_up(1), Some(false));
+        prober.start(1, elsewhere, Scripted::new(&[]).0);
         assert_eq!(prober.is_up(1), Some(true));
         let e = loop {
             let e = rx.recv().await.unwrap();
@@ -575,16 +620,15 @@ mod tests {
         assert!(e.up && e.result.ok);
 
         // Unknown ids are added.
-        prober.update(2, spec(CheckKind::None, target()));
-        assert_eq!(prober.is_up(2), Some(true));
+        assert!(!prober.retune(2, &spec(tcp(), target())));
     }
 
     #[tokio::test(start_paused = true)]
     async fn remove_and_drop_stop_probing() {
         let (tx, mut rx) = mpsc::channel(16);
         let mut prober = Prober::new(4, tx);
-        prober.add(1, spec(CheckKind::None, target()));
-        prober.add(2, spec(CheckKind::None, target()));
+        prober.start(1, spec(tcp(), target()), Scripted::new(&[]).0);
+        prober.start(2, spec(tcp(), target()), Scripted::new(&[]).0);
         assert_eq!(rx.recv().await.map(|e| e.result.ok), Some(true));
 
         prober.remove(1);
@@ -628,7 +672,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(64);
         let mut prober = Prober::new(DEFAULT_MAX_IN_FLIGHT, tx);
         let ms = Duration::from_millis;
-        let check = CheckSpec {
+        let check = HealthConfig {
             interval: ms(20),
             fast_interval: ms(20),
             down_interval: ms(20),
@@ -637,9 +681,9 @@ mod tests {
             fall: 3,
             jitter: 0.2,
             initial_up: false,
-            ..spec(CheckKind::Tcp, addr)
+            ..tcp()
         };
-        prober.add(1, check);
+        prober.add(1, spec(check, addr));
 
         let (t, _) = tokio::time::timeout(Duration::from_secs(10), wait_for(&mut rx, true))
             .await
@@ -706,15 +750,15 @@ mod tests {
         }));
         let ms = Duration::from_millis;
         for id in 0..50 {
-            let check = CheckSpec {
+            let check = HealthConfig {
                 interval: ms(50),
                 fast_interval: ms(50),
                 down_interval: ms(50),
                 timeout: Duration::from_secs(5),
                 jitter: 0.5,
-                ..spec(http.clone(), addr)
+                ..settings(http.clone())
             };
-            prober.add(id, check);
+            prober.add(id, spec(check, addr));
         }
         let received = tokio::time::timeout(Duration::from_secs(20), async {
             for _ in 0..150 {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::CheckSpec;
+use crate::config::HealthConfig;
 
 /// A change of state, reported by [`HealthState::observe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,13 +100,13 @@ impl HealthState {
 
     /// The wait before the next probe (before jitter): `fast_interval` while a change is
     /// pending, `down_interval` while settled down, `interval` while settled up.
-    pub fn next_interval(&self, spec: &CheckSpec) -> Duration {
+    pub fn next_interval(&self, check: &HealthConfig) -> Duration {
         if self.pending() {
-            spec.fast_interval
+            check.fast_interval
         } else if !self.up {
-            spec.down_interval
+            check.down_interval
         } else {
-            spec.interval
+            check.interval
         }
     }
 }
@@ -114,7 +114,7 @@ impl HealthState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::CheckKind;
+    use crate::config::CheckKind;
 
     fn to(up: bool, after: u32) -> Option<Transition> {
         Some(Transition { up, after })
@@ -236,9 +236,9 @@ mod tests {
 
     #[test]
     fn intervals_follow_the_state() {
-        let spec = CheckSpec {
+        let check = HealthConfig {
             kind: CheckKind::Tcp,
-            target: "198.18.0.11:80".parse().unwrap(),
+            port: 80,
             interval: Duration::from_secs(10),
             timeout: Duration::from_secs(1),
             rise: 2,
@@ -260,13 +260,16 @@ mod tests {
             (true, secs(1)),   // pending rise
             (true, secs(10)),  // rose: settled up
         ];
-        let mut s = HealthState::new(spec.rise, spec.fall, spec.initial_up);
-        assert_eq!(s.next_interval(&spec), secs(10));
+        let mut s = HealthState::new(check.rise, check.fall, check.initial_up);
+        assert_eq!(s.next_interval(&check), secs(10));
         for (i, (ok, want)) in steps.into_iter().enumerate() {
             s.observe(ok);
-            assert_eq!(s.next_interval(&spec), want, "step {i}");
+            assert_eq!(s.next_interval(&check), want, "step {i}");
         }
-        assert_eq!(HealthState::new(2, 2, false).next_interval(&spec), secs(30));
+        assert_eq!(
+            HealthState::new(2, 2, false).next_interval(&check),
+            secs(30)
+        );
     }
 
     #[test]

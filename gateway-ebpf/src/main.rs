@@ -8,11 +8,13 @@ mod csum;
 #[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
-mod icmp;
-#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod packet;
+#[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod reply;
 #[cfg(target_arch = "bpf")]
 mod select;
 
@@ -25,10 +27,13 @@ mod prog {
         PROTO_TCP, STAT_FORWARDED, STAT_ICMP_RELAYED, STAT_PASS_NOT_VIP, STAT_RX_PACKETS,
     };
 
+    use gateway_ebpf::hdr::{TCP_ACK, TCP_SYN};
+
     use crate::{
-        forward, icmp,
+        forward,
         maps::{BACKEND_STATS, SERVICE_STATS, SERVICES, account, count},
-        parse::{self, KeyBuf, L4, SvcKeyBuf, TCP_ACK, TCP_SYN},
+        packet,
+        parse::{self, KeyBuf, L4, SvcKeyBuf},
         select::{self, Track},
     };
 
@@ -53,7 +58,7 @@ mod prog {
         let buf = unsafe { buf.assume_init_mut() };
         let relay = pkt.l4 == L4::IcmpError;
         if relay {
-            icmp::quoted_flow(ctx, &pkt, buf)?;
+            parse::quoted_flow(ctx, &pkt, buf)?;
         }
         let key = buf.key();
         let skey = SvcKeyBuf::new(buf.dst_words(), key);
@@ -66,7 +71,7 @@ mod prog {
         } else {
             Track::Flow
         };
-        let bytes = parse::frame_len(ctx) as u64;
+        let bytes = packet::frame_len(ctx) as u64;
         let Some(choice) = select::choose(svc, key, track) else {
             account(&SERVICE_STATS, svc.id, bytes, false);
             return Ok(xdp_action::XDP_DROP);
@@ -91,16 +96,6 @@ mod prog {
         }
         Ok(action)
     }
-
-    #[panic_handler]
-    fn panic(_info: &core::panic::PanicInfo) -> ! {
-        loop {}
-    }
-
-    #[unsafe(link_section = "license")]
-    #[unsafe(no_mangle)]
-    static LICENSE: [u8; 4] = *b"GPL\0";
 }
 
-#[cfg(not(target_arch = "bpf"))]
-fn main() {}
+gateway_ebpf::bpf_runtime!();

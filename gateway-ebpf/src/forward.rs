@@ -1,22 +1,24 @@
 //! Forwarding to the chosen backend: L2 direct server return, or IPIP/IP6IP6 encapsulation.
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use gateway_common::{
     Backend, ENCAP_V4_OVERHEAD, ENCAP_V6_OVERHEAD, FAMILY_V4, FlowKey, MODE_IPIP,
-    STAT_DROP_INTERNAL, STAT_TOO_BIG, Settings, hash::flow_hash,
+    STAT_DROP_INTERNAL, STAT_FORWARDED, STAT_TOO_BIG, Settings, hash::flow_hash,
 };
 use gateway_ebpf::hdr::*;
 
 use crate::{
     csum,
-    maps::{SETTINGS, count},
+    maps::SETTINGS,
     packet::{at, copy, put},
     parse::{L4, Packet},
     reply,
+    stats::Verdict,
 };
 
 const OUTER_TTL: u8 = 64;
 
-/// Sends the frame to `b` the way the service's `mode` says. Returns the XDP action.
+/// Sends the frame to `b` the way the service's `mode` says: forwarded, answered as too
+/// big, or dropped.
 /// `hash` is the flow hash if the caller has it; only encapsulation needs it.
 #[inline(always)]
 pub fn send(
@@ -26,7 +28,7 @@ pub fn send(
     b: &Backend,
     key: &FlowKey,
     hash: Option<u32>,
-) -> u32 {
+) -> Verdict {
     if mode == MODE_IPIP {
         encap(ctx, pkt, b, key, hash.unwrap_or_else(|| flow_hash(key)))
     } else {
@@ -53,12 +55,11 @@ fn set_macs(ctx: &XdpContext, dst: &[u8; 6]) -> bool {
 }
 
 #[inline(always)]
-fn l2dsr(ctx: &XdpContext, b: &Backend) -> u32 {
+fn l2dsr(ctx: &XdpContext, b: &Backend) -> Verdict {
     if !set_macs(ctx, &b.mac) {
-        count(STAT_DROP_INTERNAL);
-        return xdp_action::XDP_DROP;
+        return Verdict::drop(STAT_DROP_INTERNAL);
     }
-    xdp_action::XDP_TX
+    Verdict::tx(STAT_FORWARDED)
 }
 
 static NO_SETTINGS: Settings = Settings {
@@ -101,7 +102,7 @@ fn push_l2(ctx: &XdpContext, l2_len: usize, by: usize) -> bool {
 }
 
 #[inline(always)]
-fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, key: &FlowKey, hash: u32) -> u32 {
+fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, key: &FlowKey, hash: u32) -> Verdict {
     let s = settings();
     let v4 = pkt.family == FAMILY_V4;
     let overhead = if v4 {
@@ -112,8 +113,7 @@ fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, key: &FlowKey, hash: u32) 
     if s.mtu != 0 && pkt.l3_len + overhead > s.mtu {
         if pkt.l4 == L4::IcmpError {
             // Never answer an ICMP error with another one.
-            count(STAT_TOO_BIG);
-            return xdp_action::XDP_DROP;
+            return Verdict::drop(STAT_TOO_BIG);
         }
         return reply::too_big(ctx, pkt, key, s.mtu - overhead);
     }
@@ -124,10 +124,9 @@ fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, key: &FlowKey, hash: u32) 
         push_l2(ctx, l2, IPV6_LEN) && write_outer_v6(ctx, pkt, b, s, hash)
     };
     if !ok || !set_macs(ctx, &b.mac) {
-        count(STAT_DROP_INTERNAL);
-        return xdp_action::XDP_DROP;
+        return Verdict::drop(STAT_DROP_INTERNAL);
     }
-    xdp_action::XDP_TX
+    Verdict::tx(STAT_FORWARDED)
 }
 
 #[inline(always)]

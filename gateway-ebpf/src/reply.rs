@@ -1,7 +1,6 @@
 //! Replies the program makes itself: a packet too big to encapsulate is turned into an
 //! ICMP frag-needed / ICMPv6 packet-too-big answer to its sender.
 use aya_ebpf::{
-    bindings::xdp_action,
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
@@ -10,9 +9,9 @@ use gateway_ebpf::hdr::*;
 
 use crate::{
     csum,
-    maps::count,
     packet::{at, copy, frame_len, frame_len_opaque, put},
     parse::Packet,
+    stats::Verdict,
 };
 
 /// Bytes of the offending packet quoted in a too-big answer: its headers and first payload
@@ -23,21 +22,24 @@ const REPLY_TTL: u8 = 64;
 
 /// Turns the frame into an ICMP too-big answer to its sender, from the VIP, quoting its
 /// start; `mtu` is the largest inner packet the path takes; `key` is the frame's own flow.
-/// A separate BPF function: it is rare, and keeping it out of line keeps the hot path's
-/// stack small.
+#[inline(always)]
+pub fn too_big(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, mtu: u32) -> Verdict {
+    if rewrite_too_big(ctx, pkt, key, mtu) {
+        Verdict::tx(STAT_TOO_BIG)
+    } else {
+        Verdict::drop(STAT_DROP_INTERNAL)
+    }
+}
+
+/// The rewrite itself; false if the frame could not be reshaped. A separate BPF function:
+/// it is rare, and keeping it out of line keeps the hot path's stack small. It returns a
+/// plain bool, which BPF returns in a register.
 #[inline(never)]
-pub fn too_big(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, mtu: u32) -> u32 {
-    let ok = if pkt.family == FAMILY_V6 {
+fn rewrite_too_big(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, mtu: u32) -> bool {
+    if pkt.family == FAMILY_V6 {
         too_big_v6(ctx, pkt, key, mtu)
     } else {
         too_big_v4(ctx, pkt, key, mtu)
-    };
-    if ok {
-        count(STAT_TOO_BIG);
-        xdp_action::XDP_TX
-    } else {
-        count(STAT_DROP_INTERNAL);
-        xdp_action::XDP_DROP
     }
 }
 

@@ -739,6 +739,22 @@ fn cases() -> Vec<Case> {
     v
 }
 
+/// The counters of which every packet moves exactly one: the reason its run ended (see
+/// gateway-common's counters).
+const VERDICT_STATS: [u32; 11] = [
+    STAT_PASS_NOT_IP,
+    STAT_PASS_NOT_VIP,
+    STAT_PARSE_L2,
+    STAT_PARSE_L3,
+    STAT_PARSE_L4,
+    STAT_FRAGMENT,
+    STAT_NO_BACKEND,
+    STAT_DROP_STALE_BACKEND,
+    STAT_FORWARDED,
+    STAT_TOO_BIG,
+    STAT_DROP_INTERNAL,
+];
+
 #[test]
 #[ignore = "privileged: run by `cargo xtask test`"]
 fn golden_cases() {
@@ -784,6 +800,18 @@ fn golden_cases() {
         }
         if after[STAT_RX_PACKETS as usize] - before[STAT_RX_PACKETS as usize] != 1 {
             errs.push("rx_packets did not move by one".into());
+        }
+        let verdicts: Vec<&str> = VERDICT_STATS
+            .iter()
+            .flat_map(|&s| {
+                let n = after[s as usize] - before[s as usize];
+                std::iter::repeat_n(STAT_NAMES[s as usize], n as usize)
+            })
+            .collect();
+        if verdicts.len() != 1 {
+            errs.push(format!(
+                "verdict counters moved: {verdicts:?}, want exactly one"
+            ));
         }
         if !errs.is_empty() {
             failures.push(format!("{}: {}", c.name, errs.join("; ")));
@@ -975,4 +1003,34 @@ fn new_flows_land_where_the_maglev_table_says() {
         .map(|b| w.dp.backend_stats(w.id(b.addr)).unwrap().packets)
         .sum();
     assert_eq!(per_backend, 300);
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_table_slot_naming_a_cleared_backend_is_counted_apart_from_no_backend() {
+    let Some(mut w) = privileged_world("stale_backend", &one_service(vec![b1()])) else {
+        return;
+    };
+    let ack = tcp(c4(), vip4(), 46000, 80, TCP_ACK);
+    assert_eq!(
+        sent_to(&w, &tcp(c4(), vip4(), 46000, 80, TCP_SYN)),
+        b1().mac
+    );
+    // Clear b1 behind the planner's back: the table still names it. The agent never
+    // writes this state (it clears a backend only after no table names it).
+    let id = w.id(b1().addr);
+    gateway::sync::MapWriter::set_backend(&mut w.dp, id, &Backend::default())
+        .expect("clear the backend");
+    let stale = stat(&w, STAT_DROP_STALE_BACKEND);
+    let none = stat(&w, STAT_NO_BACKEND);
+    let rescheduled = stat(&w, STAT_RESCHEDULED);
+    // A new flow's slot names the cleared id.
+    let (verdict, _) = w.run(&tcp(c4(), vip4(), 46001, 80, TCP_SYN).bytes());
+    assert_eq!(verdict, XDP_DROP);
+    // The established flow's conntrack entry names it too: placed again, onto the same slot.
+    let (verdict, _) = w.run(&ack.bytes());
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(stat(&w, STAT_DROP_STALE_BACKEND), stale + 2);
+    assert_eq!(stat(&w, STAT_NO_BACKEND), none);
+    assert_eq!(stat(&w, STAT_RESCHEDULED), rescheduled + 1);
 }

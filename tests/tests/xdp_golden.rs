@@ -7,6 +7,7 @@ mod common;
 use std::net::IpAddr;
 
 use common::world::*;
+use gateway::config::AdminState;
 use gateway_common::*;
 use lab::packet::{self, *};
 
@@ -837,9 +838,20 @@ fn one_service(backends: Vec<Be>) -> Vec<Svc> {
     ]
 }
 
-fn with(mut b: Be, weight: u32, state: u8) -> Be {
+fn weighted(mut b: Be, weight: u32) -> Be {
     b.weight = weight;
-    b.state = state;
+    b
+}
+
+/// Admin drain: keeps its flows, takes no new ones.
+fn drain(mut b: Be) -> Be {
+    b.admin = AdminState::Drain;
+    b
+}
+
+/// Probed down.
+fn down(mut b: Be) -> Be {
+    b.up = false;
     b
 }
 
@@ -865,18 +877,34 @@ fn established_flows_stay_on_their_backend_when_the_table_changes() {
     let Some(mut w) = privileged_world("established_flows_stay", &one_service(vec![b1()])) else {
         return;
     };
-    let syn = tcp(c4(), vip4(), 41000, 80, TCP_SYN);
-    assert_eq!(sent_to(&w, &syn), b1().mac);
-    // b1 stays up but leaves the table (weight 0): new flows go to b2 only.
-    w.set(&one_service(vec![with(b1(), 0, BACKEND_UP), b2()]));
+    let ports = 41000..41020;
+    for port in ports.clone() {
+        assert_eq!(sent_to(&w, &tcp(c4(), vip4(), port, 80, TCP_SYN)), b1().mac);
+    }
+    // b2 joins with a hundred times b1's weight: most slots, and so most of those flows'
+    // slots, now name b2, while b1 stays up and in the table.
+    let services = one_service(vec![b1(), weighted(b2(), 100)]);
+    w.set(&services);
+    let on_b2 = |w: &World, port| {
+        let key = key_of(&tcp(c4(), vip4(), port, 80, TCP_SYN));
+        w.placed(&services[0], &key) == w.id(b2().addr)
+    };
+    let port = ports
+        .clone()
+        .find(|p| on_b2(&w, *p))
+        .expect("a pinned flow whose slot now names b2");
+    let syn = tcp(c4(), vip4(), port, 80, TCP_SYN);
+    let ack = tcp(c4(), vip4(), port, 80, TCP_ACK);
     let hits = stat(&w, STAT_CT_HIT);
-    let ack = tcp(c4(), vip4(), 41000, 80, TCP_ACK);
     for _ in 0..3 {
         assert_eq!(sent_to(&w, &ack), b1().mac, "established flow moved");
     }
     assert_eq!(stat(&w, STAT_CT_HIT), hits + 3);
+    let fresh = (41100..41200)
+        .find(|p| on_b2(&w, *p))
+        .expect("a new flow placed on b2");
     assert_eq!(
-        sent_to(&w, &tcp(c4(), vip4(), 41001, 80, TCP_SYN)),
+        sent_to(&w, &tcp(c4(), vip4(), fresh, 80, TCP_SYN)),
         b2().mac
     );
     // A SYN on the tracked 5-tuple is a new connection reusing the ports: placed again.
@@ -894,7 +922,7 @@ fn flows_of_a_backend_that_goes_down_are_rescheduled() {
     let syn = tcp(c4(), vip4(), 42000, 80, TCP_SYN);
     let ack = tcp(c4(), vip4(), 42000, 80, TCP_ACK);
     assert_eq!(sent_to(&w, &syn), b1().mac);
-    w.set(&one_service(vec![with(b1(), 1, BACKEND_DOWN), b2()]));
+    w.set(&one_service(vec![down(b1()), b2()]));
     let before = stat(&w, STAT_RESCHEDULED);
     assert_eq!(sent_to(&w, &ack), b2().mac);
     assert_eq!(stat(&w, STAT_RESCHEDULED), before + 1);
@@ -927,7 +955,7 @@ fn a_draining_backend_keeps_its_flows_and_gets_no_new_ones() {
         sent_to(&w, &tcp(c4(), vip4(), 43000, 80, TCP_SYN)),
         b1().mac
     );
-    w.set(&one_service(vec![with(b1(), 1, BACKEND_DRAIN), b2()]));
+    w.set(&one_service(vec![drain(b1()), b2()]));
     for _ in 0..3 {
         assert_eq!(
             sent_to(&w, &ack),
@@ -967,7 +995,7 @@ fn udp_flows_stick_after_their_first_packet() {
     assert_eq!(stat(&w, STAT_CT_MISS_NON_SYN), misses + 20);
     // Reweight heavily: the table changes, established UDP flows do not.
     let mut changed = one_service(vec![b1()]);
-    changed[1].backends = vec![with(b1(), 1, BACKEND_UP), with(b2(), 50, BACKEND_UP)];
+    changed[1].backends = vec![b1(), weighted(b2(), 50)];
     w.set(&changed);
     let hits = stat(&w, STAT_CT_HIT);
     for (f, mac) in &placed {

@@ -49,8 +49,9 @@ pub const MAP_NAMES: [&str; 9] = [
 ];
 
 /// The maps' layout: bump it whenever any map's type, key, value or meaning changes. An
-/// agent refuses pinned maps of another layout instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 2;
+/// agent refuses pinned maps of another layout instead of misreading them. 3: STATS grew
+/// by `STAT_DROP_STALE_BACKEND`.
+pub const LAYOUT_VERSION: u32 = 3;
 /// `Meta::magic`: "GWAY".
 pub const META_MAGIC: u32 = 0x4757_4159;
 
@@ -79,6 +80,12 @@ pub const PROG_FLOOR: &str = "xdp_floor";
 
 // ---------------------------------------------------------------------------------------
 // Global counters (indexes into STATS)
+//
+// Every packet moves `STAT_RX_PACKETS` and exactly one verdict counter, the reason its run
+// ended: a pass reason (`PASS_*`, `PARSE_*`, `FRAGMENT`), `NO_BACKEND`,
+// `DROP_STALE_BACKEND`, `FORWARDED`, `TOO_BIG` or `DROP_INTERNAL`. A packet that reached
+// backend selection also moves at most one lookup counter, how its backend was found:
+// `CT_HIT`, `CT_MISS_SYN`, `CT_MISS_NON_SYN`, `RESCHEDULED` or `ICMP_RELAYED`.
 
 /// Every packet the program sees.
 pub const STAT_RX_PACKETS: u32 = 0;
@@ -114,8 +121,13 @@ pub const STAT_ICMP_RELAYED: u32 = 13;
 pub const STAT_TOO_BIG: u32 = 14;
 /// Dropped: a head/tail adjustment failed (no headroom) or an internal inconsistency.
 pub const STAT_DROP_INTERNAL: u32 = 15;
+/// Dropped: the service's table slot names a backend id whose BACKENDS entry is cleared
+/// (or out of range). User space writes a backend before any table names it and clears it
+/// only after none does, so this is a user-space bug or a map written behind its back,
+/// never "nothing is up" (that is `STAT_NO_BACKEND`).
+pub const STAT_DROP_STALE_BACKEND: u32 = 16;
 /// Number of global counters; the size of STATS.
-pub const STAT_COUNT: u32 = 16;
+pub const STAT_COUNT: u32 = 17;
 
 /// Names of the global counters, indexed like the `STAT_*` consts.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -135,6 +147,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "icmp_relayed",
     "too_big",
     "drop_internal",
+    "drop_stale_backend",
 ];
 
 // ---------------------------------------------------------------------------------------

@@ -6,33 +6,24 @@
 #[cfg(target_arch = "bpf")]
 mod prog {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use gateway_ebpf::hdr::{ETH_ALEN, ETH_DST, ETH_SRC};
 
     #[xdp]
     pub fn xdp_floor(ctx: XdpContext) -> u32 {
         let start = ctx.data();
-        if start + 12 > ctx.data_end() {
+        if start + 2 * ETH_ALEN > ctx.data_end() {
             return xdp_action::XDP_PASS;
         }
-        let eth = start as *mut [u8; 6];
-        // SAFETY: 12 bytes are in bounds.
+        let eth = start as *mut u8;
+        // SAFETY: both MACs are in bounds.
         unsafe {
-            let dst = core::ptr::read_unaligned(eth);
-            let src = core::ptr::read_unaligned(eth.add(1));
-            core::ptr::write_unaligned(eth, src);
-            core::ptr::write_unaligned(eth.add(1), dst);
+            let dst = core::ptr::read_unaligned(eth.add(ETH_DST) as *const [u8; ETH_ALEN]);
+            let src = core::ptr::read_unaligned(eth.add(ETH_SRC) as *const [u8; ETH_ALEN]);
+            core::ptr::write_unaligned(eth.add(ETH_DST) as *mut [u8; ETH_ALEN], src);
+            core::ptr::write_unaligned(eth.add(ETH_SRC) as *mut [u8; ETH_ALEN], dst);
         }
         xdp_action::XDP_TX
     }
-
-    #[panic_handler]
-    fn panic(_info: &core::panic::PanicInfo) -> ! {
-        loop {}
-    }
-
-    #[unsafe(link_section = "license")]
-    #[unsafe(no_mangle)]
-    static LICENSE: [u8; 4] = *b"GPL\0";
 }
 
-#[cfg(not(target_arch = "bpf"))]
-fn main() {}
+gateway_ebpf::bpf_runtime!();

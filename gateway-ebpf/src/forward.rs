@@ -1,21 +1,24 @@
 //! Forwarding to the chosen backend: L2 direct server return, or IPIP/IP6IP6 encapsulation.
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use gateway_common::{
     Backend, ENCAP_V4_OVERHEAD, ENCAP_V6_OVERHEAD, FAMILY_V4, FlowKey, MODE_IPIP,
-    STAT_DROP_INTERNAL, STAT_TOO_BIG, Settings, hash::flow_hash,
+    STAT_DROP_INTERNAL, STAT_FORWARDED, STAT_TOO_BIG, Settings, hash::flow_hash,
 };
+use gateway_ebpf::hdr::*;
 
 use crate::{
-    csum, icmp,
-    maps::{SETTINGS, count},
-    parse::{ETH_LEN, IPV4_LEN, IPV6_LEN, L4, Packet, VLAN_LEN, at, copy},
+    csum,
+    maps::SETTINGS,
+    packet::{at, copy, put},
+    parse::{L4, Packet},
+    reply,
+    stats::Verdict,
 };
 
-const IPPROTO_IPIP: u8 = 4;
-const IPPROTO_IPV6: u8 = 41;
 const OUTER_TTL: u8 = 64;
 
-/// Sends the frame to `b` the way the service's `mode` says. Returns the XDP action.
+/// Sends the frame to `b` the way the service's `mode` says: forwarded, answered as too
+/// big, or dropped.
 /// `hash` is the flow hash if the caller has it; only encapsulation needs it.
 #[inline(always)]
 pub fn send(
@@ -25,7 +28,7 @@ pub fn send(
     b: &Backend,
     key: &FlowKey,
     hash: Option<u32>,
-) -> u32 {
+) -> Verdict {
     if mode == MODE_IPIP {
         encap(ctx, pkt, b, key, hash.unwrap_or_else(|| flow_hash(key)))
     } else {
@@ -40,22 +43,23 @@ fn set_macs(ctx: &XdpContext, dst: &[u8; 6]) -> bool {
     let Some(eth) = at(ctx, 0, ETH_LEN) else {
         return false;
     };
-    let ours: [u8; 6] = copy(eth, 0);
-    // SAFETY: `eth` covers 14 bytes.
+    let ours: [u8; ETH_ALEN] = copy(eth, ETH_DST);
+    // SAFETY: `eth` covers the Ethernet header. `dst` is written with a plain unaligned
+    // store: passed by value through `put`, the copy from the map value became a call to
+    // `memmove`.
     unsafe {
-        core::ptr::write_unaligned(eth.add(6) as *mut [u8; 6], ours);
-        core::ptr::write_unaligned(eth as *mut [u8; 6], *dst);
+        put(eth, ETH_SRC, ours);
+        core::ptr::write_unaligned(eth.add(ETH_DST) as *mut [u8; ETH_ALEN], *dst);
     }
     true
 }
 
 #[inline(always)]
-fn l2dsr(ctx: &XdpContext, b: &Backend) -> u32 {
+fn l2dsr(ctx: &XdpContext, b: &Backend) -> Verdict {
     if !set_macs(ctx, &b.mac) {
-        count(STAT_DROP_INTERNAL);
-        return xdp_action::XDP_DROP;
+        return Verdict::drop(STAT_DROP_INTERNAL);
     }
-    xdp_action::XDP_TX
+    Verdict::tx(STAT_FORWARDED)
 }
 
 static NO_SETTINGS: Settings = Settings {
@@ -85,20 +89,20 @@ fn push_l2(ctx: &XdpContext, l2_len: usize, by: usize) -> bool {
         };
         let l2: [u8; ETH_LEN + VLAN_LEN] = copy(p, by);
         // SAFETY: `p` covers the destination.
-        unsafe { core::ptr::write_unaligned(p as *mut [u8; ETH_LEN + VLAN_LEN], l2) };
+        unsafe { put(p, 0, l2) };
     } else {
         let Some(p) = at(ctx, 0, by + ETH_LEN) else {
             return false;
         };
         let l2: [u8; ETH_LEN] = copy(p, by);
         // SAFETY: `p` covers the destination.
-        unsafe { core::ptr::write_unaligned(p as *mut [u8; ETH_LEN], l2) };
+        unsafe { put(p, 0, l2) };
     }
     true
 }
 
 #[inline(always)]
-fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, key: &FlowKey, hash: u32) -> u32 {
+fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, key: &FlowKey, hash: u32) -> Verdict {
     let s = settings();
     let v4 = pkt.family == FAMILY_V4;
     let overhead = if v4 {
@@ -109,10 +113,9 @@ fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, key: &FlowKey, hash: u32) 
     if s.mtu != 0 && pkt.l3_len + overhead > s.mtu {
         if pkt.l4 == L4::IcmpError {
             // Never answer an ICMP error with another one.
-            count(STAT_TOO_BIG);
-            return xdp_action::XDP_DROP;
+            return Verdict::drop(STAT_TOO_BIG);
         }
-        return icmp::too_big(ctx, pkt, key, s.mtu - overhead);
+        return reply::too_big(ctx, pkt, key, s.mtu - overhead);
     }
     let l2 = pkt.l2_len;
     let ok = if v4 {
@@ -121,10 +124,9 @@ fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, key: &FlowKey, hash: u32) 
         push_l2(ctx, l2, IPV6_LEN) && write_outer_v6(ctx, pkt, b, s, hash)
     };
     if !ok || !set_macs(ctx, &b.mac) {
-        count(STAT_DROP_INTERNAL);
-        return xdp_action::XDP_DROP;
+        return Verdict::drop(STAT_DROP_INTERNAL);
     }
-    xdp_action::XDP_TX
+    Verdict::tx(STAT_FORWARDED)
 }
 
 #[inline(always)]
@@ -143,34 +145,27 @@ fn write_outer_v4(ctx: &XdpContext, pkt: &Packet, b: &Backend, s: &Settings, has
         let base = u32::from_be_bytes(src);
         src = ((base & !mask) | (hash & mask)).to_be_bytes();
     }
-    let frag: u8 = if pkt.df { 0x40 } else { 0 };
-    let mut h: [u8; 20] = [
-        0x45,
-        pkt.tos,
-        len[0],
-        len[1],
-        0,
-        0,
-        frag,
-        0,
-        OUTER_TTL,
-        IPPROTO_IPIP,
-        0,
-        0,
-        src[0],
-        src[1],
-        src[2],
-        src[3],
-        b.addr[0],
-        b.addr[1],
-        b.addr[2],
-        b.addr[3],
-    ];
+    let frag = if pkt.df { IPV4_DF } else { 0 }.to_be_bytes();
+    let mut h = [0u8; IPV4_LEN];
+    h[IPV4_VER_IHL] = IPV4_VER_IHL_PLAIN;
+    h[IPV4_TOS] = pkt.tos;
+    h[IPV4_TOT_LEN] = len[0];
+    h[IPV4_TOT_LEN + 1] = len[1];
+    h[IPV4_FRAG_OFF] = frag[0];
+    h[IPV4_FRAG_OFF + 1] = frag[1];
+    h[IPV4_TTL] = OUTER_TTL;
+    h[IPV4_PROTO] = PROTO_IPIP;
+    let mut i = 0;
+    while i < 4 {
+        h[IPV4_SRC + i] = src[i];
+        h[IPV4_DST + i] = b.addr[i];
+        i += 1;
+    }
     let c = csum::ipv4_header(&h).to_be_bytes();
-    h[10] = c[0];
-    h[11] = c[1];
-    // SAFETY: `ip` covers 20 bytes.
-    unsafe { core::ptr::write_unaligned(ip as *mut [u8; 20], h) };
+    h[IPV4_CSUM] = c[0];
+    h[IPV4_CSUM + 1] = c[1];
+    // SAFETY: `ip` covers the header.
+    unsafe { put(ip, 0, h) };
     true
 }
 
@@ -200,21 +195,18 @@ fn write_outer_v6(ctx: &XdpContext, pkt: &Packet, b: &Backend, s: &Settings, has
     let first = (6u32 << 28) | (u32::from(pkt.tos) << 20) | (hash & 0x000f_ffff);
     let len = (pkt.l3_len as u16).to_be_bytes();
     let f = first.to_be_bytes();
-    let head: [u8; 8] = [
-        f[0],
-        f[1],
-        f[2],
-        f[3],
-        len[0],
-        len[1],
-        IPPROTO_IPV6,
-        OUTER_TTL,
-    ];
-    // SAFETY: `ip` covers 40 bytes.
+    // The fields up to the addresses; the first word is version, class and label.
+    let mut head = [f[0], f[1], f[2], f[3], 0, 0, 0, 0];
+    const _: () = assert!(IPV6_PAYLOAD_LEN == 4 && IPV6_SRC == 8);
+    head[IPV6_PAYLOAD_LEN] = len[0];
+    head[IPV6_PAYLOAD_LEN + 1] = len[1];
+    head[IPV6_NEXT_HEADER] = PROTO_IPV6;
+    head[IPV6_HOP_LIMIT] = OUTER_TTL;
+    // SAFETY: `ip` covers the header.
     unsafe {
-        core::ptr::write_unaligned(ip as *mut [u8; 8], head);
-        write_addr(ip.add(8), &s.ipip_src_v6);
-        write_addr(ip.add(24), &b.addr);
+        put(ip, 0, head);
+        write_addr(ip.add(IPV6_SRC), &s.ipip_src_v6);
+        write_addr(ip.add(IPV6_DST), &b.addr);
     }
     true
 }

@@ -1,5 +1,16 @@
 //! The gateway XDP program: parse, find the service, choose a backend (conntrack, then the
 //! Maglev table), forward by L2 DSR or IPIP, count everything.
+//!
+//! Modules, in the order a packet meets them:
+//! - `packet`: bounds-checked access to the frame (`gateway_ebpf::hdr` names the offsets);
+//! - `parse`: the frame's headers into a flow key, and the flow an ICMP error quotes;
+//! - `select`: conntrack, then the service's Maglev table; counts how the backend was found;
+//! - `forward`: L2 DSR or IPIP/IP6IP6 encapsulation towards the backend;
+//! - `reply`: the too-big answer when encapsulation would exceed the MTU;
+//! - `csum`: Internet checksums for the headers `forward` and `reply` write;
+//! - `maps`, `stats`: the maps, and the `Verdict` every run ends in.
+//!
+//! `try_gateway` returns the verdict (action and reason); `gateway` counts it, once.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -8,52 +19,59 @@ mod csum;
 #[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
-mod icmp;
-#[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod packet;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod reply;
+#[cfg(target_arch = "bpf")]
 mod select;
+#[cfg(target_arch = "bpf")]
+mod stats;
 
 #[cfg(target_arch = "bpf")]
 mod prog {
     use core::mem::MaybeUninit;
 
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-    use gateway_common::{
-        PROTO_TCP, STAT_FORWARDED, STAT_ICMP_RELAYED, STAT_PASS_NOT_VIP, STAT_RX_PACKETS,
-    };
+    use gateway_common::{PROTO_TCP, STAT_DROP_STALE_BACKEND, STAT_PASS_NOT_VIP, STAT_RX_PACKETS};
+    use gateway_ebpf::hdr::{TCP_ACK, TCP_SYN};
 
     use crate::{
-        forward, icmp,
-        maps::{BACKEND_STATS, SERVICE_STATS, SERVICES, account, count},
-        parse::{self, KeyBuf, L4, SvcKeyBuf, TCP_ACK, TCP_SYN},
+        forward,
+        maps::{BACKEND_STATS, SERVICE_STATS, SERVICES},
+        packet,
+        parse::{self, KeyBuf, L4, SvcKeyBuf},
         select::{self, Track},
+        stats::{Verdict, account, count},
     };
 
+    /// Counts every run once, at the exit (as Katran's `balancer_ingress` does): the
+    /// packet, and the reason its verdict gives.
     #[xdp]
     pub fn gateway(ctx: XdpContext) -> u32 {
+        let v = match try_gateway(&ctx) {
+            Ok(v) => v,
+            Err(reason) => Verdict::pass(reason),
+        };
         count(STAT_RX_PACKETS);
-        match try_gateway(&ctx) {
-            Ok(action) => action,
-            Err(stat) => {
-                count(stat);
-                xdp_action::XDP_PASS
-            }
-        }
+        count(v.reason);
+        v.action
     }
 
-    /// `Err(stat)`: pass the packet to the stack and count `stat`.
+    /// The packet's verdict. `Err(stat)` (from parsing, or no service): pass it to the
+    /// stack untouched, for reason `stat`.
     #[inline(always)]
-    fn try_gateway(ctx: &XdpContext) -> Result<u32, u32> {
+    fn try_gateway(ctx: &XdpContext) -> Result<Verdict, u32> {
         let mut buf = MaybeUninit::<KeyBuf>::uninit();
         let pkt = parse::parse(ctx, &mut buf)?;
         // SAFETY: `parse` wrote the whole key before returning Ok.
         let buf = unsafe { buf.assume_init_mut() };
         let relay = pkt.l4 == L4::IcmpError;
         if relay {
-            icmp::quoted_flow(ctx, &pkt, buf)?;
+            parse::quoted_flow(ctx, &pkt, buf)?;
         }
         let key = buf.key();
         let skey = SvcKeyBuf::new(buf.dst_words(), key);
@@ -66,21 +84,26 @@ mod prog {
         } else {
             Track::Flow
         };
-        let bytes = parse::frame_len(ctx) as u64;
-        let Some(choice) = select::choose(svc, key, track) else {
-            account(&SERVICE_STATS, svc.id, bytes, false);
-            return Ok(xdp_action::XDP_DROP);
+        let bytes = packet::frame_len(ctx) as u64;
+        let choice = match select::choose(svc, key, track) {
+            Ok(c) => c,
+            Err(reason) => {
+                account(&SERVICE_STATS, svc.id, bytes, false);
+                if reason == STAT_DROP_STALE_BACKEND {
+                    aya_log_ebpf::error!(
+                        ctx,
+                        "service {}: its table names a backend the map does not hold",
+                        svc.id
+                    );
+                }
+                return Ok(Verdict::drop(reason));
+            }
         };
         let new_flow = choice.new_flow && !relay;
         account(&SERVICE_STATS, svc.id, bytes, new_flow);
         account(&BACKEND_STATS, choice.id, bytes, new_flow);
-        if relay {
-            count(STAT_ICMP_RELAYED);
-        }
-        let action = forward::send(ctx, &pkt, svc.mode, choice.backend, key, choice.hash);
-        if action == xdp_action::XDP_TX {
-            count(STAT_FORWARDED);
-        } else {
+        let v = forward::send(ctx, &pkt, svc.mode, choice.backend, key, choice.hash);
+        if v.action != xdp_action::XDP_TX {
             // Rare (no headroom, or an ICMP error too big to encapsulate): worth a log line,
             // which the agent can switch off at load time (`kernel_log`).
             aya_log_ebpf::warn!(
@@ -89,18 +112,8 @@ mod prog {
                 svc.id
             );
         }
-        Ok(action)
+        Ok(v)
     }
-
-    #[panic_handler]
-    fn panic(_info: &core::panic::PanicInfo) -> ! {
-        loop {}
-    }
-
-    #[unsafe(link_section = "license")]
-    #[unsafe(no_mangle)]
-    static LICENSE: [u8; 4] = *b"GPL\0";
 }
 
-#[cfg(not(target_arch = "bpf"))]
-fn main() {}
+gateway_ebpf::bpf_runtime!();

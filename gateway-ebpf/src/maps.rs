@@ -1,4 +1,4 @@
-//! Map definitions and counters. Names, sizes and layouts come from gateway-common.
+//! Map definitions. Names, sizes and layouts come from gateway-common.
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -39,27 +39,3 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 /// Read only by user space (layout version and sizes of pinned maps).
 #[map(name = "META")]
 pub static META: Array<Meta> = Array::with_max_entries(1, 0);
-
-/// Bumps a global counter (`gateway_common::STAT_*`).
-#[inline(always)]
-pub fn count(stat: u32) {
-    if let Some(c) = STATS.get_ptr_mut(stat) {
-        // SAFETY: this CPU's slot; XDP runs with preemption off, so nothing races us.
-        unsafe { *c += 1 };
-    }
-}
-
-/// Adds one packet of `bytes` (and `new_flow`) to a service's or backend's traffic.
-#[inline(always)]
-pub fn account(map: &PerCpuArray<TrafficStats>, index: u32, bytes: u64, new_flow: bool) {
-    if let Some(s) = map.get_ptr_mut(index) {
-        // SAFETY: as in `count`.
-        unsafe {
-            (*s).packets += 1;
-            (*s).bytes += bytes;
-            if new_flow {
-                (*s).new_flows += 1;
-            }
-        }
-    }
-}

@@ -1,6 +1,7 @@
-//! Header parsing. Every read is bounds-checked against `data_end`; anything the program
-//! cannot parse far enough to know it belongs to a service is passed to the stack untouched
-//! and counted by layer (`Err(STAT_*)`), so a malformed packet is never forwarded.
+//! Header parsing: the frame's own headers, and the flow an ICMP error quotes. Every read
+//! is bounds-checked against `data_end`; anything the program cannot parse far enough to
+//! know it belongs to a service is passed to the stack untouched and counted by layer
+//! (`Err(STAT_*)`), so a malformed packet is never forwarded.
 use core::mem::MaybeUninit;
 
 use aya_ebpf::programs::XdpContext;
@@ -8,70 +9,12 @@ use gateway_common::{
     FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, STAT_FRAGMENT, STAT_PARSE_L2,
     STAT_PARSE_L3, STAT_PARSE_L4, STAT_PASS_NOT_IP, STAT_PASS_NOT_VIP, ServiceKey,
 };
+use gateway_ebpf::hdr::*;
 
-pub const ETH_LEN: usize = 14;
-pub const VLAN_LEN: usize = 4;
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-pub const ETH_P_8021Q: u16 = 0x8100;
-pub const IPV4_LEN: usize = 20;
-pub const IPV6_LEN: usize = 40;
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_ICMPV6: u8 = 58;
+use crate::packet::{at, copy, frame_len, rd8, rd16};
+
 /// IPv6 extension headers walked before giving up (counted as an L3 parse error).
 pub const MAX_EXT_HEADERS: usize = 4;
-const NH_HOP_BY_HOP: u8 = 0;
-const NH_ROUTING: u8 = 43;
-const NH_FRAGMENT: u8 = 44;
-const NH_DEST_OPTS: u8 = 60;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_ACK: u8 = 0x10;
-
-/// Offsets are masked to this: no header the program reads lies further in (Ethernet, VLAN,
-/// IPv6 and four extension headers of at most 2 KiB each). The mask gives the verifier a
-/// bound it cannot lose when the compiler spills an offset.
-const OFF_MASK: usize = 0x3fff;
-
-/// `len` bytes at `off` from the start of the frame, if the frame has them.
-#[inline(always)]
-pub fn at(ctx: &XdpContext, off: usize, len: usize) -> Option<*mut u8> {
-    let off = off & OFF_MASK;
-    let start = ctx.data();
-    if start + off + len > ctx.data_end() {
-        return None;
-    }
-    Some((start + off) as *mut u8)
-}
-
-/// Frame length in bytes.
-#[inline(always)]
-pub fn frame_len(ctx: &XdpContext) -> usize {
-    ctx.data_end() - ctx.data()
-}
-
-/// Frame length as a plain number. The compiler would otherwise fold `n - frame_len` into
-/// `(n + data) - data_end`, arithmetic on `data_end` that the verifier rejects.
-#[inline(always)]
-pub fn frame_len_opaque(ctx: &XdpContext) -> usize {
-    core::hint::black_box(ctx.data_end() - ctx.data())
-}
-
-#[inline(always)]
-pub fn rd8(p: *const u8, i: usize) -> u8 {
-    // SAFETY: callers obtained `p` from `at` with a length covering `i`.
-    unsafe { *p.add(i) }
-}
-
-#[inline(always)]
-pub fn rd16(p: *const u8, i: usize) -> u16 {
-    u16::from_be_bytes([rd8(p, i), rd8(p, i + 1)])
-}
-
-#[inline(always)]
-pub fn copy<const N: usize>(p: *const u8, i: usize) -> [u8; N] {
-    // SAFETY: as for `rd8`; unaligned because packet fields are.
-    unsafe { core::ptr::read_unaligned(p.add(i) as *const [u8; N]) }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
@@ -195,15 +138,15 @@ pub struct Packet {
 }
 
 /// Parses the frame and writes its 5-tuple into `buf` (for ICMP: addresses and protocol
-/// only, ports zero). On `Ok` the whole key is initialised.
+/// only, ports zero). On `Ok` the whole key is initialised. `Err(stat)`: pass, count `stat`.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext, buf: &mut MaybeUninit<KeyBuf>) -> Result<Packet, u32> {
     let eth = at(ctx, 0, ETH_LEN).ok_or(STAT_PARSE_L2)?;
-    let mut ethertype = rd16(eth, 12);
+    let mut ethertype = rd16(eth, ETH_PROTO);
     let mut l2_len = ETH_LEN;
     if ethertype == ETH_P_8021Q {
         let vlan = at(ctx, 0, ETH_LEN + VLAN_LEN).ok_or(STAT_PARSE_L2)?;
-        ethertype = rd16(vlan, 16);
+        ethertype = rd16(vlan, VLAN_INNER_PROTO);
         l2_len = ETH_LEN + VLAN_LEN;
     }
     match ethertype {
@@ -213,28 +156,32 @@ pub fn parse(ctx: &XdpContext, buf: &mut MaybeUninit<KeyBuf>) -> Result<Packet, 
     }
 }
 
+/// The IPv4 header length from its first byte, if the version is 4 and IHL at least 5.
+#[inline(always)]
+fn ipv4_header_len(ver_ihl: u8) -> Option<usize> {
+    if ver_ihl >> 4 != 4 || ver_ihl & 0xf < 5 {
+        return None;
+    }
+    Some(usize::from(ver_ihl & 0xf) * 4)
+}
+
 #[inline(always)]
 fn parse_v4(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Result<Packet, u32> {
     let ip = at(ctx, l2, IPV4_LEN).ok_or(STAT_PARSE_L3)?;
-    let ver_ihl = rd8(ip, 0);
-    if ver_ihl >> 4 != 4 || ver_ihl & 0xf < 5 {
-        return Err(STAT_PARSE_L3);
-    }
-    let hlen = usize::from(ver_ihl & 0xf) * 4;
-    let tot_len = usize::from(rd16(ip, 2));
+    let hlen = ipv4_header_len(rd8(ip, IPV4_VER_IHL)).ok_or(STAT_PARSE_L3)?;
+    let tot_len = usize::from(rd16(ip, IPV4_TOT_LEN));
     if tot_len < hlen || l2 + tot_len > frame_len(ctx) {
         return Err(STAT_PARSE_L3);
     }
-    let frag = rd16(ip, 6);
-    if frag & 0x3fff != 0 {
-        // More-fragments set or a non-zero offset.
+    let frag = rd16(ip, IPV4_FRAG_OFF);
+    if frag & IPV4_MF_OFFSET != 0 {
         return Err(STAT_FRAGMENT);
     }
     let key = buf
         .write(KeyBuf::new(
-            v4_halves(copy(ip, 12)),
-            v4_halves(copy(ip, 16)),
-            rd8(ip, 9),
+            v4_halves(copy(ip, IPV4_SRC)),
+            v4_halves(copy(ip, IPV4_DST)),
+            rd8(ip, IPV4_PROTO),
             FAMILY_V4,
         ))
         .key_mut();
@@ -245,8 +192,8 @@ fn parse_v4(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
         l4: L4::Tcp,
         family: FAMILY_V4,
         tcp_flags: 0,
-        tos: rd8(ip, 1),
-        df: frag & 0x4000 != 0,
+        tos: rd8(ip, IPV4_TOS),
+        df: frag & IPV4_DF != 0,
     };
     parse_l4(ctx, &mut pkt, key, PROTO_ICMP)?;
     Ok(pkt)
@@ -255,16 +202,16 @@ fn parse_v4(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
 #[inline(always)]
 fn parse_v6(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Result<Packet, u32> {
     let ip = at(ctx, l2, IPV6_LEN).ok_or(STAT_PARSE_L3)?;
-    let b0 = rd8(ip, 0);
+    let b0 = rd8(ip, IPV6_VER_TC);
     if b0 >> 4 != 6 {
         return Err(STAT_PARSE_L3);
     }
-    let payload_len = usize::from(rd16(ip, 4));
+    let payload_len = usize::from(rd16(ip, IPV6_PAYLOAD_LEN));
     if l2 + IPV6_LEN + payload_len > frame_len(ctx) {
         return Err(STAT_PARSE_L3);
     }
-    let mut nh = rd8(ip, 6);
-    let tos = ((b0 & 0x0f) << 4) | (rd8(ip, 1) >> 4);
+    let mut nh = rd8(ip, IPV6_NEXT_HEADER);
+    let tos = ((b0 & 0x0f) << 4) | (rd8(ip, IPV6_TC_FLOW) >> 4);
 
     let mut off = l2 + IPV6_LEN;
     let mut i = 0;
@@ -273,8 +220,8 @@ fn parse_v6(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
             NH_FRAGMENT => return Err(STAT_FRAGMENT),
             NH_HOP_BY_HOP | NH_ROUTING | NH_DEST_OPTS => {
                 let ext = at(ctx, off, 2).ok_or(STAT_PARSE_L3)?;
-                nh = rd8(ext, 0);
-                off += (usize::from(rd8(ext, 1)) + 1) * 8;
+                nh = rd8(ext, EXT_NEXT_HEADER);
+                off += (usize::from(rd8(ext, EXT_LEN)) + 1) * EXT_UNIT;
             }
             _ => break,
         }
@@ -287,8 +234,8 @@ fn parse_v6(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
     }
     let key = buf
         .write(KeyBuf::new(
-            v6_halves(ip, 8),
-            v6_halves(ip, 24),
+            v6_halves(ip, IPV6_SRC),
+            v6_halves(ip, IPV6_DST),
             nh,
             FAMILY_V6,
         ))
@@ -317,26 +264,26 @@ fn parse_l4(
     let off = pkt.l4_off;
     match key.proto {
         PROTO_TCP => {
-            let tcp = at(ctx, off, 20).ok_or(STAT_PARSE_L4)?;
-            key.sport_be = u16::from_ne_bytes(copy(tcp, 0));
-            key.dport_be = u16::from_ne_bytes(copy(tcp, 2));
-            pkt.tcp_flags = rd8(tcp, 13);
+            let tcp = at(ctx, off, TCP_LEN).ok_or(STAT_PARSE_L4)?;
+            key.sport_be = u16::from_ne_bytes(copy(tcp, L4_SPORT));
+            key.dport_be = u16::from_ne_bytes(copy(tcp, L4_DPORT));
+            pkt.tcp_flags = rd8(tcp, TCP_FLAGS);
             pkt.l4 = L4::Tcp;
         }
         PROTO_UDP => {
-            let udp = at(ctx, off, 8).ok_or(STAT_PARSE_L4)?;
-            key.sport_be = u16::from_ne_bytes(copy(udp, 0));
-            key.dport_be = u16::from_ne_bytes(copy(udp, 2));
+            let udp = at(ctx, off, UDP_LEN).ok_or(STAT_PARSE_L4)?;
+            key.sport_be = u16::from_ne_bytes(copy(udp, L4_SPORT));
+            key.dport_be = u16::from_ne_bytes(copy(udp, L4_DPORT));
             pkt.l4 = L4::Udp;
         }
         p if p == icmp_proto => {
-            let icmp = at(ctx, off, 8).ok_or(STAT_PARSE_L4)?;
-            let ty = rd8(icmp, 0);
+            let icmp = at(ctx, off, ICMP_LEN).ok_or(STAT_PARSE_L4)?;
+            let ty = rd8(icmp, ICMP_TYPE);
             // ICMP dest-unreachable (incl. frag-needed); ICMPv6 unreachable, packet-too-big.
             let error = if icmp_proto == PROTO_ICMP {
-                ty == 3
+                ty == ICMP_DEST_UNREACH
             } else {
-                ty == 1 || ty == 2
+                ty == ICMPV6_DEST_UNREACH || ty == ICMPV6_PACKET_TOO_BIG
             };
             if !error {
                 return Err(STAT_PASS_NOT_VIP);
@@ -345,5 +292,48 @@ fn parse_l4(
         }
         _ => return Err(STAT_PASS_NOT_VIP),
     }
+    Ok(())
+}
+
+/// Writes into `buf` the flow (as the client sent it) that an ICMP error is about. The error
+/// quotes a packet the backend sent from the VIP to the client, so the quoted source is the
+/// VIP. On `Err` the key's contents are unspecified.
+#[inline(always)]
+pub fn quoted_flow(ctx: &XdpContext, pkt: &Packet, buf: &mut KeyBuf) -> Result<(), u32> {
+    let inner = pkt.l4_off + ICMP_LEN;
+    let l4;
+    let key;
+    if pkt.family == FAMILY_V4 {
+        let ip = at(ctx, inner, IPV4_LEN).ok_or(STAT_PARSE_L4)?;
+        let hlen = ipv4_header_len(rd8(ip, IPV4_VER_IHL)).ok_or(STAT_PARSE_L4)?;
+        *buf = KeyBuf::new(
+            v4_halves(copy(ip, IPV4_DST)),
+            v4_halves(copy(ip, IPV4_SRC)),
+            rd8(ip, IPV4_PROTO),
+            FAMILY_V4,
+        );
+        key = buf.key_mut();
+        l4 = inner + hlen;
+    } else {
+        let ip = at(ctx, inner, IPV6_LEN).ok_or(STAT_PARSE_L4)?;
+        if rd8(ip, IPV6_VER_TC) >> 4 != 6 {
+            return Err(STAT_PARSE_L4);
+        }
+        *buf = KeyBuf::new(
+            v6_halves(ip, IPV6_DST),
+            v6_halves(ip, IPV6_SRC),
+            rd8(ip, IPV6_NEXT_HEADER),
+            FAMILY_V6,
+        );
+        key = buf.key_mut();
+        l4 = inner + IPV6_LEN;
+    }
+    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+        return Err(STAT_PASS_NOT_VIP);
+    }
+    // The quote runs from the backend: its source port is the client's destination port.
+    let ports = at(ctx, l4, 4).ok_or(STAT_PARSE_L4)?;
+    key.dport_be = u16::from_ne_bytes(copy(ports, L4_SPORT));
+    key.sport_be = u16::from_ne_bytes(copy(ports, L4_DPORT));
     Ok(())
 }

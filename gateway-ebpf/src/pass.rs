@@ -12,16 +12,6 @@ mod prog {
     pub fn xdp_pass(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
     }
-
-    #[panic_handler]
-    fn panic(_info: &core::panic::PanicInfo) -> ! {
-        loop {}
-    }
-
-    #[unsafe(link_section = "license")]
-    #[unsafe(no_mangle)]
-    static LICENSE: [u8; 4] = *b"GPL\0";
 }
 
-#[cfg(not(target_arch = "bpf"))]
-fn main() {}
+gateway_ebpf::bpf_runtime!();

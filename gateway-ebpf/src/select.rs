@@ -2,10 +2,14 @@
 //! decides placement itself; it reads the table user space computed.
 use gateway_common::{
     BACKEND_DRAIN, BACKEND_UP, Backend, FlowKey, FlowValue, STAT_CT_HIT, STAT_CT_MISS_NON_SYN,
-    STAT_CT_MISS_SYN, STAT_NO_BACKEND, STAT_RESCHEDULED, ServiceValue, hash::flow_hash,
+    STAT_CT_MISS_SYN, STAT_DROP_STALE_BACKEND, STAT_ICMP_RELAYED, STAT_NO_BACKEND,
+    STAT_RESCHEDULED, ServiceValue, hash::flow_hash,
 };
 
-use crate::maps::{BACKENDS, CONNTRACK, TABLES, count};
+use crate::{
+    maps::{BACKENDS, CONNTRACK, TABLES},
+    stats::count,
+};
 
 pub struct Choice {
     pub id: u32,
@@ -24,14 +28,15 @@ pub enum Track {
     Syn,
     /// Any other packet of a flow: conntrack first; a miss is placed and recorded.
     Flow,
-    /// An ICMP error about a flow: conntrack first, else the table; records nothing and
-    /// counts nothing here (the caller counts it as relayed).
+    /// An ICMP error about a flow: conntrack first, else the table; records nothing, and
+    /// counts only `icmp_relayed` once a backend is found.
     Relay,
 }
 
-/// The backend for `key`, or None (counted) when the table has none.
+/// The backend for `key`. Bumps the lookup counter that says how it was found (see
+/// gateway-common's counters); `Err(stat)`: no backend, drop and count `stat`.
 #[inline(always)]
-pub fn choose(svc: &ServiceValue, key: &FlowKey, track: Track) -> Option<Choice> {
+pub fn choose(svc: &ServiceValue, key: &FlowKey, track: Track) -> Result<Choice, u32> {
     if track != Track::Syn {
         // SAFETY: the value is copied out at once; LRU entries may be recycled afterwards.
         match unsafe { CONNTRACK.get(key) } {
@@ -41,10 +46,12 @@ pub fn choose(svc: &ServiceValue, key: &FlowKey, track: Track) -> Option<Choice>
                     && b.family != 0
                     && (b.state == BACKEND_UP || b.state == BACKEND_DRAIN)
                 {
-                    if track == Track::Flow {
-                        count(STAT_CT_HIT);
-                    }
-                    return Some(Choice {
+                    count(if track == Track::Flow {
+                        STAT_CT_HIT
+                    } else {
+                        STAT_ICMP_RELAYED
+                    });
+                    return Ok(Choice {
                         id,
                         backend: b,
                         new_flow: false,
@@ -67,26 +74,23 @@ pub fn choose(svc: &ServiceValue, key: &FlowKey, track: Track) -> Option<Choice>
     }
 
     if svc.table_size == 0 {
-        count(STAT_NO_BACKEND);
-        return None;
+        return Err(STAT_NO_BACKEND);
     }
     let hash = flow_hash(key);
     let slot = hash % svc.table_size;
+    // Like Katran's `get_packet_dst`: an empty slot means nothing is up; a slot that names
+    // a backend the map does not hold means user space and the maps disagree.
     let id = match TABLES.get(svc.table_offset.wrapping_add(slot)) {
         Some(id) if *id != 0 => *id,
-        _ => {
-            count(STAT_NO_BACKEND);
-            return None;
-        }
+        _ => return Err(STAT_NO_BACKEND),
     };
     let backend = match BACKENDS.get(id) {
         Some(b) if b.family != 0 => b,
-        _ => {
-            count(STAT_NO_BACKEND);
-            return None;
-        }
+        _ => return Err(STAT_DROP_STALE_BACKEND),
     };
-    if track != Track::Relay {
+    if track == Track::Relay {
+        count(STAT_ICMP_RELAYED);
+    } else {
         let v = FlowValue {
             backend: id,
             _reserved: 0,
@@ -94,7 +98,7 @@ pub fn choose(svc: &ServiceValue, key: &FlowKey, track: Track) -> Option<Choice>
         // A full LRU evicts its oldest entry; an error here only costs stickiness.
         let _ = CONNTRACK.insert(key, &v, 0);
     }
-    Some(Choice {
+    Ok(Choice {
         id,
         backend,
         new_flow: true,

@@ -7,6 +7,7 @@ mod common;
 use std::net::IpAddr;
 
 use common::world::*;
+use gateway::config::AdminState;
 use gateway_common::*;
 use lab::packet::{self, *};
 
@@ -739,6 +740,22 @@ fn cases() -> Vec<Case> {
     v
 }
 
+/// The counters of which every packet moves exactly one: the reason its run ended (see
+/// gateway-common's counters).
+const VERDICT_STATS: [u32; 11] = [
+    STAT_PASS_NOT_IP,
+    STAT_PASS_NOT_VIP,
+    STAT_PARSE_L2,
+    STAT_PARSE_L3,
+    STAT_PARSE_L4,
+    STAT_FRAGMENT,
+    STAT_NO_BACKEND,
+    STAT_DROP_STALE_BACKEND,
+    STAT_FORWARDED,
+    STAT_TOO_BIG,
+    STAT_DROP_INTERNAL,
+];
+
 #[test]
 #[ignore = "privileged: run by `cargo xtask test`"]
 fn golden_cases() {
@@ -785,6 +802,18 @@ fn golden_cases() {
         if after[STAT_RX_PACKETS as usize] - before[STAT_RX_PACKETS as usize] != 1 {
             errs.push("rx_packets did not move by one".into());
         }
+        let verdicts: Vec<&str> = VERDICT_STATS
+            .iter()
+            .flat_map(|&s| {
+                let n = after[s as usize] - before[s as usize];
+                std::iter::repeat_n(STAT_NAMES[s as usize], n as usize)
+            })
+            .collect();
+        if verdicts.len() != 1 {
+            errs.push(format!(
+                "verdict counters moved: {verdicts:?}, want exactly one"
+            ));
+        }
         if !errs.is_empty() {
             failures.push(format!("{}: {}", c.name, errs.join("; ")));
         }
@@ -809,9 +838,20 @@ fn one_service(backends: Vec<Be>) -> Vec<Svc> {
     ]
 }
 
-fn with(mut b: Be, weight: u32, state: u8) -> Be {
+fn weighted(mut b: Be, weight: u32) -> Be {
     b.weight = weight;
-    b.state = state;
+    b
+}
+
+/// Admin drain: keeps its flows, takes no new ones.
+fn drain(mut b: Be) -> Be {
+    b.admin = AdminState::Drain;
+    b
+}
+
+/// Probed down.
+fn down(mut b: Be) -> Be {
+    b.up = false;
     b
 }
 
@@ -837,18 +877,34 @@ fn established_flows_stay_on_their_backend_when_the_table_changes() {
     let Some(mut w) = privileged_world("established_flows_stay", &one_service(vec![b1()])) else {
         return;
     };
-    let syn = tcp(c4(), vip4(), 41000, 80, TCP_SYN);
-    assert_eq!(sent_to(&w, &syn), b1().mac);
-    // b1 stays up but leaves the table (weight 0): new flows go to b2 only.
-    w.set(&one_service(vec![with(b1(), 0, BACKEND_UP), b2()]));
+    let ports = 41000..41020;
+    for port in ports.clone() {
+        assert_eq!(sent_to(&w, &tcp(c4(), vip4(), port, 80, TCP_SYN)), b1().mac);
+    }
+    // b2 joins with a hundred times b1's weight: most slots, and so most of those flows'
+    // slots, now name b2, while b1 stays up and in the table.
+    let services = one_service(vec![b1(), weighted(b2(), 100)]);
+    w.set(&services);
+    let on_b2 = |w: &World, port| {
+        let key = key_of(&tcp(c4(), vip4(), port, 80, TCP_SYN));
+        w.placed(&services[0], &key) == w.id(b2().addr)
+    };
+    let port = ports
+        .clone()
+        .find(|p| on_b2(&w, *p))
+        .expect("a pinned flow whose slot now names b2");
+    let syn = tcp(c4(), vip4(), port, 80, TCP_SYN);
+    let ack = tcp(c4(), vip4(), port, 80, TCP_ACK);
     let hits = stat(&w, STAT_CT_HIT);
-    let ack = tcp(c4(), vip4(), 41000, 80, TCP_ACK);
     for _ in 0..3 {
         assert_eq!(sent_to(&w, &ack), b1().mac, "established flow moved");
     }
     assert_eq!(stat(&w, STAT_CT_HIT), hits + 3);
+    let fresh = (41100..41200)
+        .find(|p| on_b2(&w, *p))
+        .expect("a new flow placed on b2");
     assert_eq!(
-        sent_to(&w, &tcp(c4(), vip4(), 41001, 80, TCP_SYN)),
+        sent_to(&w, &tcp(c4(), vip4(), fresh, 80, TCP_SYN)),
         b2().mac
     );
     // A SYN on the tracked 5-tuple is a new connection reusing the ports: placed again.
@@ -866,7 +922,7 @@ fn flows_of_a_backend_that_goes_down_are_rescheduled() {
     let syn = tcp(c4(), vip4(), 42000, 80, TCP_SYN);
     let ack = tcp(c4(), vip4(), 42000, 80, TCP_ACK);
     assert_eq!(sent_to(&w, &syn), b1().mac);
-    w.set(&one_service(vec![with(b1(), 1, BACKEND_DOWN), b2()]));
+    w.set(&one_service(vec![down(b1()), b2()]));
     let before = stat(&w, STAT_RESCHEDULED);
     assert_eq!(sent_to(&w, &ack), b2().mac);
     assert_eq!(stat(&w, STAT_RESCHEDULED), before + 1);
@@ -899,7 +955,7 @@ fn a_draining_backend_keeps_its_flows_and_gets_no_new_ones() {
         sent_to(&w, &tcp(c4(), vip4(), 43000, 80, TCP_SYN)),
         b1().mac
     );
-    w.set(&one_service(vec![with(b1(), 1, BACKEND_DRAIN), b2()]));
+    w.set(&one_service(vec![drain(b1()), b2()]));
     for _ in 0..3 {
         assert_eq!(
             sent_to(&w, &ack),
@@ -939,7 +995,7 @@ fn udp_flows_stick_after_their_first_packet() {
     assert_eq!(stat(&w, STAT_CT_MISS_NON_SYN), misses + 20);
     // Reweight heavily: the table changes, established UDP flows do not.
     let mut changed = one_service(vec![b1()]);
-    changed[1].backends = vec![with(b1(), 1, BACKEND_UP), with(b2(), 50, BACKEND_UP)];
+    changed[1].backends = vec![b1(), weighted(b2(), 50)];
     w.set(&changed);
     let hits = stat(&w, STAT_CT_HIT);
     for (f, mac) in &placed {
@@ -975,4 +1031,34 @@ fn new_flows_land_where_the_maglev_table_says() {
         .map(|b| w.dp.backend_stats(w.id(b.addr)).unwrap().packets)
         .sum();
     assert_eq!(per_backend, 300);
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_table_slot_naming_a_cleared_backend_is_counted_apart_from_no_backend() {
+    let Some(mut w) = privileged_world("stale_backend", &one_service(vec![b1()])) else {
+        return;
+    };
+    let ack = tcp(c4(), vip4(), 46000, 80, TCP_ACK);
+    assert_eq!(
+        sent_to(&w, &tcp(c4(), vip4(), 46000, 80, TCP_SYN)),
+        b1().mac
+    );
+    // Clear b1 behind the planner's back: the table still names it. The agent never
+    // writes this state (it clears a backend only after no table names it).
+    let id = w.id(b1().addr);
+    gateway::sync::MapWriter::set_backend(&mut w.dp, id, &Backend::default())
+        .expect("clear the backend");
+    let stale = stat(&w, STAT_DROP_STALE_BACKEND);
+    let none = stat(&w, STAT_NO_BACKEND);
+    let rescheduled = stat(&w, STAT_RESCHEDULED);
+    // A new flow's slot names the cleared id.
+    let (verdict, _) = w.run(&tcp(c4(), vip4(), 46001, 80, TCP_SYN).bytes());
+    assert_eq!(verdict, XDP_DROP);
+    // The established flow's conntrack entry names it too: placed again, onto the same slot.
+    let (verdict, _) = w.run(&ack.bytes());
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(stat(&w, STAT_DROP_STALE_BACKEND), stale + 2);
+    assert_eq!(stat(&w, STAT_NO_BACKEND), none);
+    assert_eq!(stat(&w, STAT_RESCHEDULED), rescheduled + 1);
 }

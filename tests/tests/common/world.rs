@@ -1,37 +1,48 @@
-//! A loaded (not attached) data plane with services and backends written through the
-//! production path (Maglev tables, `sync::diff`, `sync::apply`), and a way to run frames
-//! through it with BPF_PROG_TEST_RUN.
+//! A loaded (not attached) data plane whose maps are filled by the production path: a real
+//! `Config` (parsed from the text an operator would write), facts standing in for health
+//! checks and neighbour lookups, `plan::plan`, then `sync::diff` and `sync::apply`, as the
+//! agent's `replan` does. Frames run through it with BPF_PROG_TEST_RUN.
 #![allow(dead_code)]
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{fmt::Write as _, net::IpAddr, path::Path, time::Duration};
 
 use aya::programs::{TestRun, TestRunOptions};
 use gateway::{
+    config::{AdminState, Config},
     dataplane::{Dataplane, LoadOptions},
-    maglev,
-    sync::{self, Applied, Desired, DesiredService},
+    plan::{self, BackendFacts, Facts, Ids, TableCache},
+    sync::{self, Applied, Desired},
 };
-use gateway_common::{BACKEND_UP, Backend, FlowKey, ServiceKey, Settings, hash::flow_hash};
+use gateway_common::{
+    FlowKey, MODE_IPIP, MODE_L2DSR, PROTO_TCP, PROTO_UDP, ServiceKey, Settings, hash::flow_hash,
+};
 
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 
+/// A backend as the planner sees it: its config (weight, admin state) and its facts (probe
+/// verdict, next-hop MAC).
 #[derive(Debug, Clone)]
 pub struct Be {
     pub addr: IpAddr,
+    /// The L2 next hop the neighbour lookup would give.
     pub mac: [u8; 6],
-    pub state: u8,
     pub weight: u32,
+    pub admin: AdminState,
+    /// The health checks' verdict.
+    pub up: bool,
 }
 
+/// A ready, healthy backend of weight 1.
 pub fn be(addr: IpAddr, last: u8) -> Be {
     Be {
         addr,
         mac: [0x02, 0xbe, 0, 0, 0, last],
-        state: BACKEND_UP,
         weight: 1,
+        admin: AdminState::Ready,
+        up: true,
     }
 }
 
@@ -71,9 +82,11 @@ pub fn flow_key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> 
 pub struct World {
     pub dp: Dataplane,
     pub applied: Applied,
-    /// Backend ids per (service index, address): a backend's state is per service.
-    pub ids: BTreeMap<(usize, IpAddr), u32>,
-    pub tables: BTreeMap<ServiceKey, Arc<Vec<u32>>>,
+    /// The planner's ids, kept from one `set` to the next as the agent keeps them.
+    pub ids: Ids,
+    tables: TableCache,
+    /// What the last `set` planned (its tables say where new flows go).
+    pub desired: Desired,
     pub settings: Settings,
 }
 
@@ -84,58 +97,125 @@ pub const TEST_LOAD: LoadOptions = LoadOptions {
     kernel_log: 0,
 };
 
+/// Service `i` of a world is named `s{i}`: ids follow a service by name, so a test's
+/// services keep their ids across `set` as long as they keep their place in the list.
+fn service_name(i: usize) -> String {
+    format!("s{i}")
+}
+
+/// The config text an operator would write for `services` and `settings`.
+pub fn config_text(services: &[Svc], settings: &Settings) -> String {
+    let mut t = String::new();
+    let d = |t: &mut String, line: String| writeln!(t, "{line}").unwrap();
+    d(&mut t, "[dataplane]".into());
+    d(&mut t, "interface = \"lo\"".into());
+    d(
+        &mut t,
+        format!("conntrack_size = {}", TEST_LOAD.conntrack_size),
+    );
+    d(&mut t, format!("max_services = {}", TEST_LOAD.max_services));
+    d(
+        &mut t,
+        format!("max_table_size = {}", TEST_LOAD.max_table_size),
+    );
+    d(&mut t, format!("mtu = {}", settings.mtu));
+    if settings.ipip_src_v4 != [0; 4] {
+        let a = std::net::Ipv4Addr::from(settings.ipip_src_v4);
+        d(&mut t, format!("ipip_source_v4 = \"{a}\""));
+    }
+    let bits = settings.ipip_src_v4_vary_bits;
+    d(&mut t, format!("ipip_source_v4_vary_bits = {bits}"));
+    if settings.ipip_src_v6 != [0; 16] {
+        let a = std::net::Ipv6Addr::from(settings.ipip_src_v6);
+        d(&mut t, format!("ipip_source_v6 = \"{a}\""));
+    }
+    for (i, s) in services.iter().enumerate() {
+        let protocol = match s.proto {
+            PROTO_TCP => "tcp",
+            PROTO_UDP => "udp",
+            p => panic!("protocol {p}"),
+        };
+        let mode = match s.mode {
+            MODE_L2DSR => "l2dsr",
+            MODE_IPIP => "ipip",
+            m => panic!("mode {m}"),
+        };
+        d(&mut t, "[[service]]".into());
+        d(&mut t, format!("name = \"{}\"", service_name(i)));
+        d(&mut t, format!("vip = \"{}\"", s.vip));
+        d(&mut t, format!("port = {}", s.port));
+        d(&mut t, format!("protocol = \"{protocol}\""));
+        d(&mut t, format!("mode = \"{mode}\""));
+        d(&mut t, format!("table_size = {}", s.table_size));
+        d(&mut t, "health = { kind = \"none\" }".into());
+        for b in &s.backends {
+            let state = match b.admin {
+                AdminState::Ready => "ready",
+                AdminState::Drain => "drain",
+                AdminState::Maint => "maint",
+            };
+            d(&mut t, "[[service.backend]]".into());
+            d(&mut t, format!("address = \"{}\"", b.addr));
+            d(&mut t, format!("weight = {}", b.weight));
+            d(&mut t, format!("state = \"{state}\""));
+        }
+    }
+    t
+}
+
+/// What the health checks and neighbour lookups would report for `services`.
+pub fn facts(services: &[Svc]) -> Facts {
+    let mut f = Facts::new();
+    for (i, s) in services.iter().enumerate() {
+        for b in &s.backends {
+            f.insert(
+                (service_name(i), b.addr),
+                BackendFacts {
+                    up: b.up,
+                    up_since: None,
+                    mac: Ok(b.mac),
+                },
+            );
+        }
+    }
+    f
+}
+
 impl World {
     pub fn new(services: &[Svc], settings: Settings) -> World {
         let dp = Dataplane::load(TEST_LOAD).expect("load the XDP object");
         let mut w = World {
             dp,
             applied: Applied::default(),
-            ids: BTreeMap::new(),
-            tables: BTreeMap::new(),
+            ids: Ids::default(),
+            tables: TableCache::default(),
+            desired: Desired::default(),
             settings,
         };
         w.set(services);
         w
     }
 
-    /// Makes the maps describe `services` (diff and apply, as the agent does).
+    /// Makes the maps describe `services`: config, plan, diff and apply, as the agent does.
     pub fn set(&mut self, services: &[Svc]) {
-        let mut d = Desired {
-            settings: self.settings,
-            ..Desired::default()
-        };
-        for (i, s) in services.iter().enumerate() {
-            let mut entries = Vec::new();
-            for b in &s.backends {
-                let next = self.ids.len() as u32 + 1;
-                let id = *self.ids.entry((i, b.addr)).or_insert(next);
-                d.backends.insert(
-                    id,
-                    Backend {
-                        addr: addr16(b.addr),
-                        mac: b.mac,
-                        family: family(b.addr),
-                        state: b.state,
-                        service: i as u32,
-                        _pad: 0,
-                    },
-                );
-                if b.state == BACKEND_UP {
-                    entries.push(maglev::Entry {
-                        key: addr16(b.addr),
-                        id,
-                        weight: b.weight,
-                    });
-                }
-            }
-            let table = Arc::new(maglev::build(&entries, s.table_size));
-            self.tables.insert(service_key(s), table.clone());
-            d.services
-                .insert(service_key(s), DesiredService::new(i as u32, s.mode, table));
-        }
-        let (ops, next) = sync::diff(&self.applied, &d, TEST_LOAD.layout()).expect("diff");
+        let text = config_text(services, &self.settings);
+        let config =
+            Config::parse(&text, Path::new("world.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let p = plan::plan(
+            &config,
+            &facts(services),
+            &mut self.ids,
+            &mut self.tables,
+            Duration::ZERO,
+        );
+        assert_eq!(
+            p.desired.settings, self.settings,
+            "settings through the config"
+        );
+        let (ops, next) = sync::diff(&self.applied, &p.desired, TEST_LOAD.layout()).expect("diff");
         sync::apply(&ops, &mut self.dp).expect("apply");
         self.applied = next;
+        self.desired = p.desired;
     }
 
     /// Runs one frame: (verdict, output frame).
@@ -158,9 +238,10 @@ impl World {
         self.dp.global_stats().expect("stats")
     }
 
-    /// The backend id the table places `key` on (what the kernel must choose for a new flow).
+    /// The backend id the planned table places `key` on (what the kernel must choose for a
+    /// new flow).
     pub fn placed(&self, svc: &Svc, key: &FlowKey) -> u32 {
-        let t = &self.tables[&service_key(svc)];
+        let t = &self.desired.services[&service_key(svc)].table;
         t[(flow_hash(key) % t.len() as u32) as usize]
     }
 
@@ -170,6 +251,8 @@ impl World {
     }
 
     pub fn id_in(&self, service: usize, addr: IpAddr) -> u32 {
-        self.ids[&(service, addr)]
+        self.ids
+            .backend_id(&service_name(service), addr)
+            .unwrap_or_else(|| panic!("no id for {addr} in service {service}"))
     }
 }

@@ -368,9 +368,10 @@ fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Op
     std::thread::spawn(move || {
         // SAFETY: unshare(2) moves only this thread into a new network namespace.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            eprintln!(
-                "SKIPPED: cannot create a network namespace ({}); run as root",
-                std::io::Error::last_os_error()
+            let e = std::io::Error::last_os_error();
+            crate::testing::skip(
+                "netlink test",
+                &format!("cannot create a network namespace ({e}); run as root"),
             );
             return None;
         }

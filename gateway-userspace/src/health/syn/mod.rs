@@ -343,7 +343,10 @@ mod tests {
         match SynSockets::open() {
             Ok(s) => Some(s),
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                eprintln!("skipped: raw sockets need CAP_NET_RAW ({e})");
+                crate::testing::skip(
+                    "half-open probe test",
+                    &format!("raw sockets need CAP_NET_RAW ({e})"),
+                );
                 None
             }
             Err(e) => panic!("opening raw sockets: {e}"),

@@ -252,7 +252,10 @@ mod tests {
         let raw = match RawSocket::open(false, &[port]) {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                eprintln!("skipped: raw sockets need CAP_NET_RAW ({e})");
+                crate::testing::skip(
+                    "raw socket test",
+                    &format!("raw sockets need CAP_NET_RAW ({e})"),
+                );
                 return;
             }
             Err(e) => panic!("opening a raw socket: {e}"),

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     check::{Align, columns},
     config::{AdminConfig, AdminState},
-    overrides::{Change, Override, OverrideError},
+    overrides::{BackendChange, Change, Override, OverrideError},
 };
 
 /// How long a handler waits for the control loop before answering 503.
@@ -47,22 +47,27 @@ pub enum Request {
         conntrack: bool,
         reply: oneshot::Sender<Result<Snapshot, String>>,
     },
-    /// Set a backend's admin state (an override of the file; see `crate::overrides`).
-    SetState {
+    /// Change a backend's admin state or weight (an override of the file; see
+    /// `crate::overrides`).
+    Change {
         service: String,
         addr: IpAddr,
-        state: AdminState,
-        reply: oneshot::Sender<Result<Change, OverrideError>>,
-    },
-    /// Set a backend's weight.
-    SetWeight {
-        service: String,
-        addr: IpAddr,
-        weight: u32,
-        reply: oneshot::Sender<Result<Change, OverrideError>>,
+        change: BackendChange,
+        reply: oneshot::Sender<Result<Change, ChangeError>>,
     },
     /// Re-read the config file, as SIGHUP does; the error if it is invalid.
     Reload(oneshot::Sender<Result<(), String>>),
+}
+
+/// Why a backend change through the API did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// No such service or backend, or a value out of range.
+    #[error(transparent)]
+    Refused(#[from] OverrideError),
+    /// The maps could not be written: the change was undone, and the agent keeps running.
+    #[error("the data plane's maps could not be written, so the change was undone: {0}")]
+    Apply(String),
 }
 
 /// Who may call the API: with a token, writes (and reads, if `reads`) must carry
@@ -133,6 +138,9 @@ pub struct Snapshot {
     /// SIGHUP reloads by outcome.
     pub reloads_ok: u64,
     pub reloads_error: u64,
+    /// Replans whose map write failed (each retried; see `Agent::replan`).
+    #[serde(default)]
+    pub map_write_errors: u64,
     /// Health-check latency per service.
     #[serde(default)]
     pub probe_latency: Vec<LatencyHistogram>,
@@ -295,17 +303,57 @@ fn backend_addr(addr: &str) -> Result<IpAddr, String> {
         .map_err(|_| format!("{addr:?} is not an IP address"))
 }
 
-fn change_response(r: Result<Change, OverrideError>) -> Response {
+fn change_response(r: Result<Change, ChangeError>) -> Response {
     match r {
         Ok(c) => match serde_json::to_string(&c) {
             Ok(body) => json(StatusCode::OK, body),
             Err(e) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         },
-        Err(e @ (OverrideError::NoService(_) | OverrideError::NoBackend { .. })) => {
-            error_body(StatusCode::NOT_FOUND, &e.to_string())
+        Err(ChangeError::Refused(
+            e @ (OverrideError::NoService(_) | OverrideError::NoBackend { .. }),
+        )) => error_body(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(ChangeError::Refused(e @ OverrideError::Weight(_))) => {
+            error_body(StatusCode::BAD_REQUEST, &e.to_string())
         }
-        Err(e @ OverrideError::Weight(_)) => error_body(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e @ ChangeError::Apply(_)) => {
+            error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
     }
+}
+
+/// The one path of both backend endpoints: the address and the body (read by `parse`)
+/// checked here, the change made by the control loop.
+async fn change_backend(
+    agent: &mpsc::Sender<Request>,
+    service: String,
+    addr: &str,
+    change: Result<BackendChange, String>,
+) -> Response {
+    let (addr, change) = match (backend_addr(addr), change) {
+        (Ok(a), Ok(c)) => (a, c),
+        (Err(e), _) | (_, Err(e)) => return error_body(StatusCode::BAD_REQUEST, &e),
+    };
+    match ask(agent, |reply| Request::Change {
+        service,
+        addr,
+        change,
+        reply,
+    })
+    .await
+    {
+        Ok(r) => change_response(r),
+        Err(r) => r,
+    }
+}
+
+/// The body of `POST .../state`.
+fn state_change(bytes: &[u8]) -> Result<BackendChange, String> {
+    body::<StateBody>(bytes).map(|b| BackendChange::State(b.state))
+}
+
+/// The body of `POST .../weight`.
+fn weight_change(bytes: &[u8]) -> Result<BackendChange, String> {
+    body::<WeightBody>(bytes).map(|b| BackendChange::Weight(b.weight))
 }
 
 async fn set_state(
@@ -313,21 +361,7 @@ async fn set_state(
     Path((service, addr)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Response {
-    let (addr, b) = match (backend_addr(&addr), body::<StateBody>(&bytes)) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => return error_body(StatusCode::BAD_REQUEST, &e),
-    };
-    match ask(&agent, |reply| Request::SetState {
-        service,
-        addr,
-        state: b.state,
-        reply,
-    })
-    .await
-    {
-        Ok(r) => change_response(r),
-        Err(r) => r,
-    }
+    change_backend(&agent, service, &addr, state_change(&bytes)).await
 }
 
 async fn set_weight(
@@ -335,21 +369,7 @@ async fn set_weight(
     Path((service, addr)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Response {
-    let (addr, b) = match (backend_addr(&addr), body::<WeightBody>(&bytes)) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => return error_body(StatusCode::BAD_REQUEST, &e),
-    };
-    match ask(&agent, |reply| Request::SetWeight {
-        service,
-        addr,
-        weight: b.weight,
-        reply,
-    })
-    .await
-    {
-        Ok(r) => change_response(r),
-        Err(r) => r,
-    }
+    change_backend(&agent, service, &addr, weight_change(&bytes)).await
 }
 
 async fn reload(State(agent): State<mpsc::Sender<Request>>) -> Response {
@@ -583,6 +603,13 @@ pub fn render_metrics(s: &Snapshot) -> String {
         ],
     }
     .write(&mut out);
+    Family {
+        name: "gateway_map_write_errors_total",
+        help: "Replans whose map write failed (the agent keeps running and retries).",
+        kind: "counter",
+        samples: vec![(vec![], s.map_write_errors)],
+    }
+    .write(&mut out);
     let name = "gateway_probe_duration_seconds";
     let _ = writeln!(out, "# HELP {name} Health-check duration per service.");
     let _ = writeln!(out, "# TYPE {name} histogram");
@@ -784,6 +811,7 @@ mod tests {
             table_rebuilds: 2,
             reloads_ok: 1,
             reloads_error: 0,
+            map_write_errors: 0,
             probe_latency: vec![LatencyHistogram {
                 service: "web".into(),
                 le: vec![0.001, 0.01],
@@ -858,6 +886,7 @@ mod tests {
             "gateway_backend_transitions_total",
             "gateway_table_rebuilds_total",
             "gateway_reloads_total",
+            "gateway_map_write_errors_total",
         ] {
             assert_eq!(
                 declared.iter().filter(|d| *d == name).count(),
@@ -999,21 +1028,16 @@ service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
             let mut reloads = 0;
             while let Some(req) = rx.recv().await {
                 match req {
-                    Request::SetState {
+                    Request::Change {
                         service,
                         addr,
-                        state,
+                        change,
                         reply,
                     } => {
-                        let _ = reply.send(o.set_state(&file, &service, addr, state));
-                    }
-                    Request::SetWeight {
-                        service,
-                        addr,
-                        weight,
-                        reply,
-                    } => {
-                        let _ = reply.send(o.set_weight(&file, &service, addr, weight));
+                        let _ = reply.send(
+                            o.set(&file, &service, addr, change)
+                                .map_err(ChangeError::from),
+                        );
                     }
                     Request::Reload(reply) => {
                         reloads += 1;
@@ -1161,5 +1185,115 @@ service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
         let s = snapshot();
         let text = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Snapshot>(&text).unwrap(), s);
+    }
+
+    /// Random and mutated request bodies for the backend endpoints (fixed seed).
+    fn mutated_bodies(n: usize) -> Vec<Vec<u8>> {
+        const SEEDS: &[&str] = &[
+            r#"{"state":"drain"}"#,
+            r#"{"state":"ready"}"#,
+            r#"{"weight":7}"#,
+            r#"{"weight":10000}"#,
+            r#"{"state":"maint","weight":1}"#,
+            "",
+            "null",
+            "[]",
+        ];
+        const ODD: &[&str] = &[
+            "\"",
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\0",
+            "é",
+            "\u{1F600}",
+            "\\u0000",
+            "-1",
+            "1e999",
+            "4294967296",
+            "null",
+            "true",
+            "\"\"",
+            "\\",
+            " ",
+            "\n",
+        ];
+        let mut x = 0x5eed_0fb0_d1e5_u64;
+        let mut next = move |m: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % m as u64) as usize
+        };
+        (0..n)
+            .map(|_| {
+                let mut b = SEEDS[next(SEEDS.len())].as_bytes().to_vec();
+                for _ in 0..1 + next(4) {
+                    let at = next(b.len() + 1);
+                    match next(4) {
+                        0 if !b.is_empty() => {
+                            b.remove(at.min(b.len() - 1));
+                        }
+                        1 => {
+                            let o = ODD[next(ODD.len())].as_bytes();
+                            b.splice(at..at, o.iter().copied());
+                        }
+                        2 => b.insert(at, next(256) as u8),
+                        _ => b.truncate(at),
+                    }
+                }
+                b
+            })
+            .collect()
+    }
+
+    /// The body parsers return a change or an error for any bytes, never panic.
+    #[test]
+    fn mutated_bodies_are_a_change_or_an_error() {
+        let (mut ok, mut err) = (0, 0);
+        for b in mutated_bodies(5000) {
+            for parse in [state_change, weight_change] {
+                match parse(&b) {
+                    // The range of a weight is the override's to check (a 400 there).
+                    Ok(_) => ok += 1,
+                    Err(e) => {
+                        assert!(e.starts_with("bad request body"), "{e}");
+                        err += 1;
+                    }
+                }
+            }
+        }
+        assert!(ok > 20 && err > 5000, "ok {ok}, errors {err}");
+    }
+
+    /// The same bodies through the HTTP server: every answer is JSON with a 2xx or 4xx
+    /// status, and the server keeps answering.
+    #[tokio::test]
+    async fn mutated_bodies_over_http_get_json_answers() {
+        let addr = free_port();
+        let (tx, rx) = mpsc::channel(8);
+        spawn(addr, Auth::default(), tx).await;
+        let agent = write_loop(rx);
+        for (i, b) in mutated_bodies(300).into_iter().enumerate() {
+            let path = if i % 2 == 0 {
+                "/backends/web/198.18.0.11/state"
+            } else {
+                "/backends/web/198.18.0.11/weight"
+            };
+            let body = String::from_utf8_lossy(&b).into_owned();
+            let (code, text) = request(addr, "POST", path, "", &body).await;
+            assert!(
+                code == 200 || (400..500).contains(&code),
+                "{path} {body:?}: {code} {text}"
+            );
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{path} {body:?}: not JSON ({e}): {text}"));
+            assert!(code == 200 || v["error"].is_string(), "{text}");
+        }
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        agent.abort();
     }
 }

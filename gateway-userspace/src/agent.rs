@@ -20,11 +20,13 @@ use crate::{
     dataplane::{Dataplane, LoadOptions},
     health::{self, CheckId, CheckSpec, Prober},
     neigh::Resolver,
-    overrides::{Change, OverrideError, Overrides},
+    overrides::{BackendChange, Change, Overrides},
     plan::{self, BackendFacts, Facts, Ids, Plan, TableCache},
     sync::{self, Applied},
 };
 
+/// How soon a replan whose map write failed is tried again.
+const WRITE_RETRY: Duration = Duration::from_secs(1);
 /// Transitions kept per backend for status output.
 const HISTORY: usize = 16;
 /// How often the loop asks whether next hops need work that no netlink event announces
@@ -107,6 +109,9 @@ pub struct Agent {
     table_rebuilds: u64,
     reloads_ok: u64,
     reloads_error: u64,
+    /// Replans whose map write failed (for metrics), and when the next retry is due.
+    map_write_errors: u64,
+    retry_at: Option<tokio::time::Instant>,
 }
 
 impl Agent {
@@ -188,6 +193,8 @@ impl Agent {
             table_rebuilds: 0,
             reloads_ok: 0,
             reloads_error: 0,
+            map_write_errors: 0,
+            retry_at: None,
         };
         agent.sync_checks();
         agent
@@ -295,8 +302,30 @@ impl Agent {
             .collect()
     }
 
-    /// Plans, diffs and applies; logs services left without backends.
-    pub fn replan(&mut self, why: &str) -> anyhow::Result<()> {
+    /// Plans, diffs and applies, and logs services left without backends; a failed map
+    /// write does not stop the agent (see [`Agent::write_failed`]).
+    pub fn replan(&mut self, why: &str) {
+        if let Err(e) = self.try_replan(why) {
+            self.write_failed(why, &e);
+        }
+    }
+
+    /// The one rule for a map write that fails, whatever asked for it: the agent keeps
+    /// running, logs and counts it, takes what the maps now hold as applied (a write may
+    /// have stopped half way) and plans again a second later. A caller that asked for a
+    /// change (the API) undoes it and answers with the error.
+    fn write_failed(&mut self, why: &str, e: &anyhow::Error) {
+        self.map_write_errors += 1;
+        error!("{why}: writing the maps failed, retrying in {WRITE_RETRY:?}: {e:#}");
+        self.applied = self.dp.read_applied().unwrap_or_else(|e| {
+            warn!("reading the maps back: {e}; rewriting them whole");
+            Applied::default()
+        });
+        self.retry_at = Some(tokio::time::Instant::now() + WRITE_RETRY);
+    }
+
+    /// [`Agent::replan`], returning a failed write to the caller.
+    fn try_replan(&mut self, why: &str) -> anyhow::Result<()> {
         let started = Instant::now();
         let now = self.now();
         let mut p = plan::plan(
@@ -454,24 +483,35 @@ impl Agent {
     }
 
     /// An admin API change of one backend: recorded as an override, then planned and
-    /// applied like any other change.
+    /// applied like any other change. If the maps cannot be written the change is undone
+    /// and the error returned.
     pub fn api_change(
         &mut self,
-        f: impl FnOnce(&mut Overrides, &Config) -> Result<Change, OverrideError>,
-    ) -> Result<Change, OverrideError> {
-        let change = f(&mut self.overrides, &self.file_config)?;
+        service: &str,
+        addr: IpAddr,
+        change: BackendChange,
+    ) -> Result<Change, admin::ChangeError> {
+        let before = self.overrides.clone();
+        let c = self
+            .overrides
+            .set(&self.file_config, service, addr, change)?;
         self.save_overrides();
         self.set_effective();
         self.sync_checks();
         let why = format!(
             "api: {} {} {} {} -> {}",
-            change.service, change.backend, change.field, change.from, change.to
+            c.service, c.backend, c.field, c.from, c.to
         );
         info!("{why}");
-        if let Err(e) = self.replan(&why) {
-            error!("{why}: {e:#}");
+        if let Err(e) = self.try_replan(&why) {
+            self.write_failed(&why, &e);
+            self.overrides = before;
+            self.save_overrides();
+            self.set_effective();
+            self.sync_checks();
+            return Err(admin::ChangeError::Apply(format!("{e:#}")));
         }
-        Ok(change)
+        Ok(c)
     }
 
     /// Re-reads the config file. An invalid file changes nothing (the error is returned);
@@ -499,7 +539,7 @@ impl Agent {
         self.resolver.flush_routes();
         self.sync_checks();
         self.resolve();
-        self.replan("reload")?;
+        self.replan("reload");
         info!("reloaded {}", self.path.display());
         Ok(())
     }
@@ -533,7 +573,8 @@ impl Agent {
         let mut admin_open = true;
         self.resolve();
         let before = self.table_rebuilds;
-        self.replan("start")?;
+        // Before the first plan nothing of this agent's serves: a failure here stops it.
+        self.try_replan("start")?;
         if self.table_rebuilds == before {
             info!("start: applied nothing: the adopted maps already match the config");
         }
@@ -584,21 +625,21 @@ impl Agent {
                         && self.next_health_replan().is_none_or(|t| Instant::now() >= t)
                     {
                         health_pending = false;
-                        self.replan("health change")?;
+                        self.replan("health change");
                     }
                 }
                 _ = async { tokio::time::sleep_until(health_at.unwrap_or_else(tokio::time::Instant::now)).await }, if health_at.is_some() => {
                     health_pending = false;
-                    self.replan("health change")?;
+                    self.replan("health change");
                 }
                 _ = self.resolver.changed() => {
                     if self.resolve() {
-                        self.replan("next hops changed")?;
+                        self.replan("next hops changed");
                     }
                 }
                 _ = tokio::time::sleep_until(next_resolve) => {
                     if (self.resolver.due() || !self.pinned_macs.is_empty()) && self.resolve() {
-                        self.replan("next hops changed")?;
+                        self.replan("next hops changed");
                     }
                     if self.table_rebuilds != trimmed_at {
                         trimmed_at = self.table_rebuilds;
@@ -607,12 +648,16 @@ impl Agent {
                     next_resolve = tokio::time::Instant::now() + NEIGH_TICK;
                 }
                 _ = async { tokio::time::sleep_until(step.unwrap_or_else(tokio::time::Instant::now)).await }, if step.is_some() => {
-                    self.replan("slow start step")?;
+                    self.replan("slow start step");
                 }
                 guard = async { klog.as_mut().expect("guarded").readable_mut().await }, if klog.is_some() => {
                     let mut guard = guard?;
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
+                }
+                _ = async { tokio::time::sleep_until(self.retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if self.retry_at.is_some() => {
+                    self.retry_at = None;
+                    self.replan("retry after a failed map write");
                 }
                 _ = hup.recv() => {
                     let _ = self.reload_counted();
@@ -633,23 +678,13 @@ impl Agent {
     /// Answers an admin API request; a dropped reply (the client went away) is fine.
     fn answer(&mut self, req: admin::Request) {
         match req {
-            admin::Request::SetState {
+            admin::Request::Change {
                 service,
                 addr,
-                state,
+                change,
                 reply,
             } => {
-                let r = self.api_change(|o, file| o.set_state(file, &service, addr, state));
-                let _ = reply.send(r);
-            }
-            admin::Request::SetWeight {
-                service,
-                addr,
-                weight,
-                reply,
-            } => {
-                let r = self.api_change(|o, file| o.set_weight(file, &service, addr, weight));
-                let _ = reply.send(r);
+                let _ = reply.send(self.api_change(&service, addr, change));
             }
             admin::Request::Reload(reply) => {
                 let _ = reply.send(self.reload_counted());
@@ -743,6 +778,7 @@ impl Agent {
             table_rebuilds: self.table_rebuilds,
             reloads_ok: self.reloads_ok,
             reloads_error: self.reloads_error,
+            map_write_errors: self.map_write_errors,
             probe_latency: {
                 let mut v: Vec<admin::LatencyHistogram> = self
                     .probe_latency

@@ -56,6 +56,13 @@ pub struct Change {
     pub source: String,
 }
 
+/// One change of one backend through the API: its admin state or its weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChange {
+    State(AdminState),
+    Weight(u32),
+}
+
 /// Overrides by service name and backend address.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Overrides {
@@ -131,6 +138,21 @@ impl Overrides {
             per.retain(|_, o| o.state.is_some() || o.weight.is_some());
         }
         self.backends.retain(|_, per| !per.is_empty());
+    }
+
+    /// Records `change` of one backend of the file's `service`: what it changed, or why
+    /// it was refused.
+    pub fn set(
+        &mut self,
+        file: &Config,
+        service: &str,
+        addr: IpAddr,
+        change: BackendChange,
+    ) -> Result<Change, OverrideError> {
+        match change {
+            BackendChange::State(state) => self.set_state(file, service, addr, state),
+            BackendChange::Weight(weight) => self.set_weight(file, service, addr, weight),
+        }
     }
 
     /// Sets a backend's admin state; the same as the file's removes the override.

@@ -192,6 +192,7 @@ fn gateway_run_explains_missing_root_and_missing_bpffs_in_one_line() {
         .unwrap();
     one_line_error(
         out,
-        "bpffs is not mounted at /sys/fs/bpf: run `mount -t bpf bpf /sys/fs/bpf`",
+        "pin_dir /sys/fs/bpf/gateway/lo is not on a bpffs (/sys/fs/bpf is not one): mount one \
+         with `mount -t bpf bpf /sys/fs/bpf`",
     );
 }

@@ -303,7 +303,7 @@ impl Agent {
     }
 
     /// Plans, diffs and applies, and logs services left without backends; a failed map
-    /// write does not stop the agent (see [`Agent::write_failed`]).
+    /// write does not stop the agent (see `Agent::write_failed`).
     pub fn replan(&mut self, why: &str) {
         if let Err(e) = self.try_replan(why) {
             self.write_failed(why, &e);

@@ -1,4 +1,5 @@
-//! Loading, attaching and reading the XDP program: the only module that talks to aya.
+//! Loading, attaching and reading the XDP program, and writing its maps (the aya side of
+//! [`crate::sync::MapWriter`]); the pinned state on bpffs is [`crate::pin`]'s.
 use std::{os::fd::AsFd, path::Path};
 
 use aya::{

@@ -1,5 +1,34 @@
 //! The gateway agent: loads the XDP program, keeps its maps in step with the configuration
 //! and the backends' health, and reports what the data plane does.
+//!
+//! # Layout
+//!
+//! One job per module; data flows one way, from the config and the facts about backends to
+//! the maps.
+//!
+//! - [`config`]: the file, parsed and validated into types that cannot be invalid (and
+//!   [`config::LoadTime`], the settings only a restart changes).
+//! - [`health`]: probes (half-open TCP, HTTP), the rise/fall state machine and the
+//!   scheduler; it reports verdicts per check and knows nothing of services.
+//! - [`neigh`]: each backend's next-hop MAC, from the kernel's routes and neighbours over
+//!   rtnetlink, with change notifications.
+//! - [`overrides`]: admin API changes on top of the file.
+//! - [`plan`]: pure `plan(config, facts) -> Plan`: the desired maps and why each backend
+//!   is where it is; [`maglev`] builds its tables.
+//! - [`sync`]: `diff(applied, desired) -> ops` and `apply(ops, &mut impl MapWriter)`.
+//! - [`dataplane`]: loads and attaches the program and implements `MapWriter` over aya's
+//!   maps; [`pin`] keeps them on bpffs across restarts; [`object`] embeds the objects.
+//! - [`agent`]: the control loop that owns all of the above and answers the API.
+//! - [`admin`]: the HTTP API, the status snapshot and the metrics text; [`check`] is the
+//!   preview of a config (`gateway check`); [`sys`] the preflight checks.
+//!
+//! A probe verdict reaches the maps this way: a check's task in [`health::Prober`] sends an
+//! [`health::Event`] to the agent's loop (`Agent::run`); `Agent::on_event` records it in
+//! the backend's record, and a replan (`Agent::replan`, paced by its own cost) runs
+//! [`plan::plan`] over the config and the facts (health, next hops, time), then
+//! [`sync::diff`] against what was applied and [`sync::apply`] through the
+//! [`dataplane::Dataplane`]. Next-hop changes, slow-start steps, reloads and API changes
+//! take the same path.
 
 pub mod admin;
 pub mod agent;

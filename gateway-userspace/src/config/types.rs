@@ -82,7 +82,7 @@ pub struct DataplaneConfig {
     /// Largest L3 packet towards a backend after encapsulation; 0 disables the check,
     /// otherwise 1280..=65535.
     pub mtu: u32,
-    /// Services the maps hold, 1..=[`MAX_SERVICES`]; at least `services.len()`.
+    /// Services the maps hold, 1..=[`gateway_common::MAX_SERVICES`]; at least `services.len()`.
     pub max_services: u32,
     /// Largest Maglev table of any service: a prime, and every `table_size` is at most this.
     pub max_table_size: u32,

@@ -19,10 +19,10 @@ use crate::{
     config::{self, AdminState, Config, Mode},
     dataplane::{Dataplane, LoadOptions},
     health::{self, CheckId, CheckSpec, Prober},
+    mapsync::{self, Applied},
     neigh::Resolver,
     overrides::{BackendChange, Change, Overrides},
     plan::{self, BackendFacts, Facts, Ids, Plan, TableCache},
-    sync::{self, Applied},
 };
 
 /// How soon a replan whose map write failed is tried again.
@@ -335,9 +335,9 @@ impl Agent {
             &mut self.tables,
             now,
         );
-        let (ops, next) = sync::diff(&self.applied, &p.desired, self.dp.options().layout())?;
+        let (ops, next) = mapsync::diff(&self.applied, &p.desired, self.dp.options().layout())?;
         if !ops.is_empty() {
-            sync::apply(&ops, &mut self.dp)?;
+            mapsync::apply(&ops, &mut self.dp)?;
             self.applied = next;
             self.table_rebuilds += 1;
             info!(
@@ -371,7 +371,7 @@ impl Agent {
         // What the maps should hold is now what they hold; the tables stay in the table
         // cache, and a second reference here would keep each old table alive through the
         // next replan.
-        p.desired = sync::Desired::default();
+        p.desired = mapsync::Desired::default();
         self.last_plan = Some(p);
         self.last_replan = Some((Instant::now(), started.elapsed()));
         Ok(())

@@ -1,5 +1,5 @@
 //! Loading, attaching and reading the XDP program, and writing its maps (the aya side of
-//! [`crate::sync::MapWriter`]); the pinned state on bpffs is [`crate::pin`]'s.
+//! [`crate::mapsync::MapWriter`]); the pinned state on bpffs is [`crate::pin`]'s.
 use std::{os::fd::AsFd, path::Path};
 
 use aya::{
@@ -23,8 +23,8 @@ use thiserror::Error;
 
 use crate::{
     config::XdpMode,
+    mapsync::{Applied, AppliedService, Layout, MapWriter, SyncError},
     pin,
-    sync::{Applied, AppliedService, Layout, MapWriter, SyncError},
 };
 
 #[derive(Debug, Error)]
@@ -574,7 +574,7 @@ impl Dataplane {
                 key,
                 AppliedService {
                     value,
-                    table_hash: crate::sync::table_hash(&table),
+                    table_hash: crate::mapsync::table_hash(&table),
                 },
             );
         }

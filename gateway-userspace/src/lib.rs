@@ -15,7 +15,7 @@
 //! - [`overrides`]: admin API changes on top of the file.
 //! - [`plan`]: pure `plan(config, facts) -> Plan`: the desired maps and why each backend
 //!   is where it is; [`maglev`] builds its tables.
-//! - [`sync`]: `diff(applied, desired) -> ops` and `apply(ops, &mut impl MapWriter)`.
+//! - [`mapsync`]: `diff(applied, desired) -> ops` and `apply(ops, &mut impl MapWriter)`.
 //! - [`dataplane`]: loads and attaches the program and implements `MapWriter` over aya's
 //!   maps; [`pin`] keeps them on bpffs across restarts; [`object`] embeds the objects.
 //! - [`agent`]: the control loop that owns all of the above and answers the API.
@@ -26,7 +26,7 @@
 //! [`health::Event`] to the agent's loop (`Agent::run`); `Agent::on_event` records it in
 //! the backend's record, and a replan (`Agent::replan`, paced by its own cost) runs
 //! [`plan::plan`] over the config and the facts (health, next hops, time), then
-//! [`sync::diff`] against what was applied and [`sync::apply`] through the
+//! [`mapsync::diff`] against what was applied and [`mapsync::apply`] through the
 //! [`dataplane::Dataplane`]. Next-hop changes, slow-start steps, reloads and API changes
 //! take the same path.
 
@@ -37,12 +37,12 @@ pub mod config;
 pub mod dataplane;
 pub mod health;
 pub mod maglev;
+pub mod mapsync;
 pub mod neigh;
 pub mod object;
 pub mod overrides;
 pub mod pin;
 pub mod plan;
-pub mod sync;
 pub mod sys;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

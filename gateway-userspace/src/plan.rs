@@ -22,7 +22,7 @@ use gateway_common::{
 use crate::{
     config::{AdminState, Config, Mode, Protocol, ServiceConfig},
     maglev,
-    sync::{Desired, DesiredService},
+    mapsync::{Desired, DesiredService},
 };
 
 /// Slow start ramps in this many steps (so in this many table rebuilds).
@@ -90,7 +90,7 @@ impl Ids {
     /// The ids an earlier agent gave the services and backends of `config` that the maps
     /// still hold: a service by its key (VIP, port, protocol), a backend by its service and
     /// address. Conntrack entries name backends by id, so keeping ids keeps flows in place.
-    pub fn adopt(config: &Config, applied: &crate::sync::Applied) -> Ids {
+    pub fn adopt(config: &Config, applied: &crate::mapsync::Applied) -> Ids {
         let mut ids = Ids::default();
         let by_key: HashMap<(u32, u8, [u8; 16]), u32> = applied
             .backends
@@ -276,7 +276,7 @@ struct Built {
     table: Arc<Vec<u32>>,
     /// Slots per backend id (counting them walks the whole table).
     shares: Arc<BTreeMap<u32, usize>>,
-    /// `sync::table_hash` of the table.
+    /// `mapsync::table_hash` of the table.
     hash: u64,
 }
 
@@ -295,7 +295,7 @@ impl TableCache {
         let table = maglev::build(&entries, m);
         let built = Built {
             shares: Arc::new(maglev::shares(&table)),
-            hash: crate::sync::table_hash(&table),
+            hash: crate::mapsync::table_hash(&table),
             table: Arc::new(table),
         };
         let cached = CachedTable {
@@ -569,7 +569,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::sync::{self, Applied, Layout};
+    use crate::mapsync::{self, Applied, Layout};
 
     const BASE: &str = r#"
 [dataplane]
@@ -874,9 +874,9 @@ address = "198.18.0.13"
         let p1 = run(&c, &facts([true, true, true]));
         let p2 = run(&c, &facts([true, true, true]));
         assert_eq!(p1.desired, p2.desired);
-        let (ops, applied) = sync::diff(&Applied::default(), &p1.desired, layout).unwrap();
+        let (ops, applied) = mapsync::diff(&Applied::default(), &p1.desired, layout).unwrap();
         assert!(!ops.is_empty());
-        let (again, _) = sync::diff(&applied, &p2.desired, layout).unwrap();
+        let (again, _) = mapsync::diff(&applied, &p2.desired, layout).unwrap();
         assert!(again.is_empty(), "{again:?}");
     }
 }

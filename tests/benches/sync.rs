@@ -9,8 +9,8 @@ use gateway::{
     agent::load_options,
     config::Config,
     dataplane::Dataplane,
+    mapsync::{self, Applied},
     plan::{self, Ids, TableCache},
-    sync::{self, Applied},
 };
 
 const FLIPS: usize = 101;
@@ -54,8 +54,8 @@ fn main() {
             facts.get_mut(&("web".to_string(), first)).unwrap().up = i % 2 == 1;
             let t = Instant::now();
             let p = plan::plan(&c, &facts, &mut ids, &mut tables, std::time::Duration::ZERO);
-            let (ops, next) = sync::diff(&applied, &p.desired, layout).expect("diff");
-            sync::apply(&ops, &mut dp).expect("apply");
+            let (ops, next) = mapsync::diff(&applied, &p.desired, layout).expect("diff");
+            mapsync::apply(&ops, &mut dp).expect("apply");
             applied = next;
             if i > 0 {
                 times.push(t.elapsed().as_secs_f64() * 1e6);

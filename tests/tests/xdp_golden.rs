@@ -1047,7 +1047,7 @@ fn a_table_slot_naming_a_cleared_backend_is_counted_apart_from_no_backend() {
     // Clear b1 behind the planner's back: the table still names it. The agent never
     // writes this state (it clears a backend only after no table names it).
     let id = w.id(b1().addr);
-    gateway::sync::MapWriter::set_backend(&mut w.dp, id, &Backend::default())
+    gateway::mapsync::MapWriter::set_backend(&mut w.dp, id, &Backend::default())
         .expect("clear the backend");
     let stale = stat(&w, STAT_DROP_STALE_BACKEND);
     let none = stat(&w, STAT_NO_BACKEND);

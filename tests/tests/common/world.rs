@@ -1,6 +1,6 @@
 //! A loaded (not attached) data plane whose maps are filled by the production path: a real
 //! `Config` (parsed from the text an operator would write), facts standing in for health
-//! checks and neighbour lookups, `plan::plan`, then `sync::diff` and `sync::apply`, as the
+//! checks and neighbour lookups, `plan::plan`, then `mapsync::diff` and `mapsync::apply`, as the
 //! agent's `replan` does. Frames run through it with BPF_PROG_TEST_RUN.
 #![allow(dead_code)]
 
@@ -10,8 +10,8 @@ use aya::programs::{TestRun, TestRunOptions};
 use gateway::{
     config::{AdminState, Config},
     dataplane::{Dataplane, LoadOptions},
+    mapsync::{self, Applied, Desired},
     plan::{self, BackendFacts, Facts, Ids, TableCache},
-    sync::{self, Applied, Desired},
 };
 use gateway_common::{
     FlowKey, MODE_IPIP, MODE_L2DSR, PROTO_TCP, PROTO_UDP, ServiceKey, Settings, hash::flow_hash,
@@ -212,8 +212,9 @@ impl World {
             p.desired.settings, self.settings,
             "settings through the config"
         );
-        let (ops, next) = sync::diff(&self.applied, &p.desired, TEST_LOAD.layout()).expect("diff");
-        sync::apply(&ops, &mut self.dp).expect("apply");
+        let (ops, next) =
+            mapsync::diff(&self.applied, &p.desired, TEST_LOAD.layout()).expect("diff");
+        mapsync::apply(&ops, &mut self.dp).expect("apply");
         self.applied = next;
         self.desired = p.desired;
     }

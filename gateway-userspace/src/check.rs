@@ -14,7 +14,7 @@ use std::{
 use gateway_common::{BACKEND_DRAIN, BACKEND_UP};
 
 use crate::{
-    config::{AdminState, BackendConfig, Config, LoadTime, Mode, ServiceConfig},
+    config::{BackendConfig, Config, LoadTime, ServiceConfig},
     plan::{self, Ids, Plan, ServicePlan, TableCache},
 };
 use Align::{Left, Right};
@@ -33,7 +33,7 @@ pub fn render_plan(config: &Config) -> String {
             "\nservice {}  {}  {}  table {} slots",
             s.name,
             endpoint(s),
-            mode_word(s.mode),
+            s.mode.as_str(),
             s.table_size
         );
         let rows: Vec<Vec<String>> = sp
@@ -101,7 +101,7 @@ pub fn render_change(running: &Config, next: &Config) -> String {
                 let mut line = format!(
                     "service added ({}, {}, {n} backend{})",
                     endpoint(s),
-                    mode_word(s.mode),
+                    s.mode.as_str(),
                     plural(n)
                 );
                 if sp.empty() {
@@ -144,9 +144,7 @@ fn dataplane_line(config: &Config) -> String {
     };
     format!(
         "dataplane  interface {}  xdp {}  conntrack {} entries  {mtu}\n",
-        d.interface,
-        lower(d.xdp_mode),
-        d.conntrack_size
+        d.interface, d.xdp_mode, d.conntrack_size
     )
 }
 
@@ -187,7 +185,11 @@ fn setting_changes(running: &Config, next: &Config) -> Vec<String> {
         opt(a.ipip_source_v6.map(IpAddr::V6)),
         opt(b.ipip_source_v6.map(IpAddr::V6)),
     );
-    live("dataplane: on_exit", lower(a.on_exit), lower(b.on_exit));
+    live(
+        "dataplane: on_exit",
+        a.on_exit.to_string(),
+        b.on_exit.to_string(),
+    );
     out
 }
 
@@ -208,8 +210,8 @@ fn service_change(
     if old.mode != new.mode {
         items.push(format!(
             "mode {} -> {}",
-            mode_word(old.mode),
-            mode_word(new.mode)
+            old.mode.as_str(),
+            new.mode.as_str()
         ));
     }
     if old.table_size != new.table_size {
@@ -274,8 +276,8 @@ fn service_change(
         if o.state != b.state {
             items.push(format!(
                 "state of {a} {} -> {}",
-                state_word(o.state),
-                state_word(b.state)
+                o.state.as_str(),
+                b.state.as_str()
             ));
         }
         if o.backup != b.backup {
@@ -358,21 +360,6 @@ fn endpoint(s: &ServiceConfig) -> String {
     format!("{}/{}", SocketAddr::new(s.vip, s.port), s.protocol)
 }
 
-fn mode_word(m: Mode) -> &'static str {
-    match m {
-        Mode::L2dsr => "l2dsr",
-        Mode::Ipip => "ipip",
-    }
-}
-
-fn state_word(s: AdminState) -> &'static str {
-    match s {
-        AdminState::Ready => "ready",
-        AdminState::Drain => "drain",
-        AdminState::Maint => "maint",
-    }
-}
-
 fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
@@ -395,11 +382,6 @@ fn duration(d: Duration) -> String {
     } else {
         format!("{d:?}")
     }
-}
-
-/// The config spelling of a unit enum (`Auto` -> `auto`).
-fn lower(v: impl std::fmt::Debug) -> String {
-    format!("{v:?}").to_lowercase()
 }
 
 #[derive(Clone, Copy)]

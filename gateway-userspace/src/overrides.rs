@@ -70,14 +70,6 @@ pub struct Overrides {
     pub backends: BTreeMap<String, BTreeMap<IpAddr, Override>>,
 }
 
-fn state_word(s: AdminState) -> &'static str {
-    match s {
-        AdminState::Ready => "ready",
-        AdminState::Drain => "drain",
-        AdminState::Maint => "maint",
-    }
-}
-
 impl Overrides {
     /// The effective config: `file` with every override applied.
     pub fn apply(&self, file: &Config) -> Config {
@@ -178,8 +170,8 @@ impl Overrides {
             service: service.to_string(),
             backend: addr,
             field: "state".into(),
-            from: state_word(from).into(),
-            to: state_word(state).into(),
+            from: from.as_str().into(),
+            to: state.as_str().into(),
             source: if state == fb.state { "file" } else { "api" }.into(),
         })
     }
@@ -236,9 +228,9 @@ impl Overrides {
                     dropped.push(format!(
                         "{service} {addr}: the file changed state {} -> {}, which replaces \
                          the API's {}",
-                        state_word(o.file_state),
-                        state_word(fb.state),
-                        state_word(s)
+                        o.file_state.as_str(),
+                        fb.state.as_str(),
+                        s.as_str()
                     ));
                     o.state = None;
                 }

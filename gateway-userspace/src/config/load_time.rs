@@ -31,9 +31,6 @@ macro_rules! load_time {
     };
 }
 
-fn word<T: std::fmt::Debug>(v: &T) -> String {
-    format!("{v:?}").to_lowercase()
-}
 fn text<T: std::fmt::Display>(v: &T) -> String {
     v.to_string()
 }
@@ -48,7 +45,7 @@ impl LoadTime {
     /// Every setting fixed at start, in the order reports list them.
     pub const ALL: &[LoadTime] = &[
         load_time!("dataplane.interface", ATTACHED, dataplane.interface, text),
-        load_time!("dataplane.xdp_mode", ATTACHED, dataplane.xdp_mode, word),
+        load_time!("dataplane.xdp_mode", ATTACHED, dataplane.xdp_mode, text),
         load_time!("dataplane.pin_dir", ATTACHED, dataplane.pin_dir, path),
         load_time!(
             "dataplane.conntrack_size",
@@ -68,7 +65,7 @@ impl LoadTime {
             dataplane.max_table_size,
             text
         ),
-        load_time!("dataplane.kernel_log", LOADED, dataplane.kernel_log, word),
+        load_time!("dataplane.kernel_log", LOADED, dataplane.kernel_log, text),
         load_time!("admin.listen", LISTENING, admin.listen, text),
         load_time!("admin.token_file", LISTENING, admin.token_file, opt_path),
         load_time!(

@@ -859,3 +859,36 @@ fn an_unterminated_string_with_a_multibyte_character_is_an_error() {
     assert_eq!(*line, Some(text.lines().count()));
     assert!(field.as_deref().is_some_and(|f| f.ends_with(".x")), "{err}");
 }
+
+/// Each enum's word (status, reports, metrics) is the word the config file takes.
+#[test]
+fn enum_words_are_the_config_words() {
+    fn round<T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(v: T, word: &str) {
+        let back: T = serde_json::from_str(&format!("\"{word}\"")).expect(word);
+        assert_eq!(back, v, "{word}");
+    }
+    for v in [XdpMode::Auto, XdpMode::Native, XdpMode::Generic] {
+        round(v, v.as_str());
+    }
+    for v in [OnExit::Detach, OnExit::Keep] {
+        round(v, v.as_str());
+    }
+    for v in [
+        KernelLog::Off,
+        KernelLog::Error,
+        KernelLog::Warn,
+        KernelLog::Info,
+        KernelLog::Debug,
+    ] {
+        round(v, v.as_str());
+    }
+    for v in [Protocol::Tcp, Protocol::Udp] {
+        round(v, v.as_str());
+    }
+    for v in [Mode::L2dsr, Mode::Ipip] {
+        round(v, v.as_str());
+    }
+    for v in [AdminState::Ready, AdminState::Drain, AdminState::Maint] {
+        round(v, &v.to_string());
+    }
+}

@@ -9,6 +9,33 @@ use std::{
 
 use serde::Deserialize;
 
+/// The config file's word for each variant, written once; `Display` prints it.
+macro_rules! words {
+    ($t:ty { $($v:ident => $w:literal),+ $(,)? }) => {
+        impl $t {
+            /// The word the config file uses for this value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$v => $w),+
+                }
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+words!(XdpMode { Auto => "auto", Native => "native", Generic => "generic" });
+words!(OnExit { Detach => "detach", Keep => "keep" });
+words!(KernelLog { Off => "off", Error => "error", Warn => "warn", Info => "info", Debug => "debug" });
+words!(Protocol { Tcp => "tcp", Udp => "udp" });
+words!(Mode { L2dsr => "l2dsr", Ipip => "ipip" });
+words!(AdminState { Ready => "ready", Drain => "drain", Maint => "maint" });
+
 /// A validated configuration. Every value is in range and every cross-reference holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -128,15 +155,6 @@ impl Default for AdminConfig {
 pub enum Protocol {
     Tcp,
     Udp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
 }
 
 /// How packets reach a backend.

@@ -1009,8 +1009,13 @@ service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
     #[tokio::test]
     async fn an_address_in_use_is_logged_not_fatal() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, mut rx) = mpsc::channel(1);
         spawn(taken.local_addr().unwrap(), Auth::default(), tx).await;
+        // The API gave up: its side of the channel is gone, which tells the loop to stop
+        // listening for requests (and nothing else stops).
+        let closed = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert!(matches!(closed, Ok(None)), "the API still holds the channel");
+        assert!(taken.local_addr().is_ok());
     }
 
     /// A stand-in loop for write requests: knows service "web" with backend 198.18.0.11;

@@ -344,18 +344,17 @@ fn without_cap_net_raw_tcp_checks_connect() {
     );
     wait_up(&lab, &agent, &cfg.admin_listen, 2);
     let status = common::status_at(&lab.lb.netns, &cfg.admin_listen);
-    let reasons: Vec<_> = status["services"][0]["backends"]
-        .as_array()
-        .unwrap()
+    let reasons: Vec<_> = status.services[0]
+        .backends
         .iter()
         .map(|b| {
-            b["last_probe"]["reason"]
-                .as_str()
+            b.last_probe
+                .as_ref()
+                .map(|p| p.reason.clone())
                 .unwrap_or_default()
-                .to_owned()
         })
         .collect();
-    assert_eq!(reasons, ["connected", "connected"], "{status}");
+    assert_eq!(reasons, ["connected", "connected"], "{status:#?}");
     lab.stop_server(0).unwrap();
     let down = format!(
         "{} DOWN after {} failures: connection refused",
@@ -671,20 +670,24 @@ fn the_admin_api_and_gateway_status_report_live_state() {
 
     let (code, body) = admin_get(&ns, "/status");
     assert_eq!(code, 200, "{body}");
-    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let backends = status["services"][0]["backends"].as_array().unwrap();
+    let status: gateway::admin::Snapshot = serde_json::from_str(&body).unwrap();
+    let backends = &status.services[0].backends;
     assert_eq!(backends.len(), 3, "{body}");
     for b in backends {
-        assert_eq!(b["state"], "up", "{b}");
-        assert_eq!(b["health_up"], true, "{b}");
+        assert_eq!(b.state, "up", "{b:?}");
+        assert!(b.health_up, "{b:?}");
     }
-    let shares: f64 = backends.iter().map(|b| b["share"].as_f64().unwrap()).sum();
+    let shares: f64 = backends.iter().map(|b| b.share).sum();
     assert!(
         (shares - 100.0).abs() < 0.1,
         "shares sum to {shares}: {body}"
     );
-    assert_eq!(status["dataplane"]["xdp_mode"], "native", "{body}");
-    let flows = status["dataplane"]["conntrack_entries"].as_u64().unwrap();
+    assert_eq!(
+        status.dataplane.xdp_mode.as_deref(),
+        Some("native"),
+        "{body}"
+    );
+    let flows = status.dataplane.conntrack_entries.unwrap();
     assert!(flows > 0, "no tracked flows: {body}");
 
     // Counters against traffic sent now: every connection is one SYN, one new flow on the
@@ -1045,10 +1048,10 @@ fn backend_commands_reload_and_the_token_through_the_cli() {
         agent.log_text()
     );
     let (_, status, _) = api(&["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
-    let backends = v["services"][0]["backends"].as_array().unwrap();
-    assert_eq!(backends[2]["weight"], 50, "{status}");
-    assert_eq!(backends[0]["state"], "drain", "{status}");
+    let v: gateway::admin::Snapshot = serde_json::from_str(&status).unwrap();
+    let backends = &v.services[0].backends;
+    assert_eq!(backends[2].weight, 50, "{status}");
+    assert_eq!(backends[0].state, "drain", "{status}");
 
     // A broken file: the reload fails with the error, the old config keeps serving.
     std::fs::write(
@@ -1122,9 +1125,8 @@ fn a_failed_map_write_is_an_api_error_and_the_agent_keeps_running() {
     let (code, _) = common::admin_get_at(&lab.lb.netns, &admin, "/healthz");
     assert_eq!(code, 200);
     let status = common::status_at(&lab.lb.netns, &admin);
-    let state = &status["services"][0]["backends"][0]["state"];
-    assert_eq!(state, "up", "{status}");
-    assert!(status["map_write_errors"].as_u64() >= Some(1), "{status}");
+    assert_eq!(status.services[0].backends[0].state, "up", "{status:#?}");
+    assert!(status.map_write_errors >= 1, "{status:#?}");
     let (seen, failed) = spread(&lab, false, 20_000, 60);
     assert_eq!(failed, 0);
     assert_eq!(seen.len(), 2, "{seen:?}");

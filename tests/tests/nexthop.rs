@@ -35,25 +35,23 @@ fn backends_map(lab: &Lab) -> Array<MapData, Backend> {
 fn backend_id(lab: &Lab, i: usize) -> u32 {
     let addr = lab.backends[i].ipv4.to_string();
     let status = common::status_at(&lab.lb.netns, "127.0.0.1:9180");
-    status["services"][0]["backends"]
-        .as_array()
-        .expect("backends")
+    status.services[0]
+        .backends
         .iter()
-        .find(|b| b["address"] == addr.as_str())
-        .and_then(|b| b["id"].as_u64())
-        .expect("backend in /status") as u32
+        .find(|b| b.address == addr)
+        .map(|b| b.id)
+        .expect("backend in /status")
 }
 
 /// The reason `/status` gives for backend `i`.
 fn reason(lab: &Lab, i: usize) -> String {
     let addr = lab.backends[i].ipv4.to_string();
     let status = common::status_at(&lab.lb.netns, "127.0.0.1:9180");
-    status["services"][0]["backends"]
-        .as_array()
-        .expect("backends")
+    status.services[0]
+        .backends
         .iter()
-        .find(|b| b["address"] == addr.as_str())
-        .map(|b| b["reason"].as_str().unwrap_or_default().to_string())
+        .find(|b| b.address == addr)
+        .map(|b| b.reason.clone())
         .unwrap_or_default()
 }
 

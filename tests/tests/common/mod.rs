@@ -75,11 +75,12 @@ pub fn admin_get_at(netns: &str, addr: &str, path: &'static str) -> (u16, String
     .expect("admin client thread")
 }
 
-/// The agent's `/status` (its API on `addr` in `netns`), parsed; panics unless it is 200.
-pub fn status_at(netns: &str, addr: &str) -> serde_json::Value {
+/// The agent's `/status` (its API on `addr` in `netns`), read into the snapshot type the
+/// agent serialises; panics unless it is 200.
+pub fn status_at(netns: &str, addr: &str) -> gateway::admin::Snapshot {
     let (code, body) = admin_get_at(netns, addr, "/status");
     assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).expect("status JSON")
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("status JSON ({e}): {body}"))
 }
 
 /// Sums the samples of `metric` in a Prometheus text body whose labels contain `labels`.

@@ -69,26 +69,23 @@ pub fn wait_up(lab: &Lab, agent: &Agent, admin: &str, up: usize) {
         agent.log_text()
     );
     let start = Instant::now();
-    let mut status = serde_json::Value::Null;
+    let mut status = None;
     while start.elapsed() < Duration::from_secs(5) {
-        status = super::status_at(&lab.lb.netns, admin);
-        let planned = status["services"]
-            .as_array()
-            .expect("services")
+        let s = super::status_at(&lab.lb.netns, admin);
+        let planned = s
+            .services
             .iter()
-            .flat_map(|s| s["backends"].as_array().expect("backends"))
-            .filter(|b| {
-                let reason = b["reason"].as_str().unwrap_or_default();
-                b["health_up"] == true && !reason.starts_with("next hop unknown")
-            })
+            .flat_map(|s| &s.backends)
+            .filter(|b| b.health_up && !b.reason.starts_with("next hop unknown"))
             .count();
+        status = Some(s);
         if planned >= up {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!(
-        "the last plan has fewer than {up} backends up: {status}\n{}",
+        "the last plan has fewer than {up} backends up: {status:#?}\n{}",
         agent.log_text()
     );
 }

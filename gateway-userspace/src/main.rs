@@ -1,10 +1,5 @@
 //! `gateway`: the agent and its command line.
-use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -340,53 +335,23 @@ fn check(path: PathBuf, against: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A plain HTTP/1.1 request to the admin API: the status code and the body.
+/// A request to the admin API through its client: the status code and the body.
 fn http(
     api: &ApiArgs,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let addr = api.admin;
     let auth = match &api.token_file {
         Some(f) => {
             let t = std::fs::read_to_string(f)
                 .with_context(|| format!("reading the token file {}", f.display()))?;
-            format!("Authorization: Bearer {}\r\n", t.trim())
+            Some(format!("Bearer {}", t.trim()))
         }
-        None => String::new(),
+        None => None,
     };
-    let timeout = Duration::from_secs(10);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|_| anyhow::anyhow!("gateway is not running (nothing listens on {addr})"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    let body = body.unwrap_or("");
-    let content = if method == "GET" {
-        String::new()
-    } else {
-        format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        )
-    };
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{content}Connection: close\r\n\r\n{body}"
-    )?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading the answer from {addr}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("{addr} did not answer with HTTP"))?;
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("{addr} did not answer with HTTP"))?;
-    Ok((code, body.to_string()))
+    let a = admin::request(api.admin, method, path, auth.as_deref(), body)?;
+    Ok((a.code, a.body))
 }
 
 fn status(api: &ApiArgs, json: bool) -> anyhow::Result<()> {

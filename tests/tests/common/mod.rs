@@ -52,24 +52,12 @@ pub fn admin_get(netns: &str, path: &'static str) -> (u16, String) {
     admin_get_at(netns, "127.0.0.1:9180", path)
 }
 
-/// [`admin_get`] of an API listening on `addr`.
+/// [`admin_get`] of an API listening on `addr`, through the API's one client.
 pub fn admin_get_at(netns: &str, addr: &str, path: &'static str) -> (u16, String) {
-    let addr = addr.to_owned();
+    let addr: std::net::SocketAddr = addr.parse().expect("admin address");
     in_netns(netns, move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&addr).expect("admin API");
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP answer");
-        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (code, body.to_string())
+        let a = gateway::admin::request(addr, "GET", path, None, None).expect("admin API");
+        (a.code, a.body)
     })
     .join()
     .expect("admin client thread")

@@ -5,8 +5,6 @@
 //! at request time and nothing here touches aya. Rendering ([`render_metrics`],
 //! [`render_status`]) is pure and works on a [`Snapshot`].
 use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -22,13 +20,20 @@ use axum::{
     routing::{get, post},
 };
 use log::{error, info};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
+mod client;
+mod metrics;
+mod snapshot;
+
+pub use client::{Answer, ClientError, request};
+pub use metrics::render_metrics;
+pub use snapshot::*;
+
 use crate::{
-    check::{Align, columns},
     config::{AdminConfig, AdminState},
-    overrides::{BackendChange, Change, Override, OverrideError},
+    overrides::{BackendChange, Change, OverrideError},
 };
 
 /// How long a handler waits for the control loop before answering 503.
@@ -126,109 +131,6 @@ impl Auth {
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
     }
-}
-
-/// The balancer's state at one moment: the body of `GET /status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub dataplane: DataplaneStatus,
-    pub services: Vec<ServiceStatus>,
-    /// Replans that changed the maps.
-    pub table_rebuilds: u64,
-    /// SIGHUP reloads by outcome.
-    pub reloads_ok: u64,
-    pub reloads_error: u64,
-    /// Replans whose map write failed (each retried; see `Agent::replan`).
-    #[serde(default)]
-    pub map_write_errors: u64,
-    /// Health-check latency per service.
-    #[serde(default)]
-    pub probe_latency: Vec<LatencyHistogram>,
-}
-
-/// A latency histogram: `counts[i]` probes took at most `le[i]` seconds (and more than the
-/// bucket before); the last count is above every bound.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LatencyHistogram {
-    pub service: String,
-    pub le: Vec<f64>,
-    pub counts: Vec<u64>,
-    pub sum_seconds: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DataplaneStatus {
-    pub interface: String,
-    /// `native` or `generic`; absent when not attached.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub xdp_mode: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub program_id: Option<u32>,
-    /// Absent when not asked for (metrics).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conntrack_entries: Option<usize>,
-    pub conntrack_capacity: u32,
-    /// Global counters by name (`gateway_common::STAT_NAMES`), in that order.
-    pub counters: Vec<Counter>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Counter {
-    pub name: String,
-    pub value: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Traffic {
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_flows: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceStatus {
-    pub name: String,
-    pub vip: String,
-    pub port: u16,
-    pub protocol: String,
-    pub mode: String,
-    pub table_size: u32,
-    pub panic: bool,
-    pub traffic: Traffic,
-    pub backends: Vec<BackendStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BackendStatus {
-    pub address: String,
-    pub id: u32,
-    /// [`crate::plan::BackendPlan::state_word`].
-    pub state: String,
-    pub reason: String,
-    pub weight: u32,
-    pub effective_weight: u32,
-    pub backup: bool,
-    pub slots: usize,
-    /// Percent of the service's table.
-    pub share: f64,
-    pub health_up: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_probe: Option<ProbeStatus>,
-    /// The most recent transitions, oldest first.
-    pub transitions: Vec<String>,
-    /// Every transition since the agent started.
-    pub transitions_total: u64,
-    pub traffic: Traffic,
-    /// Values set through the API that override the config file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_override: Option<Override>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProbeStatus {
-    pub ok: bool,
-    pub reason: String,
-    pub latency_ms: f64,
 }
 
 /// Binds `listen` and serves until the runtime stops. A failure to bind is logged and the
@@ -458,285 +360,9 @@ async fn metrics(State(agent): State<mpsc::Sender<Request>>) -> Response {
     }
 }
 
-/// A label value in the text exposition format: backslash, double quote and newline escaped.
-fn escape(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// One metric family: its HELP and TYPE lines, then a sample per (labels, value).
-struct Family<'a> {
-    name: &'a str,
-    help: &'a str,
-    kind: &'a str,
-    samples: Vec<(Vec<(&'a str, &'a str)>, u64)>,
-}
-
-impl Family<'_> {
-    fn write(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
-        for (labels, value) in &self.samples {
-            let labels: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-                .collect();
-            if labels.is_empty() {
-                let _ = writeln!(out, "{} {value}", self.name);
-            } else {
-                let _ = writeln!(out, "{}{{{}}} {value}", self.name, labels.join(","));
-            }
-        }
-    }
-}
-
-/// The Prometheus text format (0.0.4) for a snapshot.
-pub fn render_metrics(s: &Snapshot) -> String {
-    // Each family is written as soon as it is built: with thousands of backends, holding
-    // every family's samples at once (and growing the text by doubling) cost the agent
-    // more memory per scrape than its steady state has to spare.
-    let backends: usize = s.services.iter().map(|svc| svc.backends.len()).sum();
-    let mut out = String::with_capacity(4096 + 512 * s.services.len() + 400 * backends);
-    Family {
-        name: "gateway_packets_total",
-        help: "Packets seen by the XDP program, by outcome.",
-        kind: "counter",
-        samples: s
-            .dataplane
-            .counters
-            .iter()
-            .map(|c| (vec![("reason", c.name.as_str())], c.value))
-            .collect(),
-    }
-    .write(&mut out);
-    type Pick = fn(&Traffic) -> u64;
-    let traffic: [(&str, &str, Pick); 3] = [
-        ("packets_total", "Packets forwarded", |t| t.packets),
-        ("bytes_total", "Bytes forwarded", |t| t.bytes),
-        ("new_flows_total", "New flows placed", |t| t.new_flows),
-    ];
-    let names: Vec<(String, String, String, String)> = traffic
-        .iter()
-        .map(|(suffix, help, _)| {
-            (
-                format!("gateway_service_{suffix}"),
-                format!("{help} for the service."),
-                format!("gateway_backend_{suffix}"),
-                format!("{help} to the backend."),
-            )
-        })
-        .collect();
-    for ((_, _, pick), (sname, shelp, _, _)) in traffic.iter().zip(&names) {
-        Family {
-            name: sname,
-            help: shelp,
-            kind: "counter",
-            samples: s
-                .services
-                .iter()
-                .map(|svc| (vec![("service", svc.name.as_str())], pick(&svc.traffic)))
-                .collect(),
-        }
-        .write(&mut out);
-    }
-    let per_backend = |f: &dyn Fn(&BackendStatus) -> u64| {
-        s.services
-            .iter()
-            .flat_map(|svc| {
-                svc.backends.iter().map(move |b| {
-                    (
-                        vec![
-                            ("service", svc.name.as_str()),
-                            ("backend", b.address.as_str()),
-                        ],
-                        f(b),
-                    )
-                })
-            })
-            .collect::<Vec<_>>()
-    };
-    for ((_, _, pick), (_, _, bname, bhelp)) in traffic.iter().zip(&names) {
-        Family {
-            name: bname,
-            help: bhelp,
-            kind: "counter",
-            samples: per_backend(&|b| pick(&b.traffic)),
-        }
-        .write(&mut out);
-    }
-    Family {
-        name: "gateway_backend_up",
-        help: "Whether the backend's health check passes (1) or not (0).",
-        kind: "gauge",
-        samples: per_backend(&|b| u64::from(b.health_up)),
-    }
-    .write(&mut out);
-    Family {
-        name: "gateway_backend_transitions_total",
-        help: "Health transitions (up or down) of the backend.",
-        kind: "counter",
-        samples: per_backend(&|b| b.transitions_total),
-    }
-    .write(&mut out);
-    Family {
-        name: "gateway_table_rebuilds_total",
-        help: "Replans that changed the data plane's maps.",
-        kind: "counter",
-        samples: vec![(vec![], s.table_rebuilds)],
-    }
-    .write(&mut out);
-    Family {
-        name: "gateway_reloads_total",
-        help: "Configuration reloads (SIGHUP or the API), by result.",
-        kind: "counter",
-        samples: vec![
-            (vec![("result", "ok")], s.reloads_ok),
-            (vec![("result", "error")], s.reloads_error),
-        ],
-    }
-    .write(&mut out);
-    Family {
-        name: "gateway_map_write_errors_total",
-        help: "Replans whose map write failed (the agent keeps running and retries).",
-        kind: "counter",
-        samples: vec![(vec![], s.map_write_errors)],
-    }
-    .write(&mut out);
-    let name = "gateway_probe_duration_seconds";
-    let _ = writeln!(out, "# HELP {name} Health-check duration per service.");
-    let _ = writeln!(out, "# TYPE {name} histogram");
-    for h in &s.probe_latency {
-        let svc = escape(&h.service);
-        let mut cumulative = 0;
-        for (i, c) in h.counts.iter().enumerate() {
-            cumulative += c;
-            let le = h.le.get(i).map_or("+Inf".to_string(), |v| v.to_string());
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{service=\"{svc}\",le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(out, "{name}_sum{{service=\"{svc}\"}} {}", h.sum_seconds);
-        let _ = writeln!(out, "{name}_count{{service=\"{svc}\"}} {cumulative}");
-    }
-    out
-}
-
-/// `gateway status`: a table per service, laid out like `gateway check`.
-pub fn render_status(s: &Snapshot) -> String {
-    let d = &s.dataplane;
-    let mut out = format!("dataplane  interface {}", d.interface);
-    match &d.xdp_mode {
-        Some(m) => {
-            let _ = write!(out, "  xdp {m}");
-        }
-        None => out += "  not attached",
-    }
-    if let Some(id) = d.program_id {
-        let _ = write!(out, "  program {id}");
-    }
-    match d.conntrack_entries {
-        Some(n) => {
-            let _ = writeln!(out, "  conntrack {n}/{} entries", d.conntrack_capacity);
-        }
-        None => {
-            let _ = writeln!(out, "  conntrack {} entries", d.conntrack_capacity);
-        }
-    }
-    for svc in &s.services {
-        let endpoint = if svc.vip.contains(':') {
-            format!("[{}]:{}/{}", svc.vip, svc.port, svc.protocol)
-        } else {
-            format!("{}:{}/{}", svc.vip, svc.port, svc.protocol)
-        };
-        let _ = writeln!(
-            out,
-            "\nservice {}  {endpoint}  {}  table {} slots{}  {} packets  {} new flows",
-            svc.name,
-            svc.mode,
-            svc.table_size,
-            if svc.panic { "  PANIC" } else { "" },
-            svc.traffic.packets,
-            svc.traffic.new_flows,
-        );
-        let rows: Vec<Vec<String>> = svc
-            .backends
-            .iter()
-            .map(|b| {
-                let health = match (&b.last_probe, b.health_up) {
-                    (Some(p), up) => format!(
-                        "{} ({}, {:.1}ms)",
-                        if up { "up" } else { "down" },
-                        p.reason,
-                        p.latency_ms
-                    ),
-                    (None, true) => "up".into(),
-                    (None, false) => "down".into(),
-                };
-                // Values set through the API rather than the config file are marked `*`.
-                let o = b.api_override.as_ref();
-                let mark = |set: bool| if set { "*" } else { "" };
-                vec![
-                    b.address.clone(),
-                    format!("{}{}", b.state, mark(o.is_some_and(|o| o.state.is_some()))),
-                    format!(
-                        "{}{}",
-                        b.weight,
-                        mark(o.is_some_and(|o| o.weight.is_some()))
-                    ),
-                    b.slots.to_string(),
-                    format!("{:.1}%", b.share),
-                    health,
-                    b.reason.clone(),
-                ]
-            })
-            .collect();
-        if !rows.is_empty() {
-            out += &columns(
-                &[
-                    ("backend", Align::Left),
-                    ("state", Align::Left),
-                    ("weight", Align::Right),
-                    ("slots", Align::Right),
-                    ("share", Align::Right),
-                    ("health", Align::Left),
-                    ("reason", Align::Left),
-                ],
-                &rows,
-                "  ",
-            );
-        }
-    }
-    if s.services
-        .iter()
-        .flat_map(|svc| &svc.backends)
-        .any(|b| b.api_override.is_some())
-    {
-        out += "\n* set through the API (gateway backend ...), overriding the config file\n";
-    }
-    out
-}
-
-/// Counters by name, for tests and tools reading a snapshot.
-pub fn counters(s: &Snapshot) -> BTreeMap<&str, u64> {
-    s.dataplane
-        .counters
-        .iter()
-        .map(|c| (c.name.as_str(), c.value))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{metrics::escape, *};
 
     fn backend(address: &str, up: bool, packets: u64) -> BackendStatus {
         BackendStatus {
@@ -934,29 +560,25 @@ service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
         request(addr, "GET", path, "", "").await
     }
 
-    /// Any request, with extra header lines and a body.
+    /// Any request through the API's one client (on a blocking thread), with an
+    /// `Authorization` value and a body.
     async fn request(
         addr: SocketAddr,
         method: &str,
         path: &str,
-        headers: &str,
+        authorization: &str,
         body: &str,
     ) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).await.unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-        (
-            head.split(' ').nth(1).unwrap().parse().unwrap(),
-            body.into(),
-        )
+        let (method, path) = (method.to_string(), path.to_string());
+        let (authorization, body) = (authorization.to_string(), body.to_string());
+        tokio::task::spawn_blocking(move || {
+            let auth = (!authorization.is_empty()).then_some(authorization.as_str());
+            let body = (method != "GET").then_some(body.as_str());
+            let a = super::request(addr, &method, &path, auth, body).unwrap();
+            (a.code, a.body)
+        })
+        .await
+        .unwrap()
     }
 
     fn free_port() -> SocketAddr {
@@ -1014,7 +636,10 @@ service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
         // The API gave up: its side of the channel is gone, which tells the loop to stop
         // listening for requests (and nothing else stops).
         let closed = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-        assert!(matches!(closed, Ok(None)), "the API still holds the channel");
+        assert!(
+            matches!(closed, Ok(None)),
+            "the API still holds the channel"
+        );
         assert!(taken.local_addr().is_ok());
     }
 
@@ -1142,17 +767,12 @@ service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
             let agent = write_loop(rx);
             let path = "/backends/web/198.18.0.11/state";
             let body = r#"{"state":"drain"}"#;
-            for bad in [
-                "",
-                "Authorization: Bearer wrong\r\n",
-                "Authorization: s3cret-token\r\n",
-                "Authorization: Bearer s3cret-tokenX\r\n",
-            ] {
+            for bad in ["", "Bearer wrong", "s3cret-token", "Bearer s3cret-tokenX"] {
                 let (code, text) = request(addr, "POST", path, bad, body).await;
                 assert_eq!(code, 401, "{bad:?}: {text}");
                 assert!(text.contains("\"error\""), "{text}");
             }
-            let good = "Authorization: Bearer s3cret-token\r\n";
+            let good = "Bearer s3cret-token";
             assert_eq!(request(addr, "POST", path, good, body).await.0, 200);
             // Reads: open unless `reads`; health checks always open.
             let want = if reads { 401 } else { 200 };

@@ -1,6 +1,6 @@
 //! Map sync: `diff(applied, desired)` turns a desired data-plane state into map operations,
 //! and `apply(ops, writer)` performs them through a [`MapWriter`]. Only the writer touches
-//! aya ([`crate::dataplane::Dataplane`]); tests use [`MemMaps`].
+//! aya ([`crate::dataplane::Dataplane`]); tests use `testing::MemMaps`.
 //!
 //! Tables are replaced atomically: each service owns two table regions; a new table is
 //! written into the one packets are not using, then the service entry is replaced to point
@@ -258,70 +258,12 @@ pub fn apply(ops: &[Op], w: &mut impl MapWriter) -> Result<(), SyncError> {
     Ok(())
 }
 
-/// An in-memory [`MapWriter`] for tests, recording the maps as the kernel would hold them.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct MemMaps {
-    pub settings: Settings,
-    pub backends: BTreeMap<u32, Backend>,
-    pub tables: BTreeMap<u32, u32>,
-    pub services: BTreeMap<ServiceKey, ServiceValue>,
-    /// Every write, in order, for tests of ordering.
-    pub log: Vec<String>,
-}
-
-impl MemMaps {
-    /// The table a service entry currently points at.
-    pub fn table_of(&self, key: &ServiceKey) -> Option<Vec<u32>> {
-        let v = self.services.get(key)?;
-        Some(
-            (v.table_offset..v.table_offset + v.table_size)
-                .map(|i| self.tables.get(&i).copied().unwrap_or(0))
-                .collect(),
-        )
-    }
-}
-
-impl MapWriter for MemMaps {
-    fn set_settings(&mut self, s: &Settings) -> Result<(), SyncError> {
-        self.settings = *s;
-        self.log.push("settings".into());
-        Ok(())
-    }
-    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), SyncError> {
-        if b.family == 0 {
-            self.backends.remove(&id);
-            self.log.push(format!("clear backend {id}"));
-        } else {
-            self.backends.insert(id, *b);
-            self.log.push(format!("backend {id}"));
-        }
-        Ok(())
-    }
-    fn write_table(&mut self, offset: u32, slots: &[u32]) -> Result<(), SyncError> {
-        for (i, s) in slots.iter().enumerate() {
-            self.tables.insert(offset + i as u32, *s);
-        }
-        self.log.push(format!("table @{offset}"));
-        Ok(())
-    }
-    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), SyncError> {
-        self.services.insert(*key, *value);
-        self.log
-            .push(format!("service {} @{}", value.id, value.table_offset));
-        Ok(())
-    }
-    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), SyncError> {
-        self.services.remove(key);
-        self.log.push("remove service".into());
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use gateway_common::{BACKEND_UP, FAMILY_V4, MODE_L2DSR, PROTO_TCP};
 
     use super::*;
+    use crate::testing::MemMaps;
 
     const LAYOUT: Layout = Layout {
         max_services: 4,

@@ -1,5 +1,10 @@
 //! Helpers for tests only: compiled into unit tests, and into the integration tests through
 //! the `testing` feature, never into the agent.
+use std::collections::BTreeMap;
+
+use gateway_common::{Backend, ServiceKey, ServiceValue, Settings};
+
+use crate::mapsync::{MapWriter, SyncError};
 
 /// Set by `cargo xtask test` (which runs as root): a test that would skip for want of root
 /// or a capability fails instead, so the test command cannot pass green without running it.
@@ -11,4 +16,63 @@ pub fn skip(test: &str, why: &str) {
         panic!("{test} cannot run here ({why}), and {REQUIRE_PRIVILEGED} says it must");
     }
     eprintln!("SKIPPED {test}: {why}");
+}
+
+/// An in-memory [`MapWriter`] for tests, recording the maps as the kernel would hold them.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MemMaps {
+    pub settings: Settings,
+    pub backends: BTreeMap<u32, Backend>,
+    pub tables: BTreeMap<u32, u32>,
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    /// Every write, in order, for tests of ordering.
+    pub log: Vec<String>,
+}
+
+impl MemMaps {
+    /// The table a service entry currently points at.
+    pub fn table_of(&self, key: &ServiceKey) -> Option<Vec<u32>> {
+        let v = self.services.get(key)?;
+        Some(
+            (v.table_offset..v.table_offset + v.table_size)
+                .map(|i| self.tables.get(&i).copied().unwrap_or(0))
+                .collect(),
+        )
+    }
+}
+
+impl MapWriter for MemMaps {
+    fn set_settings(&mut self, s: &Settings) -> Result<(), SyncError> {
+        self.settings = *s;
+        self.log.push("settings".into());
+        Ok(())
+    }
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), SyncError> {
+        if b.family == 0 {
+            self.backends.remove(&id);
+            self.log.push(format!("clear backend {id}"));
+        } else {
+            self.backends.insert(id, *b);
+            self.log.push(format!("backend {id}"));
+        }
+        Ok(())
+    }
+    fn write_table(&mut self, offset: u32, slots: &[u32]) -> Result<(), SyncError> {
+        for (i, s) in slots.iter().enumerate() {
+            self.tables.insert(offset + i as u32, *s);
+        }
+        self.log.push(format!("table @{offset}"));
+        Ok(())
+    }
+    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), SyncError> {
+        self.services.insert(*key, *value);
+        self.log
+            .push(format!("service {} @{}", value.id, value.table_offset));
+        Ok(())
+    }
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), SyncError> {
+        self.services.remove(key);
+        self.log.push("remove service".into());
+        Ok(())
+    }
 }

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::{
     admin,
     config::{self, AdminState, Config, Mode},
-    dataplane::{Dataplane, LoadOptions},
+    dataplane::{Dataplane, DataplaneOps, LoadOptions},
     health::{self, CheckId, CheckSpec, Prober},
     mapsync::{self, Applied},
     neigh::Resolver,
@@ -72,7 +72,7 @@ pub struct BackendRecord {
     check: Option<(CheckId, CheckSpec)>,
 }
 
-pub struct Agent {
+pub struct Agent<D = Dataplane> {
     /// What the agent runs: the file's config with the API's overrides applied, and the
     /// load-time settings of the first one.
     pub config: Config,
@@ -88,7 +88,7 @@ pub struct Agent {
     /// The admin API's token (read at start).
     pub auth: admin::Auth,
     pub path: PathBuf,
-    pub dp: Dataplane,
+    pub dp: D,
     applied: Applied,
     ids: Ids,
     tables: TableCache,
@@ -114,11 +114,11 @@ pub struct Agent {
     retry_at: Option<tokio::time::Instant>,
 }
 
-impl Agent {
+impl<D: DataplaneOps> Agent<D> {
     /// Takes a loaded (and usually attached) data plane and starts probing. If the data
     /// plane was adopted from pinned maps, the agent starts from what they hold: the same
     /// ids, and each backend's last health, so the first plan changes nothing that works.
-    pub fn new(config: Config, path: PathBuf, dp: Dataplane) -> Agent {
+    pub fn new(config: Config, path: PathBuf, dp: D) -> Agent<D> {
         let (tx, rx) = mpsc::channel(4096);
         let state_file = config
             .admin
@@ -674,7 +674,7 @@ impl Agent {
     }
 }
 
-impl Agent {
+impl<D: DataplaneOps> Agent<D> {
     /// Answers an admin API request; a dropped reply (the client went away) is fine.
     fn answer(&mut self, req: admin::Request) {
         match req {
@@ -828,7 +828,7 @@ pub fn fmt_mac(m: &[u8; 6]) -> String {
 }
 
 /// Prints the global counters as one `stats name=value ...` line.
-pub fn print_stats(dp: &Dataplane) -> anyhow::Result<()> {
+pub fn print_stats(dp: &impl DataplaneOps) -> anyhow::Result<()> {
     let stats = dp.global_stats()?;
     let line: Vec<String> = gateway_common::STAT_NAMES
         .iter()
@@ -837,4 +837,123 @@ pub fn print_stats(dp: &Dataplane) -> anyhow::Result<()> {
         .collect();
     println!("stats {}", line.join(" "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use gateway_common::{BACKEND_DRAIN, BACKEND_UP};
+
+    use super::*;
+    use crate::{config::AdminState, testing::FakeDataplane};
+
+    const B1: &str = "198.18.0.11";
+    const B2: &str = "198.18.0.12";
+
+    /// An agent over in-memory maps: one l2dsr service, two unprobed backends whose next
+    /// hops are known, first plan applied.
+    fn agent(dir: &std::path::Path) -> Agent<FakeDataplane> {
+        let text = format!(
+            "[dataplane]\ninterface = \"eth0\"\n[admin]\nstate_file = \"{}\"\n\
+             [[service]]\nname = \"web\"\nvip = \"198.18.1.1\"\nport = 80\n\
+             protocol = \"tcp\"\nmode = \"l2dsr\"\n[service.health]\nkind = \"none\"\n\
+             [[service.backend]]\naddress = \"{B1}\"\n[[service.backend]]\naddress = \"{B2}\"\n",
+            dir.join("overrides.json").display()
+        );
+        let config = Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        let dp = FakeDataplane {
+            options: load_options(&config),
+            ..FakeDataplane::default()
+        };
+        let mut a = Agent::new(config, dir.join("t.toml"), dp);
+        for (i, b) in [B1, B2].iter().enumerate() {
+            a.macs
+                .insert(b.parse().unwrap(), Ok([2, 0, 0, 0, 0, i as u8]));
+        }
+        a.try_replan("start").unwrap();
+        a
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("gateway-agent-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// The state byte of the backend at `addr` in the maps.
+    fn state_in_maps(a: &Agent<FakeDataplane>, addr: &str) -> u8 {
+        let addr: IpAddr = addr.parse().unwrap();
+        let key = crate::plan::addr16(addr);
+        a.dp.maps
+            .backends
+            .values()
+            .find(|b| b.addr == key)
+            .map(|b| b.state)
+            .expect("backend in the maps")
+    }
+
+    #[tokio::test]
+    async fn an_api_change_reaches_the_maps_and_survives_in_the_state_file() {
+        let dir = scratch("change");
+        let mut a = agent(&dir);
+        assert_eq!(state_in_maps(&a, B1), BACKEND_UP);
+        let c = a
+            .api_change(
+                "web",
+                B1.parse().unwrap(),
+                BackendChange::State(AdminState::Drain),
+            )
+            .unwrap();
+        assert_eq!((c.from.as_str(), c.to.as_str()), ("ready", "drain"));
+        assert_eq!(state_in_maps(&a, B1), BACKEND_DRAIN);
+        assert_eq!(state_in_maps(&a, B2), BACKEND_UP);
+        let saved = std::fs::read_to_string(dir.join("overrides.json")).unwrap();
+        assert!(saved.contains("drain"), "{saved}");
+        // Back to the file's value: the override goes.
+        a.api_change(
+            "web",
+            B1.parse().unwrap(),
+            BackendChange::State(AdminState::Ready),
+        )
+        .unwrap();
+        assert_eq!(state_in_maps(&a, B1), BACKEND_UP);
+        assert!(a.overrides.get("web", B1.parse().unwrap()).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The one rule for a failed map write: the API change is undone and answered with an
+    /// error, the failure counted and a retry planned; the agent goes on.
+    #[tokio::test]
+    async fn an_api_change_that_cannot_be_written_is_undone() {
+        let dir = scratch("fail");
+        let mut a = agent(&dir);
+        a.dp.fail_writes = true;
+        let r = a.api_change(
+            "web",
+            B1.parse().unwrap(),
+            BackendChange::State(AdminState::Drain),
+        );
+        assert!(matches!(r, Err(admin::ChangeError::Apply(_))), "{r:?}");
+        assert_eq!(a.map_write_errors, 1);
+        assert!(a.retry_at.is_some());
+        assert!(a.overrides.get("web", B1.parse().unwrap()).is_none());
+        let b1 = &a.config.services[0].backends[0];
+        assert_eq!(b1.state, AdminState::Ready);
+        assert_eq!(state_in_maps(&a, B1), BACKEND_UP);
+        // A refused change is not a write failure.
+        let r = a.api_change("nope", B1.parse().unwrap(), BackendChange::Weight(5));
+        assert!(matches!(r, Err(admin::ChangeError::Refused(_))), "{r:?}");
+        assert_eq!(a.map_write_errors, 1);
+        // Once the maps take writes again, the retry rewrites them and changes work.
+        a.dp.fail_writes = false;
+        a.replan("retry after a failed map write");
+        a.api_change(
+            "web",
+            B1.parse().unwrap(),
+            BackendChange::State(AdminState::Drain),
+        )
+        .unwrap();
+        assert_eq!(state_in_maps(&a, B1), BACKEND_DRAIN);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

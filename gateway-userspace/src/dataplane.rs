@@ -682,6 +682,55 @@ impl Dataplane {
     }
 }
 
+/// What the agent needs of a data plane besides writing its maps ([`MapWriter`]): how it
+/// was loaded, what its maps hold, its counters. [`Dataplane`] is the real one over aya;
+/// the agent's unit tests drive `testing::FakeDataplane`, in-memory maps, instead.
+pub trait DataplaneOps: MapWriter {
+    fn options(&self) -> LoadOptions;
+    fn adopted(&self) -> bool;
+    fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>>;
+    fn attached_mode(&self) -> Option<AttachedMode>;
+    fn read_applied(&self) -> Result<Applied, DataplaneError>;
+    fn program_id(&self) -> Option<u32>;
+    fn global_stats(&self) -> Result<Vec<u64>, DataplaneError>;
+    fn service_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError>;
+    fn backend_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError>;
+    fn conntrack_len(&self) -> usize;
+}
+
+impl DataplaneOps for Dataplane {
+    fn options(&self) -> LoadOptions {
+        Dataplane::options(self)
+    }
+    fn adopted(&self) -> bool {
+        Dataplane::adopted(self)
+    }
+    fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        Dataplane::take_logger(self)
+    }
+    fn attached_mode(&self) -> Option<AttachedMode> {
+        Dataplane::attached_mode(self)
+    }
+    fn read_applied(&self) -> Result<Applied, DataplaneError> {
+        Dataplane::read_applied(self)
+    }
+    fn program_id(&self) -> Option<u32> {
+        Dataplane::program_id(self)
+    }
+    fn global_stats(&self) -> Result<Vec<u64>, DataplaneError> {
+        Dataplane::global_stats(self)
+    }
+    fn service_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError> {
+        Dataplane::service_stats(self, id)
+    }
+    fn backend_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError> {
+        Dataplane::backend_stats(self, id)
+    }
+    fn conntrack_len(&self) -> usize {
+        Dataplane::conntrack_len(self)
+    }
+}
+
 impl MapWriter for Dataplane {
     fn set_settings(&mut self, s: &Settings) -> Result<(), SyncError> {
         self.settings.set(0, s, 0).map_err(write_err("settings"))

@@ -16,9 +16,12 @@
 //! - [`plan`]: pure `plan(config, facts) -> Plan`: the desired maps and why each backend
 //!   is where it is; [`maglev`] builds its tables.
 //! - [`mapsync`]: `diff(applied, desired) -> ops` and `apply(ops, &mut impl MapWriter)`.
-//! - [`dataplane`]: loads and attaches the program and implements `MapWriter` over aya's
-//!   maps; [`pin`] keeps them on bpffs across restarts; [`object`] embeds the objects.
-//! - [`agent`]: the control loop that owns all of the above and answers the API.
+//! - [`dataplane`]: loads and attaches the program and implements `MapWriter` and
+//!   `DataplaneOps` (what the agent reads) over aya's maps; [`pin`] keeps them on bpffs
+//!   across restarts; [`object`] embeds the objects.
+//! - [`agent`]: the control loop that owns all of the above and answers the API; generic
+//!   over `DataplaneOps`, so its unit tests run over in-memory maps
+//!   (`testing::FakeDataplane`).
 //! - [`admin`]: the HTTP API, the status snapshot and the metrics text; [`check`] is the
 //!   preview of a config (`gateway check`); [`sys`] the preflight checks.
 //!

@@ -2,9 +2,12 @@
 //! the `testing` feature, never into the agent.
 use std::collections::BTreeMap;
 
-use gateway_common::{Backend, ServiceKey, ServiceValue, Settings};
+use gateway_common::{Backend, STAT_COUNT, ServiceKey, ServiceValue, Settings, TrafficStats};
 
-use crate::mapsync::{MapWriter, SyncError};
+use crate::{
+    dataplane::{AttachedMode, DataplaneError, DataplaneOps, LoadOptions},
+    mapsync::{Applied, MapWriter, SyncError},
+};
 
 /// Set by `cargo xtask test` (which runs as root): a test that would skip for want of root
 /// or a capability fails instead, so the test command cannot pass green without running it.
@@ -74,5 +77,83 @@ impl MapWriter for MemMaps {
         self.services.remove(key);
         self.log.push("remove service".into());
         Ok(())
+    }
+}
+
+/// A data plane of in-memory maps for the agent's unit tests; `fail_writes` makes every
+/// map write fail, as a kernel that refuses updates would.
+#[derive(Debug, Default)]
+pub struct FakeDataplane {
+    pub maps: MemMaps,
+    pub options: LoadOptions,
+    pub fail_writes: bool,
+}
+
+impl FakeDataplane {
+    fn check(&self, what: &str) -> Result<(), SyncError> {
+        if self.fail_writes {
+            return Err(SyncError::Write {
+                what: what.into(),
+                message: "refused (fail_writes)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl MapWriter for FakeDataplane {
+    fn set_settings(&mut self, s: &Settings) -> Result<(), SyncError> {
+        self.check("settings")?;
+        self.maps.set_settings(s)
+    }
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), SyncError> {
+        self.check("a backend")?;
+        self.maps.set_backend(id, b)
+    }
+    fn write_table(&mut self, offset: u32, slots: &[u32]) -> Result<(), SyncError> {
+        self.check("a table")?;
+        self.maps.write_table(offset, slots)
+    }
+    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), SyncError> {
+        self.check("a service")?;
+        self.maps.set_service(key, value)
+    }
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), SyncError> {
+        self.check("a service")?;
+        self.maps.remove_service(key)
+    }
+}
+
+impl DataplaneOps for FakeDataplane {
+    fn options(&self) -> LoadOptions {
+        self.options
+    }
+    fn adopted(&self) -> bool {
+        false
+    }
+    fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        None
+    }
+    fn attached_mode(&self) -> Option<AttachedMode> {
+        None
+    }
+    /// Nothing to read back: the agent then rewrites the maps whole.
+    fn read_applied(&self) -> Result<Applied, DataplaneError> {
+        Ok(Applied::default())
+    }
+    fn program_id(&self) -> Option<u32> {
+        None
+    }
+    fn global_stats(&self) -> Result<Vec<u64>, DataplaneError> {
+        Ok(vec![0; STAT_COUNT as usize])
+    }
+    fn service_stats(&self, _id: u32) -> Result<TrafficStats, DataplaneError> {
+        Ok(TrafficStats::default())
+    }
+    fn backend_stats(&self, _id: u32) -> Result<TrafficStats, DataplaneError> {
+        Ok(TrafficStats::default())
+    }
+    fn conntrack_len(&self) -> usize {
+        0
     }
 }

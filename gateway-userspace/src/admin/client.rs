@@ -13,12 +13,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Error)]
 pub enum ClientError {
+    /// The connection was refused or timed out: the message says all there is to say.
     #[error("gateway is not running (nothing listens on {addr})")]
-    NotRunning {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    NotRunning { addr: SocketAddr },
     #[error("talking to {addr}")]
     Io {
         addr: SocketAddr,
@@ -46,8 +43,8 @@ pub fn request(
     body: Option<&str>,
 ) -> Result<Answer, ClientError> {
     let io = |source| ClientError::Io { addr, source };
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
-        .map_err(|source| ClientError::NotRunning { addr, source })?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|_| ClientError::NotRunning { addr })?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
     let auth = authorization
         .map(|a| format!("Authorization: {a}\r\n"))

@@ -482,6 +482,17 @@ impl<D: DataplaneOps> Agent<D> {
         }
     }
 
+    /// Makes the overrides (`replaced` by these, if given) the running config's: saved,
+    /// applied over the file, checks in step.
+    fn take_overrides(&mut self, replaced: Option<Overrides>) {
+        if let Some(o) = replaced {
+            self.overrides = o;
+        }
+        self.save_overrides();
+        self.set_effective();
+        self.sync_checks();
+    }
+
     /// An admin API change of one backend: recorded as an override, then planned and
     /// applied like any other change. If the maps cannot be written the change is undone
     /// and the error returned.
@@ -505,10 +516,7 @@ impl<D: DataplaneOps> Agent<D> {
         info!("{why}");
         if let Err(e) = self.try_replan(&why) {
             self.write_failed(&why, &e);
-            self.overrides = before;
-            self.save_overrides();
-            self.set_effective();
-            self.sync_checks();
+            self.take_overrides(Some(before));
             return Err(admin::ChangeError::Apply(format!("{e:#}")));
         }
         Ok(c)

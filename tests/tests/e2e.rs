@@ -53,7 +53,7 @@ fn distribution(mode: &'static str, v6: bool) {
     if !common::privileged(&name) {
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let lab = common::lab("d", 3);
     let mut cfg = Cfg::new(mode, v6, 3);
     let agent = start(&lab, &cfg, 3);
@@ -78,13 +78,6 @@ fn distribution(mode: &'static str, v6: bool) {
 
 // ---------------------------------------------------------------------------------------
 // Stickiness, failover, recovery, drain, backup, UDP, the host's own traffic, bad configs.
-
-/// One lab at a time: failover timing must not compete with another lab for the CPU.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The log name of backend `i`'s health check target, e.g. `198.18.0.11:80`.
 fn target(lab: &Lab, i: usize, v6: bool) -> String {
@@ -145,7 +138,7 @@ fn label(mode: &str, v6: bool) -> String {
 }
 
 fn stickiness(mode: &'static str, v6: bool) {
-    let _g = serial();
+    let _g = common::serial();
     let lab = common::lab("s", 4);
     let mut cfg = Cfg::new(mode, v6, 4);
     cfg.backends = vec![Some(String::new()), Some(String::new()), None, None];
@@ -227,7 +220,7 @@ fn stickiness(mode: &'static str, v6: bool) {
 /// New connections fail only until health checking takes the dead backend out; long-lived
 /// connections to the other backends never see an error.
 fn failover(mode: &'static str, v6: bool) {
-    let _g = serial();
+    let _g = common::serial();
     let mut lab = common::lab("f", 3);
     let cfg = Cfg::new(mode, v6, 3);
     let agent = start(&lab, &cfg, 3);
@@ -267,7 +260,7 @@ fn failover(mode: &'static str, v6: bool) {
 /// A backend that answers nothing at all (its address removed: no SYN-ACK, no reset) goes
 /// down when its checks time out, and comes back once it answers again.
 fn a_silent_backend_fails_at_the_timeout(mode: &'static str, v6: bool) {
-    let _g = serial();
+    let _g = common::serial();
     let lab = common::lab("t", 2);
     let cfg = Cfg::new(mode, v6, 2);
     let agent = start(&lab, &cfg, 2);
@@ -318,7 +311,7 @@ fn without_cap_net_raw_tcp_checks_connect() {
     if !common::privileged("without_cap_net_raw_tcp_checks_connect") {
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let mut lab = common::lab("n", 2);
     let cfg = Cfg::new("l2dsr", false, 2);
     // Out of the bounding set and the inherited and ambient sets: root's capabilities after
@@ -369,7 +362,7 @@ fn without_cap_net_raw_tcp_checks_connect() {
 }
 
 fn recovery_with_slow_start(mode: &'static str, v6: bool) {
-    let _g = serial();
+    let _g = common::serial();
     let mut lab = common::lab("r", 3);
     let mut cfg = Cfg::new(mode, v6, 3);
     cfg.service_extra = "slowstart = \"4s\"".into();
@@ -415,7 +408,7 @@ fn recovery_with_slow_start(mode: &'static str, v6: bool) {
 }
 
 fn drain_keeps_established_connections(mode: &'static str, v6: bool) {
-    let _g = serial();
+    let _g = common::serial();
     let lab = common::lab("dr", 2);
     let mut cfg = Cfg::new(mode, v6, 2);
     let agent = start(&lab, &cfg, 2);
@@ -456,7 +449,7 @@ fn drain_keeps_established_connections(mode: &'static str, v6: bool) {
 }
 
 fn backup_takes_over_only_while_no_primary_is_up(mode: &'static str, v6: bool) {
-    let _g = serial();
+    let _g = common::serial();
     let mut lab = common::lab("bk", 3);
     let mut cfg = Cfg::new(mode, v6, 3);
     cfg.backends = vec![
@@ -501,7 +494,7 @@ fn backup_takes_over_only_while_no_primary_is_up(mode: &'static str, v6: bool) {
 }
 
 fn udp_spreads_and_sticks_per_flow(mode: &'static str, v6: bool) {
-    let _g = serial();
+    let _g = common::serial();
     let lab = common::lab("u", 3);
     let mut cfg = Cfg::new(mode, v6, 3);
     cfg.protocol = "udp";
@@ -555,7 +548,7 @@ fn the_balancer_host_stays_reachable() {
     if !common::privileged("the_balancer_host_stays_reachable") {
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let lab = common::lab("h", 1);
     let _agent = start(&lab, &Cfg::new("l2dsr", false, 1), 1);
     // A TCP service on the balancer's own address, next to the attached program.
@@ -592,7 +585,7 @@ fn a_bad_config_attaches_nothing_and_a_killed_agent_leaves_a_working_interface()
     if !common::privileged("a_bad_config_attaches_nothing") {
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let lab = common::lab("k", 2);
     let dir = lab_dir(&lab);
     let bad = dir.join("bad.toml");
@@ -658,7 +651,7 @@ fn the_admin_api_and_gateway_status_report_live_state() {
     if !common::privileged("the_admin_api_and_gateway_status_report_live_state") {
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let lab = common::lab("a", 3);
     let agent = start(&lab, &Cfg::new("l2dsr", false, 3), 3);
     let (seen, failed) = spread(&lab, false, 20_000, 200);
@@ -860,7 +853,7 @@ fn ten_agent_restarts_one_a_crash_break_no_connection() {
     if !common::privileged("ten_agent_restarts_one_a_crash_break_no_connection") {
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let lab = common::lab("h", 3);
     let mut cfg = Cfg::new("l2dsr", false, 3);
     cfg.on_exit = "keep";
@@ -964,7 +957,7 @@ fn backend_commands_reload_and_the_token_through_the_cli() {
     if !common::privileged("backend_commands_reload_and_the_token_through_the_cli") {
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let lab = common::lab("c", 3);
     let dir = lab_dir(&lab);
     let _ = std::fs::remove_file(dir.join("overrides.json"));
@@ -1100,7 +1093,7 @@ fn a_failed_map_write_is_an_api_error_and_the_agent_keeps_running() {
     if !common::privileged("a_failed_map_write_is_an_api_error_and_the_agent_keeps_running") {
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let lab = common::lab("w", 2);
     let _ = std::fs::remove_file(lab_dir(&lab).join("overrides.json"));
     let cfg = Cfg::new("l2dsr", false, 2);

@@ -20,39 +20,30 @@ use lab::{Lab, SERVER_PORT};
 /// What the issue asks for: a route or MAC change reaches the maps within one replan.
 const BOUND: Duration = Duration::from_millis(100);
 
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn backends_map(lab: &Lab) -> Array<MapData, Backend> {
     let data = MapData::from_pin(lab.pin_dir().join(MAP_BACKENDS)).expect("pinned BACKENDS");
     Array::try_from(Map::Array(data)).expect("BACKENDS is an array")
 }
 
-/// The id the agent gave backend `i` (from `/status`).
-fn backend_id(lab: &Lab, i: usize) -> u32 {
+/// Backend `i` as `/status` reports it.
+fn backend_status(lab: &Lab, i: usize) -> Option<gateway::admin::BackendStatus> {
     let addr = lab.backends[i].ipv4.to_string();
     let status = common::status_at(&lab.lb.netns, "127.0.0.1:9180");
     status.services[0]
         .backends
         .iter()
         .find(|b| b.address == addr)
-        .map(|b| b.id)
-        .expect("backend in /status")
+        .cloned()
+}
+
+/// The id the agent gave backend `i`.
+fn backend_id(lab: &Lab, i: usize) -> u32 {
+    backend_status(lab, i).expect("backend in /status").id
 }
 
 /// The reason `/status` gives for backend `i`.
 fn reason(lab: &Lab, i: usize) -> String {
-    let addr = lab.backends[i].ipv4.to_string();
-    let status = common::status_at(&lab.lb.netns, "127.0.0.1:9180");
-    status.services[0]
-        .backends
-        .iter()
-        .find(|b| b.address == addr)
-        .map(|b| b.reason.clone())
-        .unwrap_or_default()
+    backend_status(lab, i).map(|b| b.reason).unwrap_or_default()
 }
 
 /// Runs `ip ARGS` in `netns`, then polls the map entry `id` every millisecond until `done`
@@ -118,7 +109,7 @@ fn a_backend_whose_mac_changes_keeps_its_flows() {
     if !common::privileged("a_backend_whose_mac_changes_keeps_its_flows") {
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let lab = common::lab("nhmac", 2);
     let cfg = Cfg::new("l2dsr", false, 2);
     let agent = start(&lab, &cfg, 2);
@@ -164,7 +155,7 @@ fn an_l2dsr_backend_routed_away_leaves_and_comes_back() {
     if !common::privileged("an_l2dsr_backend_routed_away_leaves_and_comes_back") {
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let lab = common::lab("nhroute", 2);
     let cfg = Cfg::new("l2dsr", false, 2);
     let agent = start(&lab, &cfg, 2);
@@ -239,7 +230,7 @@ fn an_ipip_backend_follows_its_route_to_another_router() {
     if !common::privileged("an_ipip_backend_follows_its_route_to_another_router") {
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let lab = common::lab("nhipip", 2);
     let cfg = Cfg::new("ipip", false, 2);
     let agent = start(&lab, &cfg, 2);

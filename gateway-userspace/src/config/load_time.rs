@@ -20,13 +20,14 @@ const SIZED: &str = "map sizes are fixed when the program is loaded";
 const LOADED: &str = "set when the program is loaded";
 const LISTENING: &str = "the admin API keeps its listener and token";
 
+/// A setting by its place in [`Config`], which is also its key in the file.
 macro_rules! load_time {
-    ($key:literal, $why:expr, $($field:ident).+, $show:expr) => {
+    ($why:expr, $section:ident . $field:ident, $show:expr) => {
         LoadTime {
-            key: $key,
+            key: concat!(stringify!($section), ".", stringify!($field)),
             why: $why,
-            show: |c| $show(&c.$($field).+),
-            keep: |next, running| next.$($field).+ = running.$($field).+.clone(),
+            show: |c| $show(&c.$section.$field),
+            keep: |next, running| next.$section.$field = running.$section.$field.clone(),
         }
     };
 }
@@ -44,37 +45,17 @@ fn opt_path(p: &Option<std::path::PathBuf>) -> String {
 impl LoadTime {
     /// Every setting fixed at start, in the order reports list them.
     pub const ALL: &[LoadTime] = &[
-        load_time!("dataplane.interface", ATTACHED, dataplane.interface, text),
-        load_time!("dataplane.xdp_mode", ATTACHED, dataplane.xdp_mode, text),
-        load_time!("dataplane.pin_dir", ATTACHED, dataplane.pin_dir, path),
-        load_time!(
-            "dataplane.conntrack_size",
-            SIZED,
-            dataplane.conntrack_size,
-            text
-        ),
-        load_time!(
-            "dataplane.max_services",
-            SIZED,
-            dataplane.max_services,
-            text
-        ),
-        load_time!(
-            "dataplane.max_table_size",
-            SIZED,
-            dataplane.max_table_size,
-            text
-        ),
-        load_time!("dataplane.kernel_log", LOADED, dataplane.kernel_log, text),
-        load_time!("admin.listen", LISTENING, admin.listen, text),
-        load_time!("admin.token_file", LISTENING, admin.token_file, opt_path),
-        load_time!(
-            "admin.token_for_reads",
-            LISTENING,
-            admin.token_for_reads,
-            text
-        ),
-        load_time!("admin.state_file", LISTENING, admin.state_file, opt_path),
+        load_time!(ATTACHED, dataplane.interface, text),
+        load_time!(ATTACHED, dataplane.xdp_mode, text),
+        load_time!(ATTACHED, dataplane.pin_dir, path),
+        load_time!(SIZED, dataplane.conntrack_size, text),
+        load_time!(SIZED, dataplane.max_services, text),
+        load_time!(SIZED, dataplane.max_table_size, text),
+        load_time!(LOADED, dataplane.kernel_log, text),
+        load_time!(LISTENING, admin.listen, text),
+        load_time!(LISTENING, admin.token_file, opt_path),
+        load_time!(LISTENING, admin.token_for_reads, text),
+        load_time!(LISTENING, admin.state_file, opt_path),
     ];
 
     /// The settings whose value differs between `running` and `next`.

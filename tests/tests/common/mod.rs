@@ -10,6 +10,14 @@ use std::path::PathBuf;
 
 use lab::{Lab, LabSpec};
 
+/// One lab at a time within a test binary: failover timing and next-hop latency must not
+/// compete with another lab for the CPU.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Returns false (after printing why) when the test cannot run here.
 pub fn privileged(test: &str) -> bool {
     if !lab::is_root() {

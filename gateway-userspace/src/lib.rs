@@ -11,7 +11,7 @@
 //! - [`health`]: probes (half-open TCP, HTTP), the rise/fall state machine and the
 //!   scheduler; it reports verdicts per check and knows nothing of services.
 //! - [`neigh`]: each backend's next-hop MAC, from the kernel's routes and neighbours over
-//!   rtnetlink, with change notifications.
+//!   rtnetlink, with change notifications (behind [`neigh::NextHops`]).
 //! - [`overrides`]: admin API changes on top of the file.
 //! - [`plan`]: pure `plan(config, facts) -> Plan`: the desired maps and why each backend
 //!   is where it is; [`maglev`] builds its tables.
@@ -19,14 +19,18 @@
 //! - [`dataplane`]: loads and attaches the program and implements `MapWriter` and
 //!   `DataplaneOps` (what the agent reads) over aya's maps; [`pin`] keeps them on bpffs
 //!   across restarts; [`object`] embeds the objects.
-//! - [`agent`]: the control loop that owns all of the above and answers the API; generic
-//!   over `DataplaneOps`, so its unit tests run over in-memory maps
-//!   (`testing::FakeDataplane`).
+//! - [`agent`]: `gateway run` ([`agent::run`]) and the control loop that owns all of the
+//!   above and answers the API: the loop and `replan` in `agent/mod.rs`, the backend
+//!   registry (probes, health, next hops) in `backends.rs`, reloads and API overrides in
+//!   `changes.rs`, what it reports in `status.rs`. Generic over `DataplaneOps` and
+//!   `NextHops`, so its unit tests run over in-memory maps and a fixed neighbour table
+//!   (`testing::FakeDataplane`, `testing::FixedHops`). `main.rs` only parses the command
+//!   line and dispatches.
 //! - [`admin`]: the HTTP API, the status snapshot and the metrics text; [`check`] is the
 //!   preview of a config (`gateway check`); [`sys`] the preflight checks.
 //!
 //! A probe verdict reaches the maps this way: a check's task in [`health::Prober`] sends an
-//! [`health::Event`] to the agent's loop (`Agent::run`); `Agent::on_event` records it in
+//! [`health::Event`] to the agent's loop (`Agent::serve`); `Agent::on_event` records it in
 //! the backend's record, and a replan (`Agent::replan`, paced by its own cost) runs
 //! [`plan::plan`] over the config and the facts (health, next hops, time), then
 //! [`mapsync::diff`] against what was applied and [`mapsync::apply`] through the

@@ -1,17 +1,13 @@
-//! `gateway`: the agent and its command line.
+//! `gateway`: the command line. It parses and dispatches; the agent is [`gateway::agent`].
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gateway::{
-    admin,
-    agent::{self, Agent},
-    check,
+    admin, agent, check,
     config::{Config, OnExit, XdpMode},
-    dataplane::Dataplane,
     pin, sys,
 };
-use log::info;
 
 #[derive(Parser)]
 #[command(name = "gateway", version, about = "A layer-4 XDP load balancer")]
@@ -170,66 +166,18 @@ fn main() {
 
 fn run(
     path: PathBuf,
-    mode: Option<XdpMode>,
+    xdp_mode: Option<XdpMode>,
     stats_interval: u64,
     on_exit: Option<OnExit>,
 ) -> anyhow::Result<()> {
-    gateway::agent::tune_allocator();
     let config = Config::load(&path)?;
-    let iface = config.dataplane.interface.clone();
-    let mode = mode.unwrap_or(config.dataplane.xdp_mode);
-    let ifindex = sys::preflight(&iface, &config.dataplane.pin_dir)?;
-    let auth = admin::Auth::from_config(&config.admin)?;
-
-    let pin_dir = config.dataplane.pin_dir.clone();
-    let mut dp = Dataplane::load_pinned(agent::load_options(&config), &pin_dir)?;
-    if dp.adopted() {
-        info!("adopting the data plane pinned in {}", pin_dir.display());
-    }
-    if let Err(e) = dp.attach(ifindex, &iface, mode) {
-        // Nothing of ours serves traffic yet; an adopted link keeps its old program.
-        if !dp.adopted() {
-            let _ = dp.detach();
-        }
-        return Err(e.into());
-    }
-    info!(
-        "{} services configured; probing backends",
-        config.services.len()
-    );
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let mut agent = rt.block_on(async { Agent::new(config, path.clone(), dp) });
-    agent.auth = auth;
-    let result = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
-                _ = term.recv() => info!("SIGTERM: shutting down"),
-            }
-        };
-        let every = (stats_interval > 0).then(|| Duration::from_secs(stats_interval));
-        agent.run(shutdown, every).await
-    });
-    agent::print_stats(&agent.dp)?;
-    match on_exit.unwrap_or(agent.config.dataplane.on_exit) {
-        OnExit::Detach => {
-            agent.dp.detach()?;
-            info!("detached from {iface}");
-        }
-        OnExit::Keep => {
-            agent.dp.keep();
-            info!(
-                "left the program attached to {iface}, state pinned in {} (on_exit = keep)",
-                pin_dir.display()
-            );
-        }
-    }
-    result
+    let options = agent::RunOptions {
+        path,
+        xdp_mode,
+        stats_every: (stats_interval > 0).then(|| Duration::from_secs(stats_interval)),
+        on_exit,
+    };
+    agent::run(config, options, agent::stop_signals())
 }
 
 fn stop(

@@ -1,12 +1,16 @@
 //! Helpers for tests only: compiled into unit tests, and into the integration tests through
 //! the `testing` feature, never into the agent.
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
 use gateway_common::{Backend, STAT_COUNT, ServiceKey, ServiceValue, Settings, TrafficStats};
 
 use crate::{
     dataplane::{AttachedMode, DataplaneError, DataplaneOps, LoadOptions},
-    mapsync::{Applied, MapWriter, SyncError},
+    mapsync::{Applied, AppliedService, MapWriter, SyncError, table_hash},
+    neigh::NextHops,
 };
 
 /// Set by `cargo xtask test` (which runs as root): a test that would skip for want of root
@@ -81,12 +85,14 @@ impl MapWriter for MemMaps {
 }
 
 /// A data plane of in-memory maps for the agent's unit tests; `fail_writes` makes every
-/// map write fail, as a kernel that refuses updates would.
+/// map write fail, as a kernel that refuses updates would; `adopted` says the maps were
+/// left by an earlier agent (a hitless restart).
 #[derive(Debug, Default)]
 pub struct FakeDataplane {
     pub maps: MemMaps,
     pub options: LoadOptions,
     pub fail_writes: bool,
+    pub adopted: bool,
 }
 
 impl FakeDataplane {
@@ -129,7 +135,7 @@ impl DataplaneOps for FakeDataplane {
         self.options
     }
     fn adopted(&self) -> bool {
-        false
+        self.adopted
     }
     fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         None
@@ -137,9 +143,26 @@ impl DataplaneOps for FakeDataplane {
     fn attached_mode(&self) -> Option<AttachedMode> {
         None
     }
-    /// Nothing to read back: the agent then rewrites the maps whole.
+    /// What the maps hold, read back as `Dataplane::read_applied` reads the kernel's.
     fn read_applied(&self) -> Result<Applied, DataplaneError> {
-        Ok(Applied::default())
+        let services = self
+            .maps
+            .services
+            .iter()
+            .map(|(key, value)| {
+                let table = self.maps.table_of(key).unwrap_or_default();
+                let s = AppliedService {
+                    value: *value,
+                    table_hash: table_hash(&table),
+                };
+                (*key, s)
+            })
+            .collect();
+        Ok(Applied {
+            settings: Some(self.maps.settings),
+            backends: self.maps.backends.clone(),
+            services,
+        })
     }
     fn program_id(&self) -> Option<u32> {
         None
@@ -155,5 +178,39 @@ impl DataplaneOps for FakeDataplane {
     }
     fn conntrack_len(&self) -> usize {
         0
+    }
+}
+
+/// Next hops from a fixed table, for the agent's unit tests: a backend in `macs` resolves to
+/// its MAC, any other has none. No change is ever announced; `flushes` counts reloads'
+/// requests to forget routes.
+#[derive(Debug, Default)]
+pub struct FixedHops {
+    pub macs: HashMap<IpAddr, [u8; 6]>,
+    pub flushes: u32,
+}
+
+impl NextHops for FixedHops {
+    fn resolve(
+        &mut self,
+        backends: &[(IpAddr, bool)],
+        _iface: &str,
+    ) -> HashMap<IpAddr, Result<[u8; 6], String>> {
+        backends
+            .iter()
+            .map(|(a, _)| {
+                let mac = self.macs.get(a).copied().ok_or_else(|| "no route".into());
+                (*a, mac)
+            })
+            .collect()
+    }
+    fn flush_routes(&mut self) {
+        self.flushes += 1;
+    }
+    fn due(&self) -> bool {
+        false
+    }
+    async fn changed(&mut self) {
+        std::future::pending().await
     }
 }

@@ -212,6 +212,24 @@ impl Netlink {
     }
 }
 
+/// What the agent asks of next hops: [`Resolver`] answers from the kernel; the agent's
+/// unit tests use a fixed table (`testing::FixedHops`).
+pub trait NextHops {
+    /// The MAC to use for each backend, or why there is none. The flag says the backend
+    /// must be on-link (l2dsr); `iface` is the interface the program is attached to.
+    fn resolve(
+        &mut self,
+        backends: &[(IpAddr, bool)],
+        iface: &str,
+    ) -> HashMap<IpAddr, Result<[u8; 6], String>>;
+    /// Forgets what may be out of date (after a config reload).
+    fn flush_routes(&mut self);
+    /// Whether `resolve` has work that no `changed` will announce.
+    fn due(&self) -> bool;
+    /// Returns when an answer of `resolve` may have changed (cancel-safe).
+    fn changed(&mut self) -> impl std::future::Future<Output = ()>;
+}
+
 /// Keeps the kernel's routes and neighbours for the agent (see the module's doc).
 #[derive(Default)]
 pub struct Resolver {
@@ -225,20 +243,6 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// Reads everything again at the next `resolve` (after a config reload).
-    pub fn flush_routes(&mut self) {
-        self.tables.resync = true;
-    }
-
-    /// Whether `resolve` has work that no event will announce: next hops to provoke again,
-    /// a resync that fell due, or sockets to open again.
-    pub fn due(&self) -> bool {
-        !self.tables.unresolved.is_empty()
-            || self.tables.resync
-            || self.nl.is_none()
-            || self.synced.is_none_or(|t| t.elapsed() >= RESYNC)
-    }
-
     /// Opens the sockets if needed and reads the neighbour table whole; forgets the routes.
     fn sync(&mut self) -> Result<(), String> {
         let nl = match &mut self.nl {
@@ -263,11 +267,27 @@ impl Resolver {
         self.synced = Some(Instant::now());
         Ok(())
     }
+}
+
+impl NextHops for Resolver {
+    /// Reads everything again at the next `resolve` (after a config reload).
+    fn flush_routes(&mut self) {
+        self.tables.resync = true;
+    }
+
+    /// Whether `resolve` has work that no event will announce: next hops to provoke again,
+    /// a resync that fell due, or sockets to open again.
+    fn due(&self) -> bool {
+        !self.tables.unresolved.is_empty()
+            || self.tables.resync
+            || self.nl.is_none()
+            || self.synced.is_none_or(|t| t.elapsed() >= RESYNC)
+    }
 
     /// The MAC to use for each backend, or why there is none. `on_link_only` holds the
     /// backends of l2dsr services; `iface` is the interface the program is attached to.
     /// Next hops without a MAC are provoked into resolution (a datagram to them).
-    pub fn resolve(
+    fn resolve(
         &mut self,
         backends: &[(IpAddr, bool)],
         iface: &str,
@@ -295,7 +315,7 @@ impl Resolver {
     /// Waits until an event may change some backend's answer (cancel-safe: events are
     /// applied before it returns, and it waits only when it applied none that matter).
     /// Pends forever while the sockets are closed; `due` then asks for a `resolve`.
-    pub async fn changed(&mut self) {
+    async fn changed(&mut self) {
         if self.buf.is_empty() {
             self.buf = vec![0; netlink::EVENT_BUF];
         }

@@ -1,0 +1,519 @@
+//! The agent: one control loop that keeps the data plane in step with the configuration,
+//! the backends' health and their next hops.
+//!
+//! Every change - a probe verdict, a MAC learned or lost, a slow-start step, a reload, an
+//! API change - goes the same way: `plan` (config + facts -> desired maps), `diff` (applied
+//! vs desired), `apply` (the only code that writes maps), in [`Agent::replan`].
+//!
+//! - this file: [`run`] (load, attach, serve, leave or detach), the [`Agent`] and its loop,
+//!   and `replan`;
+//! - [`backends`]: the backend registry - probes, health and next hops, the facts of a plan;
+//! - [`changes`]: reloads of the config file and the admin API's changes (overrides);
+//! - [`status`]: what the agent reports (API answers, the status snapshot, counters).
+//!
+//! The agent is generic over the data plane ([`DataplaneOps`]) and the next hops
+//! ([`NextHops`]), so its unit tests (`tests.rs`) run over in-memory maps and a fixed
+//! neighbour table.
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use log::{error, info, warn};
+use tokio::sync::mpsc;
+
+use crate::{
+    admin,
+    config::{self, Config, OnExit, XdpMode},
+    dataplane::{Dataplane, DataplaneOps, LoadOptions},
+    health::{self, CheckId, Prober},
+    mapsync::{self, Applied},
+    neigh::{NextHops, Resolver},
+    overrides::Overrides,
+    plan::{self, Ids, Plan, TableCache},
+    sys,
+};
+
+mod backends;
+mod changes;
+mod status;
+
+pub use backends::{BackendRecord, PROBE_BUCKETS, fmt_mac};
+pub use status::print_stats;
+
+/// How soon a replan whose map write failed is tried again.
+const WRITE_RETRY: Duration = Duration::from_secs(1);
+/// Transitions kept per backend for status output.
+const HISTORY: usize = 16;
+/// How often the loop asks whether next hops need work that no netlink event announces
+/// (a hop still being resolved is provoked again, the resolver's periodic resync, adopted
+/// MACs expiring); changes themselves arrive as events.
+const NEIGH_TICK: Duration = Duration::from_secs(1);
+/// After adopting pinned maps, a next hop still being resolved keeps the MAC the maps had
+/// for this long (rather than taking its backend out while the neighbour table warms up).
+const ADOPT_GRACE: Duration = Duration::from_secs(10);
+
+/// How `gateway run` was asked to run, besides the config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The config file (read again on reload).
+    pub path: PathBuf,
+    /// Overrides `dataplane.xdp_mode`.
+    pub xdp_mode: Option<XdpMode>,
+    /// Print the global counters this often.
+    pub stats_every: Option<Duration>,
+    /// Overrides `dataplane.on_exit`.
+    pub on_exit: Option<OnExit>,
+}
+
+/// `gateway run`: checks the host, loads (or adopts) and attaches the data plane, runs the
+/// agent until `shutdown` resolves, then leaves the data plane pinned or detaches it as
+/// `on_exit` says.
+pub fn run(
+    config: Config,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tune_allocator();
+    let iface = config.dataplane.interface.clone();
+    let mode = options.xdp_mode.unwrap_or(config.dataplane.xdp_mode);
+    let ifindex = sys::preflight(&iface, &config.dataplane.pin_dir)?;
+    let auth = admin::Auth::from_config(&config.admin)?;
+
+    let pin_dir = config.dataplane.pin_dir.clone();
+    let mut dp = Dataplane::load_pinned(load_options(&config), &pin_dir)?;
+    if dp.adopted() {
+        info!("adopting the data plane pinned in {}", pin_dir.display());
+    }
+    if let Err(e) = dp.attach(ifindex, &iface, mode) {
+        // Nothing of ours serves traffic yet; an adopted link keeps its old program.
+        if !dp.adopted() {
+            let _ = dp.detach();
+        }
+        return Err(e.into());
+    }
+    info!(
+        "{} services configured; probing backends",
+        config.services.len()
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let mut agent =
+        rt.block_on(async { Agent::new(config, options.path, dp, Resolver::default()) });
+    agent.auth = auth;
+    let result = rt.block_on(agent.serve(shutdown, options.stats_every));
+    print_stats(&agent.dp)?;
+    match options.on_exit.unwrap_or(agent.config.dataplane.on_exit) {
+        OnExit::Detach => {
+            agent.dp.detach()?;
+            info!("detached from {iface}");
+        }
+        OnExit::Keep => {
+            agent.dp.keep();
+            info!(
+                "left the program attached to {iface}, state pinned in {} (on_exit = keep)",
+                pin_dir.display()
+            );
+        }
+    }
+    result
+}
+
+/// Resolves at the first SIGINT or SIGTERM (the agent's shutdown); must be polled inside
+/// the runtime.
+pub async fn stop_signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+        },
+        Err(e) => {
+            warn!("cannot watch for SIGTERM ({e}); stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+            info!("SIGINT: shutting down");
+        }
+    }
+}
+
+/// Load-time sizes from the config.
+pub fn load_options(c: &Config) -> LoadOptions {
+    LoadOptions {
+        conntrack_size: c.dataplane.conntrack_size,
+        max_services: c.dataplane.max_services,
+        max_table_size: c.dataplane.max_table_size,
+        kernel_log: match c.dataplane.kernel_log {
+            config::KernelLog::Off => 0,
+            config::KernelLog::Error => 1,
+            config::KernelLog::Warn => 2,
+            config::KernelLog::Info => 3,
+            config::KernelLog::Debug => 4,
+        },
+    }
+}
+
+/// The control loop's state: the running config, the data plane, the backends' records
+/// and what was last planned and applied.
+pub struct Agent<D = Dataplane, N = Resolver> {
+    /// What the agent runs: the file's config with the API's overrides applied, and the
+    /// load-time settings of the first one.
+    pub config: Config,
+    /// The config file as last read.
+    pub file_config: Config,
+    overrides: Overrides,
+    state_file: PathBuf,
+    /// Health and next hops of an adopted data plane, used until the agent knows its own.
+    seed_up: HashMap<(String, IpAddr), bool>,
+    pinned_macs: HashMap<IpAddr, [u8; 6]>,
+    /// Probe latencies per service.
+    probe_latency: HashMap<String, backends::LatencyHistogram>,
+    /// The admin API's token (read at start).
+    pub auth: admin::Auth,
+    pub path: PathBuf,
+    pub dp: D,
+    applied: Applied,
+    ids: Ids,
+    tables: TableCache,
+    pub records: HashMap<(String, IpAddr), BackendRecord>,
+    macs: HashMap<IpAddr, Result<[u8; 6], String>>,
+    hops: N,
+    prober: Prober,
+    events: mpsc::Receiver<health::Event>,
+    by_check: HashMap<CheckId, (String, IpAddr)>,
+    next_check: CheckId,
+    started: Instant,
+    pub last_plan: Option<Plan>,
+    next_step: Option<Duration>,
+    /// When the last replan ended and how long it took: health changes wait that long
+    /// after it before the next one (see `run`).
+    last_replan: Option<(Instant, Duration)>,
+    /// Replans that changed the maps, and SIGHUP reloads by outcome (for metrics).
+    table_rebuilds: u64,
+    reloads_ok: u64,
+    reloads_error: u64,
+    /// Replans whose map write failed (for metrics), and when the next retry is due.
+    map_write_errors: u64,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
+    /// Takes a loaded (and usually attached) data plane and starts probing. If the data
+    /// plane was adopted from pinned maps, the agent starts from what they hold: the same
+    /// ids, and each backend's last health, so the first plan changes nothing that works.
+    pub fn new(config: Config, path: PathBuf, dp: D, hops: N) -> Agent<D, N> {
+        let (tx, rx) = mpsc::channel(4096);
+        let state_file = config
+            .admin
+            .state_file
+            .clone()
+            .unwrap_or_else(|| Overrides::default_path(&config.dataplane.interface));
+        let mut overrides = Overrides::load(&state_file).unwrap_or_else(|e| {
+            warn!("ignoring the API state file: {e}");
+            Overrides::default()
+        });
+        for line in overrides.reconcile(&config) {
+            warn!("{line}");
+        }
+        let effective = overrides.apply(&config);
+        let (mut applied, mut ids) = (Applied::default(), Ids::default());
+        let (mut seed_up, mut pinned_macs) = (HashMap::new(), HashMap::new());
+        if dp.adopted() {
+            match dp.read_applied() {
+                Ok(a) => {
+                    ids = Ids::adopt(&effective, &a);
+                    for s in &effective.services {
+                        for b in &s.backends {
+                            let Some(pb) = ids
+                                .backend_id(&s.name, b.address)
+                                .and_then(|id| a.backends.get(&id))
+                            else {
+                                continue;
+                            };
+                            let up = pb.state != gateway_common::BACKEND_DOWN;
+                            seed_up.insert((s.name.clone(), b.address), up);
+                            if up {
+                                pinned_macs.insert(b.address, pb.mac);
+                            }
+                        }
+                    }
+                    info!(
+                        "adopted the pinned maps: {} services, {} backends ({} up)",
+                        a.services.len(),
+                        a.backends.len(),
+                        seed_up.values().filter(|u| **u).count()
+                    );
+                    applied = a;
+                }
+                Err(e) => warn!("reading the adopted maps: {e}; rewriting them"),
+            }
+        }
+        let mut agent = Agent {
+            config: effective,
+            file_config: config,
+            overrides,
+            state_file,
+            seed_up,
+            pinned_macs,
+            probe_latency: HashMap::new(),
+            auth: admin::Auth::default(),
+            path,
+            dp,
+            applied,
+            ids,
+            tables: TableCache::default(),
+            records: HashMap::new(),
+            macs: HashMap::new(),
+            hops,
+            prober: Prober::new(health::DEFAULT_MAX_IN_FLIGHT, tx),
+            events: rx,
+            by_check: HashMap::new(),
+            next_check: 1,
+            started: Instant::now(),
+            last_plan: None,
+            next_step: None,
+            last_replan: None,
+            table_rebuilds: 0,
+            reloads_ok: 0,
+            reloads_error: 0,
+            map_write_errors: 0,
+            retry_at: None,
+        };
+        agent.sync_checks();
+        agent
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Plans, diffs and applies, and logs services left without backends; a failed map
+    /// write does not stop the agent (see `Agent::write_failed`).
+    pub fn replan(&mut self, why: &str) {
+        if let Err(e) = self.try_replan(why) {
+            self.write_failed(why, &e);
+        }
+    }
+
+    /// The one rule for a map write that fails, whatever asked for it: the agent keeps
+    /// running, logs and counts it, takes what the maps now hold as applied (a write may
+    /// have stopped half way) and plans again a second later. A caller that asked for a
+    /// change (the API) undoes it and answers with the error.
+    fn write_failed(&mut self, why: &str, e: &anyhow::Error) {
+        self.map_write_errors += 1;
+        error!("{why}: writing the maps failed, retrying in {WRITE_RETRY:?}: {e:#}");
+        self.applied = self.dp.read_applied().unwrap_or_else(|e| {
+            warn!("reading the maps back: {e}; rewriting them whole");
+            Applied::default()
+        });
+        self.retry_at = Some(tokio::time::Instant::now() + WRITE_RETRY);
+    }
+
+    /// [`Agent::replan`], returning a failed write to the caller.
+    fn try_replan(&mut self, why: &str) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let now = self.now();
+        let mut p = plan::plan(
+            &self.config,
+            &self.facts(),
+            &mut self.ids,
+            &mut self.tables,
+            now,
+        );
+        let (ops, next) = mapsync::diff(&self.applied, &p.desired, self.dp.options().layout())?;
+        if !ops.is_empty() {
+            mapsync::apply(&ops, &mut self.dp)?;
+            self.applied = next;
+            self.table_rebuilds += 1;
+            info!(
+                "{why}: applied {} map updates in {:?}",
+                ops.len(),
+                started.elapsed()
+            );
+            let before = self.last_plan.as_ref();
+            for s in &p.services {
+                let was_empty = before
+                    .and_then(|b| b.services.iter().find(|o| o.name == s.name))
+                    .is_some_and(|o| o.empty());
+                if s.empty() && !was_empty {
+                    error!(
+                        "service {}: NO BACKEND AVAILABLE - new connections are dropped ({})",
+                        s.name,
+                        s.reasons()
+                    );
+                } else if !s.empty() && was_empty {
+                    info!("service {}: backends available again", s.name);
+                }
+                if s.panic {
+                    warn!(
+                        "service {}: panic mode, spreading over every ready backend",
+                        s.name
+                    );
+                }
+            }
+        }
+        self.next_step = p.next_step;
+        // What the maps should hold is now what they hold; the tables stay in the table
+        // cache, and a second reference here would keep each old table alive through the
+        // next replan.
+        p.desired = mapsync::Desired::default();
+        self.last_plan = Some(p);
+        self.last_replan = Some((Instant::now(), started.elapsed()));
+        Ok(())
+    }
+
+    /// The earliest time a health change may be planned: a replan's own duration after the
+    /// last one ended. With a few backends that is about a millisecond and changes nothing;
+    /// with thousands coming up at once a replan takes tens of milliseconds, and planning
+    /// after every batch of results would starve the probes that share this thread (their
+    /// timeouts would then fail healthy backends). This keeps replanning under half the
+    /// loop's time; results that arrive meanwhile go into the same replan.
+    fn next_health_replan(&self) -> Option<Instant> {
+        self.last_replan.map(|(ended, took)| ended + took)
+    }
+
+    /// Runs the loop until `shutdown` resolves. `stats_every` prints the global counters.
+    pub async fn serve(
+        &mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+        stats_every: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (admin_tx, mut admin_rx) = mpsc::channel(64);
+        admin::spawn(self.config.admin.listen, self.auth.clone(), admin_tx).await;
+        // Closed when the API could not bind (or stopped): the arm below is then disabled.
+        let mut admin_open = true;
+        self.resolve();
+        let before = self.table_rebuilds;
+        // Before the first plan nothing of this agent's serves: a failure here stops it.
+        self.try_replan("start")?;
+        if self.table_rebuilds == before {
+            info!("start: applied nothing: the adopted maps already match the config");
+        }
+        let mut hup = signal(SignalKind::hangup())?;
+        // The program's own log lines (rare events) arrive through a ring buffer.
+        let mut klog = match self.dp.take_logger() {
+            // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
+            Some(l) => match unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE)
+            } {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    warn!(
+                        "the program's log is unavailable: {}",
+                        std::io::Error::from(e)
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut next_resolve = tokio::time::Instant::now() + NEIGH_TICK;
+        // Replans since free memory was last handed back.
+        let mut trimmed_at = self.table_rebuilds;
+        // Health changes not planned yet (waiting for `next_health_replan`).
+        let mut health_pending = false;
+        let mut stats = tokio::time::interval(stats_every.unwrap_or(Duration::from_secs(3600)));
+        stats.tick().await;
+        tokio::pin!(shutdown);
+        loop {
+            let step = self
+                .next_step
+                .map(|t| tokio::time::Instant::from_std(self.started + t));
+            let health_at = health_pending
+                .then(|| self.next_health_replan())
+                .flatten()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                Some(ev) = self.events.recv() => {
+                    let mut changed = self.on_event(ev);
+                    // Drain what else arrived, then plan once.
+                    while let Ok(ev) = self.events.try_recv() {
+                        changed |= self.on_event(ev);
+                    }
+                    health_pending |= changed;
+                    if health_pending
+                        && self.next_health_replan().is_none_or(|t| Instant::now() >= t)
+                    {
+                        health_pending = false;
+                        self.replan("health change");
+                    }
+                }
+                _ = async { tokio::time::sleep_until(health_at.unwrap_or_else(tokio::time::Instant::now)).await }, if health_at.is_some() => {
+                    health_pending = false;
+                    self.replan("health change");
+                }
+                _ = self.hops.changed() => {
+                    if self.resolve() {
+                        self.replan("next hops changed");
+                    }
+                }
+                _ = tokio::time::sleep_until(next_resolve) => {
+                    if (self.hops.due() || !self.pinned_macs.is_empty()) && self.resolve() {
+                        self.replan("next hops changed");
+                    }
+                    if self.table_rebuilds != trimmed_at {
+                        trimmed_at = self.table_rebuilds;
+                        release_free_memory();
+                    }
+                    next_resolve = tokio::time::Instant::now() + NEIGH_TICK;
+                }
+                _ = async { tokio::time::sleep_until(step.unwrap_or_else(tokio::time::Instant::now)).await }, if step.is_some() => {
+                    self.replan("slow start step");
+                }
+                guard = async { klog.as_mut().expect("guarded").readable_mut().await }, if klog.is_some() => {
+                    let mut guard = guard?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                _ = async { tokio::time::sleep_until(self.retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if self.retry_at.is_some() => {
+                    self.retry_at = None;
+                    self.replan("retry after a failed map write");
+                }
+                _ = hup.recv() => {
+                    let _ = self.reload_counted();
+                }
+                req = admin_rx.recv(), if admin_open => match req {
+                    Some(req) => self.answer(req),
+                    None => admin_open = false,
+                },
+                _ = stats.tick(), if stats_every.is_some() => {
+                    print_stats(&self.dp)?;
+                }
+            }
+        }
+    }
+}
+
+/// Sets the allocator up for an agent whose big buffers (65537-slot tables, a thousand
+/// backends' plans) come and go with every replan: with glibc's default, freed blocks of
+/// that size stay in the heap and fragment it, so the agent's memory would grow to its
+/// worst moment and stay there. A fixed mmap threshold gives such blocks their own
+/// mappings, returned to the kernel when freed.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes glibc's allocation policy; called before the runtime
+    // starts its threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+/// Hands free heap pages back to the kernel (after replans, which free a lot at once).
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases memory the allocator holds free.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests;

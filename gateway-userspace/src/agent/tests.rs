@@ -1,0 +1,337 @@
+//! The agent over in-memory maps ([`FakeDataplane`]) and a fixed neighbour table
+//! ([`FixedHops`]): API changes, failed writes, reloads, slow start and adoption, without a
+//! kernel.
+//!
+//! Probed backends get a check in the agent's prober, whose tasks would probe the backends'
+//! (test-net) addresses; these tests stop every check right after the agent starts and
+//! never yield to the runtime before that, so nothing is sent. Probe results are fed to
+//! the agent by hand (`verdict`).
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use gateway_common::{BACKEND_DOWN, BACKEND_DRAIN, BACKEND_UP};
+
+use super::*;
+use crate::{
+    config::AdminState,
+    health::{ProbeResult, Transition},
+    overrides::BackendChange,
+    testing::{FakeDataplane, FixedHops},
+};
+
+const B1: &str = "198.18.0.11";
+const B2: &str = "198.18.0.12";
+const B3: &str = "198.18.0.13";
+
+type TestAgent = Agent<FakeDataplane, FixedHops>;
+
+/// A scratch directory for one test's config and state files.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("gateway-agent-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+
+    fn config(&self) -> PathBuf {
+        self.0.join("gateway.toml")
+    }
+
+    /// Writes the config file: one l2dsr service `web` with `service` extra lines (health
+    /// included) and the given backends (`address` plus extra lines each).
+    fn write(&self, conntrack: u32, service: &str, backends: &[(&str, &str)]) {
+        let mut text = format!(
+            "[dataplane]\ninterface = \"eth0\"\nconntrack_size = {conntrack}\n\
+             [admin]\nstate_file = \"{}\"\n\
+             [[service]]\nname = \"web\"\nvip = \"198.18.1.1\"\nport = 80\n\
+             protocol = \"tcp\"\nmode = \"l2dsr\"\n{service}\n",
+            self.0.join("overrides.json").display()
+        );
+        for (addr, extra) in backends {
+            text += &format!("[[service.backend]]\naddress = \"{addr}\"\n{extra}\n");
+        }
+        std::fs::write(self.config(), text).unwrap();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const UNPROBED: &str = "[service.health]\nkind = \"none\"";
+const PROBED: &str = "slowstart = \"20s\"\n[service.health]\nkind = \"tcp\"\ninterval = \"1s\"";
+
+fn hops() -> FixedHops {
+    let mut h = FixedHops::default();
+    for (i, b) in [B1, B2, B3].iter().enumerate() {
+        h.macs.insert(b.parse().unwrap(), [2, 0, 0, 0, 0, i as u8]);
+    }
+    h
+}
+
+/// An agent started from the scratch config over `dp` and `hops`, first plan applied.
+fn start(s: &Scratch, dp: FakeDataplane, hops: FixedHops) -> TestAgent {
+    let config = Config::load(&s.config()).unwrap();
+    let dp = FakeDataplane {
+        options: load_options(&config),
+        ..dp
+    };
+    let mut a = Agent::new(config, s.config(), dp, hops);
+    for id in a.by_check.keys() {
+        a.prober.remove(*id);
+    }
+    a.resolve();
+    a.try_replan("start").unwrap();
+    a
+}
+
+/// The default test agent: two unprobed backends.
+fn agent(s: &Scratch) -> TestAgent {
+    s.write(100_000, UNPROBED, &[(B1, ""), (B2, "")]);
+    start(s, FakeDataplane::default(), hops())
+}
+
+fn ip(a: &str) -> IpAddr {
+    a.parse().unwrap()
+}
+
+/// The state byte of the backend at `addr` in the maps, if it is there.
+fn in_maps(a: &TestAgent, addr: &str) -> Option<u8> {
+    let key = crate::plan::addr16(ip(addr));
+    a.dp.maps
+        .backends
+        .values()
+        .find(|b| b.addr == key)
+        .map(|b| b.state)
+}
+
+/// How many slots of the service's live table name the backend at `addr`.
+fn slots_in_maps(a: &TestAgent, addr: &str) -> usize {
+    let key = crate::plan::addr16(ip(addr));
+    let id =
+        a.dp.maps
+            .backends
+            .iter()
+            .find(|(_, b)| b.addr == key)
+            .map(|(id, _)| *id);
+    let (svc, _) = a.dp.maps.services.iter().next().expect("a service");
+    let table = a.dp.maps.table_of(svc).unwrap();
+    table.iter().filter(|s| Some(**s) == id).count()
+}
+
+/// The plan's view of the backend at `addr`.
+fn planned<'a>(a: &'a TestAgent, addr: &str) -> &'a plan::BackendPlan {
+    let p = a.last_plan.as_ref().expect("planned");
+    p.services[0]
+        .backends
+        .iter()
+        .find(|b| b.address == ip(addr))
+        .expect("backend planned")
+}
+
+/// Feeds the agent a probe verdict for the backend at `addr` that changes its state, and
+/// replans as the loop would.
+fn verdict(a: &mut TestAgent, addr: &str, up: bool) {
+    let (&id, _) = a
+        .by_check
+        .iter()
+        .find(|(_, k)| k.1 == ip(addr))
+        .expect("a probed backend");
+    let result = if up {
+        ProbeResult::pass(Duration::from_millis(1), "connected")
+    } else {
+        ProbeResult::fail(Duration::from_millis(1), "connection refused")
+    };
+    let ev = health::Event {
+        id,
+        target: SocketAddr::new(ip(addr), 80),
+        result,
+        transition: Some(Transition { up, after: 2 }),
+        up,
+    };
+    assert!(a.on_event(ev), "the verdict changes the backend's health");
+    a.replan("health change");
+}
+
+#[tokio::test]
+async fn an_api_change_reaches_the_maps_and_survives_in_the_state_file() {
+    let s = Scratch::new("change");
+    let mut a = agent(&s);
+    assert_eq!(in_maps(&a, B1), Some(BACKEND_UP));
+    let c = a
+        .api_change("web", ip(B1), BackendChange::State(AdminState::Drain))
+        .unwrap();
+    assert_eq!((c.from.as_str(), c.to.as_str()), ("ready", "drain"));
+    assert_eq!(in_maps(&a, B1), Some(BACKEND_DRAIN));
+    assert_eq!(in_maps(&a, B2), Some(BACKEND_UP));
+    let saved = std::fs::read_to_string(s.0.join("overrides.json")).unwrap();
+    assert!(saved.contains("drain"), "{saved}");
+    // Back to the file's value: the override goes.
+    a.api_change("web", ip(B1), BackendChange::State(AdminState::Ready))
+        .unwrap();
+    assert_eq!(in_maps(&a, B1), Some(BACKEND_UP));
+    assert!(a.overrides.get("web", ip(B1)).is_none());
+}
+
+/// The one rule for a failed map write: the API change is undone and answered with an
+/// error, the failure counted and a retry planned; the agent goes on.
+#[tokio::test]
+async fn an_api_change_that_cannot_be_written_is_undone() {
+    let s = Scratch::new("fail");
+    let mut a = agent(&s);
+    a.dp.fail_writes = true;
+    let r = a.api_change("web", ip(B1), BackendChange::State(AdminState::Drain));
+    assert!(matches!(r, Err(admin::ChangeError::Apply(_))), "{r:?}");
+    assert_eq!(a.map_write_errors, 1);
+    assert!(a.retry_at.is_some());
+    assert!(a.overrides.get("web", ip(B1)).is_none());
+    assert_eq!(a.config.services[0].backends[0].state, AdminState::Ready);
+    assert_eq!(in_maps(&a, B1), Some(BACKEND_UP));
+    // A refused change is not a write failure.
+    let r = a.api_change("nope", ip(B1), BackendChange::Weight(5));
+    assert!(matches!(r, Err(admin::ChangeError::Refused(_))), "{r:?}");
+    assert_eq!(a.map_write_errors, 1);
+    // Once the maps take writes again, the retry rewrites them and changes work.
+    a.dp.fail_writes = false;
+    a.replan("retry after a failed map write");
+    a.api_change("web", ip(B1), BackendChange::State(AdminState::Drain))
+        .unwrap();
+    assert_eq!(in_maps(&a, B1), Some(BACKEND_DRAIN));
+}
+
+/// A reload adds and changes backends in the maps; an invalid file changes nothing and is
+/// counted; a load-time setting keeps its running value.
+#[tokio::test]
+async fn a_reload_applies_a_valid_file_and_keeps_the_running_config_on_a_bad_one() {
+    let s = Scratch::new("reload");
+    let mut a = agent(&s);
+    assert_eq!(in_maps(&a, B3), None);
+    s.write(
+        100_000,
+        UNPROBED,
+        &[(B1, ""), (B2, "weight = 300"), (B3, "")],
+    );
+    a.reload_counted().unwrap();
+    assert_eq!(in_maps(&a, B3), Some(BACKEND_UP));
+    assert!(slots_in_maps(&a, B3) > 0);
+    assert_eq!(planned(&a, B2).weight, 300);
+    assert!(slots_in_maps(&a, B2) > 2 * slots_in_maps(&a, B1));
+    assert_eq!(a.hops.flushes, 1, "a reload reads routes again");
+
+    // A broken file: an error naming the file, nothing changes.
+    let before = a.dp.maps.clone();
+    std::fs::write(
+        s.config(),
+        "[dataplane]\ninterface = \"eth0\"\nx = \"\u{e9}\n",
+    )
+    .unwrap();
+    let e = a.reload_counted().unwrap_err();
+    assert!(e.contains("gateway.toml"), "{e}");
+    assert_eq!((a.reloads_ok, a.reloads_error), (1, 1));
+    assert_eq!(a.dp.maps, before);
+    assert_eq!(a.config.services[0].backends.len(), 3);
+
+    // A load-time setting waits for a restart; the rest of the file applies.
+    s.write(200_000, UNPROBED, &[(B1, ""), (B2, "weight = 300")]);
+    a.reload_counted().unwrap();
+    assert_eq!(a.config.dataplane.conntrack_size, 100_000);
+    assert_eq!(a.file_config.dataplane.conntrack_size, 200_000);
+    assert_eq!(in_maps(&a, B3), None, "the removed backend is cleared");
+}
+
+/// API overrides survive a reload of an unchanged file, and yield to the file when it
+/// changes the same field.
+#[tokio::test]
+async fn an_override_survives_a_reload_until_the_file_changes_its_field() {
+    let s = Scratch::new("override");
+    let mut a = agent(&s);
+    a.api_change("web", ip(B1), BackendChange::State(AdminState::Drain))
+        .unwrap();
+    a.api_change("web", ip(B2), BackendChange::Weight(7))
+        .unwrap();
+    a.reload_counted().unwrap();
+    assert_eq!(in_maps(&a, B1), Some(BACKEND_DRAIN));
+    assert_eq!(planned(&a, B2).weight, 7);
+    // The file now says something about B1's state: the file wins; B2 keeps its override.
+    s.write(100_000, UNPROBED, &[(B1, "state = \"maint\""), (B2, "")]);
+    a.reload_counted().unwrap();
+    assert!(a.overrides.get("web", ip(B1)).is_none());
+    assert_eq!(planned(&a, B1).admin, AdminState::Maint);
+    assert_eq!(slots_in_maps(&a, B1), 0);
+    assert_eq!(planned(&a, B2).weight, 7);
+    let saved = std::fs::read_to_string(s.0.join("overrides.json")).unwrap();
+    assert!(!saved.contains("drain"), "{saved}");
+}
+
+/// A backend that comes back after being down starts at a fraction of its weight and
+/// reaches it in steps; one that was never up does not.
+#[tokio::test]
+async fn a_recovered_backend_ramps_up_over_its_slow_start() {
+    let s = Scratch::new("slowstart");
+    s.write(
+        100_000,
+        PROBED,
+        &[(B1, "weight = 100"), (B2, "weight = 100")],
+    );
+    let mut a = start(&s, FakeDataplane::default(), hops());
+    // Probed backends start down until their first verdict; the first rise is no recovery.
+    assert_eq!(in_maps(&a, B1), Some(BACKEND_DOWN));
+    verdict(&mut a, B1, true);
+    verdict(&mut a, B2, true);
+    assert_eq!(planned(&a, B1).effective_weight, 100);
+    assert!(a.next_step.is_none());
+    let full = slots_in_maps(&a, B1);
+
+    verdict(&mut a, B1, false);
+    assert_eq!(in_maps(&a, B1), Some(BACKEND_DOWN));
+    assert_eq!(slots_in_maps(&a, B1), 0);
+    verdict(&mut a, B1, true);
+    let ramp = planned(&a, B1).effective_weight;
+    assert!((1..50).contains(&ramp), "effective weight {ramp}");
+    assert!(slots_in_maps(&a, B1) < full / 2);
+    assert!(a.next_step.is_some(), "a slow-start step is scheduled");
+
+    // The slow start over: full weight, no more steps.
+    a.started -= Duration::from_secs(21);
+    a.replan("slow start step");
+    assert_eq!(planned(&a, B1).effective_weight, 100);
+    assert_eq!(slots_in_maps(&a, B1), full);
+    assert!(a.next_step.is_none());
+}
+
+/// A restarted agent adopts the maps it finds: same ids, each backend's last health, the
+/// pinned MAC while its next hop is being learnt - and its first plan writes nothing.
+#[tokio::test]
+async fn an_adopting_agent_changes_nothing_that_works() {
+    let s = Scratch::new("adopt");
+    s.write(100_000, PROBED, &[(B1, ""), (B2, "")]);
+    let mut first = start(&s, FakeDataplane::default(), hops());
+    verdict(&mut first, B1, true);
+    let maps = first.dp.maps.clone();
+    assert_eq!(in_maps(&first, B1), Some(BACKEND_UP));
+    assert_eq!(in_maps(&first, B2), Some(BACKEND_DOWN));
+    drop(first);
+
+    // The new agent does not know B1's next hop yet.
+    let mut hops = hops();
+    hops.macs.remove(&ip(B1));
+    let dp = FakeDataplane {
+        maps: maps.clone(),
+        adopted: true,
+        ..FakeDataplane::default()
+    };
+    let a = start(&s, dp, hops);
+    assert_eq!(a.table_rebuilds, 0, "the first plan wrote nothing");
+    assert_eq!(a.dp.maps, maps);
+    assert!(a.records[&("web".to_string(), ip(B1))].up);
+    assert!(!a.records[&("web".to_string(), ip(B2))].up);
+    assert_eq!(planned(&a, B1).effective_weight, 100, "no slow start");
+}

@@ -27,7 +27,8 @@
 //!   (`testing::FakeDataplane`, `testing::FixedHops`). `main.rs` only parses the command
 //!   line and dispatches.
 //! - [`admin`]: the HTTP API, the status snapshot and the metrics text; [`check`] is the
-//!   preview of a config (`gateway check`); [`sys`] the preflight checks.
+//!   preview of a config (`gateway check`); [`sys`] the preflight checks; [`error`] how
+//!   errors are written and printed.
 //!
 //! A probe verdict reaches the maps this way: a check's task in [`health::Prober`] sends an
 //! [`health::Event`] to the agent's loop (`Agent::serve`); `Agent::on_event` records it in
@@ -42,6 +43,7 @@ pub mod agent;
 pub mod check;
 pub mod config;
 pub mod dataplane;
+pub mod error;
 pub mod health;
 pub mod maglev;
 pub mod mapsync;

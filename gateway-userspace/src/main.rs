@@ -177,7 +177,7 @@ fn run(
         stats_every: (stats_interval > 0).then(|| Duration::from_secs(stats_interval)),
         on_exit,
     };
-    agent::run(config, options, agent::stop_signals())
+    Ok(agent::run(config, options, agent::stop_signals())?)
 }
 
 fn stop(

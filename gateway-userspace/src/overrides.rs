@@ -31,6 +31,29 @@ pub enum OverrideError {
     Weight(u32),
 }
 
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("reading the state file {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the state file {} is not valid", .path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("writing the state file {}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// One backend's API changes, with the file's values they were made against.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Override {
@@ -257,22 +280,33 @@ impl Overrides {
     }
 
     /// Reads a state file; a missing file is no overrides.
-    pub fn load(path: &Path) -> Result<Overrides, String> {
+    pub fn load(path: &Path) -> Result<Overrides, StateFileError> {
+        let path_buf = || path.to_path_buf();
         match std::fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display())),
+            Ok(text) => serde_json::from_str(&text).map_err(|source| StateFileError::Parse {
+                path: path_buf(),
+                source,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Overrides::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(source) => Err(StateFileError::Read {
+                path: path_buf(),
+                source,
+            }),
         }
     }
 
     /// Writes the state file atomically (a temporary file renamed over it).
-    pub fn save(&self, path: &Path) -> Result<(), String> {
-        let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    pub fn save(&self, path: &Path) -> Result<(), StateFileError> {
+        let err = |source| StateFileError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
         let tmp = path.with_extension("tmp");
-        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        // Maps of strings and numbers: serializing cannot fail.
+        let text = serde_json::to_string_pretty(self).expect("overrides serialize");
         std::fs::write(&tmp, text).map_err(err)?;
         std::fs::rename(&tmp, path).map_err(err)
     }

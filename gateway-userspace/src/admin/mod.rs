@@ -33,6 +33,8 @@ pub use snapshot::*;
 
 use crate::{
     config::{AdminConfig, AdminState},
+    error::Chain,
+    mapsync::SyncError,
     overrides::{BackendChange, Change, OverrideError},
 };
 
@@ -71,8 +73,21 @@ pub enum ChangeError {
     #[error(transparent)]
     Refused(#[from] OverrideError),
     /// The maps could not be written: the change was undone, and the agent keeps running.
-    #[error("the data plane's maps could not be written, so the change was undone: {0}")]
-    Apply(String),
+    #[error("the data plane's maps could not be written, so the change was undone")]
+    Apply(#[source] SyncError),
+}
+
+/// Why the API's token could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("reading admin.token_file {}", .path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin.token_file {} is empty", .0.display())]
+    Empty(std::path::PathBuf),
 }
 
 /// Who may call the API: with a token, writes (and reads, if `reads`) must carry
@@ -86,15 +101,17 @@ pub struct Auth {
 impl Auth {
     /// Reads `[admin] token_file`. An unreadable or empty file is an error: the API would
     /// otherwise be open, or closed to everyone.
-    pub fn from_config(c: &AdminConfig) -> anyhow::Result<Auth> {
+    pub fn from_config(c: &AdminConfig) -> Result<Auth, TokenFileError> {
         let Some(path) = &c.token_file else {
             return Ok(Auth::default());
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("admin.token_file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+            path: path.clone(),
+            source,
+        })?;
         let token = text.trim().to_string();
         if token.is_empty() {
-            anyhow::bail!("admin.token_file {} is empty", path.display());
+            return Err(TokenFileError::Empty(path.clone()));
         }
         use std::os::unix::fs::PermissionsExt as _;
         if let Ok(m) = std::fs::metadata(path)
@@ -218,7 +235,7 @@ fn change_response(r: Result<Change, ChangeError>) -> Response {
             error_body(StatusCode::BAD_REQUEST, &e.to_string())
         }
         Err(e @ ChangeError::Apply(_)) => {
-            error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+            error_body(StatusCode::INTERNAL_SERVER_ERROR, &Chain(&e).to_string())
         }
     }
 }

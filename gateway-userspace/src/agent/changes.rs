@@ -7,8 +7,9 @@ use log::{error, info, warn};
 use super::Agent;
 use crate::{
     admin,
-    config::{self, Config},
+    config::{self, Config, ConfigError},
     dataplane::DataplaneOps,
+    error::Chain,
     neigh::NextHops,
     overrides::{BackendChange, Change, Overrides},
 };
@@ -23,7 +24,10 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
 
     fn save_overrides(&self) {
         if let Err(e) = self.overrides.save(&self.state_file) {
-            error!("saving API changes (they apply, but will not survive a restart): {e}");
+            error!(
+                "saving API changes (they apply, but will not survive a restart): {}",
+                Chain(&e)
+            );
         }
     }
 
@@ -57,7 +61,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         if let Err(e) = self.try_replan(&why) {
             self.write_failed(&why, &e);
             self.take_overrides(before);
-            return Err(admin::ChangeError::Apply(format!("{e:#}")));
+            return Err(admin::ChangeError::Apply(e));
         }
         Ok(c)
     }
@@ -65,7 +69,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
     /// Re-reads the config file. An invalid file changes nothing (the error is returned);
     /// settings fixed at load time keep their old values until a restart. API overrides are
     /// kept unless the file changed the same field (see [`crate::overrides`]).
-    pub fn reload(&mut self) -> anyhow::Result<()> {
+    pub fn reload(&mut self) -> Result<(), ConfigError> {
         let next = Config::load(&self.path)?;
         let fixed: Vec<&str> = config::LoadTime::changed(&self.config, &next)
             .iter()
@@ -101,7 +105,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             }
             Err(e) => {
                 self.reloads_error += 1;
-                let e = format!("{e:#}");
+                let e = Chain(&e).to_string();
                 error!("reload failed, keeping the running config: {e}");
                 Err(e)
             }

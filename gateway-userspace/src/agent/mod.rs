@@ -22,16 +22,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use log::{error, info, warn};
 use tokio::sync::mpsc;
 
 use crate::{
     admin,
     config::{self, Config, OnExit, XdpMode},
-    dataplane::{Dataplane, DataplaneOps, LoadOptions},
+    dataplane::{Dataplane, DataplaneError, DataplaneOps, LoadOptions},
+    error::Chain,
     health::{self, CheckId, Prober},
-    mapsync::{self, Applied},
+    mapsync::{self, Applied, SyncError},
     neigh::{NextHops, Resolver},
     overrides::Overrides,
     plan::{self, Ids, Plan, TableCache},
@@ -57,6 +57,21 @@ const NEIGH_TICK: Duration = Duration::from_secs(1);
 /// for this long (rather than taking its backend out while the neighbour table warms up).
 const ADOPT_GRACE: Duration = Duration::from_secs(10);
 
+/// Why the agent could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Preflight(#[from] sys::PreflightError),
+    #[error(transparent)]
+    Token(#[from] admin::TokenFileError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("the first plan could not be written to the maps")]
+    FirstPlan(#[source] SyncError),
+    #[error("{0}")]
+    Io(&'static str, #[source] std::io::Error),
+}
+
 /// How `gateway run` was asked to run, besides the config.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -77,7 +92,7 @@ pub fn run(
     config: Config,
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     tune_allocator();
     let iface = config.dataplane.interface.clone();
     let mode = options.xdp_mode.unwrap_or(config.dataplane.xdp_mode);
@@ -104,7 +119,7 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?;
+        .map_err(|e| RunError::Io("starting the runtime", e))?;
     let mut agent =
         rt.block_on(async { Agent::new(config, options.path, dp, Resolver::default()) });
     agent.auth = auth;
@@ -215,7 +230,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             .clone()
             .unwrap_or_else(|| Overrides::default_path(&config.dataplane.interface));
         let mut overrides = Overrides::load(&state_file).unwrap_or_else(|e| {
-            warn!("ignoring the API state file: {e}");
+            warn!("ignoring the API state file: {}", Chain(&e));
             Overrides::default()
         });
         for line in overrides.reconcile(&config) {
@@ -251,7 +266,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                     );
                     applied = a;
                 }
-                Err(e) => warn!("reading the adopted maps: {e}; rewriting them"),
+                Err(e) => warn!("reading the adopted maps: {}; rewriting them", Chain(&e)),
             }
         }
         let mut agent = Agent {
@@ -305,18 +320,21 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
     /// running, logs and counts it, takes what the maps now hold as applied (a write may
     /// have stopped half way) and plans again a second later. A caller that asked for a
     /// change (the API) undoes it and answers with the error.
-    fn write_failed(&mut self, why: &str, e: &anyhow::Error) {
+    fn write_failed(&mut self, why: &str, e: &SyncError) {
         self.map_write_errors += 1;
-        error!("{why}: writing the maps failed, retrying in {WRITE_RETRY:?}: {e:#}");
+        error!(
+            "{why}: writing the maps failed, retrying in {WRITE_RETRY:?}: {}",
+            Chain(e)
+        );
         self.applied = self.dp.read_applied().unwrap_or_else(|e| {
-            warn!("reading the maps back: {e}; rewriting them whole");
+            warn!("reading the maps back: {}; rewriting them whole", Chain(&e));
             Applied::default()
         });
         self.retry_at = Some(tokio::time::Instant::now() + WRITE_RETRY);
     }
 
     /// [`Agent::replan`], returning a failed write to the caller.
-    fn try_replan(&mut self, why: &str) -> anyhow::Result<()> {
+    fn try_replan(&mut self, why: &str) -> Result<(), SyncError> {
         let started = Instant::now();
         let now = self.now();
         let mut p = plan::plan(
@@ -383,7 +401,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         &mut self,
         shutdown: impl std::future::Future<Output = ()>,
         stats_every: Option<Duration>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), RunError> {
         use tokio::signal::unix::{SignalKind, signal};
         let (admin_tx, mut admin_rx) = mpsc::channel(64);
         admin::spawn(self.config.admin.listen, self.auth.clone(), admin_tx).await;
@@ -392,11 +410,12 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         self.resolve();
         let before = self.table_rebuilds;
         // Before the first plan nothing of this agent's serves: a failure here stops it.
-        self.try_replan("start")?;
+        self.try_replan("start").map_err(RunError::FirstPlan)?;
         if self.table_rebuilds == before {
             info!("start: applied nothing: the adopted maps already match the config");
         }
-        let mut hup = signal(SignalKind::hangup())?;
+        let mut hup =
+            signal(SignalKind::hangup()).map_err(|e| RunError::Io("watching for SIGHUP", e))?;
         // The program's own log lines (rare events) arrive through a ring buffer.
         let mut klog = match self.dp.take_logger() {
             // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
@@ -469,7 +488,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                     self.replan("slow start step");
                 }
                 guard = async { klog.as_mut().expect("guarded").readable_mut().await }, if klog.is_some() => {
-                    let mut guard = guard?;
+                    let mut guard = guard.map_err(|e| RunError::Io("reading the program's log", e))?;
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }

@@ -1,7 +1,12 @@
 //! What the agent reports: the admin API's answers, the status snapshot and the counters
 //! line.
 use super::{Agent, backends::PROBE_BUCKETS};
-use crate::{admin, dataplane::DataplaneOps, neigh::NextHops};
+use crate::{
+    admin,
+    dataplane::{DataplaneError, DataplaneOps},
+    error::Chain,
+    neigh::NextHops,
+};
 
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
     /// Answers an admin API request; a dropped reply (the client went away) is fine.
@@ -22,14 +27,14 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                 let _ = reply.send(self.last_plan.is_some());
             }
             admin::Request::Snapshot { conntrack, reply } => {
-                let _ = reply.send(self.snapshot(conntrack).map_err(|e| format!("{e:#}")));
+                let _ = reply.send(self.snapshot(conntrack).map_err(|e| Chain(&e).to_string()));
             }
         }
     }
 
     /// The state the admin API reports, with the counters read now; `conntrack` also
     /// counts the tracked flows (a walk over the whole map).
-    pub fn snapshot(&self, conntrack: bool) -> anyhow::Result<admin::Snapshot> {
+    pub fn snapshot(&self, conntrack: bool) -> Result<admin::Snapshot, DataplaneError> {
         let counters = gateway_common::STAT_NAMES
             .iter()
             .zip(self.dp.global_stats()?)
@@ -127,7 +132,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
 }
 
 /// Prints the global counters as one `stats name=value ...` line.
-pub fn print_stats(dp: &impl DataplaneOps) -> anyhow::Result<()> {
+pub fn print_stats(dp: &impl DataplaneOps) -> Result<(), DataplaneError> {
     let stats = dp.global_stats()?;
     let line: Vec<String> = gateway_common::STAT_NAMES
         .iter()

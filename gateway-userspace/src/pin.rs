@@ -38,7 +38,7 @@ pub enum PinError {
          `gateway stop --detach --pin-dir {dir}` and start again"
     )]
     Broken { dir: PathBuf, what: String },
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {}", .path.display())]
     Io {
         what: &'static str,
         path: PathBuf,

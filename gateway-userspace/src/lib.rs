@@ -22,8 +22,12 @@
 //! - [`agent`]: the control loop that owns all of the above and answers the API; generic
 //!   over `DataplaneOps`, so its unit tests run over in-memory maps
 //!   (`testing::FakeDataplane`).
-//! - [`admin`]: the HTTP API, the status snapshot and the metrics text; [`check`] is the
-//!   preview of a config (`gateway check`); [`sys`] the preflight checks.
+//! - [`admin`]: the HTTP API, the status snapshot and the metrics text; [`sys`] the
+//!   preflight checks.
+//! - [`preview`]: what a config would do (`gateway check`): its plan with every backend
+//!   not in maint assumed healthy, and the change from a running config.
+//! - [`report`]: the text the CLI prints: `gateway status`'s tables from a snapshot and
+//!   `gateway check`'s from [`preview`].
 //!
 //! A probe verdict reaches the maps this way: a check's task in [`health::Prober`] sends an
 //! [`health::Event`] to the agent's loop (`Agent::run`); `Agent::on_event` records it in
@@ -35,7 +39,6 @@
 
 pub mod admin;
 pub mod agent;
-pub mod check;
 pub mod config;
 pub mod dataplane;
 pub mod health;
@@ -46,6 +49,8 @@ pub mod object;
 pub mod overrides;
 pub mod pin;
 pub mod plan;
+pub mod preview;
+pub mod report;
 pub mod sys;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

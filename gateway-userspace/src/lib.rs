@@ -26,9 +26,12 @@
 //!   `NextHops`, so its unit tests run over in-memory maps and a fixed neighbour table
 //!   (`testing::FakeDataplane`, `testing::FixedHops`). `main.rs` only parses the command
 //!   line and dispatches.
-//! - [`admin`]: the HTTP API, the status snapshot and the metrics text; [`check`] is the
-//!   preview of a config (`gateway check`); [`sys`] the preflight checks; [`error`] how
-//!   errors are written and printed.
+//! - [`admin`]: the HTTP API, the status snapshot and the metrics text; [`sys`] the
+//!   preflight checks; [`error`] how errors are written and printed.
+//! - [`preview`]: what a config would do (`gateway check`): its plan with every backend
+//!   not in maint assumed healthy, and the change from a running config.
+//! - [`report`]: the text the CLI prints: `gateway status`'s tables from a snapshot and
+//!   `gateway check`'s from [`preview`].
 //!
 //! A probe verdict reaches the maps this way: a check's task in [`health::Prober`] sends an
 //! [`health::Event`] to the agent's loop (`Agent::serve`); `Agent::on_event` records it in
@@ -40,7 +43,6 @@
 
 pub mod admin;
 pub mod agent;
-pub mod check;
 pub mod config;
 pub mod dataplane;
 pub mod error;
@@ -52,6 +54,8 @@ pub mod object;
 pub mod overrides;
 pub mod pin;
 pub mod plan;
+pub mod preview;
+pub mod report;
 pub mod sys;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

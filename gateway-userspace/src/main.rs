@@ -4,9 +4,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gateway::{
-    admin, agent, check,
+    admin, agent,
     config::{Config, OnExit, XdpMode},
-    pin, sys,
+    pin, preview, report, sys,
 };
 
 #[derive(Parser)]
@@ -271,14 +271,17 @@ fn check(path: PathBuf, against: Option<PathBuf>) -> anyhow::Result<()> {
     let running = against
         .map(|p| Config::load(&p).map(|c| (p, c)))
         .transpose()?;
-    print!("{}", check::render_plan(&next));
+    print!("{}", report::render_plan(&next, &preview::planned(&next)));
     if let Some((running_path, running)) = running {
         println!(
             "\nchanges from {} to {}:",
             running_path.display(),
             path.display()
         );
-        print!("{}", check::render_change(&running, &next));
+        print!(
+            "{}",
+            report::render_change(&preview::change(&running, &next))
+        );
     }
     Ok(())
 }
@@ -314,6 +317,6 @@ fn status(api: &ApiArgs, json: bool) -> anyhow::Result<()> {
     }
     let snapshot: admin::Snapshot =
         serde_json::from_str(&body).with_context(|| format!("reading the status from {addr}"))?;
-    print!("{}", admin::render_status(&snapshot));
+    print!("{}", report::render_status(&snapshot));
     Ok(())
 }

@@ -8,6 +8,10 @@ use std::{
 use gateway_common::{Backend, STAT_COUNT, ServiceKey, ServiceValue, Settings, TrafficStats};
 
 use crate::{
+    admin::{
+        BackendStatus, Counter, DataplaneStatus, LatencyHistogram, ProbeStatus, ServiceStatus,
+        Snapshot, Traffic,
+    },
     dataplane::{AttachedMode, DataplaneError, DataplaneOps, LoadOptions},
     mapsync::{Applied, AppliedService, MapWriter, SyncError, table_hash},
     neigh::NextHops,
@@ -212,5 +216,91 @@ impl NextHops for FixedHops {
     }
     async fn changed(&mut self) {
         std::future::pending().await
+    }
+}
+
+/// A backend of [`snapshot`]'s service, up or down.
+fn backend(address: &str, up: bool, packets: u64) -> BackendStatus {
+    BackendStatus {
+        address: address.into(),
+        id: 1,
+        state: if up { "up" } else { "down" }.into(),
+        reason: if up { "ready, up" } else { "health check down" }.into(),
+        weight: 100,
+        effective_weight: 100,
+        backup: false,
+        slots: if up { 251 } else { 0 },
+        share: if up { 100.0 } else { 0.0 },
+        health_up: up,
+        last_probe: Some(ProbeStatus {
+            ok: up,
+            reason: if up {
+                "connected"
+            } else {
+                "connection refused"
+            }
+            .into(),
+            latency_ms: 0.25,
+        }),
+        transitions: vec![],
+        transitions_total: 3,
+        traffic: Traffic {
+            packets,
+            bytes: packets * 60,
+            new_flows: packets / 2,
+        },
+        api_override: None,
+    }
+}
+
+/// A snapshot of one service with a backend up and one down, for the tests of what is
+/// rendered from it; the service's name needs escaping in a metrics label.
+pub fn snapshot() -> Snapshot {
+    Snapshot {
+        dataplane: DataplaneStatus {
+            interface: "eth0".into(),
+            xdp_mode: Some("native".into()),
+            program_id: Some(42),
+            conntrack_entries: Some(7),
+            conntrack_capacity: 65536,
+            counters: vec![
+                Counter {
+                    name: "forwarded".into(),
+                    value: 10,
+                },
+                Counter {
+                    name: "conntrack_miss_syn".into(),
+                    value: 4,
+                },
+            ],
+        },
+        services: vec![ServiceStatus {
+            name: "we\"b\\x\n".into(),
+            vip: "198.18.1.1".into(),
+            port: 80,
+            protocol: "tcp".into(),
+            mode: "l2dsr".into(),
+            table_size: 251,
+            panic: false,
+            traffic: Traffic {
+                packets: 10,
+                bytes: 600,
+                new_flows: 5,
+            },
+            backends: vec![
+                backend("198.18.0.11", true, 10),
+                backend("198.18.0.12", false, 0),
+            ],
+        }],
+        table_rebuilds: 2,
+        reloads_ok: 1,
+        reloads_error: 0,
+        map_write_errors: 0,
+        probe_latency: vec![LatencyHistogram {
+            service: "web".into(),
+            le: vec![0.001, 0.01],
+            counts: vec![3, 1, 1],
+            sum_seconds: 2.5,
+        }],
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! The agent stays the only owner of the data plane: a handler sends a [`Request`] to the
 //! agent's control loop and waits for the reply, so every answer is read fresh from the maps
-//! at request time and nothing here touches aya. Rendering ([`render_metrics`],
-//! [`render_status`]) is pure and works on a [`Snapshot`].
+//! at request time and nothing here touches aya. [`render_metrics`] is pure and works on a
+//! [`Snapshot`], as does `gateway status`'s table ([`crate::report::render_status`]).
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
@@ -380,89 +380,7 @@ async fn metrics(State(agent): State<mpsc::Sender<Request>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::{metrics::escape, *};
-
-    fn backend(address: &str, up: bool, packets: u64) -> BackendStatus {
-        BackendStatus {
-            address: address.into(),
-            id: 1,
-            state: if up { "up" } else { "down" }.into(),
-            reason: if up { "ready, up" } else { "health check down" }.into(),
-            weight: 100,
-            effective_weight: 100,
-            backup: false,
-            slots: if up { 251 } else { 0 },
-            share: if up { 100.0 } else { 0.0 },
-            health_up: up,
-            last_probe: Some(ProbeStatus {
-                ok: up,
-                reason: if up {
-                    "connected"
-                } else {
-                    "connection refused"
-                }
-                .into(),
-                latency_ms: 0.25,
-            }),
-            transitions: vec![],
-            transitions_total: 3,
-            traffic: Traffic {
-                packets,
-                bytes: packets * 60,
-                new_flows: packets / 2,
-            },
-            api_override: None,
-        }
-    }
-
-    fn snapshot() -> Snapshot {
-        Snapshot {
-            dataplane: DataplaneStatus {
-                interface: "eth0".into(),
-                xdp_mode: Some("native".into()),
-                program_id: Some(42),
-                conntrack_entries: Some(7),
-                conntrack_capacity: 65536,
-                counters: vec![
-                    Counter {
-                        name: "forwarded".into(),
-                        value: 10,
-                    },
-                    Counter {
-                        name: "conntrack_miss_syn".into(),
-                        value: 4,
-                    },
-                ],
-            },
-            services: vec![ServiceStatus {
-                name: "we\"b\\x\n".into(),
-                vip: "198.18.1.1".into(),
-                port: 80,
-                protocol: "tcp".into(),
-                mode: "l2dsr".into(),
-                table_size: 251,
-                panic: false,
-                traffic: Traffic {
-                    packets: 10,
-                    bytes: 600,
-                    new_flows: 5,
-                },
-                backends: vec![
-                    backend("198.18.0.11", true, 10),
-                    backend("198.18.0.12", false, 0),
-                ],
-            }],
-            table_rebuilds: 2,
-            reloads_ok: 1,
-            reloads_error: 0,
-            map_write_errors: 0,
-            probe_latency: vec![LatencyHistogram {
-                service: "web".into(),
-                le: vec![0.001, 0.01],
-                counts: vec![3, 1, 1],
-                sum_seconds: 2.5,
-            }],
-        }
-    }
+    use crate::testing::snapshot;
 
     #[test]
     fn the_probe_histogram_is_cumulative() {
@@ -554,22 +472,6 @@ mod tests {
         has("gateway_table_rebuilds_total 2");
         has(r#"gateway_reloads_total{result="ok"} 1"#);
         has(r#"gateway_reloads_total{result="error"} 0"#);
-    }
-
-    #[test]
-    fn status_table() {
-        let mut s = snapshot();
-        s.services[0].name = "web".into();
-        let text = render_status(&s);
-        let want = "\
-dataplane  interface eth0  xdp native  program 42  conntrack 7/65536 entries
-
-service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
-  backend      state  weight  slots   share  health                            reason
-  198.18.0.11  up        100    251  100.0%  up (connected, 0.2ms)             ready, up
-  198.18.0.12  down      100      0    0.0%  down (connection refused, 0.2ms)  health check down
-";
-        assert_eq!(text, want, "\n{text}");
     }
 
     /// GET `path` from `addr`: status code and body.

@@ -1,13 +1,10 @@
-//! The body of `GET /status`: what the agent serialises and the CLI and the tests read, and
-//! `gateway status`'s table of it.
-use std::{collections::BTreeMap, fmt::Write as _};
+//! The body of `GET /status`: what the agent serialises and the CLI and the tests read
+//! (`gateway status` prints it with [`crate::report::render_status`]).
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    check::{Align, columns},
-    overrides::Override,
-};
+use crate::overrides::Override;
 
 /// The balancer's state at one moment: the body of `GET /status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,101 +107,6 @@ pub struct ProbeStatus {
     pub ok: bool,
     pub reason: String,
     pub latency_ms: f64,
-}
-
-/// `gateway status`: a table per service, laid out like `gateway check`.
-pub fn render_status(s: &Snapshot) -> String {
-    let d = &s.dataplane;
-    let mut out = format!("dataplane  interface {}", d.interface);
-    match &d.xdp_mode {
-        Some(m) => {
-            let _ = write!(out, "  xdp {m}");
-        }
-        None => out += "  not attached",
-    }
-    if let Some(id) = d.program_id {
-        let _ = write!(out, "  program {id}");
-    }
-    match d.conntrack_entries {
-        Some(n) => {
-            let _ = writeln!(out, "  conntrack {n}/{} entries", d.conntrack_capacity);
-        }
-        None => {
-            let _ = writeln!(out, "  conntrack {} entries", d.conntrack_capacity);
-        }
-    }
-    for svc in &s.services {
-        let endpoint = if svc.vip.contains(':') {
-            format!("[{}]:{}/{}", svc.vip, svc.port, svc.protocol)
-        } else {
-            format!("{}:{}/{}", svc.vip, svc.port, svc.protocol)
-        };
-        let _ = writeln!(
-            out,
-            "\nservice {}  {endpoint}  {}  table {} slots{}  {} packets  {} new flows",
-            svc.name,
-            svc.mode,
-            svc.table_size,
-            if svc.panic { "  PANIC" } else { "" },
-            svc.traffic.packets,
-            svc.traffic.new_flows,
-        );
-        let rows: Vec<Vec<String>> = svc
-            .backends
-            .iter()
-            .map(|b| {
-                let health = match (&b.last_probe, b.health_up) {
-                    (Some(p), up) => format!(
-                        "{} ({}, {:.1}ms)",
-                        if up { "up" } else { "down" },
-                        p.reason,
-                        p.latency_ms
-                    ),
-                    (None, true) => "up".into(),
-                    (None, false) => "down".into(),
-                };
-                // Values set through the API rather than the config file are marked `*`.
-                let o = b.api_override.as_ref();
-                let mark = |set: bool| if set { "*" } else { "" };
-                vec![
-                    b.address.clone(),
-                    format!("{}{}", b.state, mark(o.is_some_and(|o| o.state.is_some()))),
-                    format!(
-                        "{}{}",
-                        b.weight,
-                        mark(o.is_some_and(|o| o.weight.is_some()))
-                    ),
-                    b.slots.to_string(),
-                    format!("{:.1}%", b.share),
-                    health,
-                    b.reason.clone(),
-                ]
-            })
-            .collect();
-        if !rows.is_empty() {
-            out += &columns(
-                &[
-                    ("backend", Align::Left),
-                    ("state", Align::Left),
-                    ("weight", Align::Right),
-                    ("slots", Align::Right),
-                    ("share", Align::Right),
-                    ("health", Align::Left),
-                    ("reason", Align::Left),
-                ],
-                &rows,
-                "  ",
-            );
-        }
-    }
-    if s.services
-        .iter()
-        .flat_map(|svc| &svc.backends)
-        .any(|b| b.api_override.is_some())
-    {
-        out += "\n* set through the API (gateway backend ...), overriding the config file\n";
-    }
-    out
 }
 
 /// Counters by name, for tests and tools reading a snapshot.

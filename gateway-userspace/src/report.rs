@@ -1,30 +1,116 @@
-//! `gateway check`: what a configuration would do, and what applying it over a running one
-//! would change, without root or the kernel.
-//!
-//! Both reports come from the real planner ([`plan::plan`]) with every backend not in
-//! `maint` assumed healthy ([`plan::assume_all_up`]): they show the operator's intent, not
-//! the live health of the backends.
-use std::{
-    collections::{HashMap, HashSet},
-    fmt::Write as _,
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
-
-use gateway_common::{BACKEND_DRAIN, BACKEND_UP};
+//! The text the CLI prints: `gateway status`'s tables from a [`Snapshot`], and
+//! `gateway check`'s from what [`crate::preview`] computes (a config's plan and the change
+//! from a running one). Pure: values in, text out.
+use std::{fmt::Write as _, net::IpAddr, time::Duration};
 
 use crate::{
-    config::{BackendConfig, Config, LoadTime, ServiceConfig},
-    plan::{self, Ids, Plan, ServicePlan, TableCache},
+    admin::Snapshot,
+    config::Config,
+    plan::Plan,
+    preview::{Change, Difference, Endpoint, Flows, Kept, ServiceChange},
 };
 use Align::{Left, Right};
 
 /// Said of a service whose table is empty.
 const EMPTY_TABLE: &str = "no backend takes new flows: new connections are dropped";
 
-/// The plan for `config`, one table per service, every backend not in `maint` assumed up.
-pub fn render_plan(config: &Config) -> String {
-    let plan = planned(config);
+/// `gateway status`: a table per service, laid out like `gateway check`.
+pub fn render_status(s: &Snapshot) -> String {
+    let d = &s.dataplane;
+    let mut out = format!("dataplane  interface {}", d.interface);
+    match &d.xdp_mode {
+        Some(m) => {
+            let _ = write!(out, "  xdp {m}");
+        }
+        None => out += "  not attached",
+    }
+    if let Some(id) = d.program_id {
+        let _ = write!(out, "  program {id}");
+    }
+    match d.conntrack_entries {
+        Some(n) => {
+            let _ = writeln!(out, "  conntrack {n}/{} entries", d.conntrack_capacity);
+        }
+        None => {
+            let _ = writeln!(out, "  conntrack {} entries", d.conntrack_capacity);
+        }
+    }
+    for svc in &s.services {
+        let endpoint = if svc.vip.contains(':') {
+            format!("[{}]:{}/{}", svc.vip, svc.port, svc.protocol)
+        } else {
+            format!("{}:{}/{}", svc.vip, svc.port, svc.protocol)
+        };
+        let _ = writeln!(
+            out,
+            "\nservice {}  {endpoint}  {}  table {} slots{}  {} packets  {} new flows",
+            svc.name,
+            svc.mode,
+            svc.table_size,
+            if svc.panic { "  PANIC" } else { "" },
+            svc.traffic.packets,
+            svc.traffic.new_flows,
+        );
+        let rows: Vec<Vec<String>> = svc
+            .backends
+            .iter()
+            .map(|b| {
+                let health = match (&b.last_probe, b.health_up) {
+                    (Some(p), up) => format!(
+                        "{} ({}, {:.1}ms)",
+                        if up { "up" } else { "down" },
+                        p.reason,
+                        p.latency_ms
+                    ),
+                    (None, true) => "up".into(),
+                    (None, false) => "down".into(),
+                };
+                // Values set through the API rather than the config file are marked `*`.
+                let o = b.api_override.as_ref();
+                let mark = |set: bool| if set { "*" } else { "" };
+                vec![
+                    b.address.clone(),
+                    format!("{}{}", b.state, mark(o.is_some_and(|o| o.state.is_some()))),
+                    format!(
+                        "{}{}",
+                        b.weight,
+                        mark(o.is_some_and(|o| o.weight.is_some()))
+                    ),
+                    b.slots.to_string(),
+                    format!("{:.1}%", b.share),
+                    health,
+                    b.reason.clone(),
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            out += &columns(
+                &[
+                    ("backend", Left),
+                    ("state", Left),
+                    ("weight", Right),
+                    ("slots", Right),
+                    ("share", Right),
+                    ("health", Left),
+                    ("reason", Left),
+                ],
+                &rows,
+                "  ",
+            );
+        }
+    }
+    if s.services
+        .iter()
+        .flat_map(|svc| &svc.backends)
+        .any(|b| b.api_override.is_some())
+    {
+        out += "\n* set through the API (gateway backend ...), overriding the config file\n";
+    }
+    out
+}
+
+/// `gateway check`: `config`'s plan (from [`crate::preview::planned`]), one table per service.
+pub fn render_plan(config: &Config, plan: &Plan) -> String {
     let mut out = dataplane_line(config);
     out += "(every backend not in maint assumed healthy)\n";
     for (s, sp) in config.services.iter().zip(&plan.services) {
@@ -32,7 +118,7 @@ pub fn render_plan(config: &Config) -> String {
             out,
             "\nservice {}  {}  {}  table {} slots",
             s.name,
-            endpoint(s),
+            Endpoint::of(s),
             s.mode.as_str(),
             s.table_size
         );
@@ -73,67 +159,48 @@ pub fn render_plan(config: &Config) -> String {
     out
 }
 
-/// What applying `next` over `running` would do: data-plane settings, services added and
-/// removed, and per service the backend changes and the share of its table (of new-flow
-/// placement) that moves to another backend.
-pub fn render_change(running: &Config, next: &Config) -> String {
+/// `gateway check --against`: a [`crate::preview::change`] as one line per changed setting (or
+/// `dataplane: unchanged`), then one per service: what differs and the share of its table
+/// (of new-flow placement) that moves to another backend.
+pub fn render_change(change: &Change) -> String {
     let mut out = String::new();
-    let settings = setting_changes(running, next);
-    if !settings.iter().any(|l| l.starts_with("dataplane:")) {
+    if !change.settings.iter().any(|s| s.section == "dataplane") {
         out += "dataplane: unchanged\n";
     }
-    for line in settings {
-        let _ = writeln!(out, "{line}");
+    for s in &change.settings {
+        let _ = write!(out, "{}: {} {} -> {}", s.section, s.key, s.old, s.new);
+        if let Some(why) = s.restart {
+            let _ = write!(out, " (needs a restart: {why})");
+        }
+        out.push('\n');
     }
-
-    let (old_plan, new_plan) = (planned(running), planned(next));
-    let old_by_name: HashMap<&str, (&ServiceConfig, &ServicePlan)> = running
-        .services
-        .iter()
-        .zip(&old_plan.services)
-        .map(|(s, p)| (s.name.as_str(), (s, p)))
-        .collect();
-    for (s, sp) in next.services.iter().zip(&new_plan.services) {
-        let line = match old_by_name.get(s.name.as_str()) {
-            Some((old, old_sp)) => service_change(old, old_sp, &old_plan, s, sp, &new_plan),
-            None => {
+    for c in &change.services {
+        let (name, line) = match c {
+            ServiceChange::Added { service: s, empty } => {
                 let n = s.backends.len();
                 let mut line = format!(
                     "service added ({}, {}, {n} backend{})",
-                    endpoint(s),
+                    Endpoint::of(s),
                     s.mode.as_str(),
                     plural(n)
                 );
-                if sp.empty() {
+                if *empty {
                     line += &format!("; {EMPTY_TABLE}");
                 }
-                line
+                (&s.name, line)
             }
+            ServiceChange::Kept(k) => (&k.service.name, kept(k)),
+            ServiceChange::Removed(s) => (
+                &s.name,
+                format!(
+                    "service removed ({}): its packets pass to the local stack, unbalanced",
+                    Endpoint::of(s)
+                ),
+            ),
         };
-        let _ = writeln!(out, "{}: {line}", s.name);
-    }
-    for s in &running.services {
-        if !next.services.iter().any(|n| n.name == s.name) {
-            let _ = writeln!(
-                out,
-                "{}: service removed ({}): its packets pass to the local stack, unbalanced",
-                s.name,
-                endpoint(s)
-            );
-        }
+        let _ = writeln!(out, "{name}: {line}");
     }
     out
-}
-
-/// The plan the agent would make with every backend up, from fresh ids and tables.
-fn planned(config: &Config) -> Plan {
-    plan::plan(
-        config,
-        &plan::assume_all_up(config),
-        &mut Ids::default(),
-        &mut TableCache::default(),
-        Duration::ZERO,
-    )
 }
 
 fn dataplane_line(config: &Config) -> String {
@@ -148,216 +215,67 @@ fn dataplane_line(config: &Config) -> String {
     )
 }
 
-/// One line per changed data-plane or admin setting, prefixed with its section.
-fn setting_changes(running: &Config, next: &Config) -> Vec<String> {
-    let (a, b) = (&running.dataplane, &next.dataplane);
-    let mut out: Vec<String> = LoadTime::changed(running, next)
-        .iter()
-        .map(|s| {
-            let (section, key) = s.key.split_once('.').unwrap_or(("", s.key));
-            format!(
-                "{section}: {key} {} -> {} (needs a restart: {})",
-                (s.show)(running),
-                (s.show)(next),
-                s.why
-            )
-        })
-        .collect();
-    let mut live = |name: &str, old: String, new: String| {
-        if old != new {
-            out.push(format!("{name} {old} -> {new}"));
-        }
-    };
-    let opt = |a: Option<_>| a.map_or("none".to_string(), |a: IpAddr| a.to_string());
-    live("dataplane: mtu", a.mtu.to_string(), b.mtu.to_string());
-    live(
-        "dataplane: ipip_source_v4",
-        opt(a.ipip_source_v4.map(IpAddr::V4)),
-        opt(b.ipip_source_v4.map(IpAddr::V4)),
-    );
-    live(
-        "dataplane: ipip_source_v4_vary_bits",
-        a.ipip_source_v4_vary_bits.to_string(),
-        b.ipip_source_v4_vary_bits.to_string(),
-    );
-    live(
-        "dataplane: ipip_source_v6",
-        opt(a.ipip_source_v6.map(IpAddr::V6)),
-        opt(b.ipip_source_v6.map(IpAddr::V6)),
-    );
-    live(
-        "dataplane: on_exit",
-        a.on_exit.to_string(),
-        b.on_exit.to_string(),
-    );
-    out
-}
-
-/// The report line (after `name: `) for a service present in both configs.
-fn service_change(
-    old: &ServiceConfig,
-    old_sp: &ServicePlan,
-    old_plan: &Plan,
-    new: &ServiceConfig,
-    new_sp: &ServicePlan,
-    new_plan: &Plan,
-) -> String {
-    let mut items = Vec::new();
-    let moved_address = endpoint(old) != endpoint(new);
-    if moved_address {
-        items.push(format!("address {} -> {}", endpoint(old), endpoint(new)));
-    }
-    if old.mode != new.mode {
-        items.push(format!(
-            "mode {} -> {}",
-            old.mode.as_str(),
-            new.mode.as_str()
-        ));
-    }
-    if old.table_size != new.table_size {
-        items.push(format!(
-            "table {} -> {} slots",
-            old.table_size, new.table_size
-        ));
-    }
-    if old.slowstart != new.slowstart {
-        items.push(format!(
-            "slowstart {} -> {}",
-            duration(old.slowstart),
-            duration(new.slowstart)
-        ));
-    }
-    if old.panic_threshold != new.panic_threshold {
-        let t = |t: Option<f64>| t.map_or("off".to_string(), |t| t.to_string());
-        items.push(format!(
-            "panic_threshold {} -> {}",
-            t(old.panic_threshold),
-            t(new.panic_threshold)
-        ));
-    }
-    let health_changed = old.health != new.health;
-    if health_changed {
-        items.push("health check changed".into());
-    }
-
-    fn find(list: &[BackendConfig], a: IpAddr) -> Option<&BackendConfig> {
-        list.iter().find(|b| b.address == a)
-    }
-    let added: Vec<String> = new
-        .backends
-        .iter()
-        .filter(|b| find(&old.backends, b.address).is_none())
-        .map(|b| b.address.to_string())
-        .collect();
-    let removed: Vec<String> = old
-        .backends
-        .iter()
-        .filter(|b| find(&new.backends, b.address).is_none())
-        .map(|b| b.address.to_string())
-        .collect();
-    for (list, verb) in [(&added, "added"), (&removed, "removed")] {
-        if !list.is_empty() {
-            items.push(format!(
-                "{} backend{} {verb} ({})",
-                list.len(),
-                plural(list.len()),
-                list.join(", ")
-            ));
-        }
-    }
-    for b in &new.backends {
-        let Some(o) = find(&old.backends, b.address) else {
-            continue;
-        };
-        let a = b.address;
-        if o.weight != b.weight {
-            items.push(format!("weight of {a} {} -> {}", o.weight, b.weight));
-        }
-        if o.state != b.state {
-            items.push(format!(
-                "state of {a} {} -> {}",
-                o.state.as_str(),
-                b.state.as_str()
-            ));
-        }
-        if o.backup != b.backup {
-            items.push(format!(
-                "backup of {a} {} -> {}",
-                yes_no(o.backup),
-                yes_no(b.backup)
-            ));
-        }
-        // A changed service check changes every backend's; name only backends' own changes.
-        if !health_changed && o.health != b.health {
-            items.push(format!("health check of {a} changed"));
-        }
-    }
-
-    let moved = moved_share(
-        &slot_addresses(old_plan, old_sp),
-        &slot_addresses(new_plan, new_sp),
-    );
-    if items.is_empty() && moved == 0.0 {
+/// The report line (after `name: `) for a service in both configs.
+fn kept(k: &Kept) -> String {
+    if k.unchanged() {
         return "unchanged (0.0% of slots move)".into();
     }
-    // Established flows follow conntrack while their backend stays up or draining; flows of
-    // a backend that leaves (removed, maint, an idle backup) are placed again.
-    let keeps = |s: u8| s == BACKEND_UP || s == BACKEND_DRAIN;
-    let still: HashSet<IpAddr> = new_sp
-        .backends
-        .iter()
-        .filter(|b| keeps(b.kernel_state))
-        .map(|b| b.address)
-        .collect();
-    let lost: Vec<String> = old_sp
-        .backends
-        .iter()
-        .filter(|b| keeps(b.kernel_state) && !still.contains(&b.address))
-        .map(|b| b.address.to_string())
-        .collect();
-    let flows = if moved_address {
-        "flows to the old address are no longer balanced".to_string()
-    } else if lost.is_empty() {
-        "new flows only; established flows stay".to_string()
-    } else {
-        format!(
+    let mut items: Vec<String> = k.differences.iter().map(difference).collect();
+    let flows = match &k.flows {
+        Flows::Unbalanced => "flows to the old address are no longer balanced".to_string(),
+        Flows::Stay => "new flows only; established flows stay".to_string(),
+        Flows::PlacedAgain(lost) => format!(
             "established flows stay, except those on {}, which are placed again",
-            lost.join(", ")
-        )
+            list(lost)
+        ),
     };
-    items.push(format!("{:.1}% of slots move ({flows})", moved * 100.0));
+    items.push(format!("{:.1}% of slots move ({flows})", k.moved * 100.0));
     let mut line = items.join(", ");
-    if new_sp.empty() && !old_sp.empty() {
+    if k.emptied {
         line += &format!("; {EMPTY_TABLE}");
     }
     line
 }
 
-/// Each slot of the service's table as the backend address it names (None: no backend).
-/// Ids are per plan; addresses are what a slot means across plans.
-fn slot_addresses(plan: &Plan, sp: &ServicePlan) -> Vec<Option<IpAddr>> {
-    let by_id: HashMap<u32, IpAddr> = sp.backends.iter().map(|b| (b.id, b.address)).collect();
-    plan.desired
-        .services
-        .get(&sp.key)
-        .map(|d| d.table.iter().map(|id| by_id.get(id).copied()).collect())
-        .unwrap_or_default()
+fn difference(d: &Difference) -> String {
+    match d {
+        Difference::Address(old, new) => format!("address {old} -> {new}"),
+        Difference::Mode(old, new) => format!("mode {} -> {}", old.as_str(), new.as_str()),
+        Difference::TableSize(old, new) => format!("table {old} -> {new} slots"),
+        Difference::Slowstart(old, new) => {
+            format!("slowstart {} -> {}", duration(*old), duration(*new))
+        }
+        Difference::PanicThreshold(old, new) => {
+            let t = |t: Option<f64>| t.map_or("off".to_string(), |t| t.to_string());
+            format!("panic_threshold {} -> {}", t(*old), t(*new))
+        }
+        Difference::Health => "health check changed".into(),
+        Difference::BackendsAdded(a) => {
+            format!("{} backend{} added ({})", a.len(), plural(a.len()), list(a))
+        }
+        Difference::BackendsRemoved(a) => {
+            format!(
+                "{} backend{} removed ({})",
+                a.len(),
+                plural(a.len()),
+                list(a)
+            )
+        }
+        Difference::Weight(a, old, new) => format!("weight of {a} {old} -> {new}"),
+        Difference::State(a, old, new) => {
+            format!("state of {a} {} -> {}", old.as_str(), new.as_str())
+        }
+        Difference::Backup(a, old, new) => {
+            format!("backup of {a} {} -> {}", yes_no(*old), yes_no(*new))
+        }
+        Difference::BackendHealth(a) => format!("health check of {a} changed"),
+    }
 }
 
-/// The fraction of slots that name another backend; all of them when the sizes differ.
-fn moved_share(old: &[Option<IpAddr>], new: &[Option<IpAddr>]) -> f64 {
-    if old.len() != new.len() {
-        return 1.0;
-    }
-    if old.is_empty() {
-        return 0.0;
-    }
-    let moved = old.iter().zip(new).filter(|(a, b)| a != b).count();
-    moved as f64 / old.len() as f64
-}
-
-fn endpoint(s: &ServiceConfig) -> String {
-    format!("{}/{}", SocketAddr::new(s.vip, s.port), s.protocol)
+/// Addresses, comma separated.
+fn list(addresses: &[IpAddr]) -> String {
+    let words: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+    words.join(", ")
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -385,13 +303,13 @@ fn duration(d: Duration) -> String {
 }
 
 #[derive(Clone, Copy)]
-pub(crate) enum Align {
+enum Align {
     Left,
     Right,
 }
 
 /// Rows under a header, columns padded to their widest cell, two spaces apart.
-pub(crate) fn columns(header: &[(&str, Align)], rows: &[Vec<String>], indent: &str) -> String {
+fn columns(header: &[(&str, Align)], rows: &[Vec<String>], indent: &str) -> String {
     let mut widths: Vec<usize> = header.iter().map(|(h, _)| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -422,6 +340,17 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::{preview, testing};
+
+    /// `gateway check`'s plan of `c`.
+    fn plan(c: &Config) -> String {
+        render_plan(c, &preview::planned(c))
+    }
+
+    /// `gateway check --against`'s report of applying `next` over `running`.
+    fn change(running: &Config, next: &Config) -> String {
+        render_change(&preview::change(running, next))
+    }
 
     fn config(services: &str) -> Config {
         let text = format!("[dataplane]\ninterface = \"eth0\"\n{services}");
@@ -478,7 +407,7 @@ mod tests {
             1,
             &[(11, "weight = 1"), (12, "weight = 1"), (13, "weight = 2")],
         ));
-        let out = render_plan(&c);
+        let out = plan(&c);
         assert!(
             out.starts_with("dataplane  interface eth0  xdp auto"),
             "{out}"
@@ -506,7 +435,7 @@ mod tests {
                 (13, "backup = true"),
             ],
         ));
-        let out = render_plan(&c);
+        let out = plan(&c);
         let rows: Vec<&str> = out
             .lines()
             .skip_while(|l| !l.trim_start().starts_with("backend"))
@@ -547,7 +476,7 @@ mod tests {
             ),
             service("none", 2, &[]),
         ));
-        let out = render_plan(&c);
+        let out = plan(&c);
         assert_eq!(out.matches(EMPTY_TABLE).count(), 2, "{out}");
         assert!(out.contains("maint"), "{out}");
     }
@@ -555,7 +484,7 @@ mod tests {
     #[test]
     fn removing_one_of_three_equal_backends_moves_about_a_third() {
         let fewer = config(&service("web", 1, &[(11, ""), (12, "")]));
-        let out = render_change(&three(), &fewer);
+        let out = change(&three(), &fewer);
         let m = moved(&out, "web");
         assert!((30.0..=37.0).contains(&m), "{m}\n{out}");
         assert!(out.contains("1 backend removed (198.18.0.13)"), "{out}");
@@ -573,7 +502,7 @@ mod tests {
             1,
             &[(11, ""), (12, ""), (13, ""), (14, "")],
         ));
-        let out = render_change(&three(), &more);
+        let out = change(&three(), &more);
         assert!(out.contains("1 backend added (198.18.0.14)"), "{out}");
         let m = moved(&out, "web");
         assert!((22.0..=30.0).contains(&m), "{m}\n{out}");
@@ -590,7 +519,7 @@ mod tests {
             1,
             &[(11, "weight = 200"), (12, ""), (13, "")],
         ));
-        let out = render_change(&three(), &heavier);
+        let out = change(&three(), &heavier);
         assert!(out.contains("weight of 198.18.0.11 100 -> 200"), "{out}");
         // From 1/3 to 1/2 of the table: about a sixth of the slots move to it.
         let m = moved(&out, "web");
@@ -604,7 +533,7 @@ mod tests {
             1,
             &[(11, "state = \"drain\""), (12, "backup = true"), (13, "")],
         ));
-        let out = render_change(&three(), &next);
+        let out = change(&three(), &next);
         assert!(out.contains("state of 198.18.0.11 ready -> drain"), "{out}");
         assert!(out.contains("backup of 198.18.0.12 no -> yes"), "{out}");
         // The draining backend keeps its flows; the idle backup does not.
@@ -614,7 +543,7 @@ mod tests {
 
     #[test]
     fn identical_configs_are_unchanged() {
-        let out = render_change(&three(), &three());
+        let out = change(&three(), &three());
         assert_eq!(
             out,
             "dataplane: unchanged\nweb: unchanged (0.0% of slots move)\n"
@@ -629,13 +558,13 @@ mod tests {
             service("web", 1, &[(11, ""), (12, ""), (13, "")]),
             service("api", 2, &[(21, "")])
         ));
-        let out = render_change(&three(), &two);
+        let out = change(&three(), &two);
         assert!(
             out.contains("api: service added (198.18.1.2:80/tcp, l2dsr, 1 backend)"),
             "{out}"
         );
         assert!(out.contains("web: unchanged"), "{out}");
-        let out = render_change(&two, &three());
+        let out = change(&two, &three());
         assert!(
             out.contains("api: service removed (198.18.1.2:80/tcp)"),
             "{out}"
@@ -653,7 +582,7 @@ mod tests {
                 (13, "state = \"maint\""),
             ],
         ));
-        let out = render_change(&three(), &all_maint);
+        let out = change(&three(), &all_maint);
         assert_eq!(moved(&out, "web"), 100.0, "{out}");
         assert!(out.contains(&format!("; {EMPTY_TABLE}\n")), "{out}");
         assert!(
@@ -665,7 +594,7 @@ mod tests {
     #[test]
     fn a_new_address_is_named_and_its_old_flows_are_not_promised() {
         let moved_vip = config(&service("web", 9, &[(11, ""), (12, ""), (13, "")]));
-        let out = render_change(&three(), &moved_vip);
+        let out = change(&three(), &moved_vip);
         assert!(
             out.contains("web: address 198.18.1.1:80/tcp -> 198.18.1.9:80/tcp, 0.0% of slots move (flows to the old address"),
             "{out}"
@@ -678,7 +607,7 @@ mod tests {
             &service("web", 1, &[(11, ""), (12, ""), (13, "")])
                 .replace("table_size = 65537", "table_size = 251"),
         );
-        let out = render_change(&three(), &small);
+        let out = change(&three(), &small);
         assert!(out.contains("table 65537 -> 251 slots"), "{out}");
         assert_eq!(moved(&out, "web"), 100.0, "{out}");
     }
@@ -692,7 +621,7 @@ mod tests {
         b.dataplane.mtu = 9000;
         b.dataplane.kernel_log = crate::config::KernelLog::Debug;
         b.admin.listen = "127.0.0.1:9181".parse().unwrap();
-        let out = render_change(&a, &b);
+        let out = change(&a, &b);
         assert!(
             out.contains("admin: listen 127.0.0.1:9180 -> 127.0.0.1:9181 (needs a restart"),
             "{out}"
@@ -711,5 +640,21 @@ mod tests {
         );
         assert!(out.contains("dataplane: mtu 1500 -> 9000\n"), "{out}");
         assert!(out.contains("web: unchanged"), "{out}");
+    }
+
+    #[test]
+    fn status_table() {
+        let mut s = testing::snapshot();
+        s.services[0].name = "web".into();
+        let text = render_status(&s);
+        let want = "\
+dataplane  interface eth0  xdp native  program 42  conntrack 7/65536 entries
+
+service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
+  backend      state  weight  slots   share  health                            reason
+  198.18.0.11  up        100    251  100.0%  up (connected, 0.2ms)             ready, up
+  198.18.0.12  down      100      0    0.0%  down (connection refused, 0.2ms)  health check down
+";
+        assert_eq!(text, want, "\n{text}");
     }
 }

@@ -30,26 +30,27 @@ pub fn privileged(test: &str) -> bool {
     true
 }
 
-/// Writes an embedded map-less object to a file the lab can hand to iproute2.
-fn object_file(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gateway-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(name);
-    if !path.exists() {
-        std::fs::write(&path, bytes).expect("write object");
-    }
-    path
-}
-
+/// Builds a lab. The map-less objects it hands to iproute2 are written to a directory of
+/// their own, read while the lab comes up and removed after.
 pub fn lab(prefix: &str, backends: usize) -> Lab {
-    Lab::up(LabSpec {
-        name: lab::unique_name(prefix),
+    let name = lab::unique_name(prefix);
+    let dir = std::env::temp_dir().join(format!("gateway-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let object = |file: &str, bytes: &[u8]| {
+        let path = dir.join(file);
+        std::fs::write(&path, bytes).expect("write object");
+        path
+    };
+    let spec = LabSpec {
+        name,
         backends,
-        pass_object: object_file("xdp-pass.o", gateway::object::XDP_PASS),
-        decap_object: object_file("xdp-decap.o", gateway::object::XDP_DECAP),
+        pass_object: object("xdp-pass.o", gateway::object::XDP_PASS),
+        decap_object: object("xdp-decap.o", gateway::object::XDP_DECAP),
         server_bin: PathBuf::from(env!("CARGO_BIN_EXE_lab-server")),
-    })
-    .expect("lab up")
+    };
+    let lab = Lab::up(spec);
+    let _ = std::fs::remove_dir_all(&dir);
+    lab.expect("lab up")
 }
 
 #[allow(unused_imports)]

@@ -23,36 +23,41 @@ use thiserror::Error;
 
 use crate::{
     config::XdpMode,
+    error::Chain,
     mapsync::{Applied, AppliedService, Layout, MapWriter, SyncError},
     pin,
 };
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {
-    #[error("loading the XDP object: {0}")]
+    #[error("loading the XDP object")]
     Load(#[from] aya::EbpfError),
     #[error("program `{0}` not found in the object")]
     NoProgram(&'static str),
     #[error("map `{0}` not found in the object")]
     NoMap(&'static str),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Program {
         what: String,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Map {
         what: String,
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("mapping the table memory: {0}")]
-    Mmap(std::io::Error),
+    #[error("mapping the table memory")]
+    Mmap(#[source] std::io::Error),
     #[error(transparent)]
     Pin(#[from] crate::pin::PinError),
-    #[error("{what}: {message}")]
-    Link { what: String, message: String },
+    #[error("{what}")]
+    Link {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// aya-log's level numbering (aya_log_common::Level): 1 error, 2 warn, 3 info, 4 debug.
@@ -378,7 +383,7 @@ impl Dataplane {
         let tables = TableMem::new(tables_map, slots)?;
         let logger = if options.kernel_log > 0 {
             aya_log::EbpfLogger::init(&mut ebpf)
-                .map_err(|e| warn!("the program's log is unavailable: {e}"))
+                .map_err(|e| warn!("the program's log is unavailable: {}", Chain(&e)))
                 .ok()
         } else {
             None
@@ -437,10 +442,10 @@ impl Dataplane {
                     // E.g. the interface was deleted and created again: the old link is
                     // defunct. The maps are still good; attach a new link beside them.
                     Err(e) => {
-                        warn!("{e}; attaching a new link instead");
+                        warn!("{}; attaching a new link instead", Chain(&e));
                         std::fs::remove_file(&path).map_err(|e| DataplaneError::Link {
                             what: format!("removing the stale link {}", path.display()),
-                            message: e.to_string(),
+                            source: e.into(),
                         })?;
                     }
                 }
@@ -455,8 +460,9 @@ impl Dataplane {
                 Ok(id) => (Ok(id), AttachedMode::Native),
                 Err(e) => {
                     warn!(
-                        "native XDP on {ifname} failed ({e}); falling back to generic mode, \
-                         which is slower"
+                        "native XDP on {ifname} failed ({}); falling back to generic mode, \
+                         which is slower",
+                        Chain(&e)
                     );
                     (attempt(prog, AyaMode::Skb), AttachedMode::Generic)
                 }
@@ -481,13 +487,13 @@ impl Dataplane {
             })?;
         let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Link {
             what: "the XDP link cannot be pinned (attached through netlink, kernel < 5.9?)".into(),
-            message: e.to_string(),
+            source: e.into(),
         })?;
         let pinned = fd_link
             .pin(dir.join(pin::LINK))
             .map_err(|e| DataplaneError::Link {
                 what: format!("pinning the XDP link in {}", dir.display()),
-                message: e.to_string(),
+                source: e.into(),
             })?;
         self.link = Some((Attachment::Pinned(pinned), attached));
         if let Some(mut m) = self.meta {
@@ -510,18 +516,19 @@ impl Dataplane {
     ) -> Result<AttachedMode, DataplaneError> {
         let link_err = |what: &str| {
             let what = format!("{what} {}", path.display());
-            move |e: &dyn std::fmt::Display| DataplaneError::Link {
+            move |e: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Link {
                 what,
-                message: e.to_string(),
+                source: e,
             }
         };
-        let pinned = PinnedLink::from_pin(path).map_err(|e| link_err("opening the link")(&e))?;
+        let pinned =
+            PinnedLink::from_pin(path).map_err(|e| link_err("opening the link")(e.into()))?;
         let xdp_link = XdpLink::try_from(FdLink::from(pinned))
-            .map_err(|e| link_err("the pinned object is not an XDP link:")(&e))?;
+            .map_err(|e| link_err("the pinned object is not an XDP link:")(e.into()))?;
         let prog = program_mut(&mut self.ebpf)?;
         let id = prog
             .attach_to_link(xdp_link)
-            .map_err(|e| link_err("replacing the program of")(&e))?;
+            .map_err(|e| link_err("replacing the program of")(e.into()))?;
         let attached = match self.meta.map(|m| m.attached_mode) {
             Some(META_MODE_GENERIC) => AttachedMode::Generic,
             _ => AttachedMode::Native,

@@ -386,14 +386,25 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         Ok(())
     }
 
-    /// The earliest time a health change may be planned: a replan's own duration after the
-    /// last one ended. With a few backends that is about a millisecond and changes nothing;
-    /// with thousands coming up at once a replan takes tens of milliseconds, and planning
-    /// after every batch of results would starve the probes that share this thread (their
-    /// timeouts would then fail healthy backends). This keeps replanning under half the
-    /// loop's time; results that arrive meanwhile go into the same replan.
-    fn next_health_replan(&self) -> Option<Instant> {
+    /// The earliest time a change of facts (health, next hops) may be planned: a replan's
+    /// own duration after the last one ended. With a few backends that is about a
+    /// millisecond and changes nothing; with thousands coming up at once, or a storm of
+    /// neighbour events, a replan takes tens of milliseconds, and planning after every batch
+    /// would starve the probes that share this thread (their timeouts would then fail
+    /// healthy backends). This keeps replanning under half the loop's time; changes that
+    /// arrive meanwhile go into the same replan.
+    fn next_paced_replan(&self) -> Option<Instant> {
         self.last_replan.map(|(ended, took)| ended + took)
+    }
+
+    /// Facts changed (`why`): plans now, or leaves it `pending` for the loop's timer when
+    /// the last replan was too recent (see `next_paced_replan`).
+    fn facts_changed(&mut self, pending: &mut Option<&'static str>, why: &'static str) {
+        let why = *pending.get_or_insert(why);
+        if self.next_paced_replan().is_none_or(|t| Instant::now() >= t) {
+            *pending = None;
+            self.replan(why);
+        }
     }
 
     /// Runs the loop until `shutdown` resolves. `stats_every` prints the global counters.
@@ -436,8 +447,9 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         let mut next_resolve = tokio::time::Instant::now() + NEIGH_TICK;
         // Replans since free memory was last handed back.
         let mut trimmed_at = self.table_rebuilds;
-        // Health changes not planned yet (waiting for `next_health_replan`).
-        let mut health_pending = false;
+        // Changes of facts not planned yet, and the first one's reason (waiting for
+        // `next_paced_replan`).
+        let mut pending: Option<&'static str> = None;
         let mut stats = tokio::time::interval(stats_every.unwrap_or(Duration::from_secs(3600)));
         stats.tick().await;
         tokio::pin!(shutdown);
@@ -445,9 +457,8 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             let step = self
                 .next_step
                 .map(|t| tokio::time::Instant::from_std(self.started + t));
-            let health_at = health_pending
-                .then(|| self.next_health_replan())
-                .flatten()
+            let paced_at = pending
+                .and(self.next_paced_replan())
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
@@ -457,26 +468,23 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                     while let Ok(ev) = self.events.try_recv() {
                         changed |= self.on_event(ev);
                     }
-                    health_pending |= changed;
-                    if health_pending
-                        && self.next_health_replan().is_none_or(|t| Instant::now() >= t)
-                    {
-                        health_pending = false;
-                        self.replan("health change");
+                    if changed || pending.is_some() {
+                        self.facts_changed(&mut pending, "health change");
                     }
                 }
-                _ = async { tokio::time::sleep_until(health_at.unwrap_or_else(tokio::time::Instant::now)).await }, if health_at.is_some() => {
-                    health_pending = false;
-                    self.replan("health change");
+                _ = async { tokio::time::sleep_until(paced_at.unwrap_or_else(tokio::time::Instant::now)).await }, if paced_at.is_some() => {
+                    if let Some(why) = pending.take() {
+                        self.replan(why);
+                    }
                 }
                 _ = self.hops.changed() => {
                     if self.resolve() {
-                        self.replan("next hops changed");
+                        self.facts_changed(&mut pending, "next hops changed");
                     }
                 }
                 _ = tokio::time::sleep_until(next_resolve) => {
                     if (self.hops.due() || !self.pinned_macs.is_empty()) && self.resolve() {
-                        self.replan("next hops changed");
+                        self.facts_changed(&mut pending, "next hops changed");
                     }
                     if self.table_rebuilds != trimmed_at {
                         trimmed_at = self.table_rebuilds;

@@ -335,3 +335,35 @@ async fn an_adopting_agent_changes_nothing_that_works() {
     assert!(!a.records[&("web".to_string(), ip(B2))].up);
     assert_eq!(planned(&a, B1).effective_weight, 100, "no slow start");
 }
+
+/// Health and next-hop changes are paced by the cost of the last replan: one that comes
+/// too soon waits (its reason kept), one after the pause is planned at once.
+#[tokio::test]
+async fn changes_of_facts_are_paced_by_the_last_replans_cost() {
+    let s = Scratch::new("paced");
+    let mut a = agent(&s);
+    let rebuilds = a.table_rebuilds;
+    a.hops.macs.insert(ip(B1), [2, 0, 0, 0, 0, 9]);
+    assert!(a.resolve(), "the MAC changed");
+    // As if the last replan had just ended after taking a minute.
+    a.last_replan = Some((Instant::now(), Duration::from_secs(60)));
+    let mut pending = None;
+    a.facts_changed(&mut pending, "next hops changed");
+    a.facts_changed(&mut pending, "health change");
+    assert_eq!(pending, Some("next hops changed"));
+    assert_eq!(a.table_rebuilds, rebuilds, "nothing planned yet");
+    // The pause is over.
+    a.last_replan = Some((
+        Instant::now() - Duration::from_secs(2),
+        Duration::from_secs(1),
+    ));
+    a.facts_changed(&mut pending, "health change");
+    assert_eq!(pending, None);
+    assert_eq!(a.table_rebuilds, rebuilds + 1);
+    let mac =
+        a.dp.maps
+            .backends
+            .values()
+            .find(|b| b.addr == crate::plan::addr16(ip(B1)));
+    assert_eq!(mac.unwrap().mac, [2, 0, 0, 0, 0, 9]);
+}

@@ -6,7 +6,8 @@ use gateway_common::{Backend, STAT_COUNT, ServiceKey, ServiceValue, Settings, Tr
 
 use crate::{
     dataplane::{AttachedMode, DataplaneError, DataplaneOps, LoadOptions},
-    mapsync::{Applied, MapWriter, SyncError},
+    mapsync::{MapWriter, SyncError},
+    model::Applied,
 };
 
 /// Set by `cargo xtask test` (which runs as root): a test that would skip for want of root

@@ -9,7 +9,8 @@ use gateway::{
     agent::load_options,
     config::Config,
     dataplane::Dataplane,
-    mapsync::{self, Applied},
+    mapsync,
+    model::Applied,
     plan::{self, Ids, TableCache},
 };
 

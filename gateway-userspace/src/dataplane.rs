@@ -24,7 +24,8 @@ use thiserror::Error;
 use crate::{
     config::XdpMode,
     error::Chain,
-    mapsync::{Applied, AppliedService, Layout, MapWriter, SyncError},
+    mapsync::{MapWriter, SyncError},
+    model::{self, Applied, AppliedService, Layout},
     pin,
 };
 
@@ -581,7 +582,7 @@ impl Dataplane {
                 key,
                 AppliedService {
                     value,
-                    table_hash: crate::mapsync::table_hash(&table),
+                    table_hash: model::table_hash(&table),
                 },
             );
         }

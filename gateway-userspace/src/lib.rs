@@ -15,6 +15,9 @@
 //! - [`overrides`]: admin API changes on top of the file.
 //! - [`plan`]: pure `plan(config, facts) -> Plan`: the desired maps and why each backend
 //!   is where it is; [`maglev`] builds its tables.
+//! - [`model`]: the maps as user space holds them: `Desired` and `Applied` states, the
+//!   table `Layout`, the encoders of config values into `gateway-common`'s map types, and
+//!   `BackendKey`. [`plan`] and [`mapsync`] both build on it; it depends on neither.
 //! - [`mapsync`]: `diff(applied, desired) -> ops` and `apply(ops, &mut impl MapWriter)`.
 //! - [`dataplane`]: loads and attaches the program and implements `MapWriter` and
 //!   `DataplaneOps` (what the agent reads) over aya's maps; [`pin`] keeps them on bpffs
@@ -49,6 +52,7 @@ pub mod error;
 pub mod health;
 pub mod maglev;
 pub mod mapsync;
+pub mod model;
 pub mod neigh;
 pub mod object;
 pub mod overrides;

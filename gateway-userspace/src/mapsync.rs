@@ -1,14 +1,17 @@
 //! Map sync: `diff(applied, desired)` turns a desired data-plane state into map operations,
-//! and `apply(ops, writer)` performs them through a [`MapWriter`]. Only the writer touches
-//! aya ([`crate::dataplane::Dataplane`]); tests use `testing::MemMaps`.
+//! and `apply(ops, writer)` performs them through a [`MapWriter`]. The states are
+//! [`crate::model`]'s. Only the writer touches aya ([`crate::dataplane::Dataplane`]); tests
+//! use `testing::MemMaps`.
 //!
 //! Tables are replaced atomically: each service owns two table regions; a new table is
 //! written into the one packets are not using, then the service entry is replaced to point
 //! at it (one hash-map update, which the kernel performs as an element swap).
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use gateway_common::{Backend, ServiceKey, ServiceValue, Settings};
 use thiserror::Error;
+
+use crate::model::{Applied, AppliedService, Desired, Layout};
 
 #[derive(Debug, Error)]
 pub enum SyncError {
@@ -18,71 +21,6 @@ pub enum SyncError {
     ServiceId { id: u32, max: u32 },
     #[error("table of {size} slots exceeds the largest the maps hold ({max})")]
     TableSize { size: usize, max: u32 },
-}
-
-/// The data plane as it should be.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Desired {
-    pub settings: Settings,
-    /// Backend id -> backend. Ids are 1-based and stable for a backend's lifetime.
-    pub backends: BTreeMap<u32, Backend>,
-    pub services: BTreeMap<ServiceKey, DesiredService>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct DesiredService {
-    /// Stats index and table-region owner; stable for the service's lifetime.
-    pub id: u32,
-    /// `MODE_L2DSR` / `MODE_IPIP`.
-    pub mode: u8,
-    /// The Maglev table: `M` backend ids, 0 meaning none.
-    pub table: Arc<Vec<u32>>,
-    /// [`table_hash`] of `table`.
-    pub table_hash: u64,
-}
-
-impl DesiredService {
-    pub fn new(id: u32, mode: u8, table: Arc<Vec<u32>>) -> Self {
-        let table_hash = table_hash(&table);
-        Self {
-            id,
-            mode,
-            table,
-            table_hash,
-        }
-    }
-}
-
-/// Identifies a table's contents. What was written is remembered by this hash rather than
-/// by a copy: with many services the copies would double the agent's table memory during
-/// every replan (the old tables kept beside the new ones).
-///
-/// Each step (rotate, xor a word, multiply by an odd constant) is a bijection of the state,
-/// so two tables of one size that differ in a single word never collide; other differences
-/// collide with odds of about 2^-64. About 50 us for 65537 slots (a general-purpose hasher
-/// fed four bytes at a time took ten times that, on every table build).
-pub fn table_hash(table: &[u32]) -> u64 {
-    let mut h = 0x9E37_79B9_7F4A_7C15_u64 ^ table.len() as u64;
-    for pair in table.chunks(2) {
-        let w = u64::from(pair[0]) | u64::from(pair.get(1).copied().unwrap_or(0)) << 32;
-        h = (h.rotate_left(23) ^ w).wrapping_mul(0x2545_F491_4F6C_DD1D);
-    }
-    h ^ (h >> 29)
-}
-
-/// The data plane as it was last written.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Applied {
-    pub settings: Option<Settings>,
-    pub backends: BTreeMap<u32, Backend>,
-    pub services: BTreeMap<ServiceKey, AppliedService>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct AppliedService {
-    pub value: ServiceValue,
-    /// [`table_hash`] of the table the entry points at.
-    pub table_hash: u64,
 }
 
 /// One map write.
@@ -121,24 +59,6 @@ impl Op {
             Op::RemoveService { .. } => 4,
             Op::Backend { .. } => 5,
         }
-    }
-}
-
-/// Table geometry: service `id` owns regions `2*id` and `2*id+1` of `stride` slots each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Layout {
-    pub max_services: u32,
-    pub stride: u32,
-}
-
-impl Layout {
-    pub fn region(&self, id: u32, half: u32) -> u32 {
-        (2 * id + half) * self.stride
-    }
-
-    /// Total slots of the TABLES map.
-    pub fn slots(&self) -> u32 {
-        2 * self.max_services * self.stride
     }
 }
 
@@ -263,7 +183,7 @@ mod tests {
     use gateway_common::{BACKEND_UP, FAMILY_V4, MODE_L2DSR, PROTO_TCP};
 
     use super::*;
-    use crate::testing::MemMaps;
+    use crate::{model::DesiredService, testing::MemMaps};
 
     const LAYOUT: Layout = Layout {
         max_services: 4,
@@ -290,26 +210,6 @@ mod tests {
             service: 0,
             _pad: 0,
         }
-    }
-
-    #[test]
-    fn table_hashes_tell_tables_apart() {
-        let base: Vec<u32> = (0..65537u32).map(|i| i % 7 + 1).collect();
-        let h = table_hash(&base);
-        assert_eq!(h, table_hash(&base.clone()), "deterministic");
-        let mut seen = std::collections::HashSet::new();
-        seen.insert(h);
-        // Every single-slot change, at a spread of positions, and a length change.
-        for i in (0..base.len()).step_by(97).chain([base.len() - 1]) {
-            let mut t = base.clone();
-            t[i] += 1;
-            assert!(seen.insert(table_hash(&t)), "slot {i}");
-        }
-        assert!(seen.insert(table_hash(&base[..65536])));
-        // Two slots swapped (a backend moving between slots) is a different table too.
-        let mut t = base.clone();
-        t.swap(10, 11);
-        assert!(seen.insert(table_hash(&t)));
     }
 
     fn desired(table: Vec<u32>) -> Desired {

@@ -14,15 +14,12 @@ use std::{
     time::Duration,
 };
 
-use gateway_common::{
-    BACKEND_DOWN, BACKEND_DRAIN, BACKEND_UP, Backend, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
-    MODE_IPIP, MODE_L2DSR, PROTO_TCP, PROTO_UDP, ServiceKey, Settings,
-};
+use gateway_common::{BACKEND_DOWN, BACKEND_DRAIN, BACKEND_UP, MAX_BACKENDS, ServiceKey};
 
 use crate::{
-    config::{AdminState, Config, Mode, Protocol, ServiceConfig},
+    config::{AdminState, Config},
     maglev,
-    mapsync::{Desired, DesiredService},
+    model::{self, Applied, BackendKey, Desired, DesiredService, addr16, family, service_key},
 };
 
 /// Slow start ramps in this many steps (so in this many table rebuilds).
@@ -41,16 +38,15 @@ pub struct BackendFacts {
     pub mac: Result<[u8; 6], String>,
 }
 
-/// Facts per (service name, backend address). A backend missing here counts as down with
-/// an unknown next hop.
-pub type Facts = HashMap<(String, IpAddr), BackendFacts>;
+/// Facts per backend. A backend missing here counts as down with an unknown next hop.
+pub type Facts = HashMap<BackendKey, BackendFacts>;
 
 /// Stable ids: a service keeps its id (stats index, table regions) and a backend its id
 /// (per service, so admin state is per service) for as long as they exist.
 #[derive(Debug, Default, Clone)]
 pub struct Ids {
     services: BTreeMap<String, u32>,
-    backends: BTreeMap<(String, IpAddr), u32>,
+    backends: BTreeMap<BackendKey, u32>,
     service_ids: IdPool,
     backend_ids: IdPool,
 }
@@ -90,7 +86,7 @@ impl Ids {
     /// The ids an earlier agent gave the services and backends of `config` that the maps
     /// still hold: a service by its key (VIP, port, protocol), a backend by its service and
     /// address. Conntrack entries name backends by id, so keeping ids keeps flows in place.
-    pub fn adopt(config: &Config, applied: &crate::mapsync::Applied) -> Ids {
+    pub fn adopt(config: &Config, applied: &Applied) -> Ids {
         let mut ids = Ids::default();
         let by_key: HashMap<(u32, u8, [u8; 16]), u32> = applied
             .backends
@@ -108,7 +104,8 @@ impl Ids {
             ids.services.insert(s.name.clone(), sid);
             for b in &s.backends {
                 if let Some(id) = by_key.get(&(sid, family(b.address), addr16(b.address))) {
-                    ids.backends.insert((s.name.clone(), b.address), *id);
+                    ids.backends
+                        .insert(BackendKey::new(&s.name, b.address), *id);
                     ids.backend_ids.hold(*id);
                 }
             }
@@ -118,7 +115,7 @@ impl Ids {
 
     /// A backend's id, if it has one.
     pub fn backend_id(&self, service: &str, addr: IpAddr) -> Option<u32> {
-        self.backends.get(&(service.to_string(), addr)).copied()
+        self.backends.get(&BackendKey::new(service, addr)).copied()
     }
 
     /// Drops ids of services and backends no longer configured.
@@ -138,8 +135,8 @@ impl Ids {
             keep
         });
         let pool = &mut self.backend_ids;
-        self.backends.retain(|(svc, addr), id| {
-            let keep = backends.contains(&(svc.as_str(), *addr));
+        self.backends.retain(|k, id| {
+            let keep = backends.contains(&(k.service.as_str(), k.addr));
             if !keep {
                 pool.release(*id);
             }
@@ -158,7 +155,7 @@ impl Ids {
 
     /// Backend ids start at 1: 0 means "no backend" in a table.
     pub fn backend(&mut self, service: &str, addr: IpAddr) -> u32 {
-        let key = (service.to_string(), addr);
+        let key = BackendKey::new(service, addr);
         if let Some(id) = self.backends.get(&key) {
             return *id;
         }
@@ -276,7 +273,7 @@ struct Built {
     table: Arc<Vec<u32>>,
     /// Slots per backend id (counting them walks the whole table).
     shares: Arc<BTreeMap<u32, usize>>,
-    /// `mapsync::table_hash` of the table.
+    /// `model::table_hash` of the table.
     hash: u64,
 }
 
@@ -295,7 +292,7 @@ impl TableCache {
         let table = maglev::build(&entries, m);
         let built = Built {
             shares: Arc::new(maglev::shares(&table)),
-            hash: crate::mapsync::table_hash(&table),
+            hash: model::table_hash(&table),
             table: Arc::new(table),
         };
         let cached = CachedTable {
@@ -311,42 +308,6 @@ impl TableCache {
     fn retain(&mut self, config: &Config) {
         let names: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
         self.last.retain(|name, _| names.contains(name.as_str()));
-    }
-}
-
-pub fn addr16(a: IpAddr) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    match a {
-        IpAddr::V4(v) => out[..4].copy_from_slice(&v.octets()),
-        IpAddr::V6(v) => out = v.octets(),
-    }
-    out
-}
-
-pub fn family(a: IpAddr) -> u8 {
-    if a.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }
-}
-
-pub fn service_key(s: &ServiceConfig) -> ServiceKey {
-    ServiceKey {
-        addr: addr16(s.vip),
-        port_be: s.port.to_be(),
-        proto: match s.protocol {
-            Protocol::Tcp => PROTO_TCP,
-            Protocol::Udp => PROTO_UDP,
-        },
-        family: family(s.vip),
-    }
-}
-
-pub fn settings(config: &Config) -> Settings {
-    let d = &config.dataplane;
-    Settings {
-        mtu: d.mtu,
-        ipip_src_v4: d.ipip_source_v4.map(|a| a.octets()).unwrap_or_default(),
-        ipip_src_v6: d.ipip_source_v6.map(|a| a.octets()).unwrap_or_default(),
-        ipip_src_v4_vary_bits: d.ipip_source_v4_vary_bits,
-        _pad: [0; 7],
     }
 }
 
@@ -376,7 +337,7 @@ pub fn plan(
     ids.retain(config);
     tables.retain(config);
     let mut desired = Desired {
-        settings: settings(config),
+        settings: model::settings(config),
         ..Desired::default()
     };
     let mut services = Vec::new();
@@ -397,7 +358,9 @@ pub fn plan(
         let (mut healthy_weight, mut total_weight) = (0u64, 0u64);
         for b in &s.backends {
             let id = ids.backend(&s.name, b.address);
-            let f = facts.get(&(s.name.clone(), b.address)).unwrap_or(&unknown);
+            let f = facts
+                .get(&BackendKey::new(&s.name, b.address))
+                .unwrap_or(&unknown);
             let (factor, step) = slowstart(s.slowstart, f.up_since, now);
             let mut reason = String::new();
             let eligible = match (b.state, f.up, &f.mac) {
@@ -503,17 +466,9 @@ pub fn plan(
                 b.reason = "ready, up".into();
             }
             if b.id < MAX_BACKENDS {
-                desired.backends.insert(
-                    b.id,
-                    Backend {
-                        addr: addr16(b.address),
-                        mac: *mac,
-                        family: family(b.address),
-                        state: b.kernel_state,
-                        service: sid,
-                        _pad: 0,
-                    },
-                );
+                desired
+                    .backends
+                    .insert(b.id, model::backend(b.address, *mac, b.kernel_state, sid));
             }
         }
         let key = service_key(s);
@@ -521,10 +476,7 @@ pub fn plan(
             key,
             DesiredService {
                 id: sid,
-                mode: match s.mode {
-                    Mode::L2dsr => MODE_L2DSR,
-                    Mode::Ipip => MODE_IPIP,
-                },
+                mode: model::mode(s.mode),
                 table: built.table,
                 table_hash: built.hash,
             },
@@ -552,7 +504,7 @@ pub fn assume_all_up(config: &Config) -> Facts {
     for s in &config.services {
         for b in &s.backends {
             f.insert(
-                (s.name.clone(), b.address),
+                BackendKey::new(&s.name, b.address),
                 BackendFacts {
                     up: true,
                     up_since: None,
@@ -569,7 +521,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::mapsync::{self, Applied, Layout};
+    use crate::{mapsync, model::Layout};
 
     const BASE: &str = r#"
 [dataplane]
@@ -616,7 +568,7 @@ address = "198.18.0.13"
                     up_since: None,
                     mac: Ok([2, 0, 0, 0, 0, 11 + i as u8]),
                 };
-                (("web".to_string(), ip(11 + i as u8)), f)
+                (BackendKey::new("web", ip(11 + i as u8)), f)
             })
             .collect()
     }
@@ -715,7 +667,7 @@ address = "198.18.0.13"
     fn an_unknown_next_hop_keeps_a_backend_out() {
         let c = config("", ["", "", ""]);
         let mut f = facts([true; 3]);
-        f.get_mut(&("web".into(), ip(12))).unwrap().mac = Err("no ARP reply".into());
+        f.get_mut(&BackendKey::new("web", ip(12))).unwrap().mac = Err("no ARP reply".into());
         let p = run(&c, &f);
         let b = &p.services[0].backends[1];
         assert_eq!((b.slots, b.kernel_state), (0, BACKEND_DOWN));
@@ -763,7 +715,7 @@ address = "198.18.0.13"
         let c = config("slowstart = \"8s\"", ["", "", ""]);
         let mut f = facts([true; 3]);
         let since = Duration::from_secs(100);
-        f.get_mut(&("web".into(), ip(11))).unwrap().up_since = Some(since);
+        f.get_mut(&BackendKey::new("web", ip(11))).unwrap().up_since = Some(since);
         let mut ids = Ids::default();
         let mut tables = TableCache::default();
         let mut shares = Vec::new();

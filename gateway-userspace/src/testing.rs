@@ -13,7 +13,8 @@ use crate::{
         Snapshot, Traffic,
     },
     dataplane::{AttachedMode, DataplaneError, DataplaneOps, LoadOptions},
-    mapsync::{Applied, AppliedService, MapWriter, SyncError, table_hash},
+    mapsync::{MapWriter, SyncError},
+    model::{Applied, AppliedService, table_hash},
     neigh::NextHops,
 };
 

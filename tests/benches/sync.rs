@@ -9,7 +9,8 @@ use gateway::{
     agent::load_options,
     config::Config,
     dataplane::Dataplane,
-    mapsync::{self, Applied},
+    mapsync,
+    model::{Applied, BackendKey},
     plan::{self, Ids, TableCache},
 };
 
@@ -51,7 +52,7 @@ fn main() {
         let first = c.services[0].backends[0].address;
         let mut times = Vec::new();
         for i in 0..FLIPS {
-            facts.get_mut(&("web".to_string(), first)).unwrap().up = i % 2 == 1;
+            facts.get_mut(&BackendKey::new("web", first)).unwrap().up = i % 2 == 1;
             let t = Instant::now();
             let p = plan::plan(&c, &facts, &mut ids, &mut tables, std::time::Duration::ZERO);
             let (ops, next) = mapsync::diff(&applied, &p.desired, layout).expect("diff");

@@ -9,6 +9,7 @@ use crate::{
     config::{AdminState, Mode},
     dataplane::DataplaneOps,
     health::{self, CheckId, CheckSpec},
+    model::BackendKey,
     neigh::NextHops,
     plan::{BackendFacts, Facts},
 };
@@ -64,11 +65,11 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                 } else {
                     CheckSpec::new(b.address, b.health.clone())
                 };
-                wanted.insert((s.name.clone(), b.address), spec);
+                wanted.insert(BackendKey::new(&s.name, b.address), spec);
             }
         }
         // Gone, or no longer probed.
-        let stale: Vec<(String, IpAddr)> = self
+        let stale: Vec<BackendKey> = self
             .records
             .keys()
             .filter(|k| !wanted.contains_key(*k))
@@ -137,7 +138,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             .map(|(k, r)| {
                 let mac = self
                     .macs
-                    .get(&k.1)
+                    .get(&k.addr)
                     .cloned()
                     .unwrap_or_else(|| Err("next hop not resolved yet".into()));
                 (
@@ -165,7 +166,11 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         };
         let changed = rec.up != ev.up;
         if let Some(t) = &ev.transition {
-            let line = format!("{} {}", key.0, t.describe(ev.target, &ev.result.reason));
+            let line = format!(
+                "{} {}",
+                key.service,
+                t.describe(ev.target, &ev.result.reason)
+            );
             info!("{line}");
             rec.transitions.push_back(line);
             rec.transitions_total += 1;
@@ -178,9 +183,9 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         }
         rec.was_up |= ev.up;
         rec.up = ev.up;
-        if !self.probe_latency.contains_key(&key.0) {
+        if !self.probe_latency.contains_key(&key.service) {
             self.probe_latency.insert(
-                key.0.clone(),
+                key.service.clone(),
                 LatencyHistogram {
                     counts: [0; PROBE_BUCKETS.len() + 1],
                     sum_seconds: 0.0,
@@ -188,7 +193,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             );
         }
         self.probe_latency
-            .get_mut(&key.0)
+            .get_mut(&key.service)
             .expect("inserted above")
             .record(ev.result.latency);
         rec.last = Some(ev.result);

@@ -31,7 +31,8 @@ use crate::{
     dataplane::{Dataplane, DataplaneError, DataplaneOps, LoadOptions},
     error::Chain,
     health::{self, CheckId, Prober},
-    mapsync::{self, Applied, SyncError},
+    mapsync::{self, SyncError},
+    model::{self, Applied, BackendKey},
     neigh::{NextHops, Resolver},
     overrides::Overrides,
     plan::{self, Ids, Plan, TableCache},
@@ -185,7 +186,7 @@ pub struct Agent<D = Dataplane, N = Resolver> {
     overrides: Overrides,
     state_file: PathBuf,
     /// Health and next hops of an adopted data plane, used until the agent knows its own.
-    seed_up: HashMap<(String, IpAddr), bool>,
+    seed_up: HashMap<BackendKey, bool>,
     pinned_macs: HashMap<IpAddr, [u8; 6]>,
     /// Probe latencies per service.
     probe_latency: HashMap<String, backends::LatencyHistogram>,
@@ -196,12 +197,12 @@ pub struct Agent<D = Dataplane, N = Resolver> {
     applied: Applied,
     ids: Ids,
     tables: TableCache,
-    pub records: HashMap<(String, IpAddr), BackendRecord>,
+    pub records: HashMap<BackendKey, BackendRecord>,
     macs: HashMap<IpAddr, Result<[u8; 6], String>>,
     hops: N,
     prober: Prober,
     events: mpsc::Receiver<health::Event>,
-    by_check: HashMap<CheckId, (String, IpAddr)>,
+    by_check: HashMap<CheckId, BackendKey>,
     next_check: CheckId,
     started: Instant,
     pub last_plan: Option<Plan>,
@@ -252,7 +253,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                                 continue;
                             };
                             let up = pb.state != gateway_common::BACKEND_DOWN;
-                            seed_up.insert((s.name.clone(), b.address), up);
+                            seed_up.insert(BackendKey::new(&s.name, b.address), up);
                             if up {
                                 pinned_macs.insert(b.address, pb.mac);
                             }
@@ -380,7 +381,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         // What the maps should hold is now what they hold; the tables stay in the table
         // cache, and a second reference here would keep each old table alive through the
         // next replan.
-        p.desired = mapsync::Desired::default();
+        p.desired = model::Desired::default();
         self.last_plan = Some(p);
         self.last_replan = Some((Instant::now(), started.elapsed()));
         Ok(())

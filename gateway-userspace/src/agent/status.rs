@@ -1,6 +1,7 @@
 //! What the agent reports: the admin API's answers, the status snapshot and the counters
 //! line.
 use super::{Agent, backends::PROBE_BUCKETS};
+use crate::model::BackendKey;
 use crate::{
     admin,
     dataplane::{DataplaneError, DataplaneOps},
@@ -56,7 +57,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             };
             let mut backends = Vec::new();
             for b in &sp.backends {
-                let rec = self.records.get(&(sp.name.clone(), b.address));
+                let rec = self.records.get(&BackendKey::new(&sp.name, b.address));
                 backends.push(admin::BackendStatus {
                     address: b.address.to_string(),
                     id: b.id,

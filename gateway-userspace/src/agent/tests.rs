@@ -105,7 +105,7 @@ fn ip(a: &str) -> IpAddr {
 
 /// The state byte of the backend at `addr` in the maps, if it is there.
 fn in_maps(a: &TestAgent, addr: &str) -> Option<u8> {
-    let key = crate::plan::addr16(ip(addr));
+    let key = crate::model::addr16(ip(addr));
     a.dp.maps
         .backends
         .values()
@@ -115,7 +115,7 @@ fn in_maps(a: &TestAgent, addr: &str) -> Option<u8> {
 
 /// How many slots of the service's live table name the backend at `addr`.
 fn slots_in_maps(a: &TestAgent, addr: &str) -> usize {
-    let key = crate::plan::addr16(ip(addr));
+    let key = crate::model::addr16(ip(addr));
     let id =
         a.dp.maps
             .backends
@@ -143,7 +143,7 @@ fn verdict(a: &mut TestAgent, addr: &str, up: bool) {
     let (&id, _) = a
         .by_check
         .iter()
-        .find(|(_, k)| k.1 == ip(addr))
+        .find(|(_, k)| k.addr == ip(addr))
         .expect("a probed backend");
     let result = if up {
         ProbeResult::pass(Duration::from_millis(1), "connected")
@@ -331,8 +331,8 @@ async fn an_adopting_agent_changes_nothing_that_works() {
     let a = start(&s, dp, hops);
     assert_eq!(a.table_rebuilds, 0, "the first plan wrote nothing");
     assert_eq!(a.dp.maps, maps);
-    assert!(a.records[&("web".to_string(), ip(B1))].up);
-    assert!(!a.records[&("web".to_string(), ip(B2))].up);
+    assert!(a.records[&BackendKey::new("web", ip(B1))].up);
+    assert!(!a.records[&BackendKey::new("web", ip(B2))].up);
     assert_eq!(planned(&a, B1).effective_weight, 100, "no slow start");
 }
 
@@ -364,6 +364,6 @@ async fn changes_of_facts_are_paced_by_the_last_replans_cost() {
         a.dp.maps
             .backends
             .values()
-            .find(|b| b.addr == crate::plan::addr16(ip(B1)));
+            .find(|b| b.addr == crate::model::addr16(ip(B1)));
     assert_eq!(mac.unwrap().mac, [2, 0, 0, 0, 0, 9]);
 }

@@ -10,7 +10,8 @@ use aya::programs::{TestRun, TestRunOptions};
 use gateway::{
     config::{AdminState, Config},
     dataplane::{Dataplane, LoadOptions},
-    mapsync::{self, Applied, Desired},
+    mapsync,
+    model::{Applied, BackendKey, Desired},
     plan::{self, BackendFacts, Facts, Ids, TableCache},
 };
 use gateway_common::{
@@ -56,7 +57,7 @@ pub struct Svc {
     pub backends: Vec<Be>,
 }
 
-pub use gateway::plan::{addr16, family};
+pub use gateway::model::{addr16, family};
 
 pub fn service_key(s: &Svc) -> ServiceKey {
     ServiceKey {
@@ -169,7 +170,7 @@ pub fn facts(services: &[Svc]) -> Facts {
     for (i, s) in services.iter().enumerate() {
         for b in &s.backends {
             f.insert(
-                (service_name(i), b.addr),
+                BackendKey::new(service_name(i), b.addr),
                 BackendFacts {
                     up: b.up,
                     up_since: None,

@@ -122,7 +122,7 @@ pub const STAT_TOO_BIG: u32 = 14;
 /// Dropped: a head/tail adjustment failed (no headroom) or an internal inconsistency.
 pub const STAT_DROP_INTERNAL: u32 = 15;
 /// Dropped: the service's table slot names a backend id whose BACKENDS entry is cleared
-/// (or out of range). User space writes a backend before any table names it and clears it
+/// (or out of range), or the service's table lies past the end of TABLES. User space writes a backend before any table names it and clears it
 /// only after none does, so this is a user-space bug or a map written behind its back,
 /// never "nothing is up" (that is `STAT_NO_BACKEND`).
 pub const STAT_DROP_STALE_BACKEND: u32 = 16;

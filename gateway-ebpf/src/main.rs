@@ -92,7 +92,7 @@ mod prog {
                 if reason == STAT_DROP_STALE_BACKEND {
                     aya_log_ebpf::error!(
                         ctx,
-                        "service {}: its table names a backend the map does not hold",
+                        "service {}: its table, or the backend it names, is not in the maps",
                         svc.id
                     );
                 }

@@ -79,10 +79,12 @@ pub fn choose(svc: &ServiceValue, key: &FlowKey, track: Track) -> Result<Choice,
     let hash = flow_hash(key);
     let slot = hash % svc.table_size;
     // Like Katran's `get_packet_dst`: an empty slot means nothing is up; a slot that names
-    // a backend the map does not hold means user space and the maps disagree.
+    // a backend the map does not hold, or a table past the end of TABLES, means user space
+    // and the maps disagree.
     let id = match TABLES.get(svc.table_offset.wrapping_add(slot)) {
-        Some(id) if *id != 0 => *id,
-        _ => return Err(STAT_NO_BACKEND),
+        Some(0) => return Err(STAT_NO_BACKEND),
+        Some(id) => *id,
+        None => return Err(STAT_DROP_STALE_BACKEND),
     };
     let backend = match BACKENDS.get(id) {
         Some(b) if b.family != 0 => b,

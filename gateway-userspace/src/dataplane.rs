@@ -192,9 +192,10 @@ impl TableMem {
     fn write(&mut self, offset: u32, slots: &[u32]) -> Result<(), SyncError> {
         let end = offset as usize + slots.len();
         if end > self.slots {
-            return Err(SyncError::Write {
-                what: format!("table @{offset}"),
-                message: format!("slot {end} is past the map's {} slots", self.slots),
+            return Err(SyncError::TableBounds {
+                offset,
+                end,
+                slots: self.slots,
             });
         }
         if slots.is_empty() {
@@ -204,7 +205,7 @@ impl TableMem {
             .window(offset as usize, slots.len(), true)
             .map_err(|e| SyncError::Write {
                 what: format!("table @{offset}"),
-                message: e.to_string(),
+                source: e.into(),
             })?;
         // SAFETY: the window covers these slots; the kernel reads them concurrently, but
         // only in a region no service entry points at yet. Little-endian: the id is the
@@ -770,7 +771,7 @@ impl MapWriter for Dataplane {
 fn write_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> SyncError + '_ {
     move |e| SyncError::Write {
         what: what.to_string(),
-        message: e.to_string(),
+        source: e.into(),
     }
 }
 

@@ -15,8 +15,20 @@ use crate::model::{Applied, AppliedService, Desired, Layout};
 
 #[derive(Debug, Error)]
 pub enum SyncError {
-    #[error("writing {what}: {message}")]
-    Write { what: String, message: String },
+    /// A map refused a write (the kernel's error, or the table memory's).
+    #[error("writing {what}")]
+    Write {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A table would not fit the region it was given.
+    #[error("writing table @{offset}: slot {end} is past the map's {slots} slots")]
+    TableBounds {
+        offset: u32,
+        end: usize,
+        slots: usize,
+    },
     #[error("service id {id} is outside the {max} services the maps hold")]
     ServiceId { id: u32, max: u32 },
     #[error("table of {size} slots exceeds the largest the maps hold ({max})")]

@@ -105,7 +105,7 @@ impl FakeDataplane {
         if self.fail_writes {
             return Err(SyncError::Write {
                 what: what.into(),
-                message: "refused (fail_writes)".into(),
+                source: "refused (fail_writes)".into(),
             });
         }
         Ok(())

@@ -1061,4 +1061,15 @@ fn a_table_slot_naming_a_cleared_backend_is_counted_apart_from_no_backend() {
     assert_eq!(stat(&w, STAT_DROP_STALE_BACKEND), stale + 2);
     assert_eq!(stat(&w, STAT_NO_BACKEND), none);
     assert_eq!(stat(&w, STAT_RESCHEDULED), rescheduled + 1);
+
+    // A service entry whose table lies past the end of TABLES: the same disagreement.
+    let svc = &one_service(vec![b1()])[0];
+    let key = service_key(svc);
+    let mut value = w.applied.services[&key].value;
+    value.table_offset = w.dp.options().layout().slots();
+    gateway::mapsync::MapWriter::set_service(&mut w.dp, &key, &value).expect("point it away");
+    let (verdict, _) = w.run(&tcp(c4(), vip4(), 46002, 80, TCP_SYN).bytes());
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(stat(&w, STAT_DROP_STALE_BACKEND), stale + 3);
+    assert_eq!(stat(&w, STAT_NO_BACKEND), none);
 }

@@ -189,7 +189,12 @@ async fn an_api_change_that_cannot_be_written_is_undone() {
     let mut a = agent(&s);
     a.dp.fail_writes = true;
     let r = a.api_change("web", ip(B1), BackendChange::State(AdminState::Drain));
-    assert!(matches!(r, Err(admin::ChangeError::Apply(_))), "{r:?}");
+    let e = r.unwrap_err();
+    assert!(matches!(e, admin::ChangeError::Apply(_)), "{e:?}");
+    // The answer names what failed and why, once each.
+    let text = crate::error::Chain(&e).to_string();
+    assert!(text.ends_with(": refused (fail_writes)"), "{text}");
+    assert_eq!(text.matches("fail_writes").count(), 1, "{text}");
     assert_eq!(a.map_write_errors, 1);
     assert!(a.retry_at.is_some());
     assert!(a.overrides.get("web", ip(B1)).is_none());

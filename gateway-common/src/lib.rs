@@ -50,8 +50,9 @@ pub const MAP_NAMES: [&str; 9] = [
 
 /// The maps' layout: bump it whenever any map's type, key, value or meaning changes. An
 /// agent refuses pinned maps of another layout instead of misreading them. 3: STATS grew
-/// by `STAT_DROP_STALE_BACKEND`.
-pub const LAYOUT_VERSION: u32 = 3;
+/// by `STAT_DROP_STALE_BACKEND`. 4: STATS grew by the packet-validity reasons, SETTINGS by
+/// `checks_off`.
+pub const LAYOUT_VERSION: u32 = 4;
 /// `Meta::magic`: "GWAY".
 pub const META_MAGIC: u32 = 0x4757_4159;
 
@@ -83,7 +84,8 @@ pub const PROG_FLOOR: &str = "xdp_floor";
 //
 // Every packet moves `STAT_RX_PACKETS` and exactly one verdict counter, the reason its run
 // ended: a pass reason (`PASS_*`, `PARSE_*`, `FRAGMENT`), `NO_BACKEND`,
-// `DROP_STALE_BACKEND`, `FORWARDED`, `TOO_BIG` or `DROP_INTERNAL`. A packet that reached
+// `DROP_STALE_BACKEND`, `FORWARDED`, `TOO_BIG`, `DROP_INTERNAL`, or one of the validity
+// reasons (`DROP_BAD_LENGTH` .. `DROP_MARTIAN_SOURCE`: a VIP packet no router would forward). A packet that reached
 // backend selection also moves at most one lookup counter, how its backend was found:
 // `CT_HIT`, `CT_MISS_SYN`, `CT_MISS_NON_SYN`, `RESCHEDULED` or `ICMP_RELAYED`.
 
@@ -126,8 +128,33 @@ pub const STAT_DROP_INTERNAL: u32 = 15;
 /// only after none does, so this is a user-space bug or a map written behind its back,
 /// never "nothing is up" (that is `STAT_NO_BACKEND`).
 pub const STAT_DROP_STALE_BACKEND: u32 = 16;
+/// Dropped: a VIP packet whose IP length fields disagree with its headers: an IPv4 total
+/// length or IPv6 payload length too short for the transport header, or an IPv6 payload
+/// length of zero (a jumbogram; RFC 791, RFC 8200, RFC 2675).
+pub const STAT_DROP_BAD_LENGTH: u32 = 17;
+/// Dropped: a VIP packet whose IPv4 header checksum is wrong (RFC 791, RFC 1812 5.2.2).
+pub const STAT_DROP_IPV4_CHECKSUM: u32 = 18;
+/// Dropped: a VIP packet with malformed IPv4 options (RFC 791: an option running past the
+/// header, or a length below 2).
+pub const STAT_DROP_IPV4_OPTIONS: u32 = 19;
+/// Dropped: a VIP packet that asks to be source-routed: IPv4 LSRR/SSRR options, an IPv6
+/// routing header with segments left, or a type 0 routing header (RFC 7126, RFC 5095).
+pub const STAT_DROP_SOURCE_ROUTE: u32 = 20;
+/// Dropped: a VIP packet whose IPv6 hop-by-hop header is not the first (RFC 8200 4.1).
+pub const STAT_DROP_IPV6_EXT_ORDER: u32 = 21;
+/// Dropped: a VIP TCP segment whose data offset is below 5 or runs past the packet
+/// (RFC 9293 3.1).
+pub const STAT_DROP_TCP_OFFSET: u32 = 22;
+/// Dropped: a VIP UDP datagram whose length field disagrees with the IP length (RFC 768).
+pub const STAT_DROP_UDP_LENGTH: u32 = 23;
+/// Dropped: a VIP UDP datagram over IPv6 with checksum zero (RFC 8200 8.1).
+pub const STAT_DROP_UDP_ZERO_CHECKSUM: u32 = 24;
+/// Dropped: a VIP packet from a source no one may use: IPv4 0/8, 127/8, multicast,
+/// reserved and broadcast; IPv6 unspecified, loopback, multicast, IPv4-mapped
+/// (RFC 1812 5.3.7, RFC 4291 2.5.2-2.5.5, RFC 6890).
+pub const STAT_DROP_MARTIAN_SOURCE: u32 = 25;
 /// Number of global counters; the size of STATS.
-pub const STAT_COUNT: u32 = 17;
+pub const STAT_COUNT: u32 = 26;
 
 /// Names of the global counters, indexed like the `STAT_*` consts.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -148,6 +175,38 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "too_big",
     "drop_internal",
     "drop_stale_backend",
+    "drop_bad_length",
+    "drop_ipv4_checksum",
+    "drop_ipv4_options",
+    "drop_source_route",
+    "drop_ipv6_ext_order",
+    "drop_tcp_offset",
+    "drop_udp_length",
+    "drop_udp_zero_checksum",
+    "drop_martian_source",
+];
+
+// ---------------------------------------------------------------------------------------
+// Packet checks an operator can turn off (bits of `Settings::checks_off`), each with the
+// counter it moves. A packet to a VIP that fails a check that is on is dropped.
+
+/// IP length fields against the headers, TCP data offset, UDP length.
+pub const CHECK_LENGTHS: u32 = 1 << 0;
+pub const CHECK_IPV4_CHECKSUM: u32 = 1 << 1;
+pub const CHECK_IPV4_OPTIONS: u32 = 1 << 2;
+pub const CHECK_SOURCE_ROUTE: u32 = 1 << 3;
+pub const CHECK_IPV6_EXT_ORDER: u32 = 1 << 4;
+pub const CHECK_UDP_ZERO_CHECKSUM: u32 = 1 << 5;
+pub const CHECK_MARTIAN_SOURCE: u32 = 1 << 6;
+/// The checks, with their config names, in bit order.
+pub const CHECK_NAMES: [(u32, &str); 7] = [
+    (CHECK_LENGTHS, "lengths"),
+    (CHECK_IPV4_CHECKSUM, "ipv4_checksum"),
+    (CHECK_IPV4_OPTIONS, "ipv4_options"),
+    (CHECK_SOURCE_ROUTE, "source_route"),
+    (CHECK_IPV6_EXT_ORDER, "ipv6_extension_order"),
+    (CHECK_UDP_ZERO_CHECKSUM, "udp6_zero_checksum"),
+    (CHECK_MARTIAN_SOURCE, "martian_source"),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -280,7 +339,9 @@ pub struct Settings {
     pub ipip_src_v6: [u8; 16],
     /// 0..=16.
     pub ipip_src_v4_vary_bits: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// `CHECK_*` bits of packet checks the operator turned off (0: every check on).
+    pub checks_off: u32,
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 32);
 

@@ -1,5 +1,8 @@
 //! Forwarding to the chosen backend: L2 direct server return, or IPIP/IP6IP6 encapsulation.
-use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
 use gateway_common::{
     Backend, ENCAP_V4_OVERHEAD, ENCAP_V6_OVERHEAD, FAMILY_V4, FlowKey, MODE_IPIP,
     STAT_DROP_INTERNAL, STAT_FORWARDED, STAT_TOO_BIG, Settings, hash::flow_hash,
@@ -8,8 +11,8 @@ use gateway_ebpf::hdr::*;
 
 use crate::{
     csum,
-    maps::SETTINGS,
-    packet::{at, copy, put},
+    maps::settings,
+    packet::{at, copy, frame_len_opaque, put},
     parse::{L4, Packet},
     reply,
     stats::Verdict,
@@ -62,19 +65,6 @@ fn l2dsr(ctx: &XdpContext, b: &Backend) -> Verdict {
     Verdict::tx(STAT_FORWARDED)
 }
 
-static NO_SETTINGS: Settings = Settings {
-    mtu: 0,
-    ipip_src_v4: [0; 4],
-    ipip_src_v6: [0; 16],
-    ipip_src_v4_vary_bits: 0,
-    _pad: [0; 7],
-};
-
-#[inline(always)]
-fn settings() -> &'static Settings {
-    SETTINGS.get(0).unwrap_or(&NO_SETTINGS)
-}
-
 /// Grows the head by `by` bytes and moves the L2 header (with its VLAN tag) to the new
 /// front. Returns false if the driver has no headroom.
 #[inline(always)]
@@ -118,6 +108,13 @@ fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, key: &FlowKey, hash: u32) 
         return reply::too_big(ctx, pkt, key, s.mtu - overhead);
     }
     let l2 = pkt.l2_len;
+    // Ethernet padding or a trailer after the IP packet must not travel inside the outer
+    // packet, whose length says where the inner one ends.
+    let excess = frame_len_opaque(ctx).saturating_sub(l2 + pkt.l3_len as usize);
+    // SAFETY: the helper validates the delta against the frame.
+    if excess > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(excess as i32)) } != 0 {
+        return Verdict::drop(STAT_DROP_INTERNAL);
+    }
     let ok = if v4 {
         push_l2(ctx, l2, IPV4_LEN) && write_outer_v4(ctx, pkt, b, s, hash)
     } else {

@@ -36,6 +36,13 @@ pub const IPV4_DST: usize = 16;
 pub const IPV4_DF: u16 = 0x4000;
 /// More fragments and the fragment offset: any bit set means a fragment.
 pub const IPV4_MF_OFFSET: u16 = 0x3fff;
+/// Options take at most 40 bytes (IHL 15).
+pub const IPV4_MAX_OPTIONS_LEN: usize = 40;
+/// Option types (RFC 791): end of list, no operation, loose and strict source route.
+pub const IPOPT_END: u8 = 0;
+pub const IPOPT_NOP: u8 = 1;
+pub const IPOPT_LSRR: u8 = 0x83;
+pub const IPOPT_SSRR: u8 = 0x89;
 
 // IPv6 (RFC 8200).
 pub const IPV6_LEN: usize = 40;
@@ -57,6 +64,16 @@ pub const NH_HOP_BY_HOP: u8 = 0;
 pub const NH_ROUTING: u8 = 43;
 pub const NH_FRAGMENT: u8 = 44;
 pub const NH_DEST_OPTS: u8 = 60;
+/// Routing header (RFC 8200 4.4): its type, and the segments still to visit.
+pub const RH_TYPE: usize = 2;
+pub const RH_SEGMENTS_LEFT: usize = 3;
+/// The deprecated type 0 routing header (RFC 5095).
+pub const RH_TYPE_0: u8 = 0;
+/// Fragment header (RFC 8200 4.5): 8 bytes; offset (13 bits), 2 reserved bits, M.
+pub const FRAG_LEN: usize = 8;
+pub const FRAG_OFF_M: usize = 2;
+/// The offset and M bits: none set means an atomic fragment (RFC 6946).
+pub const FRAG_OFFSET_M_MASK: u16 = 0xfff9;
 
 // Protocol numbers (IANA), besides TCP and UDP.
 pub const PROTO_ICMP: u8 = 1;
@@ -71,7 +88,11 @@ pub const TCP_LEN: usize = 20;
 pub const UDP_LEN: usize = 8;
 pub const L4_SPORT: usize = 0;
 pub const L4_DPORT: usize = 2;
+/// Data offset (high nibble, in 4-byte words).
+pub const TCP_DOFF: usize = 12;
 pub const TCP_FLAGS: usize = 13;
+pub const UDP_LENGTH: usize = 4;
+pub const UDP_CSUM: usize = 6;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 

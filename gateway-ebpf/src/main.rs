@@ -41,7 +41,7 @@ mod prog {
 
     use crate::{
         forward,
-        maps::{BACKEND_STATS, SERVICE_STATS, SERVICES},
+        maps::{BACKEND_STATS, SERVICE_STATS, SERVICES, settings},
         packet,
         parse::{self, KeyBuf, L4, SvcKeyBuf},
         select::{self, Track},
@@ -77,6 +77,10 @@ mod prog {
         let skey = SvcKeyBuf::new(buf.dst_words(), key);
         // SAFETY: a map value stays valid for the rest of this program run (RCU).
         let svc = unsafe { SERVICES.get(skey.key()) }.ok_or(STAT_PASS_NOT_VIP)?;
+        // For a VIP: nothing a careful router would drop goes further.
+        if let Some(reason) = pkt.refusal(settings().checks_off) {
+            return Ok(Verdict::drop(reason));
+        }
         let track = if relay {
             Track::Relay
         } else if key.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {

@@ -36,6 +36,27 @@ pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
 #[map(name = "SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
+/// One word per CPU that the verifier cannot see through (see `parse::opaque`). Not pinned:
+/// it holds nothing between runs.
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Settings before the agent's first write: no MTU check, every packet check on.
+static NO_SETTINGS: Settings = Settings {
+    mtu: 0,
+    ipip_src_v4: [0; 4],
+    ipip_src_v6: [0; 16],
+    ipip_src_v4_vary_bits: 0,
+    _pad: [0; 3],
+    checks_off: 0,
+};
+
+/// SETTINGS[0].
+#[inline(always)]
+pub fn settings() -> &'static Settings {
+    SETTINGS.get(0).unwrap_or(&NO_SETTINGS)
+}
+
 /// Read only by user space (layout version and sizes of pinned maps).
 #[map(name = "META")]
 pub static META: Array<Meta> = Array::with_max_entries(1, 0);

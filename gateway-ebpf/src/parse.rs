@@ -2,19 +2,57 @@
 //! is bounds-checked against `data_end`; anything the program cannot parse far enough to
 //! know it belongs to a service is passed to the stack untouched and counted by layer
 //! (`Err(STAT_*)`), so a malformed packet is never forwarded.
+//!
+//! A packet that parses far enough may still be one a careful router would drop (lengths
+//! that disagree, a bad IPv4 checksum, source routing, a martian source, ...). Parsing
+//! notes each such defect in `Packet::defects`; whether it matters is decided once the
+//! packet is known to be for a VIP (`Packet::refusal`), so that traffic for the host is
+//! never judged here.
 use core::mem::MaybeUninit;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
 use gateway_common::{
-    FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, STAT_FRAGMENT, STAT_PARSE_L2,
-    STAT_PARSE_L3, STAT_PARSE_L4, STAT_PASS_NOT_IP, STAT_PASS_NOT_VIP, ServiceKey,
+    CHECK_IPV4_CHECKSUM, CHECK_IPV4_OPTIONS, CHECK_IPV6_EXT_ORDER, CHECK_LENGTHS,
+    CHECK_MARTIAN_SOURCE, CHECK_SOURCE_ROUTE, CHECK_UDP_ZERO_CHECKSUM, FAMILY_V4, FAMILY_V6,
+    FlowKey, PROTO_TCP, PROTO_UDP, STAT_DROP_BAD_LENGTH, STAT_DROP_IPV4_CHECKSUM,
+    STAT_DROP_IPV4_OPTIONS, STAT_DROP_IPV6_EXT_ORDER, STAT_DROP_MARTIAN_SOURCE,
+    STAT_DROP_SOURCE_ROUTE, STAT_DROP_TCP_OFFSET, STAT_DROP_UDP_LENGTH,
+    STAT_DROP_UDP_ZERO_CHECKSUM, STAT_FRAGMENT, STAT_PARSE_L2, STAT_PARSE_L3, STAT_PARSE_L4,
+    STAT_PASS_NOT_IP, STAT_PASS_NOT_VIP, ServiceKey,
 };
 use gateway_ebpf::hdr::*;
 
-use crate::packet::{at, copy, frame_len, rd8, rd16};
+use crate::{
+    csum,
+    maps::SCRATCH,
+    packet::{at, copy, frame_len, rd8, rd16},
+};
 
 /// IPv6 extension headers walked before giving up (counted as an L3 parse error).
-pub const MAX_EXT_HEADERS: usize = 4;
+pub const MAX_EXT_HEADERS: usize = 8;
+
+/// The first validity counter; a defect is noted as bit `stat - FIRST_DEFECT`.
+const FIRST_DEFECT: u32 = STAT_DROP_BAD_LENGTH;
+
+/// The defect bit of a validity counter.
+#[inline(always)]
+const fn defect(stat: u32) -> u32 {
+    1 << (stat - FIRST_DEFECT)
+}
+
+/// The operator's check (`CHECK_*`) that refuses a defect, by validity counter.
+#[inline(always)]
+fn check_of(stat: u32) -> u32 {
+    match stat {
+        STAT_DROP_IPV4_CHECKSUM => CHECK_IPV4_CHECKSUM,
+        STAT_DROP_IPV4_OPTIONS => CHECK_IPV4_OPTIONS,
+        STAT_DROP_SOURCE_ROUTE => CHECK_SOURCE_ROUTE,
+        STAT_DROP_IPV6_EXT_ORDER => CHECK_IPV6_EXT_ORDER,
+        STAT_DROP_UDP_ZERO_CHECKSUM => CHECK_UDP_ZERO_CHECKSUM,
+        STAT_DROP_MARTIAN_SOURCE => CHECK_MARTIAN_SOURCE,
+        _ => CHECK_LENGTHS,
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
@@ -135,6 +173,130 @@ pub struct Packet {
     pub tos: u8,
     /// IPv4 don't-fragment bit.
     pub df: bool,
+    /// Defects found while parsing, one bit per validity counter (see `defect`).
+    pub defects: u32,
+}
+
+impl Packet {
+    /// The validity counter of the first defect whose check is on (`checks_off` holds the
+    /// operator's `CHECK_*` bits), if any: the packet must not be forwarded.
+    #[inline(always)]
+    pub fn refusal(&self, checks_off: u32) -> Option<u32> {
+        if self.defects == 0 {
+            return None;
+        }
+        let mut stat = FIRST_DEFECT;
+        while stat <= STAT_DROP_MARTIAN_SOURCE {
+            if self.defects & defect(stat) != 0 && checks_off & check_of(stat) == 0 {
+                return Some(stat);
+            }
+            stat += 1;
+        }
+        None
+    }
+}
+
+/// Whether an IPv4 source is one no packet may carry: "this network" (0/8), loopback
+/// (127/8), multicast (224/4), reserved and limited broadcast (240/4).
+#[inline(always)]
+fn martian_v4(src: [u8; 4]) -> bool {
+    src[0] == 0 || src[0] == 127 || src[0] >= 224
+}
+
+/// Whether an IPv6 source is one no packet may carry: unspecified, loopback, multicast,
+/// IPv4-mapped. `hi`/`lo` are the address's two halves in memory order.
+#[inline(always)]
+fn martian_v6(hi: [u8; 8], lo: [u8; 8]) -> bool {
+    if hi[0] == 0xff {
+        return true;
+    }
+    if u64::from_ne_bytes(hi) != 0 {
+        return false;
+    }
+    let lo_hi = u32::from_ne_bytes([lo[0], lo[1], lo[2], lo[3]]);
+    let lo_lo = u32::from_be_bytes([lo[4], lo[5], lo[6], lo[7]]);
+    // ::, ::1, and ::ffff:a.b.c.d.
+    (lo_hi == 0 && lo_lo <= 1) || lo_hi == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+}
+
+/// Defects of an IPv4 header's options (`hlen` > 20): malformed, or source routing.
+/// RFC 791: type 0 ends the list, type 1 is one byte, every other option has a length
+/// byte of at least 2 that stays within the header.
+///
+/// The options are copied to the stack and walked byte by byte with the next option's
+/// offset as state: a walk over packet memory with the offset as cursor left the verifier
+/// a different packet range on every path, and cost most of its instruction budget.
+#[inline(always)]
+fn ipv4_options(ctx: &XdpContext, l2: usize, hlen: usize) -> u32 {
+    let len = hlen.wrapping_sub(IPV4_LEN);
+    if len == 0 || len > IPV4_MAX_OPTIONS_LEN {
+        return 0;
+    }
+    // 64 bytes, and the length masked where the verifier sees it: it bounds what the
+    // helper may write by the mask (4..=64), not by the compiler's check above.
+    let mut opts = [0u8; 64];
+    let n = ((core::hint::black_box(len) as u32).wrapping_sub(4) & 0x3c) + 4;
+    // SAFETY: the helper writes `n` <= 64 bytes into `opts`.
+    let read = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            (l2 + IPV4_LEN) as u32,
+            opts.as_mut_ptr() as *mut core::ffi::c_void,
+            n,
+        )
+    };
+    if read != 0 {
+        return defect(STAT_DROP_IPV4_OPTIONS);
+    }
+    let mut next = 0;
+    let mut i = 0;
+    while i < IPV4_MAX_OPTIONS_LEN {
+        if i >= len {
+            return 0;
+        }
+        if i == next {
+            let ty = opts[i];
+            if ty == IPOPT_END {
+                return 0;
+            }
+            if ty == IPOPT_NOP {
+                next = i + 1;
+            } else {
+                let olen = usize::from(*opts.get(i + 1).unwrap_or(&0));
+                if i + 1 >= len || olen < 2 || i + olen > len {
+                    return defect(STAT_DROP_IPV4_OPTIONS);
+                }
+                if ty == IPOPT_LSRR || ty == IPOPT_SSRR {
+                    return defect(STAT_DROP_SOURCE_ROUTE);
+                }
+                next = i + olen;
+            }
+        }
+        i += 1;
+    }
+    0
+}
+
+/// Whether an IPv4 header's checksum is right: its 16-bit words sum to 0xffff.
+#[inline(always)]
+fn ipv4_checksum_ok(ctx: &XdpContext, ip: *const u8, l2: usize, hlen: usize) -> bool {
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i < IPV4_LEN {
+        sum += u64::from(rd16(ip, i));
+        i += 2;
+    }
+    while i < IPV4_LEN + IPV4_MAX_OPTIONS_LEN {
+        if i >= hlen {
+            break;
+        }
+        let Some(w) = at(ctx, l2 + i, 2) else {
+            return false;
+        };
+        sum += u64::from(rd16(w, 0));
+        i += 2;
+    }
+    csum::fold(sum) == 0xffff
 }
 
 /// Parses the frame and writes its 5-tuple into `buf` (for ICMP: addresses and protocol
@@ -149,10 +311,30 @@ pub fn parse(ctx: &XdpContext, buf: &mut MaybeUninit<KeyBuf>) -> Result<Packet, 
         ethertype = rd16(vlan, VLAN_INNER_PROTO);
         l2_len = ETH_LEN + VLAN_LEN;
     }
-    match ethertype {
+    let mut pkt = match ethertype {
         ETH_P_IP => parse_v4(ctx, l2_len, buf),
         ETH_P_IPV6 => parse_v6(ctx, l2_len, buf),
         _ => Err(STAT_PASS_NOT_IP),
+    }?;
+    pkt.defects = opaque(pkt.defects);
+    Ok(pkt)
+}
+
+/// `v`, passed through memory the verifier does not track. Each defect found makes the
+/// defects a different constant on each path through the parser; if a branch on them
+/// later made the verifier track them exactly, no two of those paths could share a state
+/// and verification would not finish. A value read back from a map is just "some number",
+/// so the parser's paths merge as if the defects were not there.
+#[inline(always)]
+fn opaque(v: u32) -> u32 {
+    match SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, used by this run only (XDP runs with preemption off).
+        Some(p) => unsafe {
+            core::ptr::write_volatile(p, v);
+            core::ptr::read_volatile(p)
+        },
+        // Cannot happen (one entry, index 0).
+        None => 0,
     }
 }
 
@@ -177,9 +359,21 @@ fn parse_v4(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
     if frag & IPV4_MF_OFFSET != 0 {
         return Err(STAT_FRAGMENT);
     }
+    let src: [u8; 4] = copy(ip, IPV4_SRC);
+    let mut defects = 0;
+    if martian_v4(src) {
+        defects |= defect(STAT_DROP_MARTIAN_SOURCE);
+    }
+    if !ipv4_checksum_ok(ctx, ip, l2, hlen) {
+        defects |= defect(STAT_DROP_IPV4_CHECKSUM);
+    }
+    if hlen > IPV4_LEN {
+        defects |= ipv4_options(ctx, l2, hlen);
+    }
+    let defects = opaque(defects);
     let key = buf
         .write(KeyBuf::new(
-            v4_halves(copy(ip, IPV4_SRC)),
+            v4_halves(src),
             v4_halves(copy(ip, IPV4_DST)),
             rd8(ip, IPV4_PROTO),
             FAMILY_V4,
@@ -194,8 +388,9 @@ fn parse_v4(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
         tcp_flags: 0,
         tos: rd8(ip, IPV4_TOS),
         df: frag & IPV4_DF != 0,
+        defects,
     };
-    parse_l4(ctx, &mut pkt, key, PROTO_ICMP)?;
+    parse_l4(ctx, &mut pkt, key, PROTO_ICMP, tot_len - hlen)?;
     Ok(pkt)
 }
 
@@ -212,14 +407,37 @@ fn parse_v6(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
     }
     let mut nh = rd8(ip, IPV6_NEXT_HEADER);
     let tos = ((b0 & 0x0f) << 4) | (rd8(ip, IPV6_TC_FLOW) >> 4);
+    let src = v6_halves(ip, IPV6_SRC);
+    let mut defects = 0;
+    if martian_v6(src[0], src[1]) {
+        defects |= defect(STAT_DROP_MARTIAN_SOURCE);
+    }
 
-    let mut off = l2 + IPV6_LEN;
+    let start = l2 + IPV6_LEN;
+    let mut off = start;
     let mut i = 0;
     while i < MAX_EXT_HEADERS {
         match nh {
-            NH_FRAGMENT => return Err(STAT_FRAGMENT),
+            NH_FRAGMENT => {
+                // An atomic fragment (offset 0, no more fragments) is a whole packet
+                // (RFC 6946); any other fragment is passed.
+                let ext = at(ctx, off, FRAG_LEN).ok_or(STAT_PARSE_L3)?;
+                if rd16(ext, FRAG_OFF_M) & FRAG_OFFSET_M_MASK != 0 {
+                    return Err(STAT_FRAGMENT);
+                }
+                nh = rd8(ext, EXT_NEXT_HEADER);
+                off += FRAG_LEN;
+            }
             NH_HOP_BY_HOP | NH_ROUTING | NH_DEST_OPTS => {
-                let ext = at(ctx, off, 2).ok_or(STAT_PARSE_L3)?;
+                let ext = at(ctx, off, 4).ok_or(STAT_PARSE_L3)?;
+                if nh == NH_HOP_BY_HOP && i != 0 {
+                    defects |= defect(STAT_DROP_IPV6_EXT_ORDER);
+                }
+                if nh == NH_ROUTING
+                    && (rd8(ext, RH_SEGMENTS_LEFT) != 0 || rd8(ext, RH_TYPE) == RH_TYPE_0)
+                {
+                    defects |= defect(STAT_DROP_SOURCE_ROUTE);
+                }
                 nh = rd8(ext, EXT_NEXT_HEADER);
                 off += (usize::from(rd8(ext, EXT_LEN)) + 1) * EXT_UNIT;
             }
@@ -228,17 +446,19 @@ fn parse_v6(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
         i += 1;
     }
     match nh {
-        NH_FRAGMENT => return Err(STAT_FRAGMENT),
-        NH_HOP_BY_HOP | NH_ROUTING | NH_DEST_OPTS => return Err(STAT_PARSE_L3),
+        NH_HOP_BY_HOP | NH_ROUTING | NH_DEST_OPTS | NH_FRAGMENT => return Err(STAT_PARSE_L3),
         _ => {}
     }
+    // Zero is a jumbogram's (RFC 2675), never VIP traffic; the extension headers must fit.
+    let ext_len = off - start;
+    let l4_len = if payload_len == 0 || ext_len > payload_len {
+        defects |= defect(STAT_DROP_BAD_LENGTH);
+        0
+    } else {
+        payload_len - ext_len
+    };
     let key = buf
-        .write(KeyBuf::new(
-            v6_halves(ip, IPV6_SRC),
-            v6_halves(ip, IPV6_DST),
-            nh,
-            FAMILY_V6,
-        ))
+        .write(KeyBuf::new(src, v6_halves(ip, IPV6_DST), nh, FAMILY_V6))
         .key_mut();
     let mut pkt = Packet {
         l2_len: l2,
@@ -249,17 +469,21 @@ fn parse_v6(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
         tcp_flags: 0,
         tos,
         df: true,
+        defects,
     };
-    parse_l4(ctx, &mut pkt, key, PROTO_ICMPV6)?;
+    parse_l4(ctx, &mut pkt, key, PROTO_ICMPV6, l4_len)?;
     Ok(pkt)
 }
 
 #[inline(always)]
+/// The transport header: ports, flags and kind into `key` and `pkt`, and its defects
+/// against `l4_len`, the transport's length by the IP header.
 fn parse_l4(
     ctx: &XdpContext,
     pkt: &mut Packet,
     key: &mut FlowKey,
     icmp_proto: u8,
+    l4_len: usize,
 ) -> Result<(), u32> {
     let off = pkt.l4_off;
     match key.proto {
@@ -269,15 +493,32 @@ fn parse_l4(
             key.dport_be = u16::from_ne_bytes(copy(tcp, L4_DPORT));
             pkt.tcp_flags = rd8(tcp, TCP_FLAGS);
             pkt.l4 = L4::Tcp;
+            let doff = usize::from(rd8(tcp, TCP_DOFF) >> 4) * 4;
+            if l4_len < TCP_LEN {
+                pkt.defects |= defect(STAT_DROP_BAD_LENGTH);
+            } else if doff < TCP_LEN || doff > l4_len {
+                pkt.defects |= defect(STAT_DROP_TCP_OFFSET);
+            }
         }
         PROTO_UDP => {
             let udp = at(ctx, off, UDP_LEN).ok_or(STAT_PARSE_L4)?;
             key.sport_be = u16::from_ne_bytes(copy(udp, L4_SPORT));
             key.dport_be = u16::from_ne_bytes(copy(udp, L4_DPORT));
             pkt.l4 = L4::Udp;
+            if l4_len < UDP_LEN {
+                pkt.defects |= defect(STAT_DROP_BAD_LENGTH);
+            } else if usize::from(rd16(udp, UDP_LENGTH)) != l4_len {
+                pkt.defects |= defect(STAT_DROP_UDP_LENGTH);
+            }
+            if pkt.family == FAMILY_V6 && rd16(udp, UDP_CSUM) == 0 {
+                pkt.defects |= defect(STAT_DROP_UDP_ZERO_CHECKSUM);
+            }
         }
         p if p == icmp_proto => {
             let icmp = at(ctx, off, ICMP_LEN).ok_or(STAT_PARSE_L4)?;
+            if l4_len < ICMP_LEN {
+                pkt.defects |= defect(STAT_DROP_BAD_LENGTH);
+            }
             let ty = rd8(icmp, ICMP_TYPE);
             // ICMP dest-unreachable (incl. frag-needed); ICMPv6 unreachable, packet-too-big.
             let error = if icmp_proto == PROTO_ICMP {

@@ -161,7 +161,8 @@ pub fn settings(config: &Config) -> Settings {
         ipip_src_v4: d.ipip_source_v4.map(|a| a.octets()).unwrap_or_default(),
         ipip_src_v6: d.ipip_source_v6.map(|a| a.octets()).unwrap_or_default(),
         ipip_src_v4_vary_bits: d.ipip_source_v4_vary_bits,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        checks_off: d.checks_off,
     }
 }
 

@@ -81,7 +81,8 @@ fn main() {
         ipip_src_v4: [198, 18, 100, 0],
         ipip_src_v6: addr16(v6("fd00::2")),
         ipip_src_v4_vary_bits: 8,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        checks_off: 0,
     };
     let mut w = World::new(&services, settings);
     let mut floor_obj = aya::Ebpf::load(gateway::object::XDP_FLOOR).expect("floor object");

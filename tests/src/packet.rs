@@ -154,16 +154,25 @@ impl L4 {
 #[derive(Debug, Clone)]
 pub enum Ext {
     HopByHop,
+    /// A routing header with no segments left (type 4): forwarded like any other.
     Routing,
+    /// A routing header of `rtype` with `segments_left` still to visit: source routing.
+    SourceRoute {
+        rtype: u8,
+        segments_left: u8,
+    },
     DestOpts,
-    Fragment { offset: u16, more: bool },
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
 }
 
 impl Ext {
     fn number(&self) -> u8 {
         match self {
             Ext::HopByHop => 0,
-            Ext::Routing => 43,
+            Ext::Routing | Ext::SourceRoute { .. } => 43,
             Ext::DestOpts => 60,
             Ext::Fragment { .. } => 44,
         }
@@ -238,6 +247,12 @@ impl Ip {
                             exts.extend(((offset << 3) | u16::from(*more)).to_be_bytes());
                             exts.extend(7u32.to_be_bytes());
                         }
+                        // Next header, length 0, type, segments left, 4 reserved bytes.
+                        Ext::Routing => exts.extend([next, 0, 4, 0, 0, 0, 0, 0]),
+                        Ext::SourceRoute {
+                            rtype,
+                            segments_left,
+                        } => exts.extend([next, 0, *rtype, *segments_left, 0, 0, 0, 0]),
                         // 8 bytes: next header, length 0, and a PadN option of 4 bytes.
                         _ => exts.extend([next, 0, 1, 4, 0, 0, 0, 0]),
                     }
@@ -521,5 +536,195 @@ mod tests {
         let mut b = tcp(v4(1, 2, 3, 4), v4(5, 6, 7, 8), 1, 2, TCP_ACK).bytes();
         b[14 + 8] = 1; // TTL
         assert_eq!(check(&b).unwrap_err(), "bad IPv4 header checksum");
+    }
+}
+
+/// Why a router that follows the RFCs would not forward this frame's IP packet, if it
+/// would not; `None` for a packet it would forward (or one this validator does not judge:
+/// not IP, or a fragment). Written from the RFCs, independently of the XDP program, for
+/// the randomized run's invariant "never forwards what a router would drop".
+///
+/// - RFC 791 / 1812: version 4, IHL >= 5, total length covers the header and within the
+///   frame, header checksum, options well-formed, no loose/strict source route (RFC 7126);
+/// - RFC 8200: version 6, payload length non-zero (RFC 2675) and within the frame,
+///   hop-by-hop only first, no routing header with segments left or of type 0 (RFC 5095),
+///   atomic fragments are whole packets (RFC 6946);
+/// - transport: TCP data offset 5..=length (RFC 9293), UDP length equal to the transport's
+///   length (RFC 768), UDP over IPv6 with a checksum (RFC 8200 8.1); the transport header
+///   (TCP 20, UDP 8, ICMP 8 bytes) within the IP length;
+/// - sources (RFC 1812 5.3.7, RFC 4291, RFC 6890): not 0/8, 127/8, 224/4, 240/4; not ::,
+///   ::1, ff00::/8, ::ffff:0:0/96.
+pub fn router_refusal(frame: &[u8]) -> Option<&'static str> {
+    let mut l2 = 14;
+    let mut ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    if ethertype == 0x8100 {
+        ethertype = u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]);
+        l2 = 18;
+    }
+    let ip = frame.get(l2..)?;
+    let (proto, l4, v6) = match ethertype {
+        0x0800 => {
+            let ihl = usize::from(*ip.first()? & 0xf) * 4;
+            if ip[0] >> 4 != 4 || ihl < 20 || ip.len() < ihl {
+                return Some("bad IPv4 header");
+            }
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            if total < ihl || total > ip.len() {
+                return Some("IPv4 total length");
+            }
+            if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+                return None;
+            }
+            if fold(sum16(0, &ip[..ihl])) != 0xffff {
+                return Some("IPv4 header checksum");
+            }
+            let mut i = 20;
+            while i < ihl {
+                match ip[i] {
+                    0 => break,
+                    1 => i += 1,
+                    t => {
+                        let len = usize::from(*ip.get(i + 1)?);
+                        if len < 2 || i + len > ihl {
+                            return Some("IPv4 options malformed");
+                        }
+                        if t == 0x83 || t == 0x89 {
+                            return Some("IPv4 source route");
+                        }
+                        i += len;
+                    }
+                }
+            }
+            let s = &ip[12..16];
+            if s[0] == 0 || s[0] == 127 || s[0] >= 224 {
+                return Some("martian IPv4 source");
+            }
+            (ip[9], &ip[ihl..total], false)
+        }
+        0x86dd => {
+            if ip.len() < 40 || ip[0] >> 4 != 6 {
+                return Some("bad IPv6 header");
+            }
+            let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            if payload == 0 {
+                return Some("IPv6 payload length zero");
+            }
+            if 40 + payload > ip.len() {
+                return Some("IPv6 payload length");
+            }
+            let src: [u8; 16] = ip[8..24].try_into().ok()?;
+            let a = std::net::Ipv6Addr::from(src);
+            if a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || a.to_ipv4_mapped().is_some()
+            {
+                return Some("martian IPv6 source");
+            }
+            let body = &ip[40..40 + payload];
+            let mut nh = ip[6];
+            let mut off = 0;
+            let mut n = 0;
+            while matches!(nh, 0 | 43 | 60 | 44) {
+                let Some(h) = body.get(off..off + 8) else {
+                    return Some("IPv6 extension header past the payload");
+                };
+                if nh == 0 && n > 0 {
+                    return Some("IPv6 hop-by-hop not first");
+                }
+                if nh == 43 && (h[2] == 0 || h[3] != 0) {
+                    return Some("IPv6 source route");
+                }
+                if nh == 44 {
+                    if u16::from_be_bytes([h[2], h[3]]) & 0xfff9 != 0 {
+                        return None;
+                    }
+                    off += 8;
+                } else {
+                    off += (usize::from(h[1]) + 1) * 8;
+                }
+                nh = h[0];
+                n += 1;
+            }
+            (nh, body.get(off..)?, true)
+        }
+        _ => return None,
+    };
+    match proto {
+        6 => {
+            if l4.len() < 20 {
+                return Some("IP length ends inside the TCP header");
+            }
+            let doff = usize::from(l4[12] >> 4) * 4;
+            if doff < 20 || doff > l4.len() {
+                return Some("TCP data offset");
+            }
+        }
+        17 => {
+            if l4.len() < 8 {
+                return Some("IP length ends inside the UDP header");
+            }
+            if usize::from(u16::from_be_bytes([l4[4], l4[5]])) != l4.len() {
+                return Some("UDP length");
+            }
+            if v6 && l4[6] == 0 && l4[7] == 0 {
+                return Some("UDP over IPv6 without a checksum");
+            }
+        }
+        1 | 58 if l4.len() < 8 => return Some("IP length ends inside the ICMP header"),
+        _ => {}
+    }
+    None
+}
+
+#[cfg(test)]
+mod router_tests {
+    use super::*;
+
+    fn frame(ip: Ip) -> Vec<u8> {
+        Frame::ip(ip).bytes()
+    }
+
+    #[test]
+    fn the_validator_forwards_good_packets_and_refuses_bad_ones() {
+        let c: IpAddr = "198.18.1.1".parse().unwrap();
+        let v: IpAddr = "198.18.0.100".parse().unwrap();
+        let good = tcp(c, v, 1000, 80, 0x02).bytes();
+        assert_eq!(router_refusal(&good), None);
+        let mut bad = good.clone();
+        bad[14 + 10] ^= 1;
+        assert_eq!(router_refusal(&bad), Some("IPv4 header checksum"));
+        let mut ip = Ip::new(
+            "127.0.0.1".parse().unwrap(),
+            v,
+            L4::Udp {
+                sport: 1,
+                dport: 53,
+                payload: vec![0; 4],
+            },
+        );
+        assert_eq!(
+            router_refusal(&frame(ip.clone())),
+            Some("martian IPv4 source")
+        );
+        ip.src = c;
+        ip.options = vec![0x83, 3, 4, 0];
+        assert_eq!(router_refusal(&frame(ip)), Some("IPv4 source route"));
+        let c6: IpAddr = "fd00::1:1".parse().unwrap();
+        let v6: IpAddr = "fd00::100".parse().unwrap();
+        let mut f = udp(c6, v6, 1000, 53);
+        f.ip.as_mut().unwrap().ext = vec![Ext::DestOpts, Ext::HopByHop];
+        assert_eq!(
+            router_refusal(&f.bytes()),
+            Some("IPv6 hop-by-hop not first")
+        );
+        f.ip.as_mut().unwrap().ext = vec![
+            Ext::HopByHop,
+            Ext::Fragment {
+                offset: 0,
+                more: false,
+            },
+        ];
+        assert_eq!(router_refusal(&f.bytes()), None);
     }
 }

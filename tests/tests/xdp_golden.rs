@@ -55,7 +55,8 @@ fn settings() -> Settings {
         ipip_src_v4: SRC4,
         ipip_src_v6: addr16(v6("fd00::2")),
         ipip_src_v4_vary_bits: VARY_BITS,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        checks_off: 0,
     }
 }
 
@@ -356,6 +357,39 @@ fn cases() -> Vec<Case> {
             true,
         ),
         (
+            "ipv6 eight extension headers, one an atomic fragment",
+            with_ext(
+                udp(c6(), vip6(), 40017, 53),
+                vec![
+                    Ext::HopByHop,
+                    Ext::DestOpts,
+                    Ext::Routing,
+                    Ext::Fragment {
+                        offset: 0,
+                        more: false,
+                    },
+                    Ext::DestOpts,
+                    Ext::DestOpts,
+                    Ext::DestOpts,
+                    Ext::DestOpts,
+                ],
+            ),
+            b1v6(),
+            false,
+        ),
+        (
+            "ipv6 atomic fragment ipip",
+            with_ext(
+                udp(c6(), vip6_ipip(), 40018, 53),
+                vec![Ext::Fragment {
+                    offset: 0,
+                    more: false,
+                }],
+            ),
+            b2v6(),
+            true,
+        ),
+        (
             "ipv4 options (8 bytes) l2dsr",
             with_options(
                 tcp(c4(), vip4(), 40012, 80, TCP_SYN),
@@ -558,23 +592,44 @@ fn cases() -> Vec<Case> {
         Out::Same,
         STAT_PARSE_L4,
     );
-    let long = with_ext(
-        udp(c6(), vip6(), 40203, 53),
-        vec![
-            Ext::HopByHop,
-            Ext::DestOpts,
-            Ext::Routing,
-            Ext::DestOpts,
-            Ext::DestOpts,
-        ],
-    );
+    let long = with_ext(udp(c6(), vip6(), 40203, 53), vec![Ext::DestOpts; 9]);
     add(
-        "ipv6 five extension headers",
+        "ipv6 nine extension headers",
         long.bytes(),
         XDP_PASS,
         Out::Same,
         STAT_PARSE_L3,
     );
+
+    validity_cases(&mut add);
+
+    // Ethernet padding and trailers stay out of the outer packet.
+    for (name, f) in [
+        (
+            "ipip v4 udp padded to 60 bytes",
+            udp(c4(), vip4_ipip(), 40030, 53),
+        ),
+        (
+            "ipip v6 tcp with a trailer",
+            tcp(c6(), vip6_ipip(), 40031, 80, TCP_SYN),
+        ),
+    ] {
+        let b = if f.ip.as_ref().unwrap().src.is_ipv4() {
+            b2()
+        } else {
+            b2v6()
+        };
+        let exact = f.bytes();
+        let mut padded = exact.clone();
+        padded.resize(exact.len().max(60) + 4, 0xa5);
+        let out = ipip(&exact, &b, &key_of(&f));
+        let stat = if name.contains("tcp") {
+            STAT_CT_MISS_SYN
+        } else {
+            STAT_CT_MISS_NON_SYN
+        };
+        add(name, padded, XDP_TX, Out::Bytes(out), stat);
+    }
 
     // Fragments: not balanced, passed.
     let mut mf = tcp(c4(), vip4(), 40300, 80, TCP_SYN);
@@ -740,9 +795,231 @@ fn cases() -> Vec<Case> {
     v
 }
 
+/// Recomputes an IPv4 header's checksum after a test changed it.
+fn fix_v4_checksum(frame: &mut [u8]) {
+    let l2 = l2_len(frame);
+    let hlen = usize::from(frame[l2] & 0xf) * 4;
+    frame[l2 + 10..l2 + 12].fill(0);
+    let mut sum = 0u32;
+    for w in frame[l2..l2 + hlen].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[l2 + 10..l2 + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+/// `f`'s bytes with `change` applied at the IP header (offset 0 = its first byte); an
+/// IPv4 header's checksum is fixed afterwards unless `keep_checksum`.
+fn mangled(f: Frame, keep_checksum: bool, change: impl FnOnce(&mut [u8])) -> Vec<u8> {
+    let mut b = f.bytes();
+    let l2 = l2_len(&b);
+    change(&mut b[l2..]);
+    if b[l2] >> 4 == 4 && !keep_checksum {
+        fix_v4_checksum(&mut b);
+    }
+    b
+}
+
+/// Packets to VIPs that a careful router would drop: each dropped, with its counter, in
+/// both families and both modes (RFC 791, 768, 1812, 4291, 5095, 6890, 7126, 8200, 9293).
+fn validity_cases(add: &mut impl FnMut(&'static str, Vec<u8>, u32, Out, u32)) {
+    let mut drop = |name, bytes, stat| add(name, bytes, XDP_DROP, Out::Same, stat);
+    // IP length fields shorter than the transport header.
+    drop(
+        "ipv4 total length ends inside the tcp header",
+        mangled(tcp(c4(), vip4(), 41001, 80, TCP_SYN), false, |ip| {
+            ip[2..4].copy_from_slice(&30u16.to_be_bytes())
+        }),
+        STAT_DROP_BAD_LENGTH,
+    );
+    drop(
+        "ipv4 total length ends inside the udp header ipip",
+        mangled(udp(c4(), vip4_ipip(), 41002, 53), false, |ip| {
+            ip[2..4].copy_from_slice(&24u16.to_be_bytes())
+        }),
+        STAT_DROP_BAD_LENGTH,
+    );
+    drop(
+        "ipv6 payload length ends inside the udp header",
+        mangled(udp(c6(), vip6(), 41003, 53), false, |ip| {
+            ip[4..6].copy_from_slice(&4u16.to_be_bytes())
+        }),
+        STAT_DROP_BAD_LENGTH,
+    );
+    drop(
+        "ipv6 payload length zero ipip",
+        mangled(tcp(c6(), vip6_ipip(), 41004, 80, TCP_SYN), false, |ip| {
+            ip[4..6].fill(0)
+        }),
+        STAT_DROP_BAD_LENGTH,
+    );
+    // IPv4 header checksum and options.
+    drop(
+        "ipv4 bad header checksum",
+        mangled(tcp(c4(), vip4(), 41010, 80, TCP_SYN), true, |ip| {
+            ip[10] ^= 0x40
+        }),
+        STAT_DROP_IPV4_CHECKSUM,
+    );
+    drop(
+        "ipv4 bad header checksum with options ipip",
+        mangled(
+            with_options(udp(c4(), vip4_ipip(), 41011, 53), vec![1, 1, 1, 0]),
+            true,
+            |ip| ip[11] ^= 1,
+        ),
+        STAT_DROP_IPV4_CHECKSUM,
+    );
+    drop(
+        "ipv4 option of length 1",
+        with_options(tcp(c4(), vip4(), 41012, 80, TCP_SYN), vec![7, 1, 0, 0]).bytes(),
+        STAT_DROP_IPV4_OPTIONS,
+    );
+    drop(
+        "ipv4 option running past the header ipip",
+        with_options(tcp(c4(), vip4_ipip(), 41013, 80, TCP_SYN), vec![1, 7, 9, 0]).bytes(),
+        STAT_DROP_IPV4_OPTIONS,
+    );
+    // Source routing.
+    drop(
+        "ipv4 loose source route",
+        with_options(
+            udp(c4(), vip4(), 41020, 53),
+            vec![0x83, 7, 4, 198, 18, 0, 9, 0],
+        )
+        .bytes(),
+        STAT_DROP_SOURCE_ROUTE,
+    );
+    drop(
+        "ipv4 strict source route ipip",
+        with_options(
+            tcp(c4(), vip4_ipip(), 41021, 80, TCP_SYN),
+            vec![1, 0x89, 7, 4, 198, 18, 0, 9],
+        )
+        .bytes(),
+        STAT_DROP_SOURCE_ROUTE,
+    );
+    drop(
+        "ipv6 routing header with segments left",
+        with_ext(
+            tcp(c6(), vip6(), 41022, 80, TCP_SYN),
+            vec![Ext::SourceRoute {
+                rtype: 4,
+                segments_left: 1,
+            }],
+        )
+        .bytes(),
+        STAT_DROP_SOURCE_ROUTE,
+    );
+    drop(
+        "ipv6 type 0 routing header ipip",
+        with_ext(
+            udp(c6(), vip6_ipip(), 41023, 53),
+            vec![Ext::SourceRoute {
+                rtype: 0,
+                segments_left: 0,
+            }],
+        )
+        .bytes(),
+        STAT_DROP_SOURCE_ROUTE,
+    );
+    // IPv6 extension order.
+    drop(
+        "ipv6 hop-by-hop after destination options",
+        with_ext(
+            udp(c6(), vip6(), 41030, 53),
+            vec![Ext::DestOpts, Ext::HopByHop],
+        )
+        .bytes(),
+        STAT_DROP_IPV6_EXT_ORDER,
+    );
+    drop(
+        "ipv6 second hop-by-hop ipip",
+        with_ext(
+            tcp(c6(), vip6_ipip(), 41031, 80, TCP_SYN),
+            vec![Ext::HopByHop, Ext::HopByHop],
+        )
+        .bytes(),
+        STAT_DROP_IPV6_EXT_ORDER,
+    );
+    // TCP data offset, UDP length and checksum.
+    let ip4 = 20;
+    let ip6 = 40;
+    drop(
+        "tcp data offset below 5",
+        mangled(tcp(c4(), vip4(), 41040, 80, TCP_SYN), false, |ip| {
+            ip[ip4 + 12] = 4 << 4
+        }),
+        STAT_DROP_TCP_OFFSET,
+    );
+    drop(
+        "tcp data offset past the packet v6 ipip",
+        mangled(tcp(c6(), vip6_ipip(), 41041, 80, TCP_SYN), false, |ip| {
+            ip[ip6 + 12] = 15 << 4
+        }),
+        STAT_DROP_TCP_OFFSET,
+    );
+    drop(
+        "udp length longer than the packet",
+        mangled(udp(c4(), vip4(), 41042, 53), false, |ip| {
+            let len = u16::from_be_bytes([ip[ip4 + 4], ip[ip4 + 5]]);
+            ip[ip4 + 4..ip4 + 6].copy_from_slice(&(len + 8).to_be_bytes())
+        }),
+        STAT_DROP_UDP_LENGTH,
+    );
+    drop(
+        "udp length shorter than the packet v6 ipip",
+        mangled(udp(c6(), vip6_ipip(), 41043, 53), false, |ip| {
+            ip[ip6 + 4..ip6 + 6].copy_from_slice(&8u16.to_be_bytes())
+        }),
+        STAT_DROP_UDP_LENGTH,
+    );
+    drop(
+        "udp over ipv6 with checksum zero",
+        mangled(udp(c6(), vip6(), 41044, 53), false, |ip| {
+            ip[ip6 + 6..ip6 + 8].fill(0)
+        }),
+        STAT_DROP_UDP_ZERO_CHECKSUM,
+    );
+    // Martian sources.
+    for (name, src, vip, port) in [
+        ("source 0.0.0.9", v4(0, 0, 0, 9), vip4(), 80),
+        ("source loopback ipip", v4(127, 0, 0, 1), vip4_ipip(), 80),
+        ("source multicast", v4(224, 0, 0, 5), vip4(), 80),
+        ("source reserved ipip", v4(240, 0, 0, 1), vip4_ipip(), 80),
+        ("source broadcast", v4(255, 255, 255, 255), vip4(), 80),
+        ("source ipv6 unspecified", v6("::"), vip6(), 80),
+        ("source ipv6 loopback ipip", v6("::1"), vip6_ipip(), 80),
+        ("source ipv6 multicast", v6("ff02::1"), vip6(), 80),
+        (
+            "source ipv4-mapped ipip",
+            v6("::ffff:198.18.0.9"),
+            vip6_ipip(),
+            80,
+        ),
+    ] {
+        drop(
+            name,
+            tcp(src, vip, 41050, port, TCP_SYN).bytes(),
+            STAT_DROP_MARTIAN_SOURCE,
+        );
+    }
+}
+
 /// The counters of which every packet moves exactly one: the reason its run ended (see
 /// gateway-common's counters).
-const VERDICT_STATS: [u32; 11] = [
+const VERDICT_STATS: [u32; 20] = [
+    STAT_DROP_BAD_LENGTH,
+    STAT_DROP_IPV4_CHECKSUM,
+    STAT_DROP_IPV4_OPTIONS,
+    STAT_DROP_SOURCE_ROUTE,
+    STAT_DROP_IPV6_EXT_ORDER,
+    STAT_DROP_TCP_OFFSET,
+    STAT_DROP_UDP_LENGTH,
+    STAT_DROP_UDP_ZERO_CHECKSUM,
+    STAT_DROP_MARTIAN_SOURCE,
     STAT_PASS_NOT_IP,
     STAT_PASS_NOT_VIP,
     STAT_PARSE_L2,
@@ -1072,4 +1349,55 @@ fn a_table_slot_naming_a_cleared_backend_is_counted_apart_from_no_backend() {
     assert_eq!(verdict, XDP_DROP);
     assert_eq!(stat(&w, STAT_DROP_STALE_BACKEND), stale + 3);
     assert_eq!(stat(&w, STAT_NO_BACKEND), none);
+}
+
+/// Each check can be turned off (`skip_checks`), and only that check: with the IPv4 checksum
+/// check off a packet with a bad checksum is forwarded, one with a source route is not.
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_check_turned_off_lets_its_packets_through_and_only_those() {
+    let Some(w) = common::privileged("check_turned_off").then(|| {
+        let s = Settings {
+            checks_off: CHECK_IPV4_CHECKSUM | CHECK_MARTIAN_SOURCE,
+            ..settings()
+        };
+        World::new(&services(), s)
+    }) else {
+        return;
+    };
+    let bad_sum = mangled(tcp(c4(), vip4(), 42001, 80, TCP_SYN), true, |ip| {
+        ip[10] ^= 0x40
+    });
+    let (verdict, out) = w.run(&bad_sum);
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(out, dsr(&bad_sum, &b1()));
+    let martian = tcp(v4(127, 0, 0, 1), vip4(), 42002, 80, TCP_SYN).bytes();
+    assert_eq!(w.run(&martian).0, XDP_TX);
+    let routed = with_options(
+        udp(c4(), vip4(), 42003, 53),
+        vec![0x83, 7, 4, 198, 18, 0, 9, 0],
+    );
+    let before = stat(&w, STAT_DROP_SOURCE_ROUTE);
+    assert_eq!(w.run(&routed.bytes()).0, XDP_DROP);
+    assert_eq!(stat(&w, STAT_DROP_SOURCE_ROUTE), before + 1);
+}
+
+/// The verifier's limit is a million processed instructions; a program that needs most of
+/// it fails to load after a small change (a changed branch can double the paths). Keep a
+/// wide margin, and print where it stands.
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn the_program_verifies_with_room_to_spare() {
+    let Some(w) = privileged_world("verifier_headroom", &services()) else {
+        return;
+    };
+    let info = w.dp.program().unwrap().info().unwrap();
+    let n = info
+        .verified_instruction_count()
+        .expect("the kernel reports verified instructions");
+    println!("the verifier processed {n} instructions (limit 1,000,000)");
+    assert!(
+        n < 250_000,
+        "{n} instructions processed: too close to the limit"
+    );
 }

@@ -2,7 +2,8 @@
 //! printed; `GATEWAY_FUZZ_SEED` overrides it). Invariants: no XDP_ABORTED; a frame is sent
 //! on only if it belongs to a service (or is an ICMP error about one) and goes to one of that
 //! service's backends with its IP packet intact, or is the too-big answer to such a frame;
-//! whatever is emitted for a frame with valid checksums has valid checksums.
+//! whatever is emitted for a frame with valid checksums has valid checksums; nothing is sent
+//! on that a router would drop (`packet::router_refusal`, written from the RFCs).
 mod common;
 
 use std::net::IpAddr;
@@ -81,7 +82,8 @@ fn settings() -> Settings {
         ipip_src_v4: [198, 18, 100, 0],
         ipip_src_v6: addr16(v6("fd00::2")),
         ipip_src_v4_vary_bits: 4,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        checks_off: 0,
     }
 }
 
@@ -304,6 +306,8 @@ fn random_and_mutated_frames_keep_the_invariants() {
     let w = World::new(&svcs, settings());
     let mut r = Rng(seed | 1);
     let mut verdicts = [0u64; 5];
+    // Frames a router would drop, by whether the program sent them on (it must not).
+    let mut refused = 0u64;
     let start = std::time::Instant::now();
     for i in 0..n {
         assert!(start.elapsed().as_secs() < 300, "bounded in time");
@@ -321,8 +325,13 @@ fn random_and_mutated_frames_keep_the_invariants() {
         if verdict == XDP_PASS {
             assert_eq!(out, input, "a passed frame was modified: {}", ctx());
         }
+        let refusal = packet::router_refusal(&input);
+        refused += u64::from(refusal.is_some());
         if verdict != XDP_TX {
             continue;
+        }
+        if let Some(why) = refusal {
+            panic!("sent on a frame a router would drop ({why}): {}", ctx());
         }
         if packet::check(&input).is_ok() {
             packet::check(&out).unwrap_or_else(|e| panic!("emitted frame: {e}: {}", ctx()));
@@ -368,12 +377,13 @@ fn random_and_mutated_frames_keep_the_invariants() {
         } else {
             0
         };
-        assert_eq!(
-            &out[l2 + outer..],
-            &input[l2..],
-            "IP packet not intact: {}",
-            ctx()
-        );
+        // Encapsulation leaves out what follows the IP packet (Ethernet padding).
+        let inner = if outer > 0 {
+            &input[l2..l2 + ip_len(&input[l2..])]
+        } else {
+            &input[l2..]
+        };
+        assert_eq!(&out[l2 + outer..], inner, "IP packet not intact: {}", ctx());
         if outer > 0 {
             let dst = &out[l2..l2 + outer];
             let want = addr16(b.addr);
@@ -391,12 +401,25 @@ fn random_and_mutated_frames_keep_the_invariants() {
         }
     }
     println!(
-        "verdicts: aborted {} drop {} pass {} tx {}",
+        "verdicts: aborted {} drop {} pass {} tx {}; {refused} frames a router would drop",
         verdicts[0], verdicts[1], verdicts[2], verdicts[3]
+    );
+    assert!(
+        refused > n as u64 / 100,
+        "too few frames a router would drop to exercise the rules"
     );
     assert!(
         verdicts[3] > n as u64 / 5,
         "too few frames forwarded to exercise anything"
     );
     assert!(verdicts[2] > n as u64 / 10, "too few frames passed");
+}
+
+/// The IP packet's length by its header (IPv4 total length, IPv6 40 + payload length).
+fn ip_len(ip: &[u8]) -> usize {
+    if ip[0] >> 4 == 4 {
+        usize::from(u16::from_be_bytes([ip[2], ip[3]]))
+    } else {
+        40 + usize::from(u16::from_be_bytes([ip[4], ip[5]]))
+    }
 }

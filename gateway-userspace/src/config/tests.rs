@@ -109,6 +109,7 @@ fn defaults_are_applied() {
             ipip_source_v4: None,
             ipip_source_v4_vary_bits: 0,
             ipip_source_v6: None,
+            checks_off: 0,
             kernel_log: KernelLog::Warn,
             pin_dir: "/sys/fs/bpf/gateway/eth0".into(),
             on_exit: OnExit::Detach,
@@ -891,4 +892,23 @@ fn enum_words_are_the_config_words() {
     for v in [AdminState::Ready, AdminState::Drain, AdminState::Maint] {
         round(v, &v.to_string());
     }
+}
+
+#[test]
+fn skip_checks_names_checks_and_refuses_unknown_ones() {
+    let base = "[dataplane]\ninterface = \"eth0\"\n";
+    let c = Config::parse(
+        &format!("{base}skip_checks = [\"ipv4_checksum\", \"martian_source\"]\n"),
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.dataplane.checks_off,
+        gateway_common::CHECK_IPV4_CHECKSUM | gateway_common::CHECK_MARTIAN_SOURCE
+    );
+    let text = format!("{base}skip_checks = [\"lengths\", \"ttl\"]\n");
+    let i = only(&text, "dataplane.skip_checks");
+    assert_eq!(i.line, 3);
+    assert!(i.message.contains("unknown check \"ttl\""), "{i:?}");
+    assert!(i.message.contains("ipv4_checksum"), "{i:?}");
 }

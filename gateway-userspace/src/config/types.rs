@@ -119,6 +119,9 @@ pub struct DataplaneConfig {
     pub ipip_source_v4_vary_bits: u8,
     /// Outer source of IPv6 encapsulation; set whenever an ipip service has an IPv6 VIP.
     pub ipip_source_v6: Option<Ipv6Addr>,
+    /// Packet checks turned off (`gateway_common::CHECK_*` bits, from `skip_checks`): 0,
+    /// every check on, by default.
+    pub checks_off: u32,
     pub kernel_log: KernelLog,
     /// A directory on bpffs for the pinned maps and link (default
     /// `/sys/fs/bpf/gateway/<interface>`).

@@ -313,6 +313,29 @@ impl Validator<'_> {
             }
         };
 
+        let mut checks_off = Some(0);
+        for name in d.skip_checks.iter().flatten() {
+            match gateway_common::CHECK_NAMES
+                .iter()
+                .find(|(_, n)| n == name.get_ref())
+            {
+                Some((bit, _)) => checks_off = checks_off.map(|c| c | bit),
+                None => {
+                    let known: Vec<&str> = gateway_common::CHECK_NAMES
+                        .iter()
+                        .map(|(_, n)| *n)
+                        .collect();
+                    let msg = format!(
+                        "unknown check {:?} (the checks: {})",
+                        name.get_ref(),
+                        known.join(", ")
+                    );
+                    self.report(name.span(), "dataplane.skip_checks", msg);
+                    checks_off = None;
+                }
+            }
+        }
+
         let max_services = self.int(
             d.max_services.as_ref(),
             DEFAULT_MAX_SERVICES,
@@ -415,6 +438,7 @@ impl Validator<'_> {
                 ipip_source_v4: ipip_source_v4?,
                 ipip_source_v4_vary_bits: ipip_source_v4_vary_bits?,
                 ipip_source_v6: ipip_source_v6?,
+                checks_off: checks_off?,
                 kernel_log: d.kernel_log.unwrap_or_default(),
                 pin_dir: pin_dir?,
                 on_exit: d.on_exit.unwrap_or_default(),

@@ -130,6 +130,12 @@ pub fn config_text(services: &[Svc], settings: &Settings) -> String {
         let a = std::net::Ipv6Addr::from(settings.ipip_src_v6);
         d(&mut t, format!("ipip_source_v6 = \"{a}\""));
     }
+    let skipped: Vec<String> = gateway_common::CHECK_NAMES
+        .iter()
+        .filter(|(bit, _)| settings.checks_off & bit != 0)
+        .map(|(_, name)| format!("\"{name}\""))
+        .collect();
+    d(&mut t, format!("skip_checks = [{}]", skipped.join(", ")));
     for (i, s) in services.iter().enumerate() {
         let protocol = match s.proto {
             PROTO_TCP => "tcp",

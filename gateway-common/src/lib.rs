@@ -85,7 +85,7 @@ pub const PROG_FLOOR: &str = "xdp_floor";
 // Every packet moves `STAT_RX_PACKETS` and exactly one verdict counter, the reason its run
 // ended: a pass reason (`PASS_*`, `PARSE_*`, `FRAGMENT`), `NO_BACKEND`,
 // `DROP_STALE_BACKEND`, `FORWARDED`, `TOO_BIG`, `DROP_INTERNAL`, or one of the validity
-// reasons (`DROP_BAD_LENGTH` .. `DROP_MARTIAN_SOURCE`: a VIP packet no router would forward). A packet that reached
+// reasons (`DROP_BAD_LENGTH` .. `DROP_ICMP_CHECKSUM`: a VIP packet no router would forward). A packet that reached
 // backend selection also moves at most one lookup counter, how its backend was found:
 // `CT_HIT`, `CT_MISS_SYN`, `CT_MISS_NON_SYN`, `RESCHEDULED` or `ICMP_RELAYED`.
 
@@ -153,8 +153,12 @@ pub const STAT_DROP_UDP_ZERO_CHECKSUM: u32 = 24;
 /// reserved and broadcast; IPv6 unspecified, loopback, multicast, IPv4-mapped
 /// (RFC 1812 5.3.7, RFC 4291 2.5.2-2.5.5, RFC 6890).
 pub const STAT_DROP_MARTIAN_SOURCE: u32 = 25;
+/// Dropped: an ICMP/ICMPv6 error to a VIP whose ICMP checksum is wrong, or too long to
+/// check (over 1240 bytes of ICMP: no error needs more, RFC 4443 2.4), so it is not
+/// relayed to a backend (RFC 792, RFC 4443 2.3).
+pub const STAT_DROP_ICMP_CHECKSUM: u32 = 26;
 /// Number of global counters; the size of STATS.
-pub const STAT_COUNT: u32 = 26;
+pub const STAT_COUNT: u32 = 27;
 
 /// Names of the global counters, indexed like the `STAT_*` consts.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -184,6 +188,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "drop_udp_length",
     "drop_udp_zero_checksum",
     "drop_martian_source",
+    "drop_icmp_checksum",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -198,8 +203,9 @@ pub const CHECK_SOURCE_ROUTE: u32 = 1 << 3;
 pub const CHECK_IPV6_EXT_ORDER: u32 = 1 << 4;
 pub const CHECK_UDP_ZERO_CHECKSUM: u32 = 1 << 5;
 pub const CHECK_MARTIAN_SOURCE: u32 = 1 << 6;
+pub const CHECK_ICMP_CHECKSUM: u32 = 1 << 7;
 /// The checks, with their config names, in bit order.
-pub const CHECK_NAMES: [(u32, &str); 7] = [
+pub const CHECK_NAMES: [(u32, &str); 8] = [
     (CHECK_LENGTHS, "lengths"),
     (CHECK_IPV4_CHECKSUM, "ipv4_checksum"),
     (CHECK_IPV4_OPTIONS, "ipv4_options"),
@@ -207,6 +213,7 @@ pub const CHECK_NAMES: [(u32, &str); 7] = [
     (CHECK_IPV6_EXT_ORDER, "ipv6_extension_order"),
     (CHECK_UDP_ZERO_CHECKSUM, "udp6_zero_checksum"),
     (CHECK_MARTIAN_SOURCE, "martian_source"),
+    (CHECK_ICMP_CHECKSUM, "icmp_checksum"),
 ];
 
 // ---------------------------------------------------------------------------------------

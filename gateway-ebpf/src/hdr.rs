@@ -74,6 +74,8 @@ pub const FRAG_LEN: usize = 8;
 pub const FRAG_OFF_M: usize = 2;
 /// The offset and M bits: none set means an atomic fragment (RFC 6946).
 pub const FRAG_OFFSET_M_MASK: u16 = 0xfff9;
+/// The offset alone: zero in a first fragment.
+pub const FRAG_OFFSET_MASK: u16 = 0xfff8;
 
 // Protocol numbers (IANA), besides TCP and UDP.
 pub const PROTO_ICMP: u8 = 1;
@@ -108,5 +110,10 @@ pub const ICMP_NEXT_HOP_MTU: usize = 6;
 pub const ICMPV6_MTU: usize = 4;
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMPV6_DEST_UNREACH: u8 = 1;
 pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
+/// The longest ICMP message whose checksum is checked: an ICMPv6 error fills at most the
+/// IPv6 minimum MTU (RFC 4443 2.4), 1280 - 40 bytes; ICMP errors are shorter (RFC 1812).
+pub const ICMP_MAX_CHECKED: usize = 1240;

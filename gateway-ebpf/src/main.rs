@@ -66,11 +66,12 @@ mod prog {
     #[inline(always)]
     fn try_gateway(ctx: &XdpContext) -> Result<Verdict, u32> {
         let mut buf = MaybeUninit::<KeyBuf>::uninit();
-        let pkt = parse::parse(ctx, &mut buf)?;
+        let mut pkt = parse::parse(ctx, &mut buf)?;
         // SAFETY: `parse` wrote the whole key before returning Ok.
         let buf = unsafe { buf.assume_init_mut() };
         let relay = pkt.l4 == L4::IcmpError;
         if relay {
+            parse::check_icmp(ctx, &mut pkt, buf.key());
             parse::quoted_flow(ctx, &pkt, buf)?;
         }
         let key = buf.key();

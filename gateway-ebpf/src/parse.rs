@@ -12,11 +12,11 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
 use gateway_common::{
-    CHECK_IPV4_CHECKSUM, CHECK_IPV4_OPTIONS, CHECK_IPV6_EXT_ORDER, CHECK_LENGTHS,
-    CHECK_MARTIAN_SOURCE, CHECK_SOURCE_ROUTE, CHECK_UDP_ZERO_CHECKSUM, FAMILY_V4, FAMILY_V6,
-    FlowKey, PROTO_TCP, PROTO_UDP, STAT_DROP_BAD_LENGTH, STAT_DROP_IPV4_CHECKSUM,
-    STAT_DROP_IPV4_OPTIONS, STAT_DROP_IPV6_EXT_ORDER, STAT_DROP_MARTIAN_SOURCE,
-    STAT_DROP_SOURCE_ROUTE, STAT_DROP_TCP_OFFSET, STAT_DROP_UDP_LENGTH,
+    CHECK_ICMP_CHECKSUM, CHECK_IPV4_CHECKSUM, CHECK_IPV4_OPTIONS, CHECK_IPV6_EXT_ORDER,
+    CHECK_LENGTHS, CHECK_MARTIAN_SOURCE, CHECK_SOURCE_ROUTE, CHECK_UDP_ZERO_CHECKSUM, FAMILY_V4,
+    FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, STAT_DROP_BAD_LENGTH, STAT_DROP_ICMP_CHECKSUM,
+    STAT_DROP_IPV4_CHECKSUM, STAT_DROP_IPV4_OPTIONS, STAT_DROP_IPV6_EXT_ORDER,
+    STAT_DROP_MARTIAN_SOURCE, STAT_DROP_SOURCE_ROUTE, STAT_DROP_TCP_OFFSET, STAT_DROP_UDP_LENGTH,
     STAT_DROP_UDP_ZERO_CHECKSUM, STAT_FRAGMENT, STAT_PARSE_L2, STAT_PARSE_L3, STAT_PARSE_L4,
     STAT_PASS_NOT_IP, STAT_PASS_NOT_VIP, ServiceKey,
 };
@@ -30,6 +30,8 @@ use crate::{
 
 /// IPv6 extension headers walked before giving up (counted as an L3 parse error).
 pub const MAX_EXT_HEADERS: usize = 8;
+/// Extension headers walked in the packet an ICMPv6 error quotes.
+pub const MAX_QUOTED_EXT_HEADERS: usize = 4;
 
 /// The first validity counter; a defect is noted as bit `stat - FIRST_DEFECT`.
 const FIRST_DEFECT: u32 = STAT_DROP_BAD_LENGTH;
@@ -50,6 +52,7 @@ fn check_of(stat: u32) -> u32 {
         STAT_DROP_IPV6_EXT_ORDER => CHECK_IPV6_EXT_ORDER,
         STAT_DROP_UDP_ZERO_CHECKSUM => CHECK_UDP_ZERO_CHECKSUM,
         STAT_DROP_MARTIAN_SOURCE => CHECK_MARTIAN_SOURCE,
+        STAT_DROP_ICMP_CHECKSUM => CHECK_ICMP_CHECKSUM,
         _ => CHECK_LENGTHS,
     }
 }
@@ -175,6 +178,8 @@ pub struct Packet {
     pub df: bool,
     /// Defects found while parsing, one bit per validity counter (see `defect`).
     pub defects: u32,
+    /// The transport's length by the IP header (set for ICMP errors).
+    pub l4_len: u32,
 }
 
 impl Packet {
@@ -186,7 +191,7 @@ impl Packet {
             return None;
         }
         let mut stat = FIRST_DEFECT;
-        while stat <= STAT_DROP_MARTIAN_SOURCE {
+        while stat <= STAT_DROP_ICMP_CHECKSUM {
             if self.defects & defect(stat) != 0 && checks_off & check_of(stat) == 0 {
                 return Some(stat);
             }
@@ -389,6 +394,7 @@ fn parse_v4(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
         tos: rd8(ip, IPV4_TOS),
         df: frag & IPV4_DF != 0,
         defects,
+        l4_len: 0,
     };
     parse_l4(ctx, &mut pkt, key, PROTO_ICMP, tot_len - hlen)?;
     Ok(pkt)
@@ -470,6 +476,7 @@ fn parse_v6(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
         tos,
         df: true,
         defects,
+        l4_len: 0,
     };
     parse_l4(ctx, &mut pkt, key, PROTO_ICMPV6, l4_len)?;
     Ok(pkt)
@@ -516,24 +523,118 @@ fn parse_l4(
         }
         p if p == icmp_proto => {
             let icmp = at(ctx, off, ICMP_LEN).ok_or(STAT_PARSE_L4)?;
-            if l4_len < ICMP_LEN {
-                pkt.defects |= defect(STAT_DROP_BAD_LENGTH);
-            }
             let ty = rd8(icmp, ICMP_TYPE);
-            // ICMP dest-unreachable (incl. frag-needed); ICMPv6 unreachable, packet-too-big.
+            // ICMP dest-unreachable (incl. frag-needed) and time-exceeded; ICMPv6
+            // unreachable, packet-too-big and time-exceeded.
             let error = if icmp_proto == PROTO_ICMP {
-                ty == ICMP_DEST_UNREACH
+                ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED
             } else {
-                ty == ICMPV6_DEST_UNREACH || ty == ICMPV6_PACKET_TOO_BIG
+                ty == ICMPV6_DEST_UNREACH
+                    || ty == ICMPV6_PACKET_TOO_BIG
+                    || ty == ICMPV6_TIME_EXCEEDED
             };
             if !error {
                 return Err(STAT_PASS_NOT_VIP);
             }
             pkt.l4 = L4::IcmpError;
+            pkt.l4_len = l4_len as u32;
+            if l4_len < ICMP_LEN {
+                pkt.defects |= defect(STAT_DROP_BAD_LENGTH);
+            }
         }
         _ => return Err(STAT_PASS_NOT_VIP),
     }
     Ok(())
+}
+
+/// Notes in `pkt` an ICMP error whose checksum is wrong; `key` is the packet's own flow
+/// (its addresses make ICMPv6's pseudo-header). Checked apart from parsing, for errors
+/// only: a message-long loop inside the parser would be walked for every path through it.
+#[inline(always)]
+pub fn check_icmp(ctx: &XdpContext, pkt: &mut Packet, key: &FlowKey) {
+    let proto = if pkt.family == FAMILY_V4 {
+        PROTO_ICMP
+    } else {
+        PROTO_ICMPV6
+    };
+    let len = pkt.l4_len as usize;
+    if len >= ICMP_LEN && !icmp_checksum_ok(ctx, pkt.l4_off, len, key, proto) {
+        pkt.defects = opaque(pkt.defects | defect(STAT_DROP_ICMP_CHECKSUM));
+    }
+}
+
+/// Whether an ICMP (or ICMPv6, with its pseudo-header) message of `len` bytes at `off` has
+/// the right checksum: its words and the checksum sum to 0xffff (RFC 1071). Summed four
+/// bytes at a time, which folds to the same 16-bit sum.
+#[inline(always)]
+fn icmp_checksum_ok(
+    ctx: &XdpContext,
+    off: usize,
+    len: usize,
+    key: &FlowKey,
+    icmp_proto: u8,
+) -> bool {
+    if len > ICMP_MAX_CHECKED {
+        return false;
+    }
+    let mut sum = 0u64;
+    if icmp_proto == PROTO_ICMPV6 {
+        // Pseudo-header (RFC 8200 8.1): addresses, upper-layer length, next header.
+        let mut i = 0;
+        while i < 16 {
+            sum += u64::from(u16::from_be_bytes([key.src[i], key.src[i + 1]]));
+            sum += u64::from(u16::from_be_bytes([key.dst[i], key.dst[i + 1]]));
+            i += 2;
+        }
+        sum += len as u64 + u64::from(PROTO_ICMPV6);
+    }
+    // Whole 64-byte chunks straight from the packet, then the rest through a zeroed stack
+    // buffer (zeros do not change the sum). One path per chunk: a loop that also decided
+    // each chunk's length would give the verifier two paths per chunk, 2^20 in all.
+    let mut c = 0;
+    while c < ICMP_MAX_CHECKED / 64 {
+        if (c + 1) * 64 > len {
+            break;
+        }
+        let Some(p) = at(ctx, off + c * 64, 64) else {
+            return false;
+        };
+        let mut w = 0;
+        while w < 64 {
+            sum += u64::from(u32::from_be_bytes(copy(p, w)));
+            w += 4;
+        }
+        c += 1;
+    }
+    let rest = len - c * 64;
+    if rest > 0 {
+        let mut buf = [0u8; 64];
+        // 1..=64 where the verifier sees it (see `ipv4_options`).
+        let n = ((core::hint::black_box(rest) as u32).wrapping_sub(1) & 63) + 1;
+        // SAFETY: the helper writes `n` <= 64 bytes into `buf`.
+        let read = unsafe {
+            bpf_xdp_load_bytes(
+                ctx.ctx,
+                (off + c * 64) as u32,
+                buf.as_mut_ptr() as *mut core::ffi::c_void,
+                n,
+            )
+        };
+        if read != 0 {
+            return false;
+        }
+        let mut w = 0;
+        while w < 64 {
+            sum += u64::from(u32::from_be_bytes([
+                buf[w],
+                buf[w + 1],
+                buf[w + 2],
+                buf[w + 3],
+            ]));
+            w += 4;
+        }
+    }
+    csum::fold(sum) == 0xffff
 }
 
 /// Writes into `buf` the flow (as the client sent it) that an ICMP error is about. The error
@@ -560,14 +661,38 @@ pub fn quoted_flow(ctx: &XdpContext, pkt: &Packet, buf: &mut KeyBuf) -> Result<(
         if rd8(ip, IPV6_VER_TC) >> 4 != 6 {
             return Err(STAT_PARSE_L4);
         }
+        // The quote may carry extension headers of its own (the backend's packet).
+        let mut nh = rd8(ip, IPV6_NEXT_HEADER);
+        let mut off = inner + IPV6_LEN;
+        let mut i = 0;
+        while i < MAX_QUOTED_EXT_HEADERS {
+            match nh {
+                NH_HOP_BY_HOP | NH_ROUTING | NH_DEST_OPTS => {
+                    let ext = at(ctx, off, 2).ok_or(STAT_PARSE_L4)?;
+                    nh = rd8(ext, EXT_NEXT_HEADER);
+                    off += (usize::from(rd8(ext, EXT_LEN)) + 1) * EXT_UNIT;
+                }
+                NH_FRAGMENT => {
+                    let ext = at(ctx, off, FRAG_LEN).ok_or(STAT_PARSE_L4)?;
+                    // Only a first fragment quotes ports.
+                    if rd16(ext, FRAG_OFF_M) & FRAG_OFFSET_MASK != 0 {
+                        return Err(STAT_FRAGMENT);
+                    }
+                    nh = rd8(ext, EXT_NEXT_HEADER);
+                    off += FRAG_LEN;
+                }
+                _ => break,
+            }
+            i += 1;
+        }
         *buf = KeyBuf::new(
             v6_halves(ip, IPV6_DST),
             v6_halves(ip, IPV6_SRC),
-            rd8(ip, IPV6_NEXT_HEADER),
+            nh,
             FAMILY_V6,
         );
         key = buf.key_mut();
-        l4 = inner + IPV6_LEN;
+        l4 = off;
     }
     if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
         return Err(STAT_PASS_NOT_VIP);

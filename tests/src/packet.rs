@@ -551,7 +551,8 @@ mod tests {
 ///   atomic fragments are whole packets (RFC 6946);
 /// - transport: TCP data offset 5..=length (RFC 9293), UDP length equal to the transport's
 ///   length (RFC 768), UDP over IPv6 with a checksum (RFC 8200 8.1); the transport header
-///   (TCP 20, UDP 8, ICMP 8 bytes) within the IP length;
+///   (TCP 20, UDP 8, ICMP 8 bytes) within the IP length; an ICMP message's checksum (RFC
+///   792, RFC 4443 2.3: an error relayed to a backend must be one its stack accepts);
 /// - sources (RFC 1812 5.3.7, RFC 4291, RFC 6890): not 0/8, 127/8, 224/4, 240/4; not ::,
 ///   ::1, ff00::/8, ::ffff:0:0/96.
 pub fn router_refusal(frame: &[u8]) -> Option<&'static str> {
@@ -672,6 +673,15 @@ pub fn router_refusal(frame: &[u8]) -> Option<&'static str> {
             }
         }
         1 | 58 if l4.len() < 8 => return Some("IP length ends inside the ICMP header"),
+        1 | 58 => {
+            let mut sum = sum16(0, l4);
+            if v6 {
+                sum += sum16(0, &ip[8..40]) + l4.len() as u64 + 58;
+            }
+            if fold(sum) != 0xffff {
+                return Some("ICMP checksum");
+            }
+        }
         _ => {}
     }
     None

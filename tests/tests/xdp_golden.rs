@@ -709,6 +709,71 @@ fn cases() -> Vec<Case> {
         Out::Bytes(dsr(&u6, &b1v6())),
         STAT_ICMP_RELAYED,
     );
+    let t4 = icmp_error(c4(), vip4(), 40405, 80, 11, 0).bytes();
+    add(
+        "icmp time-exceeded about an l2dsr flow",
+        t4.clone(),
+        XDP_TX,
+        Out::Bytes(dsr(&t4, &b1())),
+        STAT_ICMP_RELAYED,
+    );
+    let t6 = icmp_error(c6(), vip6_ipip(), 40406, 80, 3, 0).bytes();
+    let t6key = flow_key(c6(), vip6_ipip(), 40406, 80, PROTO_TCP);
+    add(
+        "icmpv6 time-exceeded about an ipip flow",
+        t6.clone(),
+        XDP_TX,
+        Out::Bytes(ipip(&t6, &b2v6(), &t6key)),
+        STAT_ICMP_RELAYED,
+    );
+    let mut q6 = icmp_error(c6(), vip6(), 40407, 80, 2, 0);
+    if let Some(Ip {
+        l4: L4::Icmp { body, .. },
+        ..
+    }) = q6.ip.as_mut()
+    {
+        let mut quoted = Ip::new(
+            vip6(),
+            c6(),
+            L4::Tcp {
+                sport: 80,
+                dport: 40407,
+                flags: TCP_ACK,
+                seq: 9,
+                payload: vec![],
+            },
+        );
+        quoted.ext = vec![Ext::DestOpts, Ext::Routing];
+        *body = quoted.bytes();
+    }
+    let q6 = q6.bytes();
+    add(
+        "icmpv6 packet-too-big quoting extension headers",
+        q6.clone(),
+        XDP_TX,
+        Out::Bytes(dsr(&q6, &b1v6())),
+        STAT_ICMP_RELAYED,
+    );
+    let mut bad4 = icmp_error(c4(), vip4(), 40408, 80, 3, 4).bytes();
+    let l2 = l2_len(&bad4);
+    bad4[l2 + 20 + 2] ^= 0x10;
+    add(
+        "icmp error with a bad icmp checksum",
+        bad4,
+        XDP_DROP,
+        Out::Same,
+        STAT_DROP_ICMP_CHECKSUM,
+    );
+    let mut bad6 = icmp_error(c6(), vip6_ipip(), 40409, 80, 2, 0).bytes();
+    let last = bad6.len() - 1;
+    bad6[last] ^= 0x01;
+    add(
+        "icmpv6 error with a bad icmp checksum ipip",
+        bad6,
+        XDP_DROP,
+        Out::Same,
+        STAT_DROP_ICMP_CHECKSUM,
+    );
     add(
         "icmp error about a non-VIP flow",
         icmp_error(c4(), v4(198, 18, 0, 2), 40403, 80, 3, 1).bytes(),
@@ -1010,7 +1075,8 @@ fn validity_cases(add: &mut impl FnMut(&'static str, Vec<u8>, u32, Out, u32)) {
 
 /// The counters of which every packet moves exactly one: the reason its run ended (see
 /// gateway-common's counters).
-const VERDICT_STATS: [u32; 20] = [
+const VERDICT_STATS: [u32; 21] = [
+    STAT_DROP_ICMP_CHECKSUM,
     STAT_DROP_BAD_LENGTH,
     STAT_DROP_IPV4_CHECKSUM,
     STAT_DROP_IPV4_OPTIONS,

@@ -157,8 +157,12 @@ pub const STAT_DROP_MARTIAN_SOURCE: u32 = 25;
 /// check (over 1240 bytes of ICMP: no error needs more, RFC 4443 2.4), so it is not
 /// relayed to a backend (RFC 792, RFC 4443 2.3).
 pub const STAT_DROP_ICMP_CHECKSUM: u32 = 26;
+/// Passed untouched: a frame not addressed to one of this host's MACs (broadcast,
+/// multicast, or another host's: flooded by a switch, or seen in promiscuous mode), or
+/// from a multicast source MAC (IEEE 802.3: no station sends from a group address).
+pub const STAT_PASS_NOT_OUR_MAC: u32 = 27;
 /// Number of global counters; the size of STATS.
-pub const STAT_COUNT: u32 = 27;
+pub const STAT_COUNT: u32 = 28;
 
 /// Names of the global counters, indexed like the `STAT_*` consts.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -189,6 +193,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "drop_udp_zero_checksum",
     "drop_martian_source",
     "drop_icmp_checksum",
+    "pass_not_our_mac",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -204,8 +209,10 @@ pub const CHECK_IPV6_EXT_ORDER: u32 = 1 << 4;
 pub const CHECK_UDP_ZERO_CHECKSUM: u32 = 1 << 5;
 pub const CHECK_MARTIAN_SOURCE: u32 = 1 << 6;
 pub const CHECK_ICMP_CHECKSUM: u32 = 1 << 7;
+/// The frame's MACs (`STAT_PASS_NOT_OUR_MAC`): a pass, not a drop.
+pub const CHECK_MAC: u32 = 1 << 8;
 /// The checks, with their config names, in bit order.
-pub const CHECK_NAMES: [(u32, &str); 8] = [
+pub const CHECK_NAMES: [(u32, &str); 9] = [
     (CHECK_LENGTHS, "lengths"),
     (CHECK_IPV4_CHECKSUM, "ipv4_checksum"),
     (CHECK_IPV4_OPTIONS, "ipv4_options"),
@@ -214,7 +221,10 @@ pub const CHECK_NAMES: [(u32, &str); 8] = [
     (CHECK_UDP_ZERO_CHECKSUM, "udp6_zero_checksum"),
     (CHECK_MARTIAN_SOURCE, "martian_source"),
     (CHECK_ICMP_CHECKSUM, "icmp_checksum"),
+    (CHECK_MAC, "mac"),
 ];
+/// MACs of this host in SETTINGS: the interface's own and those the operator adds.
+pub const MAX_LOCAL_MACS: usize = 4;
 
 // ---------------------------------------------------------------------------------------
 // Values of small fields
@@ -349,8 +359,11 @@ pub struct Settings {
     pub _pad: [u8; 3],
     /// `CHECK_*` bits of packet checks the operator turned off (0: every check on).
     pub checks_off: u32,
+    /// The MACs frames to VIPs must be addressed to; all-zero entries are unused, and with
+    /// none set the destination MAC is not checked.
+    pub macs: [[u8; 6]; MAX_LOCAL_MACS],
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 32);
+const _: () = assert!(core::mem::size_of::<Settings>() == 56);
 
 /// META[0]: the layout and the load-time sizes the maps were created with.
 #[repr(C)]

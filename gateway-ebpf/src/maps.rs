@@ -49,6 +49,7 @@ static NO_SETTINGS: Settings = Settings {
     ipip_src_v4_vary_bits: 0,
     _pad: [0; 3],
     checks_off: 0,
+    macs: [[0; 6]; gateway_common::MAX_LOCAL_MACS],
 };
 
 /// SETTINGS[0].

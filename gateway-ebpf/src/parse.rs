@@ -13,18 +13,19 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
 use gateway_common::{
     CHECK_ICMP_CHECKSUM, CHECK_IPV4_CHECKSUM, CHECK_IPV4_OPTIONS, CHECK_IPV6_EXT_ORDER,
-    CHECK_LENGTHS, CHECK_MARTIAN_SOURCE, CHECK_SOURCE_ROUTE, CHECK_UDP_ZERO_CHECKSUM, FAMILY_V4,
-    FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, STAT_DROP_BAD_LENGTH, STAT_DROP_ICMP_CHECKSUM,
-    STAT_DROP_IPV4_CHECKSUM, STAT_DROP_IPV4_OPTIONS, STAT_DROP_IPV6_EXT_ORDER,
-    STAT_DROP_MARTIAN_SOURCE, STAT_DROP_SOURCE_ROUTE, STAT_DROP_TCP_OFFSET, STAT_DROP_UDP_LENGTH,
-    STAT_DROP_UDP_ZERO_CHECKSUM, STAT_FRAGMENT, STAT_PARSE_L2, STAT_PARSE_L3, STAT_PARSE_L4,
-    STAT_PASS_NOT_IP, STAT_PASS_NOT_VIP, ServiceKey,
+    CHECK_LENGTHS, CHECK_MAC, CHECK_MARTIAN_SOURCE, CHECK_SOURCE_ROUTE, CHECK_UDP_ZERO_CHECKSUM,
+    FAMILY_V4, FAMILY_V6, FlowKey, MAX_LOCAL_MACS, PROTO_TCP, PROTO_UDP, STAT_DROP_BAD_LENGTH,
+    STAT_DROP_ICMP_CHECKSUM, STAT_DROP_IPV4_CHECKSUM, STAT_DROP_IPV4_OPTIONS,
+    STAT_DROP_IPV6_EXT_ORDER, STAT_DROP_MARTIAN_SOURCE, STAT_DROP_SOURCE_ROUTE,
+    STAT_DROP_TCP_OFFSET, STAT_DROP_UDP_LENGTH, STAT_DROP_UDP_ZERO_CHECKSUM, STAT_FRAGMENT,
+    STAT_PARSE_L2, STAT_PARSE_L3, STAT_PARSE_L4, STAT_PASS_NOT_IP, STAT_PASS_NOT_OUR_MAC,
+    STAT_PASS_NOT_VIP, ServiceKey,
 };
 use gateway_ebpf::hdr::*;
 
 use crate::{
     csum,
-    maps::SCRATCH,
+    maps::{SCRATCH, settings},
     packet::{at, copy, frame_len, rd8, rd16},
 };
 
@@ -316,6 +317,12 @@ pub fn parse(ctx: &XdpContext, buf: &mut MaybeUninit<KeyBuf>) -> Result<Packet, 
         ethertype = rd16(vlan, VLAN_INNER_PROTO);
         l2_len = ETH_LEN + VLAN_LEN;
     }
+    if ethertype != ETH_P_IP && ethertype != ETH_P_IPV6 {
+        return Err(STAT_PASS_NOT_IP);
+    }
+    if !for_us(eth) {
+        return Err(STAT_PASS_NOT_OUR_MAC);
+    }
     let mut pkt = match ethertype {
         ETH_P_IP => parse_v4(ctx, l2_len, buf),
         ETH_P_IPV6 => parse_v6(ctx, l2_len, buf),
@@ -341,6 +348,33 @@ fn opaque(v: u32) -> u32 {
         // Cannot happen (one entry, index 0).
         None => 0,
     }
+}
+
+/// Whether the frame is addressed to one of this host's MACs (when the agent has set any)
+/// from a unicast source, or the operator turned the check off. A frame for another host
+/// reaches us when a switch floods it or the NIC is promiscuous; forwarding it would
+/// duplicate someone else's traffic.
+#[inline(always)]
+fn for_us(eth: *const u8) -> bool {
+    let s = settings();
+    if s.checks_off & CHECK_MAC != 0 {
+        return true;
+    }
+    if rd8(eth, ETH_SRC) & 1 != 0 {
+        return false;
+    }
+    if s.macs[0] == [0; 6] {
+        return true;
+    }
+    let dst: [u8; ETH_ALEN] = copy(eth, ETH_DST);
+    let mut i = 0;
+    while i < MAX_LOCAL_MACS {
+        if s.macs[i] == dst {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// The IPv4 header length from its first byte, if the version is 4 and IHL at least 5.

@@ -153,9 +153,20 @@ pub fn service_key(s: &ServiceConfig) -> ServiceKey {
     }
 }
 
-/// The SETTINGS map's one value, from the config's `[dataplane]` section.
-pub fn settings(config: &Config) -> Settings {
+/// The SETTINGS map's one value, from the config's `[dataplane]` section and this host's
+/// interface MAC. Without the interface MAC no MAC is set, and the program checks none:
+/// the extra MACs alone would turn away the frames addressed to the interface.
+pub fn settings(config: &Config, interface_mac: Option<[u8; 6]>) -> Settings {
     let d = &config.dataplane;
+    let mut macs = [[0; 6]; gateway_common::MAX_LOCAL_MACS];
+    if let Some(own) = interface_mac {
+        for (slot, mac) in macs
+            .iter_mut()
+            .zip(std::iter::once(&own).chain(&d.extra_macs))
+        {
+            *slot = *mac;
+        }
+    }
     Settings {
         mtu: d.mtu,
         ipip_src_v4: d.ipip_source_v4.map(|a| a.octets()).unwrap_or_default(),
@@ -163,6 +174,7 @@ pub fn settings(config: &Config) -> Settings {
         ipip_src_v4_vary_bits: d.ipip_source_v4_vary_bits,
         _pad: [0; 3],
         checks_off: d.checks_off,
+        macs,
     }
 }
 

@@ -326,10 +326,20 @@ fn slowstart(slow: Duration, since: Option<Duration>, now: Duration) -> (f64, Op
     (factor, Some(since + step_len * (step + 1)))
 }
 
-/// The desired data plane for `config` given `facts` at agent time `now`.
+/// Facts about this balancer, as opposed to its backends.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Host {
+    /// The MAC of the interface the program is attached to, if known: VIP frames must be
+    /// addressed to it (or to one of `dataplane.extra_macs`).
+    pub interface_mac: Option<[u8; 6]>,
+}
+
+/// The desired data plane for `config` given `facts` about the backends and `host` at
+/// agent time `now`.
 pub fn plan(
     config: &Config,
     facts: &Facts,
+    host: &Host,
     ids: &mut Ids,
     tables: &mut TableCache,
     now: Duration,
@@ -337,7 +347,7 @@ pub fn plan(
     ids.retain(config);
     tables.retain(config);
     let mut desired = Desired {
-        settings: model::settings(config),
+        settings: model::settings(config, host.interface_mac),
         ..Desired::default()
     };
     let mut services = Vec::new();
@@ -577,6 +587,7 @@ address = "198.18.0.13"
         plan(
             c,
             f,
+            &Host::default(),
             &mut Ids::default(),
             &mut TableCache::default(),
             Duration::ZERO,
@@ -729,6 +740,7 @@ address = "198.18.0.13"
             let p = plan(
                 &c,
                 &f,
+                &Host::default(),
                 &mut ids,
                 &mut tables,
                 since + Duration::from_secs(t),
@@ -753,8 +765,22 @@ address = "198.18.0.13"
         let c = config("", ["", "", ""]);
         let mut ids = Ids::default();
         let mut t = TableCache::default();
-        let p1 = plan(&c, &facts([true; 3]), &mut ids, &mut t, Duration::ZERO);
-        let p2 = plan(&c, &facts([true; 3]), &mut ids, &mut t, Duration::ZERO);
+        let p1 = plan(
+            &c,
+            &facts([true; 3]),
+            &Host::default(),
+            &mut ids,
+            &mut t,
+            Duration::ZERO,
+        );
+        let p2 = plan(
+            &c,
+            &facts([true; 3]),
+            &Host::default(),
+            &mut ids,
+            &mut t,
+            Duration::ZERO,
+        );
         let id_list = |p: &Plan| {
             p.services[0]
                 .backends
@@ -766,9 +792,23 @@ address = "198.18.0.13"
         assert_eq!(id_list(&p1), id_list(&p2));
         let mut fewer = c.clone();
         fewer.services[0].backends.remove(1);
-        let p3 = plan(&fewer, &facts([true; 3]), &mut ids, &mut t, Duration::ZERO);
+        let p3 = plan(
+            &fewer,
+            &facts([true; 3]),
+            &Host::default(),
+            &mut ids,
+            &mut t,
+            Duration::ZERO,
+        );
         assert_eq!(id_list(&p3), vec![1, 3]);
-        let p4 = plan(&c, &facts([true; 3]), &mut ids, &mut t, Duration::ZERO);
+        let p4 = plan(
+            &c,
+            &facts([true; 3]),
+            &Host::default(),
+            &mut ids,
+            &mut t,
+            Duration::ZERO,
+        );
         assert_eq!(id_list(&p4), vec![1, 2, 3]);
     }
 

@@ -23,6 +23,7 @@ pub fn planned(config: &Config) -> Plan {
     plan::plan(
         config,
         &plan::assume_all_up(config),
+        &plan::Host::default(),
         &mut Ids::default(),
         &mut TableCache::default(),
         Duration::ZERO,

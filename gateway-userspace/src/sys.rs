@@ -80,6 +80,44 @@ pub fn preflight(interface: &str, pin_dir: &Path) -> Result<u32, PreflightError>
     Ok(idx)
 }
 
+/// The Ethernet MAC address of `iface` in this process's network namespace (SIOCGIFHWADDR
+/// on a socket, which answers for the socket's namespace; sysfs would show whichever
+/// namespace /sys was mounted in, and `nsenter` does not remount it). None for an interface
+/// that is missing or not Ethernet.
+pub fn interface_mac(iface: &str) -> Option<[u8; 6]> {
+    let name = iface.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: a plain socket, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads the NUL-terminated name and writes the address into `ifr`.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut ifr) };
+    // SAFETY: `fd` is ours.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: on success the union holds the hardware address.
+    let addr = unsafe { ifr.ifr_ifru.ifru_hwaddr };
+    if addr.sa_family != libc::ARPHRD_ETHER {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(addr.sa_data.iter()) {
+        *m = *b as u8;
+    }
+    (mac != [0; 6]).then_some(mac)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +165,12 @@ mod tests {
         unsafe { libc::umount(c.as_ptr()) };
         let _ = std::fs::remove_dir(&mnt);
         result.unwrap();
+    }
+
+    #[test]
+    fn only_an_ethernet_interface_has_a_mac() {
+        assert_eq!(interface_mac("lo"), None, "loopback is not Ethernet");
+        assert_eq!(interface_mac("gw-no-such0"), None);
+        assert_eq!(interface_mac(""), None);
     }
 }

@@ -54,7 +54,14 @@ fn main() {
         for i in 0..FLIPS {
             facts.get_mut(&BackendKey::new("web", first)).unwrap().up = i % 2 == 1;
             let t = Instant::now();
-            let p = plan::plan(&c, &facts, &mut ids, &mut tables, std::time::Duration::ZERO);
+            let p = plan::plan(
+                &c,
+                &facts,
+                &plan::Host::default(),
+                &mut ids,
+                &mut tables,
+                std::time::Duration::ZERO,
+            );
             let (ops, next) = mapsync::diff(&applied, &p.desired, layout).expect("diff");
             mapsync::apply(&ops, &mut dp).expect("apply");
             applied = next;

@@ -83,6 +83,7 @@ fn main() {
         ipip_src_v4_vary_bits: 8,
         _pad: [0; 3],
         checks_off: 0,
+        macs: [[0; 6]; gateway_common::MAX_LOCAL_MACS],
     };
     let mut w = World::new(&services, settings);
     let mut floor_obj = aya::Ebpf::load(gateway::object::XDP_FLOOR).expect("floor object");

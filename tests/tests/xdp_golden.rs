@@ -57,6 +57,7 @@ fn settings() -> Settings {
         ipip_src_v4_vary_bits: VARY_BITS,
         _pad: [0; 3],
         checks_off: 0,
+        macs: [LB_MAC, VRRP_MAC, [0; 6], [0; 6]],
     }
 }
 
@@ -603,6 +604,40 @@ fn cases() -> Vec<Case> {
 
     validity_cases(&mut add);
 
+    // Frames for other hosts, or from group addresses, go to the stack untouched; one to an
+    // extra MAC the operator listed is ours.
+    for (name, dst, src) in [
+        ("ip to the broadcast MAC", [0xff; 6], CLIENT_MAC),
+        (
+            "ip to a multicast MAC",
+            [0x01, 0, 0x5e, 0, 0, 5],
+            CLIENT_MAC,
+        ),
+        (
+            "ip to another host's MAC",
+            [0x02, 0, 0, 0, 0, 0x77],
+            CLIENT_MAC,
+        ),
+        ("ip from a multicast MAC", LB_MAC, [0x03, 0, 0, 0, 0, 1]),
+    ] {
+        let mut f = tcp(c4(), vip4(), 40040, 80, TCP_SYN);
+        f.dst = dst;
+        f.src = src;
+        add(name, f.bytes(), XDP_PASS, Out::Same, STAT_PASS_NOT_OUR_MAC);
+    }
+    let mut f = tcp(c6(), vip6(), 40041, 80, TCP_SYN);
+    f.dst = VRRP_MAC;
+    let bytes = f.bytes();
+    let mut out = dsr(&bytes, &b1v6());
+    out[6..12].copy_from_slice(&VRRP_MAC);
+    add(
+        "ip to an extra MAC",
+        bytes,
+        XDP_TX,
+        Out::Bytes(out),
+        STAT_CT_MISS_SYN,
+    );
+
     // Ethernet padding and trailers stay out of the outer packet.
     for (name, f) in [
         (
@@ -860,6 +895,9 @@ fn cases() -> Vec<Case> {
     v
 }
 
+/// A MAC the operator lists in `extra_macs` (a VRRP virtual router's).
+const VRRP_MAC: [u8; 6] = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x07];
+
 /// Recomputes an IPv4 header's checksum after a test changed it.
 fn fix_v4_checksum(frame: &mut [u8]) {
     let l2 = l2_len(frame);
@@ -1075,7 +1113,8 @@ fn validity_cases(add: &mut impl FnMut(&'static str, Vec<u8>, u32, Out, u32)) {
 
 /// The counters of which every packet moves exactly one: the reason its run ended (see
 /// gateway-common's counters).
-const VERDICT_STATS: [u32; 21] = [
+const VERDICT_STATS: [u32; 22] = [
+    STAT_PASS_NOT_OUR_MAC,
     STAT_DROP_ICMP_CHECKSUM,
     STAT_DROP_BAD_LENGTH,
     STAT_DROP_IPV4_CHECKSUM,

@@ -84,6 +84,7 @@ fn settings() -> Settings {
         ipip_src_v4_vary_bits: 4,
         _pad: [0; 3],
         checks_off: 0,
+        macs: [[0; 6]; gateway_common::MAX_LOCAL_MACS],
     }
 }
 

@@ -88,6 +88,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             self.save_overrides();
         }
         self.set_effective();
+        self.host.interface_mac = crate::sys::interface_mac(&self.config.dataplane.interface);
         self.hops.flush_routes();
         self.sync_checks();
         self.resolve();

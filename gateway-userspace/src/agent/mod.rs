@@ -200,6 +200,8 @@ pub struct Agent<D = Dataplane, N = Resolver> {
     pub records: HashMap<BackendKey, BackendRecord>,
     macs: HashMap<IpAddr, Result<[u8; 6], String>>,
     hops: N,
+    /// Facts about this balancer (its interface's MAC), read at start and on reload.
+    host: plan::Host,
     prober: Prober,
     events: mpsc::Receiver<health::Event>,
     by_check: HashMap<CheckId, BackendKey>,
@@ -287,6 +289,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             records: HashMap::new(),
             macs: HashMap::new(),
             hops,
+            host: plan::Host::default(),
             prober: Prober::new(health::DEFAULT_MAX_IN_FLIGHT, tx),
             events: rx,
             by_check: HashMap::new(),
@@ -301,6 +304,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             map_write_errors: 0,
             retry_at: None,
         };
+        agent.host.interface_mac = sys::interface_mac(&agent.config.dataplane.interface);
         agent.sync_checks();
         agent
     }
@@ -341,6 +345,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         let mut p = plan::plan(
             &self.config,
             &self.facts(),
+            &self.host,
             &mut self.ids,
             &mut self.tables,
             now,

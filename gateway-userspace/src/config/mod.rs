@@ -24,7 +24,7 @@ use std::path::Path;
 pub use error::{ConfigError, Issue};
 pub use load_time::LoadTime;
 pub use types::*;
-pub use validate::{WEIGHT, parse_duration};
+pub use validate::{WEIGHT, parse_duration, parse_mac};
 
 use error::{dotted_key, key_on_line, line_of};
 use raw::RawConfig;

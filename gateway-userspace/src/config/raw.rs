@@ -30,6 +30,7 @@ pub(super) struct RawDataplane {
     pub(super) ipip_source_v4_vary_bits: Option<Spanned<i64>>,
     pub(super) ipip_source_v6: Option<Spanned<String>>,
     pub(super) skip_checks: Option<Vec<Spanned<String>>>,
+    pub(super) extra_macs: Option<Vec<Spanned<String>>>,
     pub(super) kernel_log: Option<KernelLog>,
     pub(super) pin_dir: Option<Spanned<String>>,
     pub(super) on_exit: Option<OnExit>,

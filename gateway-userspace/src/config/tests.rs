@@ -110,6 +110,7 @@ fn defaults_are_applied() {
             ipip_source_v4_vary_bits: 0,
             ipip_source_v6: None,
             checks_off: 0,
+            extra_macs: vec![],
             kernel_log: KernelLog::Warn,
             pin_dir: "/sys/fs/bpf/gateway/eth0".into(),
             on_exit: OnExit::Detach,
@@ -911,4 +912,31 @@ fn skip_checks_names_checks_and_refuses_unknown_ones() {
     assert_eq!(i.line, 3);
     assert!(i.message.contains("unknown check \"ttl\""), "{i:?}");
     assert!(i.message.contains("ipv4_checksum"), "{i:?}");
+}
+
+#[test]
+fn extra_macs_are_unicast_and_few() {
+    let base = "[dataplane]\ninterface = \"eth0\"\n";
+    let c = Config::parse(
+        &format!("{base}extra_macs = [\"00:00:5e:00:01:07\"]\n"),
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.dataplane.extra_macs, vec![[0, 0, 0x5e, 0, 1, 7]]);
+    for bad in [
+        "01:00:5e:00:00:01",
+        "00:00:00:00:00:00",
+        "00:00:5e:00:01",
+        "zz:00:5e:00:01:07",
+    ] {
+        let text = format!("{base}extra_macs = [\"{bad}\"]\n");
+        let i = only(&text, "dataplane.extra_macs");
+        assert!(i.message.contains("not a unicast MAC"), "{bad}: {i:?}");
+    }
+    let four = "[\"02:00:00:00:00:01\", \"02:00:00:00:00:02\", \"02:00:00:00:00:03\", \"02:00:00:00:00:04\"]";
+    let i = only(
+        &format!("{base}extra_macs = {four}\n"),
+        "dataplane.extra_macs",
+    );
+    assert!(i.message.contains("at most 3"), "{i:?}");
 }

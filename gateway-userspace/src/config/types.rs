@@ -122,6 +122,9 @@ pub struct DataplaneConfig {
     /// Packet checks turned off (`gateway_common::CHECK_*` bits, from `skip_checks`): 0,
     /// every check on, by default.
     pub checks_off: u32,
+    /// MACs besides the interface's own that VIP frames may be addressed to (VRRP, macvlan),
+    /// at most `MAX_LOCAL_MACS - 1`.
+    pub extra_macs: Vec<[u8; 6]>,
     pub kernel_log: KernelLog,
     /// A directory on bpffs for the pinned maps and link (default
     /// `/sys/fs/bpf/gateway/<interface>`).

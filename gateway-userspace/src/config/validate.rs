@@ -336,6 +336,37 @@ impl Validator<'_> {
             }
         }
 
+        let mut extra_macs = Some(Vec::new());
+        for m in d.extra_macs.iter().flatten() {
+            match parse_mac(m.get_ref()) {
+                Some(mac) if mac[0] & 1 == 0 && mac != [0; 6] => {
+                    if let Some(v) = extra_macs.as_mut() {
+                        v.push(mac);
+                    }
+                }
+                _ => {
+                    let msg = format!(
+                        "{:?} is not a unicast MAC address (six hex pairs, like 02:00:5e:00:01:01)",
+                        m.get_ref()
+                    );
+                    self.report(m.span(), "dataplane.extra_macs", msg);
+                    extra_macs = None;
+                }
+            }
+        }
+        if let (Some(v), Some(list)) = (&extra_macs, &d.extra_macs)
+            && v.len() >= gateway_common::MAX_LOCAL_MACS
+        {
+            let span = list.first().map(|m| m.span()).unwrap_or_default();
+            let msg = format!(
+                "{} MACs: at most {} besides the interface's own",
+                v.len(),
+                gateway_common::MAX_LOCAL_MACS - 1
+            );
+            self.report(span, "dataplane.extra_macs", msg);
+            extra_macs = None;
+        }
+
         let max_services = self.int(
             d.max_services.as_ref(),
             DEFAULT_MAX_SERVICES,
@@ -439,6 +470,7 @@ impl Validator<'_> {
                 ipip_source_v4_vary_bits: ipip_source_v4_vary_bits?,
                 ipip_source_v6: ipip_source_v6?,
                 checks_off: checks_off?,
+                extra_macs: extra_macs?,
                 kernel_log: d.kernel_log.unwrap_or_default(),
                 pin_dir: pin_dir?,
                 on_exit: d.on_exit.unwrap_or_default(),
@@ -692,4 +724,18 @@ pub(super) fn valid_service_name(name: &str) -> bool {
 
 pub(super) fn has_space_or_control(s: &str) -> bool {
     s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// A MAC address written as six colon-separated hex pairs.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }

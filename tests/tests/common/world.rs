@@ -136,6 +136,17 @@ pub fn config_text(services: &[Svc], settings: &Settings) -> String {
         .map(|(_, name)| format!("\"{name}\""))
         .collect();
     d(&mut t, format!("skip_checks = [{}]", skipped.join(", ")));
+    let macs: Vec<String> = settings
+        .macs
+        .iter()
+        .skip(1)
+        .filter(|m| **m != [0; 6])
+        .map(|m| {
+            let hex: Vec<String> = m.iter().map(|b| format!("{b:02x}")).collect();
+            format!("\"{}\"", hex.join(":"))
+        })
+        .collect();
+    d(&mut t, format!("extra_macs = [{}]", macs.join(", ")));
     for (i, s) in services.iter().enumerate() {
         let protocol = match s.proto {
             PROTO_TCP => "tcp",
@@ -211,6 +222,9 @@ impl World {
         let p = plan::plan(
             &config,
             &facts(services),
+            &plan::Host {
+                interface_mac: Some(self.settings.macs[0]).filter(|m| *m != [0; 6]),
+            },
             &mut self.ids,
             &mut self.tables,
             Duration::ZERO,

@@ -400,7 +400,8 @@ fn parse_v4(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
     }
     let src: [u8; 4] = copy(ip, IPV4_SRC);
     let mut defects = 0;
-    if martian_v4(src) {
+    // Also a packet from its own destination (a "land" attack: from the VIP to itself).
+    if martian_v4(src) || src == copy::<4>(ip, IPV4_DST) {
         defects |= defect(STAT_DROP_MARTIAN_SOURCE);
     }
     if !ipv4_checksum_ok(ctx, ip, l2, hlen) {
@@ -449,7 +450,7 @@ fn parse_v6(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
     let tos = ((b0 & 0x0f) << 4) | (rd8(ip, IPV6_TC_FLOW) >> 4);
     let src = v6_halves(ip, IPV6_SRC);
     let mut defects = 0;
-    if martian_v6(src[0], src[1]) {
+    if martian_v6(src[0], src[1]) || src == v6_halves(ip, IPV6_DST) {
         defects |= defect(STAT_DROP_MARTIAN_SOURCE);
     }
 

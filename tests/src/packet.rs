@@ -554,7 +554,7 @@ mod tests {
 ///   (TCP 20, UDP 8, ICMP 8 bytes) within the IP length; an ICMP message's checksum (RFC
 ///   792, RFC 4443 2.3: an error relayed to a backend must be one its stack accepts);
 /// - sources (RFC 1812 5.3.7, RFC 4291, RFC 6890): not 0/8, 127/8, 224/4, 240/4; not ::,
-///   ::1, ff00::/8, ::ffff:0:0/96.
+///   ::1, ff00::/8, ::ffff:0:0/96; not the packet's own destination.
 pub fn router_refusal(frame: &[u8]) -> Option<&'static str> {
     let mut l2 = 14;
     let mut ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
@@ -597,7 +597,7 @@ pub fn router_refusal(frame: &[u8]) -> Option<&'static str> {
                 }
             }
             let s = &ip[12..16];
-            if s[0] == 0 || s[0] == 127 || s[0] >= 224 {
+            if s[0] == 0 || s[0] == 127 || s[0] >= 224 || s == &ip[16..20] {
                 return Some("martian IPv4 source");
             }
             (ip[9], &ip[ihl..total], false)
@@ -619,6 +619,7 @@ pub fn router_refusal(frame: &[u8]) -> Option<&'static str> {
                 || a.is_loopback()
                 || a.is_multicast()
                 || a.to_ipv4_mapped().is_some()
+                || ip[8..24] == ip[24..40]
             {
                 return Some("martian IPv6 source");
             }

@@ -1102,6 +1102,13 @@ fn validity_cases(add: &mut impl FnMut(&'static str, Vec<u8>, u32, Out, u32)) {
             vip6_ipip(),
             80,
         ),
+        ("source the vip itself", vip4(), vip4(), 80),
+        (
+            "source the vip itself v6 ipip",
+            vip6_ipip(),
+            vip6_ipip(),
+            80,
+        ),
     ] {
         drop(
             name,

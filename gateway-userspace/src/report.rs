@@ -35,6 +35,16 @@ pub fn render_status(s: &Snapshot) -> String {
             let _ = writeln!(out, "  conntrack {} entries", d.conntrack_capacity);
         }
     }
+    // What the program turned away, by reason (docs/datapath.md), when anything was.
+    let refused: Vec<String> = d
+        .counters
+        .iter()
+        .filter(|c| c.value > 0 && (c.name.starts_with("drop_") || c.name == "pass_not_our_mac"))
+        .map(|c| format!("{} {}", c.name, c.value))
+        .collect();
+    if !refused.is_empty() {
+        let _ = writeln!(out, "refused    {}", refused.join("  "));
+    }
     for svc in &s.services {
         let endpoint = if svc.vip.contains(':') {
             format!("[{}]:{}/{}", svc.vip, svc.port, svc.protocol)
@@ -646,9 +656,18 @@ mod tests {
     fn status_table() {
         let mut s = testing::snapshot();
         s.services[0].name = "web".into();
+        s.dataplane.counters.push(crate::admin::Counter {
+            name: "drop_martian_source".into(),
+            value: 3,
+        });
+        s.dataplane.counters.push(crate::admin::Counter {
+            name: "drop_tcp_offset".into(),
+            value: 0,
+        });
         let text = render_status(&s);
         let want = "\
 dataplane  interface eth0  xdp native  program 42  conntrack 7/65536 entries
+refused    drop_martian_source 3
 
 service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
   backend      state  weight  slots   share  health                            reason

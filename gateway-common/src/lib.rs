@@ -32,11 +32,15 @@ pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 /// Data-plane settings: `Array<Settings>` with one entry.
 pub const MAP_SETTINGS: &str = "SETTINGS";
+/// Addresses no packet to a VIP may come from: `HashMap<LocalKey, u8>`, the value
+/// `LOCAL_VIP` or `LOCAL_HOST`. Written by the agent from the VIPs and this host's
+/// addresses.
+pub const MAP_LOCAL_ADDRS: &str = "LOCAL_ADDRS";
 /// What the pinned maps are: `Array<Meta>` with one entry, written by the agent that
 /// created them and checked by one that adopts them.
 pub const MAP_META: &str = "META";
 /// Every map, in the order they are pinned.
-pub const MAP_NAMES: [&str; 9] = [
+pub const MAP_NAMES: [&str; 10] = [
     MAP_META,
     MAP_SERVICES,
     MAP_BACKENDS,
@@ -46,12 +50,13 @@ pub const MAP_NAMES: [&str; 9] = [
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,
     MAP_SETTINGS,
+    MAP_LOCAL_ADDRS,
 ];
 
 /// The maps' layout: bump it whenever any map's type, key, value or meaning changes. An
 /// agent refuses pinned maps of another layout instead of misreading them. 3: STATS grew
 /// by `STAT_DROP_STALE_BACKEND`. 4: STATS grew by the packet-validity reasons, SETTINGS by
-/// `checks_off`.
+/// `checks_off` and the host's MACs, and LOCAL_ADDRS was added.
 pub const LAYOUT_VERSION: u32 = 4;
 /// `Meta::magic`: "GWAY".
 pub const META_MAGIC: u32 = 0x4757_4159;
@@ -254,6 +259,23 @@ pub const ENCAP_V6_OVERHEAD: u32 = 40;
 // ---------------------------------------------------------------------------------------
 // Map types
 
+/// Most entries of LOCAL_ADDRS: every VIP and this host's addresses.
+pub const MAX_LOCAL_ADDRS: u32 = 4096;
+/// `LOCAL_ADDRS` values: why the address is local.
+pub const LOCAL_VIP: u8 = 1;
+pub const LOCAL_HOST: u8 = 2;
+
+/// An address of this balancer (a VIP or the host's own), the key of LOCAL_ADDRS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LocalKey {
+    /// Network order (IPv4 in the first 4 bytes, the rest zero).
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<LocalKey>() == 20);
+
 /// A service: VIP, port and protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -396,4 +418,5 @@ mod pod {
     unsafe impl aya::Pod for super::TrafficStats {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Meta {}
+    unsafe impl aya::Pod for super::LocalKey {}
 }

@@ -5,7 +5,8 @@ use aya_ebpf::{
 };
 use gateway_common::{
     BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, Backend, DEFAULT_CONNTRACK_SIZE, FlowKey, FlowValue,
-    MAX_BACKENDS, MAX_SERVICES, Meta, STAT_COUNT, ServiceKey, ServiceValue, Settings, TrafficStats,
+    LocalKey, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SERVICES, Meta, STAT_COUNT, ServiceKey,
+    ServiceValue, Settings, TrafficStats,
 };
 
 #[map(name = "SERVICES")]
@@ -32,6 +33,9 @@ pub static SERVICE_STATS: PerCpuArray<TrafficStats> =
 #[map(name = "BACKEND_STATS")]
 pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "LOCAL_ADDRS")]
+pub static LOCAL_ADDRS: HashMap<LocalKey, u8> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
 
 #[map(name = "SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);

@@ -1,15 +1,33 @@
 //! Backend selection: conntrack first, then the service's Maglev table. The kernel never
 //! decides placement itself; it reads the table user space computed.
 use gateway_common::{
-    BACKEND_DRAIN, BACKEND_UP, Backend, FlowKey, FlowValue, STAT_CT_HIT, STAT_CT_MISS_NON_SYN,
-    STAT_CT_MISS_SYN, STAT_DROP_STALE_BACKEND, STAT_ICMP_RELAYED, STAT_NO_BACKEND,
-    STAT_RESCHEDULED, ServiceValue, hash::flow_hash,
+    BACKEND_DRAIN, BACKEND_UP, Backend, CHECK_MARTIAN_SOURCE, FlowKey, FlowValue, LocalKey,
+    STAT_CT_HIT, STAT_CT_MISS_NON_SYN, STAT_CT_MISS_SYN, STAT_DROP_MARTIAN_SOURCE,
+    STAT_DROP_STALE_BACKEND, STAT_ICMP_RELAYED, STAT_NO_BACKEND, STAT_RESCHEDULED, ServiceValue,
+    hash::flow_hash,
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, TABLES},
+    maps::{BACKENDS, CONNTRACK, LOCAL_ADDRS, TABLES, settings},
     stats::count,
 };
+
+/// Whether a flow comes from one of this balancer's own addresses (a VIP, or the host's):
+/// a spoofed source. Asked only when a flow is placed: a conntrack hit means its first
+/// packet was accepted.
+#[inline(always)]
+fn from_local(key: &FlowKey) -> bool {
+    if settings().checks_off & CHECK_MARTIAN_SOURCE != 0 {
+        return false;
+    }
+    let local = LocalKey {
+        addr: key.src,
+        family: key.family,
+        _pad: [0; 3],
+    };
+    // SAFETY: only tested for presence.
+    unsafe { LOCAL_ADDRS.get(&local) }.is_some()
+}
 
 pub struct Choice {
     pub id: u32,
@@ -73,6 +91,9 @@ pub fn choose(svc: &ServiceValue, key: &FlowKey, track: Track) -> Result<Choice,
         count(STAT_CT_MISS_SYN);
     }
 
+    if track != Track::Relay && from_local(key) {
+        return Err(STAT_DROP_MARTIAN_SOURCE);
+    }
     if svc.table_size == 0 {
         return Err(STAT_NO_BACKEND);
     }

@@ -13,10 +13,10 @@ use aya::{
 };
 use gateway_common::{
     Backend, DEFAULT_CONNTRACK_SIZE, DEFAULT_TABLE_SIZE, FlowKey, FlowValue, LAYOUT_VERSION,
-    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_META, MAP_NAMES, MAP_SERVICE_STATS,
-    MAP_SERVICES, MAP_SETTINGS, MAP_STATS, MAP_TABLES, META_MAGIC, META_MODE_GENERIC,
-    META_MODE_NATIVE, Meta, PROG_GATEWAY, STAT_COUNT, ServiceKey, ServiceValue, Settings,
-    TrafficStats,
+    LocalKey, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_LOCAL_ADDRS, MAP_META, MAP_NAMES,
+    MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS, MAP_STATS, MAP_TABLES, META_MAGIC,
+    META_MODE_GENERIC, META_MODE_NATIVE, Meta, PROG_GATEWAY, STAT_COUNT, ServiceKey, ServiceValue,
+    Settings, TrafficStats,
 };
 use log::{info, warn};
 use thiserror::Error;
@@ -258,6 +258,7 @@ pub struct Dataplane {
     /// Whether the maps were adopted from an earlier agent rather than created.
     adopted: bool,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
+    local: HashMap<MapData, LocalKey, u8>,
     backends: Array<MapData, Backend>,
     settings: Array<MapData, Settings>,
     conntrack: HashMap<MapData, FlowKey, FlowValue>,
@@ -368,6 +369,8 @@ impl Dataplane {
             HashMap::try_from(take(&mut ebpf, MAP_SERVICES)?).map_err(map_err(MAP_SERVICES))?;
         let backends =
             Array::try_from(take(&mut ebpf, MAP_BACKENDS)?).map_err(map_err(MAP_BACKENDS))?;
+        let local = HashMap::try_from(take(&mut ebpf, MAP_LOCAL_ADDRS)?)
+            .map_err(map_err(MAP_LOCAL_ADDRS))?;
         let settings =
             Array::try_from(take(&mut ebpf, MAP_SETTINGS)?).map_err(map_err(MAP_SETTINGS))?;
         let conntrack =
@@ -398,6 +401,7 @@ impl Dataplane {
             meta: None,
             adopted: false,
             services,
+            local,
             backends,
             settings,
             conntrack,
@@ -587,6 +591,10 @@ impl Dataplane {
                 },
             );
         }
+        for entry in self.local.iter() {
+            let (key, why) = entry.map_err(map_err("reading LOCAL_ADDRS"))?;
+            applied.local.insert(key, why);
+        }
         Ok(applied)
     }
 
@@ -765,6 +773,18 @@ impl MapWriter for Dataplane {
         self.services
             .remove(key)
             .map_err(write_err("service removal"))
+    }
+
+    fn set_local(&mut self, key: &LocalKey, why: u8) -> Result<(), SyncError> {
+        self.local
+            .insert(key, why, 0)
+            .map_err(write_err("a local address"))
+    }
+
+    fn remove_local(&mut self, key: &LocalKey) -> Result<(), SyncError> {
+        self.local
+            .remove(key)
+            .map_err(write_err("a local address's removal"))
     }
 }
 

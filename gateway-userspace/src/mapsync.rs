@@ -8,7 +8,7 @@
 //! at it (one hash-map update, which the kernel performs as an element swap).
 use std::sync::Arc;
 
-use gateway_common::{Backend, ServiceKey, ServiceValue, Settings};
+use gateway_common::{Backend, LocalKey, ServiceKey, ServiceValue, Settings};
 use thiserror::Error;
 
 use crate::model::{Applied, AppliedService, Desired, Layout};
@@ -57,6 +57,14 @@ pub enum Op {
     RemoveService {
         key: ServiceKey,
     },
+    /// Mark an address as this balancer's (`LOCAL_VIP` / `LOCAL_HOST`).
+    Local {
+        key: LocalKey,
+        why: u8,
+    },
+    RemoveLocal {
+        key: LocalKey,
+    },
 }
 
 impl Op {
@@ -64,12 +72,13 @@ impl Op {
     /// a service points at it, and a backend is cleared only after no table names it.
     fn phase(&self) -> u8 {
         match self {
-            Op::Settings(_) => 0,
+            Op::Settings(_) | Op::Local { .. } => 0,
             Op::Backend { backend, .. } if backend.family != 0 => 1,
             Op::Table { .. } => 2,
             Op::Service { .. } => 3,
             Op::RemoveService { .. } => 4,
             Op::Backend { .. } => 5,
+            Op::RemoveLocal { .. } => 6,
         }
     }
 }
@@ -161,6 +170,21 @@ pub fn diff(
             ops.push(Op::RemoveService { key: *key });
         }
     }
+
+    for (key, why) in &desired.local {
+        if applied.local.get(key) != Some(why) {
+            ops.push(Op::Local {
+                key: *key,
+                why: *why,
+            });
+        }
+    }
+    for key in applied.local.keys() {
+        if !desired.local.contains_key(key) {
+            ops.push(Op::RemoveLocal { key: *key });
+        }
+    }
+    next.local = desired.local.clone();
     ops.sort_by_key(Op::phase);
     Ok((ops, next))
 }
@@ -172,6 +196,8 @@ pub trait MapWriter {
     fn write_table(&mut self, offset: u32, slots: &[u32]) -> Result<(), SyncError>;
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), SyncError>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), SyncError>;
+    fn set_local(&mut self, key: &LocalKey, why: u8) -> Result<(), SyncError>;
+    fn remove_local(&mut self, key: &LocalKey) -> Result<(), SyncError>;
 }
 
 /// Performs `ops` in their phase order; stops at the first failure.
@@ -185,6 +211,8 @@ pub fn apply(ops: &[Op], w: &mut impl MapWriter) -> Result<(), SyncError> {
             Op::Table { offset, slots } => w.write_table(*offset, slots)?,
             Op::Service { key, value } => w.set_service(key, value)?,
             Op::RemoveService { key } => w.remove_service(key)?,
+            Op::Local { key, why } => w.set_local(key, *why)?,
+            Op::RemoveLocal { key } => w.remove_local(key)?,
         }
     }
     Ok(())
@@ -322,5 +350,35 @@ mod tests {
             diff(&Applied::default(), &big, LAYOUT),
             Err(SyncError::TableSize { .. })
         ));
+    }
+
+    #[test]
+    fn local_addresses_are_added_changed_and_removed() {
+        let a = crate::model::local_key("198.18.1.1".parse().unwrap());
+        let b = crate::model::local_key("fd00::250".parse().unwrap());
+        let mut maps = MemMaps::default();
+        let mut d = desired(vec![1; 7]);
+        d.local.insert(a, gateway_common::LOCAL_VIP);
+        d.local.insert(b, gateway_common::LOCAL_HOST);
+        let (_, applied) = sync(&Applied::default(), &d, &mut maps);
+        assert_eq!(maps.local, d.local);
+        // Unchanged: nothing to write.
+        let (ops, _) = diff(&applied, &d, LAYOUT).unwrap();
+        assert!(ops.is_empty(), "{ops:?}");
+        // One goes, one changes its reason.
+        d.local.remove(&b);
+        d.local.insert(a, gateway_common::LOCAL_HOST);
+        let (ops, _) = sync(&applied, &d, &mut maps);
+        assert_eq!(
+            ops,
+            vec![
+                Op::Local {
+                    key: a,
+                    why: gateway_common::LOCAL_HOST
+                },
+                Op::RemoveLocal { key: b },
+            ]
+        );
+        assert_eq!(maps.local, d.local);
     }
 }

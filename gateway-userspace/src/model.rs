@@ -9,8 +9,8 @@
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use gateway_common::{
-    Backend, FAMILY_V4, FAMILY_V6, MODE_IPIP, MODE_L2DSR, PROTO_TCP, PROTO_UDP, ServiceKey,
-    ServiceValue, Settings,
+    Backend, FAMILY_V4, FAMILY_V6, LocalKey, MODE_IPIP, MODE_L2DSR, PROTO_TCP, PROTO_UDP,
+    ServiceKey, ServiceValue, Settings,
 };
 
 use crate::config::{Config, Mode, Protocol, ServiceConfig};
@@ -40,6 +40,8 @@ pub struct Desired {
     /// Backend id -> backend. Ids are 1-based and stable for a backend's lifetime.
     pub backends: BTreeMap<u32, Backend>,
     pub services: BTreeMap<ServiceKey, DesiredService>,
+    /// This balancer's addresses (VIPs and the host's): no VIP packet may come from them.
+    pub local: BTreeMap<LocalKey, u8>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +91,7 @@ pub struct Applied {
     pub settings: Option<Settings>,
     pub backends: BTreeMap<u32, Backend>,
     pub services: BTreeMap<ServiceKey, AppliedService>,
+    pub local: BTreeMap<LocalKey, u8>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +153,15 @@ pub fn service_key(s: &ServiceConfig) -> ServiceKey {
             Protocol::Udp => PROTO_UDP,
         },
         family: family(s.vip),
+    }
+}
+
+/// The LOCAL_ADDRS key of an address.
+pub fn local_key(a: IpAddr) -> LocalKey {
+    LocalKey {
+        addr: addr16(a),
+        family: family(a),
+        _pad: [0; 3],
     }
 }
 

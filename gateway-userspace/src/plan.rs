@@ -332,6 +332,8 @@ pub struct Host {
     /// The MAC of the interface the program is attached to, if known: VIP frames must be
     /// addressed to it (or to one of `dataplane.extra_macs`).
     pub interface_mac: Option<[u8; 6]>,
+    /// This host's own addresses: no VIP packet may come from them.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// The desired data plane for `config` given `facts` about the backends and `host` at
@@ -350,6 +352,16 @@ pub fn plan(
         settings: model::settings(config, host.interface_mac),
         ..Desired::default()
     };
+    for a in &host.addresses {
+        desired
+            .local
+            .insert(model::local_key(*a), gateway_common::LOCAL_HOST);
+    }
+    for svc in &config.services {
+        desired
+            .local
+            .insert(model::local_key(svc.vip), gateway_common::LOCAL_VIP);
+    }
     let mut services = Vec::new();
     let mut next_step: Option<Duration> = None;
     let unknown = BackendFacts {

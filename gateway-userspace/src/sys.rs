@@ -118,6 +118,43 @@ pub fn interface_mac(iface: &str) -> Option<[u8; 6]> {
     (mac != [0; 6]).then_some(mac)
 }
 
+/// This host's addresses in this process's network namespace (getifaddrs), sorted.
+pub fn host_addresses() -> Vec<std::net::IpAddr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut p = list;
+    while !p.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*p };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: a sockaddr whose family says which kind it is.
+            match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+                libc::AF_INET => {
+                    // SAFETY: an AF_INET sockaddr is a sockaddr_in.
+                    let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    out.push(std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into());
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
+                    let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    out.push(std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into());
+                }
+                _ => {}
+            }
+        }
+        p = ifa.ifa_next;
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +209,11 @@ mod tests {
         assert_eq!(interface_mac("lo"), None, "loopback is not Ethernet");
         assert_eq!(interface_mac("gw-no-such0"), None);
         assert_eq!(interface_mac(""), None);
+    }
+
+    #[test]
+    fn the_host_has_its_loopback_address() {
+        let a = host_addresses();
+        assert!(a.contains(&"127.0.0.1".parse().unwrap()), "{a:?}");
     }
 }

@@ -5,7 +5,9 @@ use std::{
     net::IpAddr,
 };
 
-use gateway_common::{Backend, STAT_COUNT, ServiceKey, ServiceValue, Settings, TrafficStats};
+use gateway_common::{
+    Backend, LocalKey, STAT_COUNT, ServiceKey, ServiceValue, Settings, TrafficStats,
+};
 
 use crate::{
     admin::{
@@ -37,6 +39,7 @@ pub struct MemMaps {
     pub backends: BTreeMap<u32, Backend>,
     pub tables: BTreeMap<u32, u32>,
     pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub local: BTreeMap<LocalKey, u8>,
     /// Every write, in order, for tests of ordering.
     pub log: Vec<String>,
 }
@@ -87,6 +90,16 @@ impl MapWriter for MemMaps {
         self.log.push("remove service".into());
         Ok(())
     }
+    fn set_local(&mut self, key: &LocalKey, why: u8) -> Result<(), SyncError> {
+        self.local.insert(*key, why);
+        self.log.push("local".into());
+        Ok(())
+    }
+    fn remove_local(&mut self, key: &LocalKey) -> Result<(), SyncError> {
+        self.local.remove(key);
+        self.log.push("remove local".into());
+        Ok(())
+    }
 }
 
 /// A data plane of in-memory maps for the agent's unit tests; `fail_writes` makes every
@@ -133,6 +146,14 @@ impl MapWriter for FakeDataplane {
         self.check("a service")?;
         self.maps.remove_service(key)
     }
+    fn set_local(&mut self, key: &LocalKey, why: u8) -> Result<(), SyncError> {
+        self.check("a local address")?;
+        self.maps.set_local(key, why)
+    }
+    fn remove_local(&mut self, key: &LocalKey) -> Result<(), SyncError> {
+        self.check("a local address")?;
+        self.maps.remove_local(key)
+    }
 }
 
 impl DataplaneOps for FakeDataplane {
@@ -167,6 +188,7 @@ impl DataplaneOps for FakeDataplane {
             settings: Some(self.maps.settings),
             backends: self.maps.backends.clone(),
             services,
+            local: self.maps.local.clone(),
         })
     }
     fn program_id(&self) -> Option<u32> {

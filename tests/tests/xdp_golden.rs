@@ -1103,6 +1103,20 @@ fn validity_cases(add: &mut impl FnMut(&'static str, Vec<u8>, u32, Out, u32)) {
             80,
         ),
         ("source the vip itself", vip4(), vip4(), 80),
+        ("source another vip", vip4_ipip(), vip4(), 80),
+        ("source another vip v6 ipip", vip6(), vip6_ipip(), 80),
+        (
+            "source the balancer's address",
+            v4(198, 18, 0, 250),
+            vip4(),
+            80,
+        ),
+        (
+            "source the balancer's address v6 ipip",
+            v6("fd00::250"),
+            vip6_ipip(),
+            80,
+        ),
         (
             "source the vip itself v6 ipip",
             vip6_ipip(),
@@ -1509,7 +1523,7 @@ fn the_program_verifies_with_room_to_spare() {
         .expect("the kernel reports verified instructions");
     println!("the verifier processed {n} instructions (limit 1,000,000)");
     assert!(
-        n < 250_000,
+        n < 400_000,
         "{n} instructions processed: too close to the limit"
     );
 }

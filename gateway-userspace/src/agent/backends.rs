@@ -229,7 +229,13 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                 }
             }
         }
-        let changed = macs != self.macs;
+        // An address event wakes the resolver too: this host's addresses may have changed.
+        let addresses = crate::sys::host_addresses();
+        let mut changed = macs != self.macs;
+        if addresses != self.host.addresses {
+            self.host.addresses = addresses;
+            changed = true;
+        }
         for (addr, m) in &macs {
             let old = self.macs.get(addr);
             match (old, m) {

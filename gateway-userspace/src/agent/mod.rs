@@ -305,6 +305,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             retry_at: None,
         };
         agent.host.interface_mac = sys::interface_mac(&agent.config.dataplane.interface);
+        agent.host.addresses = sys::host_addresses();
         agent.sync_checks();
         agent
     }

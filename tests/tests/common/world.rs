@@ -104,6 +104,9 @@ fn service_name(i: usize) -> String {
     format!("s{i}")
 }
 
+/// The balancer host's own addresses in the golden world: no client uses them.
+pub const HOST_ADDRESSES: [&str; 2] = ["198.18.0.250", "fd00::250"];
+
 /// The config text an operator would write for `services` and `settings`.
 pub fn config_text(services: &[Svc], settings: &Settings) -> String {
     let mut t = String::new();
@@ -224,6 +227,7 @@ impl World {
             &facts(services),
             &plan::Host {
                 interface_mac: Some(self.settings.macs[0]).filter(|m| *m != [0; 6]),
+                addresses: HOST_ADDRESSES.iter().map(|a| a.parse().unwrap()).collect(),
             },
             &mut self.ids,
             &mut self.tables,

@@ -286,21 +286,25 @@ fn ipv4_options(ctx: &XdpContext, l2: usize, hlen: usize) -> u32 {
 /// Whether an IPv4 header's checksum is right: its 16-bit words sum to 0xffff.
 #[inline(always)]
 fn ipv4_checksum_ok(ctx: &XdpContext, ip: *const u8, l2: usize, hlen: usize) -> bool {
+    // Summed in the machine's byte order, four bytes at a time: the one's-complement sum
+    // comes out byte-swapped (RFC 1071 2(B)), and 0xffff is 0xffff either way.
     let mut sum = 0u64;
     let mut i = 0;
     while i < IPV4_LEN {
-        sum += u64::from(rd16(ip, i));
-        i += 2;
+        // SAFETY: `ip` covers the 20-byte header.
+        sum += u64::from(unsafe { core::ptr::read_unaligned(ip.add(i) as *const u32) });
+        i += 4;
     }
     while i < IPV4_LEN + IPV4_MAX_OPTIONS_LEN {
         if i >= hlen {
             break;
         }
-        let Some(w) = at(ctx, l2 + i, 2) else {
+        let Some(w) = at(ctx, l2 + i, 4) else {
             return false;
         };
-        sum += u64::from(rd16(w, 0));
-        i += 2;
+        // SAFETY: `at` checked these 4 bytes (options come in 4-byte words).
+        sum += u64::from(unsafe { core::ptr::read_unaligned(w as *const u32) });
+        i += 4;
     }
     csum::fold(sum) == 0xffff
 }
@@ -410,7 +414,6 @@ fn parse_v4(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
     if hlen > IPV4_LEN {
         defects |= ipv4_options(ctx, l2, hlen);
     }
-    let defects = opaque(defects);
     let key = buf
         .write(KeyBuf::new(
             v4_halves(src),

@@ -11,7 +11,6 @@ use gateway_ebpf::hdr::*;
 
 use crate::{
     csum,
-    maps::settings,
     packet::{at, copy, frame_len_opaque, put},
     parse::{L4, Packet},
     reply,
@@ -31,9 +30,10 @@ pub fn send(
     b: &Backend,
     key: &FlowKey,
     hash: Option<u32>,
+    s: &Settings,
 ) -> Verdict {
     if mode == MODE_IPIP {
-        encap(ctx, pkt, b, key, hash.unwrap_or_else(|| flow_hash(key)))
+        encap(ctx, pkt, b, key, hash.unwrap_or_else(|| flow_hash(key)), s)
     } else {
         l2dsr(ctx, b)
     }
@@ -92,8 +92,14 @@ fn push_l2(ctx: &XdpContext, l2_len: usize, by: usize) -> bool {
 }
 
 #[inline(always)]
-fn encap(ctx: &XdpContext, pkt: &Packet, b: &Backend, key: &FlowKey, hash: u32) -> Verdict {
-    let s = settings();
+fn encap(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    b: &Backend,
+    key: &FlowKey,
+    hash: u32,
+    s: &Settings,
+) -> Verdict {
     let v4 = pkt.family == FAMILY_V4;
     let overhead = if v4 {
         ENCAP_V4_OVERHEAD

@@ -66,7 +66,9 @@ mod prog {
     #[inline(always)]
     fn try_gateway(ctx: &XdpContext) -> Result<Verdict, u32> {
         let mut buf = MaybeUninit::<KeyBuf>::uninit();
-        let mut pkt = parse::parse(ctx, &mut buf)?;
+        // Read once: every stage below takes what it needs from it.
+        let s = settings();
+        let mut pkt = parse::parse(ctx, s, &mut buf)?;
         // SAFETY: `parse` wrote the whole key before returning Ok.
         let buf = unsafe { buf.assume_init_mut() };
         let relay = pkt.l4 == L4::IcmpError;
@@ -79,7 +81,7 @@ mod prog {
         // SAFETY: a map value stays valid for the rest of this program run (RCU).
         let svc = unsafe { SERVICES.get(skey.key()) }.ok_or(STAT_PASS_NOT_VIP)?;
         // For a VIP: nothing a careful router would drop goes further.
-        if let Some(reason) = pkt.refusal(settings().checks_off) {
+        if let Some(reason) = pkt.refusal(s.checks_off) {
             return Ok(Verdict::drop(reason));
         }
         let track = if relay {
@@ -90,7 +92,7 @@ mod prog {
             Track::Flow
         };
         let bytes = packet::frame_len(ctx) as u64;
-        let choice = match select::choose(svc, key, track) {
+        let choice = match select::choose(svc, key, track, s.checks_off) {
             Ok(c) => c,
             Err(reason) => {
                 account(&SERVICE_STATS, svc.id, bytes, false);
@@ -107,7 +109,7 @@ mod prog {
         let new_flow = choice.new_flow && !relay;
         account(&SERVICE_STATS, svc.id, bytes, new_flow);
         account(&BACKEND_STATS, choice.id, bytes, new_flow);
-        let v = forward::send(ctx, &pkt, svc.mode, choice.backend, key, choice.hash);
+        let v = forward::send(ctx, &pkt, svc.mode, choice.backend, key, choice.hash, s);
         if v.action != xdp_action::XDP_TX {
             // Rare (no headroom, or an ICMP error too big to encapsulate): worth a log line,
             // which the agent can switch off at load time (`kernel_log`).

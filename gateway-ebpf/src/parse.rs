@@ -19,13 +19,13 @@ use gateway_common::{
     STAT_DROP_IPV6_EXT_ORDER, STAT_DROP_MARTIAN_SOURCE, STAT_DROP_SOURCE_ROUTE,
     STAT_DROP_TCP_OFFSET, STAT_DROP_UDP_LENGTH, STAT_DROP_UDP_ZERO_CHECKSUM, STAT_FRAGMENT,
     STAT_PARSE_L2, STAT_PARSE_L3, STAT_PARSE_L4, STAT_PASS_NOT_IP, STAT_PASS_NOT_OUR_MAC,
-    STAT_PASS_NOT_VIP, ServiceKey,
+    STAT_PASS_NOT_VIP, ServiceKey, Settings,
 };
 use gateway_ebpf::hdr::*;
 
 use crate::{
     csum,
-    maps::{SCRATCH, settings},
+    maps::SCRATCH,
     packet::{at, copy, frame_len, rd8, rd16},
 };
 
@@ -312,7 +312,7 @@ fn ipv4_checksum_ok(ctx: &XdpContext, ip: *const u8, l2: usize, hlen: usize) -> 
 /// Parses the frame and writes its 5-tuple into `buf` (for ICMP: addresses and protocol
 /// only, ports zero). On `Ok` the whole key is initialised. `Err(stat)`: pass, count `stat`.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, buf: &mut MaybeUninit<KeyBuf>) -> Result<Packet, u32> {
+pub fn parse(ctx: &XdpContext, s: &Settings, buf: &mut MaybeUninit<KeyBuf>) -> Result<Packet, u32> {
     let eth = at(ctx, 0, ETH_LEN).ok_or(STAT_PARSE_L2)?;
     let mut ethertype = rd16(eth, ETH_PROTO);
     let mut l2_len = ETH_LEN;
@@ -324,7 +324,7 @@ pub fn parse(ctx: &XdpContext, buf: &mut MaybeUninit<KeyBuf>) -> Result<Packet, 
     if ethertype != ETH_P_IP && ethertype != ETH_P_IPV6 {
         return Err(STAT_PASS_NOT_IP);
     }
-    if !for_us(eth) {
+    if !for_us(eth, s) {
         return Err(STAT_PASS_NOT_OUR_MAC);
     }
     let mut pkt = match ethertype {
@@ -359,8 +359,7 @@ fn opaque(v: u32) -> u32 {
 /// reaches us when a switch floods it or the NIC is promiscuous; forwarding it would
 /// duplicate someone else's traffic.
 #[inline(always)]
-fn for_us(eth: *const u8) -> bool {
-    let s = settings();
+fn for_us(eth: *const u8, s: &Settings) -> bool {
     if s.checks_off & CHECK_MAC != 0 {
         return true;
     }

@@ -8,7 +8,7 @@ use gateway_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, LOCAL_ADDRS, TABLES, settings},
+    maps::{BACKENDS, CONNTRACK, LOCAL_ADDRS, TABLES},
     stats::count,
 };
 
@@ -16,8 +16,8 @@ use crate::{
 /// a spoofed source. Asked only when a flow is placed: a conntrack hit means its first
 /// packet was accepted.
 #[inline(always)]
-fn from_local(key: &FlowKey) -> bool {
-    if settings().checks_off & CHECK_MARTIAN_SOURCE != 0 {
+fn from_local(key: &FlowKey, checks_off: u32) -> bool {
+    if checks_off & CHECK_MARTIAN_SOURCE != 0 {
         return false;
     }
     let local = LocalKey {
@@ -54,7 +54,12 @@ pub enum Track {
 /// The backend for `key`. Bumps the lookup counter that says how it was found (see
 /// gateway-common's counters); `Err(stat)`: no backend, drop and count `stat`.
 #[inline(always)]
-pub fn choose(svc: &ServiceValue, key: &FlowKey, track: Track) -> Result<Choice, u32> {
+pub fn choose(
+    svc: &ServiceValue,
+    key: &FlowKey,
+    track: Track,
+    checks_off: u32,
+) -> Result<Choice, u32> {
     if track != Track::Syn {
         // SAFETY: the value is copied out at once; LRU entries may be recycled afterwards.
         match unsafe { CONNTRACK.get(key) } {
@@ -91,7 +96,7 @@ pub fn choose(svc: &ServiceValue, key: &FlowKey, track: Track) -> Result<Choice,
         count(STAT_CT_MISS_SYN);
     }
 
-    if track != Track::Relay && from_local(key) {
+    if track != Track::Relay && from_local(key, checks_off) {
         return Err(STAT_DROP_MARTIAN_SOURCE);
     }
     if svc.table_size == 0 {

@@ -193,6 +193,32 @@ impl Validator<'_> {
         }
     }
 
+    /// `dataplane.ipip_source_<family>`: absent, or `what` (an address of that family) that
+    /// a packet can carry. `None` when it is invalid (reported).
+    fn source_address<A>(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        family: &str,
+        what: &str,
+    ) -> Option<Option<A>>
+    where
+        A: std::str::FromStr + Copy + std::fmt::Display + Into<IpAddr>,
+    {
+        let Some(s) = raw else {
+            return Some(None);
+        };
+        let field = format!("dataplane.ipip_source_{family}");
+        let msg = match s.get_ref().parse::<A>() {
+            Ok(a) => match unusable(a.into()) {
+                None => return Some(Some(a)),
+                Some(why) => format!("{a} is {why}"),
+            },
+            Err(_) => format!("{:?} is not {what}", s.get_ref()),
+        };
+        self.report(s.span(), field, msg);
+        None
+    }
+
     /// An address a service or backend uses: parsed, and one a packet can be sent to.
     pub(super) fn address(&mut self, raw: &Spanned<String>, field: &str) -> Option<IpAddr> {
         let Ok(addr) = raw.get_ref().parse::<IpAddr>() else {
@@ -406,44 +432,16 @@ impl Validator<'_> {
                 true
             });
 
-        let ipip_source_v4 = match &d.ipip_source_v4 {
-            None => Some(None),
-            Some(s) => match s.get_ref().parse::<Ipv4Addr>() {
-                Ok(a) if unusable(IpAddr::V4(a)).is_none() => Some(Some(a)),
-                Ok(a) => {
-                    let msg = format!("{a} is {}", unusable(IpAddr::V4(a)).unwrap_or_default());
-                    self.report(s.span(), "dataplane.ipip_source_v4", msg);
-                    None
-                }
-                Err(_) => {
-                    let msg = format!("{:?} is not an IPv4 address", s.get_ref());
-                    self.report(s.span(), "dataplane.ipip_source_v4", msg);
-                    None
-                }
-            },
-        };
+        let ipip_source_v4 =
+            self.source_address::<Ipv4Addr>(d.ipip_source_v4.as_ref(), "v4", "an IPv4 address");
         let ipip_source_v4_vary_bits = self.int(
             d.ipip_source_v4_vary_bits.as_ref(),
             0u8,
             VARY_BITS,
             "dataplane.ipip_source_v4_vary_bits",
         );
-        let ipip_source_v6 = match &d.ipip_source_v6 {
-            None => Some(None),
-            Some(s) => match s.get_ref().parse::<Ipv6Addr>() {
-                Ok(a) if unusable(IpAddr::V6(a)).is_none() => Some(Some(a)),
-                Ok(a) => {
-                    let msg = format!("{a} is {}", unusable(IpAddr::V6(a)).unwrap_or_default());
-                    self.report(s.span(), "dataplane.ipip_source_v6", msg);
-                    None
-                }
-                Err(_) => {
-                    let msg = format!("{:?} is not an IPv6 address", s.get_ref());
-                    self.report(s.span(), "dataplane.ipip_source_v6", msg);
-                    None
-                }
-            },
-        };
+        let ipip_source_v6 =
+            self.source_address::<Ipv6Addr>(d.ipip_source_v6.as_ref(), "v6", "an IPv6 address");
 
         let pin_dir = match self.abs_path(d.pin_dir.as_ref(), "dataplane.pin_dir") {
             Some(None) => interface

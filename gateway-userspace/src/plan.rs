@@ -777,22 +777,19 @@ address = "198.18.0.13"
         let c = config("", ["", "", ""]);
         let mut ids = Ids::default();
         let mut t = TableCache::default();
-        let p1 = plan(
-            &c,
-            &facts([true; 3]),
-            &Host::default(),
-            &mut ids,
-            &mut t,
-            Duration::ZERO,
-        );
-        let p2 = plan(
-            &c,
-            &facts([true; 3]),
-            &Host::default(),
-            &mut ids,
-            &mut t,
-            Duration::ZERO,
-        );
+        // The same ids and table cache through every plan, as the agent keeps them.
+        let mut again = |c: &Config| {
+            plan(
+                c,
+                &facts([true; 3]),
+                &Host::default(),
+                &mut ids,
+                &mut t,
+                Duration::ZERO,
+            )
+        };
+        let p1 = again(&c);
+        let p2 = again(&c);
         let id_list = |p: &Plan| {
             p.services[0]
                 .backends
@@ -804,23 +801,9 @@ address = "198.18.0.13"
         assert_eq!(id_list(&p1), id_list(&p2));
         let mut fewer = c.clone();
         fewer.services[0].backends.remove(1);
-        let p3 = plan(
-            &fewer,
-            &facts([true; 3]),
-            &Host::default(),
-            &mut ids,
-            &mut t,
-            Duration::ZERO,
-        );
+        let p3 = again(&fewer);
         assert_eq!(id_list(&p3), vec![1, 3]);
-        let p4 = plan(
-            &c,
-            &facts([true; 3]),
-            &Host::default(),
-            &mut ids,
-            &mut t,
-            Duration::ZERO,
-        );
+        let p4 = again(&c);
         assert_eq!(id_list(&p4), vec![1, 2, 3]);
     }
 

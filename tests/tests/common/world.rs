@@ -144,10 +144,7 @@ pub fn config_text(services: &[Svc], settings: &Settings) -> String {
         .iter()
         .skip(1)
         .filter(|m| **m != [0; 6])
-        .map(|m| {
-            let hex: Vec<String> = m.iter().map(|b| format!("{b:02x}")).collect();
-            format!("\"{}\"", hex.join(":"))
-        })
+        .map(|m| format!("\"{}\"", gateway::agent::fmt_mac(m)))
         .collect();
     d(&mut t, format!("extra_macs = [{}]", macs.join(", ")));
     for (i, s) in services.iter().enumerate() {

@@ -11,7 +11,7 @@ use crate::{
     health::{self, CheckId, CheckSpec},
     model::BackendKey,
     neigh::NextHops,
-    plan::{BackendFacts, Facts},
+    plan::{self, BackendFacts, Facts},
 };
 
 /// Upper bounds (seconds) of the probe latency histogram's buckets.
@@ -200,7 +200,8 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         changed
     }
 
-    /// Asks the next hops of every backend again; returns whether any answer changed.
+    /// Asks the next hops of every backend again, and this host's own MAC and addresses;
+    /// returns whether any answer changed.
     /// After adopting pinned maps, a hop still being resolved keeps the pinned MAC for
     /// [`ADOPT_GRACE`].
     pub(super) fn resolve(&mut self) -> bool {
@@ -229,11 +230,15 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                 }
             }
         }
-        // An address event wakes the resolver too: this host's addresses may have changed.
-        let addresses = crate::sys::host_addresses();
+        // Link and address events wake the resolver too: this host's own facts may have
+        // changed with them.
+        let host = plan::Host {
+            interface_mac: crate::sys::interface_mac(&self.config.dataplane.interface),
+            addresses: crate::sys::host_addresses(),
+        };
         let mut changed = macs != self.macs;
-        if addresses != self.host.addresses {
-            self.host.addresses = addresses;
+        if host != self.host {
+            self.host = host;
             changed = true;
         }
         for (addr, m) in &macs {

@@ -88,8 +88,6 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             self.save_overrides();
         }
         self.set_effective();
-        self.host.interface_mac = crate::sys::interface_mac(&self.config.dataplane.interface);
-        self.host.addresses = crate::sys::host_addresses();
         self.hops.flush_routes();
         self.sync_checks();
         self.resolve();

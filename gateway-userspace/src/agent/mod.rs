@@ -200,7 +200,8 @@ pub struct Agent<D = Dataplane, N = Resolver> {
     pub records: HashMap<BackendKey, BackendRecord>,
     macs: HashMap<IpAddr, Result<[u8; 6], String>>,
     hops: N,
-    /// Facts about this balancer (its interface's MAC), read at start and on reload.
+    /// Facts about this balancer (its interface's MAC, its addresses), read with the next
+    /// hops (`resolve`): at start, on reload and when a link or address changes.
     host: plan::Host,
     prober: Prober,
     events: mpsc::Receiver<health::Event>,
@@ -304,8 +305,6 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             map_write_errors: 0,
             retry_at: None,
         };
-        agent.host.interface_mac = sys::interface_mac(&agent.config.dataplane.interface);
-        agent.host.addresses = sys::host_addresses();
         agent.sync_checks();
         agent
     }

@@ -24,7 +24,7 @@ use gateway_common::{
 use gateway_ebpf::hdr::*;
 
 use crate::{
-    csum,
+    VALIDATE, csum,
     maps::SCRATCH,
     packet::{at, copy, frame_len, rd8, rd16},
 };
@@ -188,7 +188,7 @@ impl Packet {
     /// operator's `CHECK_*` bits), if any: the packet must not be forwarded.
     #[inline(always)]
     pub fn refusal(&self, checks_off: u32) -> Option<u32> {
-        if self.defects == 0 {
+        if !VALIDATE || self.defects == 0 {
             return None;
         }
         let mut stat = FIRST_DEFECT;
@@ -324,7 +324,7 @@ pub fn parse(ctx: &XdpContext, s: &Settings, buf: &mut MaybeUninit<KeyBuf>) -> R
     if ethertype != ETH_P_IP && ethertype != ETH_P_IPV6 {
         return Err(STAT_PASS_NOT_IP);
     }
-    if !for_us(eth, s) {
+    if VALIDATE && !for_us(eth, s) {
         return Err(STAT_PASS_NOT_OUR_MAC);
     }
     let mut pkt = match ethertype {
@@ -332,7 +332,9 @@ pub fn parse(ctx: &XdpContext, s: &Settings, buf: &mut MaybeUninit<KeyBuf>) -> R
         ETH_P_IPV6 => parse_v6(ctx, l2_len, buf),
         _ => Err(STAT_PASS_NOT_IP),
     }?;
-    pkt.defects = opaque(pkt.defects);
+    if VALIDATE {
+        pkt.defects = opaque(pkt.defects);
+    }
     Ok(pkt)
 }
 
@@ -403,15 +405,17 @@ fn parse_v4(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
     }
     let src: [u8; 4] = copy(ip, IPV4_SRC);
     let mut defects = 0;
-    // Also a packet from its own destination (a "land" attack: from the VIP to itself).
-    if martian_v4(src) || src == copy::<4>(ip, IPV4_DST) {
-        defects |= defect(STAT_DROP_MARTIAN_SOURCE);
-    }
-    if !ipv4_checksum_ok(ctx, ip, l2, hlen) {
-        defects |= defect(STAT_DROP_IPV4_CHECKSUM);
-    }
-    if hlen > IPV4_LEN {
-        defects |= ipv4_options(ctx, l2, hlen);
+    if VALIDATE {
+        // Also a packet from its own destination (a "land" attack: from the VIP to itself).
+        if martian_v4(src) || src == copy::<4>(ip, IPV4_DST) {
+            defects |= defect(STAT_DROP_MARTIAN_SOURCE);
+        }
+        if !ipv4_checksum_ok(ctx, ip, l2, hlen) {
+            defects |= defect(STAT_DROP_IPV4_CHECKSUM);
+        }
+        if hlen > IPV4_LEN {
+            defects |= ipv4_options(ctx, l2, hlen);
+        }
     }
     let key = buf
         .write(KeyBuf::new(
@@ -452,7 +456,7 @@ fn parse_v6(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
     let tos = ((b0 & 0x0f) << 4) | (rd8(ip, IPV6_TC_FLOW) >> 4);
     let src = v6_halves(ip, IPV6_SRC);
     let mut defects = 0;
-    if martian_v6(src[0], src[1]) || src == v6_halves(ip, IPV6_DST) {
+    if VALIDATE && (martian_v6(src[0], src[1]) || src == v6_halves(ip, IPV6_DST)) {
         defects |= defect(STAT_DROP_MARTIAN_SOURCE);
     }
 
@@ -473,10 +477,11 @@ fn parse_v6(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
             }
             NH_HOP_BY_HOP | NH_ROUTING | NH_DEST_OPTS => {
                 let ext = at(ctx, off, 4).ok_or(STAT_PARSE_L3)?;
-                if nh == NH_HOP_BY_HOP && i != 0 {
+                if VALIDATE && nh == NH_HOP_BY_HOP && i != 0 {
                     defects |= defect(STAT_DROP_IPV6_EXT_ORDER);
                 }
-                if nh == NH_ROUTING
+                if VALIDATE
+                    && nh == NH_ROUTING
                     && (rd8(ext, RH_SEGMENTS_LEFT) != 0 || rd8(ext, RH_TYPE) == RH_TYPE_0)
                 {
                     defects |= defect(STAT_DROP_SOURCE_ROUTE);
@@ -495,7 +500,9 @@ fn parse_v6(ctx: &XdpContext, l2: usize, buf: &mut MaybeUninit<KeyBuf>) -> Resul
     // Zero is a jumbogram's (RFC 2675), never VIP traffic; the extension headers must fit.
     let ext_len = off - start;
     let l4_len = if payload_len == 0 || ext_len > payload_len {
-        defects |= defect(STAT_DROP_BAD_LENGTH);
+        if VALIDATE {
+            defects |= defect(STAT_DROP_BAD_LENGTH);
+        }
         0
     } else {
         payload_len - ext_len
@@ -538,10 +545,12 @@ fn parse_l4(
             pkt.tcp_flags = rd8(tcp, TCP_FLAGS);
             pkt.l4 = L4::Tcp;
             let doff = usize::from(rd8(tcp, TCP_DOFF) >> 4) * 4;
-            if l4_len < TCP_LEN {
-                pkt.defects |= defect(STAT_DROP_BAD_LENGTH);
-            } else if doff < TCP_LEN || doff > l4_len {
-                pkt.defects |= defect(STAT_DROP_TCP_OFFSET);
+            if VALIDATE {
+                if l4_len < TCP_LEN {
+                    pkt.defects |= defect(STAT_DROP_BAD_LENGTH);
+                } else if doff < TCP_LEN || doff > l4_len {
+                    pkt.defects |= defect(STAT_DROP_TCP_OFFSET);
+                }
             }
         }
         PROTO_UDP => {
@@ -549,12 +558,14 @@ fn parse_l4(
             key.sport_be = u16::from_ne_bytes(copy(udp, L4_SPORT));
             key.dport_be = u16::from_ne_bytes(copy(udp, L4_DPORT));
             pkt.l4 = L4::Udp;
-            if l4_len < UDP_LEN {
-                pkt.defects |= defect(STAT_DROP_BAD_LENGTH);
-            } else if usize::from(rd16(udp, UDP_LENGTH)) != l4_len {
-                pkt.defects |= defect(STAT_DROP_UDP_LENGTH);
+            if VALIDATE {
+                if l4_len < UDP_LEN {
+                    pkt.defects |= defect(STAT_DROP_BAD_LENGTH);
+                } else if usize::from(rd16(udp, UDP_LENGTH)) != l4_len {
+                    pkt.defects |= defect(STAT_DROP_UDP_LENGTH);
+                }
             }
-            if pkt.family == FAMILY_V6 && rd16(udp, UDP_CSUM) == 0 {
+            if VALIDATE && pkt.family == FAMILY_V6 && rd16(udp, UDP_CSUM) == 0 {
                 pkt.defects |= defect(STAT_DROP_UDP_ZERO_CHECKSUM);
             }
         }
@@ -575,7 +586,7 @@ fn parse_l4(
             }
             pkt.l4 = L4::IcmpError;
             pkt.l4_len = l4_len as u32;
-            if l4_len < ICMP_LEN {
+            if VALIDATE && l4_len < ICMP_LEN {
                 pkt.defects |= defect(STAT_DROP_BAD_LENGTH);
             }
         }
@@ -595,7 +606,7 @@ pub fn check_icmp(ctx: &XdpContext, pkt: &mut Packet, key: &FlowKey) {
         PROTO_ICMPV6
     };
     let len = pkt.l4_len as usize;
-    if len >= ICMP_LEN && !icmp_checksum_ok(ctx, pkt.l4_off, len, key, proto) {
+    if VALIDATE && len >= ICMP_LEN && !icmp_checksum_ok(ctx, pkt.l4_off, len, key, proto) {
         pkt.defects = opaque(pkt.defects | defect(STAT_DROP_ICMP_CHECKSUM));
     }
 }

@@ -17,7 +17,7 @@ use crate::{
 /// packet was accepted.
 #[inline(always)]
 fn from_local(key: &FlowKey, checks_off: u32) -> bool {
-    if checks_off & CHECK_MARTIAN_SOURCE != 0 {
+    if !crate::VALIDATE || checks_off & CHECK_MARTIAN_SOURCE != 0 {
         return false;
     }
     let local = LocalKey {

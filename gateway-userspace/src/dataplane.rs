@@ -284,7 +284,13 @@ impl Dataplane {
     /// Loads the embedded object and verifies the program, without attaching it. The maps
     /// are this process's own: they go away with it.
     pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
-        Self::load_in(options, None)
+        Self::load_in(options, None, crate::object::GATEWAY)
+    }
+
+    /// Like [`Dataplane::load`], from another build of the same program (same maps and
+    /// program name): the benchmark's [`crate::object::GATEWAY_UNCHECKED`].
+    pub fn load_object(options: LoadOptions, object: &[u8]) -> Result<Self, DataplaneError> {
+        Self::load_in(options, None, object)
     }
 
     /// Like [`Dataplane::load`], with the maps pinned in `dir`: maps already pinned there
@@ -313,7 +319,7 @@ impl Dataplane {
             }
             options = pinned;
         }
-        let mut dp = Self::load_in(options, Some(dir))?;
+        let mut dp = Self::load_in(options, Some(dir), crate::object::GATEWAY)?;
         dp.adopted = found.is_some();
         dp.pin_dir = Some(dir.to_path_buf());
         match found {
@@ -345,7 +351,11 @@ impl Dataplane {
         Ok(())
     }
 
-    fn load_in(options: LoadOptions, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
+    fn load_in(
+        options: LoadOptions,
+        pin_dir: Option<&Path>,
+        object: &[u8],
+    ) -> Result<Self, DataplaneError> {
         let slots = options.layout().slots();
         let mut loader = EbpfLoader::new();
         loader
@@ -358,7 +368,7 @@ impl Dataplane {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(crate::object::GATEWAY)?;
+        let mut ebpf = loader.load(object)?;
         program_mut(&mut ebpf)?
             .load()
             .map_err(|source| DataplaneError::Program {

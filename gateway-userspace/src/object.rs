@@ -14,3 +14,8 @@ pub static XDP_FLOOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 /// A map-less object whose program `xdp_decap` strips an IPIP / IP6IP6 outer header: the
 /// lab's backends use it where the kernel lacks the tunnel drivers.
 pub static XDP_DECAP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-decap"));
+
+/// The balancer's program built without packet validation (`gateway-ebpf/src/unchecked.rs`),
+/// with the same maps: `cargo xtask bench xdp` measures what validation costs against it.
+pub static GATEWAY_UNCHECKED: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-unchecked"));

@@ -38,7 +38,9 @@ struct Case {
     /// Empty conntrack before every `n`th run, so each SYN is a fresh insert (not an
     /// update of an entry an earlier pass made). Emptying is outside the measured time.
     fresh_every: Option<usize>,
+    /// Round means with the balancer's program, and with its unchecked build.
     means: Vec<f64>,
+    unchecked: Vec<f64>,
 }
 
 fn run_once(p: &Xdp, frame: &[u8], out: &mut [u8]) -> (u32, Duration) {
@@ -85,7 +87,11 @@ fn main() {
         checks_off: 0,
         macs: [[0; 6]; gateway_common::MAX_LOCAL_MACS],
     };
-    let mut w = World::new(&services, settings);
+    // The balancer's program, and (the same map contents) its build without validation.
+    let mut worlds = [
+        World::new(&services, settings),
+        World::with_object(&services, settings, gateway::object::GATEWAY_UNCHECKED),
+    ];
     let mut floor_obj = aya::Ebpf::load(gateway::object::XDP_FLOOR).expect("floor object");
     let floor: &mut Xdp = floor_obj
         .program_mut(PROG_FLOOR)
@@ -109,6 +115,7 @@ fn main() {
             prime: None,
             fresh_every: None,
             means: vec![],
+            unchecked: vec![],
         },
         Case {
             name: "non-VIP, passed",
@@ -119,6 +126,7 @@ fn main() {
             prime: None,
             fresh_every: None,
             means: vec![],
+            unchecked: vec![],
         },
         Case {
             name: "conntrack hit, l2dsr (IPv4)",
@@ -129,6 +137,7 @@ fn main() {
             prime: Some(syn(c4, vip4)),
             fresh_every: None,
             means: vec![],
+            unchecked: vec![],
         },
         Case {
             name: "conntrack hit, ipip (IPv4)",
@@ -139,6 +148,7 @@ fn main() {
             prime: Some(syn(c4, vip4i)),
             fresh_every: None,
             means: vec![],
+            unchecked: vec![],
         },
         Case {
             name: "conntrack hit, ipip (IPv6)",
@@ -149,6 +159,7 @@ fn main() {
             prime: Some(syn(c6, vip6i)),
             fresh_every: None,
             means: vec![],
+            unchecked: vec![],
         },
         Case {
             name: "new flow: SYN, table lookup, conntrack insert",
@@ -159,6 +170,7 @@ fn main() {
             prime: None,
             fresh_every: Some(WARM_FLOWS),
             means: vec![],
+            unchecked: vec![],
         },
         Case {
             name: "new flow, cold caches: 20000 distinct flows",
@@ -169,6 +181,7 @@ fn main() {
             prime: None,
             fresh_every: Some(ITERS),
             means: vec![],
+            unchecked: vec![],
         },
     ];
     let mut out = vec![0u8; 4096];
@@ -176,40 +189,56 @@ fn main() {
     let mut checks = Vec::new();
     for round in 0..ROUNDS {
         for c in cases.iter_mut() {
-            if let Some(p) = &c.prime {
-                assert_eq!(w.run(p).0, XDP_TX, "{}: priming", c.name);
-            }
-            let before = w.stats();
-            let mut total = Duration::ZERO;
-            for i in 0..ITERS {
-                if c.fresh_every.is_some_and(|n| i % n == 0) {
-                    w.dp.conntrack_clear();
+            // The floor once per round; every other case with both builds, alternating
+            // which goes first.
+            let order: &[usize] = match (c.stat, round % 2) {
+                (None, _) => &[0],
+                (Some(_), 0) => &[0, 1],
+                (Some(_), _) => &[1, 0],
+            };
+            for &k in order {
+                let unchecked = k == 1;
+                let world = &mut worlds[k];
+                if let Some(p) = &c.prime {
+                    assert_eq!(world.run(p).0, XDP_TX, "{}: priming", c.name);
                 }
-                let prog = if c.stat.is_none() {
-                    &*floor
-                } else {
-                    w.dp.program().unwrap()
-                };
-                let frame = &c.frames[i % c.frames.len()];
-                let (v, d) = run_once(prog, frame, &mut out);
-                assert_eq!(v, c.verdict, "{}: wrong verdict", c.name);
-                total += d;
-            }
-            if let Some(s) = c.stat {
-                let grew = w.stats()[s as usize] - before[s as usize];
-                assert_eq!(
-                    grew, ITERS as u64,
-                    "{}: {} grew by {grew}, not {ITERS}",
-                    c.name, STAT_NAMES[s as usize]
-                );
-                if round == 0 {
-                    checks.push(format!(
-                        "{}: `{}` grew by {grew} for {ITERS} runs",
+                let before = world.stats();
+                let mut total = Duration::ZERO;
+                for i in 0..ITERS {
+                    if c.fresh_every.is_some_and(|n| i % n == 0) {
+                        world.dp.conntrack_clear();
+                    }
+                    let prog = if c.stat.is_none() {
+                        &*floor
+                    } else {
+                        world.dp.program().unwrap()
+                    };
+                    let frame = &c.frames[i % c.frames.len()];
+                    let (v, d) = run_once(prog, frame, &mut out);
+                    assert_eq!(v, c.verdict, "{}: wrong verdict", c.name);
+                    total += d;
+                }
+                if let Some(s) = c.stat {
+                    let grew = world.stats()[s as usize] - before[s as usize];
+                    assert_eq!(
+                        grew, ITERS as u64,
+                        "{} (unchecked: {unchecked}): {} grew by {grew}, not {ITERS}",
                         c.name, STAT_NAMES[s as usize]
-                    ));
+                    );
+                    if round == 0 && !unchecked {
+                        checks.push(format!(
+                            "{}: `{}` grew by {grew} for {ITERS} runs (and in the unchecked build)",
+                            c.name, STAT_NAMES[s as usize]
+                        ));
+                    }
+                }
+                let mean = total.as_nanos() as f64 / ITERS as f64;
+                if unchecked {
+                    c.unchecked.push(mean);
+                } else {
+                    c.means.push(mean);
                 }
             }
-            c.means.push(total.as_nanos() as f64 / ITERS as f64);
         }
     }
 
@@ -231,14 +260,20 @@ fn main() {
          is a fresh insert. The cold-cache row uses 20,000 distinct flows per pass, so its table \
          slot, conntrack bucket and LRU node are usually cache misses; most of the difference is \
          the kernel's LRU-hash insert touching cold memory, and it is the figure to expect under \
-         a real flood of new flows.\n\n",
+         a real flood of new flows.\n\n\
+         What validation costs (docs/datapath.md lists the checks): every case also runs, in \
+         the same rounds and against the same map contents, on the program built with the \
+         checks compiled out (`gateway-ebpf/src/unchecked.rs`); `without checks` is its median, \
+         `checks cost` the difference of the medians. The targets apply to the balancer's \
+         program, checks on.\n\n",
     );
     writeln!(
         md,
-        "| case | median ns/packet | spread (min-max) | ratio to floor | target |"
+        "| case | median ns/packet | spread (min-max) | ratio to floor | target | \
+         without checks | checks cost |"
     )
     .unwrap();
-    writeln!(md, "|---|---|---|---|---|").unwrap();
+    writeln!(md, "|---|---|---|---|---|---|---|").unwrap();
     let mut missed = Vec::new();
     for c in &cases {
         let m = median(&c.means);
@@ -251,9 +286,18 @@ fn main() {
             }
             format!("<= {t}x {}", if ratio <= t { "(met)" } else { "(MISSED)" })
         });
+        let (without, cost) = if c.unchecked.is_empty() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            let u = median(&c.unchecked);
+            (
+                format!("{u:.1} ({:.2}x)", u / floor_med),
+                format!("{:+.1} ns", m - u),
+            )
+        };
         writeln!(
             md,
-            "| {} | {m:.1} | {lo:.1}-{hi:.1} | {ratio:.2}x | {target} |",
+            "| {} | {m:.1} | {lo:.1}-{hi:.1} | {ratio:.2}x | {target} | {without} | {cost} |",
             c.name
         )
         .unwrap();

@@ -201,7 +201,12 @@ pub fn facts(services: &[Svc]) -> Facts {
 
 impl World {
     pub fn new(services: &[Svc], settings: Settings) -> World {
-        let dp = Dataplane::load(TEST_LOAD).expect("load the XDP object");
+        World::with_object(services, settings, gateway::object::GATEWAY)
+    }
+
+    /// A world running another build of the program (`gateway::object`).
+    pub fn with_object(services: &[Svc], settings: Settings, object: &[u8]) -> World {
+        let dp = Dataplane::load_object(TEST_LOAD, object).expect("load the XDP object");
         let mut w = World {
             dp,
             applied: Applied::default(),

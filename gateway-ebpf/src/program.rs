@@ -1,0 +1,112 @@
+// The program's modules and its entry point, shared by `main.rs` (the balancer) and
+// `unchecked.rs` (the same program without packet validation, for the benchmark). Included,
+// not a module, so that each binary's `VALIDATE` is the crate's own constant.
+
+#[cfg(target_arch = "bpf")]
+mod csum;
+#[cfg(target_arch = "bpf")]
+mod forward;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod packet;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod reply;
+#[cfg(target_arch = "bpf")]
+mod select;
+#[cfg(target_arch = "bpf")]
+mod stats;
+
+#[cfg(target_arch = "bpf")]
+mod prog {
+    use core::mem::MaybeUninit;
+
+    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use gateway_common::{PROTO_TCP, STAT_DROP_STALE_BACKEND, STAT_PASS_NOT_VIP, STAT_RX_PACKETS};
+    use gateway_ebpf::hdr::{TCP_ACK, TCP_SYN};
+
+    use crate::{
+        forward,
+        maps::{BACKEND_STATS, SERVICE_STATS, SERVICES, settings},
+        packet,
+        parse::{self, KeyBuf, L4, SvcKeyBuf},
+        select::{self, Track},
+        stats::{Verdict, account, count},
+    };
+
+    /// Counts every run once, at the exit (as Katran's `balancer_ingress` does): the
+    /// packet, and the reason its verdict gives.
+    #[xdp]
+    pub fn gateway(ctx: XdpContext) -> u32 {
+        let v = match try_gateway(&ctx) {
+            Ok(v) => v,
+            Err(reason) => Verdict::pass(reason),
+        };
+        count(STAT_RX_PACKETS);
+        count(v.reason);
+        v.action
+    }
+
+    /// The packet's verdict. `Err(stat)` (from parsing, or no service): pass it to the
+    /// stack untouched, for reason `stat`.
+    #[inline(always)]
+    fn try_gateway(ctx: &XdpContext) -> Result<Verdict, u32> {
+        let mut buf = MaybeUninit::<KeyBuf>::uninit();
+        // Read once: every stage below takes what it needs from it.
+        let s = settings();
+        let mut pkt = parse::parse(ctx, s, &mut buf)?;
+        // SAFETY: `parse` wrote the whole key before returning Ok.
+        let buf = unsafe { buf.assume_init_mut() };
+        let relay = pkt.l4 == L4::IcmpError;
+        if relay {
+            parse::check_icmp(ctx, &mut pkt, buf.key());
+            parse::quoted_flow(ctx, &pkt, buf)?;
+        }
+        let key = buf.key();
+        let skey = SvcKeyBuf::new(buf.dst_words(), key);
+        // SAFETY: a map value stays valid for the rest of this program run (RCU).
+        let svc = unsafe { SERVICES.get(skey.key()) }.ok_or(STAT_PASS_NOT_VIP)?;
+        // For a VIP: nothing a careful router would drop goes further.
+        if let Some(reason) = pkt.refusal(s.checks_off) {
+            return Ok(Verdict::drop(reason));
+        }
+        let track = if relay {
+            Track::Relay
+        } else if key.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            Track::Syn
+        } else {
+            Track::Flow
+        };
+        let bytes = packet::frame_len(ctx) as u64;
+        let choice = match select::choose(svc, key, track, s.checks_off) {
+            Ok(c) => c,
+            Err(reason) => {
+                account(&SERVICE_STATS, svc.id, bytes, false);
+                if reason == STAT_DROP_STALE_BACKEND {
+                    aya_log_ebpf::error!(
+                        ctx,
+                        "service {}: its table, or the backend it names, is not in the maps",
+                        svc.id
+                    );
+                }
+                return Ok(Verdict::drop(reason));
+            }
+        };
+        let new_flow = choice.new_flow && !relay;
+        account(&SERVICE_STATS, svc.id, bytes, new_flow);
+        account(&BACKEND_STATS, choice.id, bytes, new_flow);
+        let v = forward::send(ctx, &pkt, svc.mode, choice.backend, key, choice.hash, s);
+        if v.action != xdp_action::XDP_TX {
+            // Rare (no headroom, or an ICMP error too big to encapsulate): worth a log line,
+            // which the agent can switch off at load time (`kernel_log`).
+            aya_log_ebpf::warn!(
+                ctx,
+                "service {}: could not forward a packet (see drop_internal, too_big)",
+                svc.id
+            );
+        }
+        Ok(v)
+    }
+}

@@ -386,6 +386,8 @@ pub struct Settings {
     pub macs: [[u8; 6]; MAX_LOCAL_MACS],
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 56);
+// The program compares MACs as 2-byte words: each must start at an even offset.
+const _: () = assert!(core::mem::offset_of!(Settings, macs) % 2 == 0);
 
 /// META[0]: the layout and the load-time sizes the maps were created with.
 #[repr(C)]

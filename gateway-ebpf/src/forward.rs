@@ -47,12 +47,10 @@ fn set_macs(ctx: &XdpContext, dst: &[u8; 6]) -> bool {
         return false;
     };
     let ours: [u8; ETH_ALEN] = copy(eth, ETH_DST);
-    // SAFETY: `eth` covers the Ethernet header. `dst` is written with a plain unaligned
-    // store: passed by value through `put`, the copy from the map value became a call to
-    // `memmove`.
+    // SAFETY: `eth` covers the Ethernet header.
     unsafe {
         put(eth, ETH_SRC, ours);
-        core::ptr::write_unaligned(eth.add(ETH_DST) as *mut [u8; ETH_ALEN], *dst);
+        put(eth, ETH_DST, *dst);
     }
     true
 }
@@ -172,20 +170,14 @@ fn write_outer_v4(ctx: &XdpContext, pkt: &Packet, b: &Backend, s: &Settings, has
     true
 }
 
-/// Writes a 16-byte address to packet memory as two 8-byte words. A plain 16-byte copy
-/// from a map value became a call to a byte-loop `memcpy`.
+/// Writes a 16-byte address to packet memory.
 ///
 /// # Safety
-/// `p` must cover 16 writable bytes.
+/// `p` must cover 16 writable bytes at an even offset.
 #[inline(always)]
 unsafe fn write_addr(p: *mut u8, a: &[u8; 16]) {
-    let hi = u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
-    let lo = u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
     // SAFETY: the caller guarantees the range.
-    unsafe {
-        core::ptr::write_unaligned(p as *mut u64, hi);
-        core::ptr::write_unaligned(p.add(8) as *mut u64, lo);
-    }
+    unsafe { put(p, 0, *a) }
 }
 
 #[inline(always)]

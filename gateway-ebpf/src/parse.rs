@@ -26,7 +26,7 @@ use gateway_ebpf::hdr::*;
 use crate::{
     VALIDATE, csum,
     maps::SCRATCH,
-    packet::{at, copy, frame_len, rd8, rd16},
+    packet::{at, copy, frame_len, ld16, rd8, rd16},
 };
 
 /// IPv6 extension headers walked before giving up (counted as an L3 parse error).
@@ -286,24 +286,23 @@ fn ipv4_options(ctx: &XdpContext, l2: usize, hlen: usize) -> u32 {
 /// Whether an IPv4 header's checksum is right: its 16-bit words sum to 0xffff.
 #[inline(always)]
 fn ipv4_checksum_ok(ctx: &XdpContext, ip: *const u8, l2: usize, hlen: usize) -> bool {
-    // Summed in the machine's byte order, four bytes at a time: the one's-complement sum
-    // comes out byte-swapped (RFC 1071 2(B)), and 0xffff is 0xffff either way.
+    // Summed as 16-bit words in the machine's byte order: the one's-complement sum comes
+    // out byte-swapped (RFC 1071 2(B)), and 0xffff is 0xffff either way.
     let mut sum = 0u64;
     let mut i = 0;
     while i < IPV4_LEN {
-        // SAFETY: `ip` covers the 20-byte header.
-        sum += u64::from(unsafe { core::ptr::read_unaligned(ip.add(i) as *const u32) });
-        i += 4;
+        sum += u64::from(ld16(ip, i));
+        i += 2;
     }
     while i < IPV4_LEN + IPV4_MAX_OPTIONS_LEN {
         if i >= hlen {
             break;
         }
+        // Options come in 4-byte words.
         let Some(w) = at(ctx, l2 + i, 4) else {
             return false;
         };
-        // SAFETY: `at` checked these 4 bytes (options come in 4-byte words).
-        sum += u64::from(unsafe { core::ptr::read_unaligned(w as *const u32) });
+        sum += u64::from(ld16(w, 0)) + u64::from(ld16(w, 2));
         i += 4;
     }
     csum::fold(sum) == 0xffff
@@ -368,13 +367,15 @@ fn for_us(eth: *const u8, s: &Settings) -> bool {
     if rd8(eth, ETH_SRC) & 1 != 0 {
         return false;
     }
-    if s.macs[0] == [0; 6] {
+    // Compared as three 2-byte words (the MACs in SETTINGS are 2-byte aligned too).
+    let mac = |i: usize, k: usize| ld16(s.macs[i].as_ptr(), k);
+    if mac(0, 0) | mac(0, 2) | mac(0, 4) == 0 {
         return true;
     }
-    let dst: [u8; ETH_ALEN] = copy(eth, ETH_DST);
+    let dst = [ld16(eth, ETH_DST), ld16(eth, ETH_DST + 2), ld16(eth, ETH_DST + 4)];
     let mut i = 0;
     while i < MAX_LOCAL_MACS {
-        if s.macs[i] == dst {
+        if mac(i, 0) == dst[0] && mac(i, 2) == dst[1] && mac(i, 4) == dst[2] {
             return true;
         }
         i += 1;

@@ -10,6 +10,7 @@
 //! caller's job, and [`LoadTime`] names the settings a reload cannot change.
 //!
 //! `docs/config.md` is the reference for every key; `examples/gateway.toml` is a full example.
+mod bgp;
 mod error;
 mod health;
 mod load_time;

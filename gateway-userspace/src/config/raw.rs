@@ -11,8 +11,37 @@ use super::types::{AdminState, KernelLog, Mode, OnExit, Protocol, XdpMode};
 pub(super) struct RawConfig {
     pub(super) dataplane: Spanned<RawDataplane>,
     pub(super) admin: Option<Spanned<RawAdmin>>,
+    pub(super) bgp: Option<Spanned<RawBgp>>,
     #[serde(default)]
     pub(super) service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBgp {
+    pub(super) local_as: Spanned<i64>,
+    pub(super) router_id: Spanned<String>,
+    pub(super) next_hop_v4: Option<Spanned<String>>,
+    pub(super) next_hop_v6: Option<Spanned<String>>,
+    pub(super) communities: Option<Vec<Spanned<String>>>,
+    pub(super) announce_after: Option<Spanned<String>>,
+    pub(super) withdraw_after: Option<Spanned<String>>,
+    pub(super) agent_grace: Option<Spanned<String>>,
+    pub(super) bird_dir: Option<Spanned<String>>,
+    pub(super) bird_socket: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) neighbor: Vec<Spanned<RawNeighbor>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNeighbor {
+    pub(super) address: Spanned<String>,
+    #[serde(rename = "as")]
+    pub(super) asn: Spanned<i64>,
+    pub(super) password: Option<Spanned<String>>,
+    pub(super) hold_time: Option<Spanned<String>>,
+    pub(super) keepalive: Option<Spanned<String>>,
 }
 
 // Integers are read as i64 and ranges checked here, so that `port = 0` and `port = 70000`
@@ -57,6 +86,8 @@ pub(super) struct RawService {
     pub(super) slowstart: Option<Spanned<String>>,
     pub(super) panic_threshold: Option<Spanned<Number>>,
     pub(super) health: Option<Spanned<RawHealth>>,
+    pub(super) communities: Option<Vec<Spanned<String>>>,
+    pub(super) med: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) backend: Vec<Spanned<RawBackend>>,
 }

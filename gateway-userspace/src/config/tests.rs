@@ -5,6 +5,7 @@ use super::{error::line_of, health::parse_status_range, *};
 use crate::maglev::is_prime;
 
 const EXAMPLE: &str = include_str!("../../../examples/gateway.toml");
+const EXAMPLE_BGP: &str = include_str!("../../../examples/gateway-bgp.toml");
 
 fn parse(s: &str) -> Result<Config, ConfigError> {
     Config::parse(s, Path::new("test.toml"))
@@ -826,7 +827,7 @@ fn mutated_examples_never_panic() {
     let mut rng = Rng(seed);
     let (mut ok, mut rejected) = (0, 0);
     for case in 0..3000 {
-        let mut text = EXAMPLE.to_string();
+        let mut text = if case % 3 == 2 { EXAMPLE_BGP } else { EXAMPLE }.to_string();
         for _ in 0..1 + rng.below(4) {
             text = mutate(&mut rng, &text);
         }
@@ -939,4 +940,192 @@ fn extra_macs_are_unicast_and_few() {
         "dataplane.extra_macs",
     );
     assert!(i.message.contains("at most 3"), "{i:?}");
+}
+
+#[test]
+fn the_bgp_example_parses() {
+    let c = parse(EXAMPLE_BGP).unwrap();
+    let b = c.bgp.unwrap();
+    assert_eq!(b.local_as, 65010);
+    assert_eq!(b.router_id, std::net::Ipv4Addr::new(198, 18, 0, 2));
+    assert_eq!(b.communities, vec![Community::Standard(65010, 1)]);
+    assert_eq!(b.announce_after, Duration::from_secs(2));
+    assert_eq!(b.withdraw_after, Duration::ZERO);
+    assert_eq!(b.neighbors.len(), 1);
+    let n = &b.neighbors[0];
+    assert_eq!(
+        (n.asn, n.hold_time, n.keepalive),
+        (65000, Duration::from_secs(9), Duration::from_secs(3))
+    );
+    assert_eq!(
+        c.services[0].communities,
+        vec![Community::Standard(65000, 80)]
+    );
+    assert_eq!(c.services[0].med, Some(10));
+    assert!(parse(EXAMPLE).unwrap().bgp.is_none());
+}
+
+const BGP: &str = "[dataplane]\ninterface = \"eth0\"\n[bgp]\nlocal_as = 65010\n\
+                   router_id = \"198.18.0.2\"\n";
+const NEIGHBOR: &str = "[[bgp.neighbor]]\naddress = \"198.18.0.1\"\nas = 65000\n";
+
+#[test]
+fn bgp_keys_are_checked() {
+    let cases = [
+        (
+            "local_as = 65010",
+            "local_as = 0",
+            "bgp.local_as",
+            "out of range",
+        ),
+        (
+            "local_as = 65010",
+            "local_as = 23456",
+            "bgp.local_as",
+            "AS_TRANS",
+        ),
+        (
+            "router_id = \"198.18.0.2\"",
+            "router_id = \"0.0.0.0\"",
+            "bgp.router_id",
+            "not a router id",
+        ),
+        (
+            "router_id = \"198.18.0.2\"",
+            "router_id = \"fd00::2\"",
+            "bgp.router_id",
+            "not a router id",
+        ),
+        (
+            "as = 65000",
+            "as = 4294967296",
+            "bgp.neighbor.as",
+            "out of range",
+        ),
+        (
+            "address = \"198.18.0.1\"",
+            "address = \"127.0.0.1\"",
+            "bgp.neighbor.address",
+            "loopback",
+        ),
+    ];
+    for (from, to, field, says) in cases {
+        let text = format!("{BGP}{NEIGHBOR}").replace(from, to);
+        let i = only(&text, field);
+        assert!(i.message.contains(says), "{to}: {i:?}");
+    }
+    let good = parse(&format!("{BGP}{NEIGHBOR}")).unwrap();
+    assert_eq!(good.bgp.unwrap().neighbors[0].asn, 65000);
+
+    let i = only(BGP, "bgp.neighbor");
+    assert!(i.message.contains("at least one"), "{i:?}");
+    let twice = format!("{BGP}{NEIGHBOR}{NEIGHBOR}");
+    let i = only(&twice, "bgp.neighbor.address");
+    assert!(
+        i.message.contains("already the neighbor at line 7"),
+        "{i:?}"
+    );
+    assert_eq!(i.line, 10);
+
+    let extra = |k: &str| format!("{BGP}{NEIGHBOR}{k}\n");
+    for (key, field, says) in [
+        (
+            "hold_time = \"2s\"",
+            "bgp.neighbor.hold_time",
+            "out of range",
+        ),
+        (
+            "hold_time = \"9.5s\"",
+            "bgp.neighbor.hold_time",
+            "whole number of seconds",
+        ),
+        (
+            "hold_time = \"9s\"\nkeepalive = \"9s\"",
+            "bgp.neighbor.keepalive",
+            "out of range",
+        ),
+        ("password = \"a b\"", "bgp.neighbor.password", "printable"),
+        (
+            "password = \"a\\\"b\"",
+            "bgp.neighbor.password",
+            "printable",
+        ),
+    ] {
+        let i = only(&extra(key), field);
+        assert!(i.message.contains(says), "{key}: {i:?}");
+    }
+    let c = parse(&extra("hold_time = \"30s\"")).unwrap();
+    let n = &c.bgp.unwrap().neighbors[0];
+    assert_eq!(
+        (n.hold_time, n.keepalive),
+        (Duration::from_secs(30), Duration::from_secs(10))
+    );
+}
+
+#[test]
+fn communities_parse_and_refuse_the_rest() {
+    let ok: [(&str, Community); 3] = [
+        ("65000:100", Community::Standard(65000, 100)),
+        ("0:0", Community::Standard(0, 0)),
+        ("4200000000:1:2", Community::Large(4_200_000_000, 1, 2)),
+    ];
+    for (text, c) in ok {
+        assert_eq!(text.parse::<Community>(), Ok(c));
+        assert_eq!(c.to_string(), text);
+    }
+    for bad in [
+        "65536:1",
+        "1",
+        "1:2:3:4",
+        "a:b",
+        ":1",
+        "1:",
+        "-1:2",
+        "+1:2",
+        "1: 2",
+        "99999999999:1:1",
+        "",
+    ] {
+        assert!(bad.parse::<Community>().is_err(), "{bad:?}");
+    }
+    let text = format!("{BGP}communities = [\"1:2\", \"1:2\"]\n{NEIGHBOR}");
+    let i = only(&text, "bgp.communities");
+    assert!(i.message.contains("listed twice"), "{i:?}");
+}
+
+#[test]
+fn route_keys_need_bgp_and_one_med_per_vip() {
+    let svc = |name: &str, port: u16, extra: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nvip = \"198.18.1.1\"\nport = {port}\n\
+             protocol = \"tcp\"\nmode = \"l2dsr\"\n{extra}"
+        )
+    };
+    let without = format!(
+        "[dataplane]\ninterface = \"eth0\"\n{}",
+        svc("a", 80, "med = 5\n")
+    );
+    let i = only(&without, "med");
+    assert!(i.message.contains("needs a [bgp] section"), "{i:?}");
+    let without = format!(
+        "[dataplane]\ninterface = \"eth0\"\n{}",
+        svc("a", 80, "communities = [\"1:1\"]\n")
+    );
+    let i = only(&without, "communities");
+    assert!(i.message.contains("need a [bgp] section"), "{i:?}");
+
+    let two = format!(
+        "{BGP}{NEIGHBOR}{}{}",
+        svc("a", 80, "med = 5\n"),
+        svc("b", 443, "med = 6\n")
+    );
+    let i = only(&two, "med");
+    assert!(i.message.contains("differs from service \"a\""), "{i:?}");
+    let agree = format!(
+        "{BGP}{NEIGHBOR}{}{}",
+        svc("a", 80, "med = 5\n"),
+        svc("b", 443, "med = 5\n")
+    );
+    let c = parse(&agree).unwrap();
+    assert_eq!(c.services[1].med, Some(5));
 }

@@ -41,6 +41,8 @@ words!(AdminState { Ready => "ready", Drain => "drain", Maint => "maint" });
 pub struct Config {
     pub dataplane: DataplaneConfig,
     pub admin: AdminConfig,
+    /// `[bgp]`, if the VIPs are announced to routers.
+    pub bgp: Option<BgpConfig>,
     /// In file order.
     pub services: Vec<ServiceConfig>,
 }
@@ -208,6 +210,10 @@ pub struct ServiceConfig {
     pub health: HealthConfig,
     /// In file order; addresses are unique and of the VIP's family.
     pub backends: Vec<BackendConfig>,
+    /// BGP communities on the VIP's route (with `[bgp] communities`); empty without `[bgp]`.
+    pub communities: Vec<Community>,
+    /// The MED on the VIP's route; services that share a VIP agree on it.
+    pub med: Option<u32>,
 }
 
 /// A `[[service.backend]]`.
@@ -273,4 +279,95 @@ pub struct HttpCheck {
     pub expect_status: Vec<RangeInclusive<u16>>,
     /// A string the response body must contain.
     pub body_contains: Option<String>,
+}
+
+/// `[bgp]`: the VIPs this balancer can serve are announced to routers by BIRD, which the
+/// agent configures (see [`crate::bgp`] and docs/operations.md, "Scale-out").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpConfig {
+    /// This balancer's AS, 1..=4294967295 except 23456 (AS_TRANS).
+    pub local_as: u32,
+    /// BIRD's router id; unique among the routers and balancers.
+    pub router_id: Ipv4Addr,
+    /// At least one, addresses unique.
+    pub neighbors: Vec<BgpNeighbor>,
+    /// The next hop announced with IPv4 VIPs; `None`: the session's own address.
+    pub next_hop_v4: Option<Ipv4Addr>,
+    pub next_hop_v6: Option<Ipv6Addr>,
+    /// Communities on every VIP's route (a service adds its own).
+    pub communities: Vec<Community>,
+    /// How long a VIP must have been servable before it is announced (again): a backend
+    /// that flaps does not flap the route.
+    pub announce_after: Duration,
+    /// How long a VIP must have been unservable before it is withdrawn.
+    pub withdraw_after: Duration,
+    /// How long the agent may be gone (a restart) before `gateway bgp-guard` withdraws
+    /// every VIP on its behalf.
+    pub agent_grace: Duration,
+    /// Where the generated BIRD configuration is written; `None`: `/run/gateway/bird-<interface>`.
+    pub bird_dir: Option<PathBuf>,
+    /// BIRD's control socket; `None`: `bird.ctl` in the BIRD directory.
+    pub bird_socket: Option<PathBuf>,
+}
+
+/// A `[[bgp.neighbor]]`: a router the VIPs are announced to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpNeighbor {
+    pub address: IpAddr,
+    /// Its AS (equal to `local_as`: an iBGP session).
+    pub asn: u32,
+    /// TCP MD5 password: printable ASCII without `"` or `\`, at most 80 characters.
+    pub password: Option<String>,
+    /// Whole seconds, 3..=65535. A dead balancer's routes go at most this long after its
+    /// last keepalive.
+    pub hold_time: Duration,
+    /// Whole seconds, at least 1 and less than `hold_time` (default a third of it).
+    pub keepalive: Duration,
+}
+
+/// A BGP community: standard (`"65000:100"`, RFC 1997) or large (`"65000:1:2"`, RFC 8092).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Community {
+    Standard(u16, u16),
+    Large(u32, u32, u32),
+}
+
+impl fmt::Display for Community {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Community::Standard(a, b) => write!(f, "{a}:{b}"),
+            Community::Large(a, b, c) => write!(f, "{a}:{b}:{c}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Community {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad = || {
+            format!(
+                "{s:?} is not a community (\"A:B\", each 0..=65535, or a large one \
+                 \"A:B:C\", each 0..=4294967295)"
+            )
+        };
+        let digits =
+            |p: &str| !p.is_empty() && p.len() <= 10 && p.bytes().all(|b| b.is_ascii_digit());
+        if !parts.iter().all(|p| digits(p)) {
+            return Err(bad());
+        }
+        match parts.as_slice() {
+            [a, b] => Ok(Community::Standard(
+                a.parse().map_err(|_| bad())?,
+                b.parse().map_err(|_| bad())?,
+            )),
+            [a, b, c] => Ok(Community::Large(
+                a.parse().map_err(|_| bad())?,
+                b.parse().map_err(|_| bad())?,
+                c.parse().map_err(|_| bad())?,
+            )),
+            _ => Err(bad()),
+        }
+    }
 }

@@ -103,6 +103,8 @@ pub(super) struct Limits {
     /// again as missing.
     pub(super) ipip_source_v4: bool,
     pub(super) ipip_source_v6: bool,
+    /// Whether there is a `[bgp]` section (services may then set `communities` and `med`).
+    pub(super) bgp: bool,
 }
 
 impl Validator<'_> {
@@ -234,8 +236,12 @@ impl Validator<'_> {
     }
 
     pub(super) fn config(&mut self, raw: &RawConfig) -> Option<Config> {
-        let (dataplane, limits) = self.dataplane(&raw.dataplane);
+        let (dataplane, mut limits) = self.dataplane(&raw.dataplane);
         let admin = self.admin(raw.admin.as_ref());
+        let bgp = self.bgp(raw.bgp.as_ref());
+        limits.bgp = raw.bgp.is_some();
+        // A route is per VIP: the services that share one agree on its MED.
+        let mut meds: HashMap<IpAddr, (Option<i64>, &str, usize)> = HashMap::new();
 
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut listeners: HashMap<(IpAddr, u16, Protocol), (&str, usize)> = HashMap::new();
@@ -267,6 +273,26 @@ impl Validator<'_> {
                     listeners.insert(key, (name, line));
                 }
             }
+            if let Some(vip) = vip {
+                let med = s.med.as_ref().map(|m| *m.get_ref());
+                match meds.get(&vip) {
+                    Some((other_med, other, at)) if *other_med != med => {
+                        let show = |m: Option<i64>| m.map_or("none".to_string(), |m| m.to_string());
+                        let msg = format!(
+                            "med {} differs from service {other:?}'s ({}, line {at}) on the same \
+                             VIP: a route has one MED",
+                            show(med),
+                            show(*other_med)
+                        );
+                        let span = s.med.as_ref().map_or(s.vip.span(), Spanned::span);
+                        self.report(span, "med", msg);
+                    }
+                    Some(_) => {}
+                    None => {
+                        meds.insert(vip, (med, name, line));
+                    }
+                }
+            }
             if let Some(max) = limits.max_services
                 && i == max as usize
             {
@@ -294,6 +320,7 @@ impl Validator<'_> {
         Some(Config {
             dataplane: dataplane?,
             admin: admin?,
+            bgp: bgp?,
             services: services?,
         })
     }
@@ -455,6 +482,7 @@ impl Validator<'_> {
             max_table_size,
             ipip_source_v4: d.ipip_source_v4.is_some(),
             ipip_source_v6: d.ipip_source_v6.is_some(),
+            bgp: false,
         };
         let config = (|| {
             Some(DataplaneConfig {
@@ -580,6 +608,8 @@ impl Validator<'_> {
         let health_table = s.health.as_ref().map_or(raw.span(), Spanned::span);
         let health = self.health(&service_layers, port, health_table);
 
+        let (communities, med) = self.route_keys(s, limits.bgp);
+
         let mut seen: HashMap<IpAddr, usize> = HashMap::new();
         let mut backends = Some(Vec::with_capacity(s.backend.len()));
         for b in &s.backend {
@@ -601,6 +631,8 @@ impl Validator<'_> {
             panic_threshold: panic_threshold?,
             health: health?,
             backends: backends?,
+            communities: communities?,
+            med: med?,
         })
     }
 

@@ -29,6 +29,8 @@
 //!   `NextHops`, so its unit tests run over in-memory maps and a fixed neighbour table
 //!   (`testing::FakeDataplane`, `testing::FixedHops`). `main.rs` only parses the command
 //!   line and dispatches.
+//! - [`bgp`]: announcing VIPs through BIRD 2: the BIRD configuration it writes, the
+//!   announcer's hysteresis, BIRD's control socket ([`bgp::bird`]).
 //! - [`admin`]: the HTTP API, the status snapshot and the metrics text; [`sys`] the
 //!   preflight checks; [`error`] how errors are written and printed.
 //! - [`preview`]: what a config would do (`gateway check`): its plan with every backend
@@ -46,6 +48,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod bgp;
 pub mod config;
 pub mod dataplane;
 pub mod error;

@@ -6,7 +6,7 @@
 //!   `~/.cache/gateway/bpf-linker-<nightly version>`; crates.io's default build wants a newer
 //!   LLVM than Debian has;
 //! - the Debian packages the tests and benches use (iproute2, ethtool, iputils-ping,
-//!   util-linux, bpftool);
+//!   util-linux, bpftool, bird2);
 //! - bpffs mounted at /sys/fs/bpf.
 use std::{
     path::{Path, PathBuf},
@@ -28,6 +28,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     // The end-to-end bench reads the XDP program's run-time statistics with it.
     ("bpftool", "bpftool"),
+    // The routing daemon that announces VIPs (`[bgp]`), and the lab's router.
+    ("bird", "bird2"),
 ];
 
 pub fn is_root() -> bool {

@@ -327,3 +327,50 @@ pub fn snapshot() -> Snapshot {
         }],
     }
 }
+
+/// A stand-in for BIRD that answers `configure` until dropped; counts the commands.
+pub struct FakeBird {
+    commands: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    path: std::path::PathBuf,
+}
+
+impl FakeBird {
+    pub fn start(path: &std::path::Path) -> FakeBird {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let commands = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = commands.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { return };
+                let mut w = s.try_clone().unwrap();
+                let _ = std::io::Write::write_all(&mut w, b"0001 BIRD 2.0.12 ready.\n");
+                let mut line = String::new();
+                if std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line).is_err()
+                    || line == "stop\n"
+                {
+                    return;
+                }
+                seen.lock().unwrap().push(line);
+                let _ = std::io::Write::write_all(
+                    &mut w,
+                    b"0002-Reading configuration\n0003 Reconfigured\n",
+                );
+            }
+        });
+        FakeBird {
+            commands,
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.commands.lock().unwrap().len()
+    }
+}
+
+impl Drop for FakeBird {
+    fn drop(&mut self) {
+        let _ = crate::bgp::bird::command(&self.path, "stop", std::time::Duration::from_secs(1));
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

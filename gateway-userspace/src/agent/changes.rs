@@ -20,6 +20,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
     fn set_effective(&mut self) {
         let next = self.overrides.apply(&self.file_config);
         self.config = config::LoadTime::keep_running(&self.config, next);
+        self.bgp_config_changed();
     }
 
     fn save_overrides(&self) {
@@ -61,8 +62,10 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         if let Err(e) = self.try_replan(&why) {
             self.write_failed(&why, &e);
             self.take_overrides(before);
+            self.announce(false);
             return Err(admin::ChangeError::Apply(e));
         }
+        self.announce(true);
         Ok(c)
     }
 

@@ -128,6 +128,7 @@ pub fn run(
     print_stats(&agent.dp)?;
     match options.on_exit.unwrap_or(agent.config.dataplane.on_exit) {
         OnExit::Detach => {
+            agent.withdraw_all("the agent stops and detaches");
             agent.dp.detach()?;
             info!("detached from {iface}");
         }
@@ -220,6 +221,9 @@ pub struct Agent<D = Dataplane, N = Resolver> {
     /// Replans whose map write failed (for metrics), and when the next retry is due.
     map_write_errors: u64,
     retry_at: Option<tokio::time::Instant>,
+    /// BGP announcements (`[bgp]`), and when a failed one is tried again.
+    pub speaker: Option<crate::bgp::Speaker>,
+    bgp_retry_at: Option<tokio::time::Instant>,
 }
 
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
@@ -304,7 +308,10 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             reloads_error: 0,
             map_write_errors: 0,
             retry_at: None,
+            speaker: None,
+            bgp_retry_at: None,
         };
+        agent.speaker = crate::bgp::Speaker::new(&agent.config, Instant::now());
         agent.sync_checks();
         agent
     }
@@ -316,8 +323,12 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
     /// Plans, diffs and applies, and logs services left without backends; a failed map
     /// write does not stop the agent (see `Agent::write_failed`).
     pub fn replan(&mut self, why: &str) {
-        if let Err(e) = self.try_replan(why) {
-            self.write_failed(why, &e);
+        match self.try_replan(why) {
+            Ok(()) => self.announce(true),
+            Err(e) => {
+                self.write_failed(why, &e);
+                self.announce(false);
+            }
         }
     }
 
@@ -431,6 +442,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         if self.table_rebuilds == before {
             info!("start: applied nothing: the adopted maps already match the config");
         }
+        self.announce(true);
         let mut hup =
             signal(SignalKind::hangup()).map_err(|e| RunError::Io("watching for SIGHUP", e))?;
         // The program's own log lines (rare events) arrive through a ring buffer.
@@ -463,6 +475,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             let step = self
                 .next_step
                 .map(|t| tokio::time::Instant::from_std(self.started + t));
+            let bgp_at = self.bgp_due();
             let paced_at = pending
                 .and(self.next_paced_replan())
                 .map(tokio::time::Instant::from_std);
@@ -510,6 +523,9 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                     self.retry_at = None;
                     self.replan("retry after a failed map write");
                 }
+                _ = async { tokio::time::sleep_until(bgp_at.unwrap_or_else(tokio::time::Instant::now)).await }, if bgp_at.is_some() => {
+                    self.announce(self.retry_at.is_none());
+                }
                 _ = hup.recv() => {
                     let _ = self.reload_counted();
                 }
@@ -550,3 +566,5 @@ fn release_free_memory() {
 
 #[cfg(test)]
 mod tests;
+
+mod announce;

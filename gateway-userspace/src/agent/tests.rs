@@ -372,3 +372,49 @@ async fn changes_of_facts_are_paced_by_the_last_replans_cost() {
             .find(|b| b.addr == crate::model::addr16(ip(B1)));
     assert_eq!(mac.unwrap().mac, [2, 0, 0, 0, 0, 9]);
 }
+
+/// With `[bgp]`, the VIP is announced while a backend is usable and withdrawn when none
+/// is (here: both put in maint through the API), through the files BIRD reads and a
+/// `configure` on its control socket.
+#[tokio::test]
+async fn the_vip_is_announced_while_a_backend_is_usable() {
+    let s = Scratch::new("bgp");
+    let bird_dir = s.0.join("bird");
+    s.write(
+        100_000,
+        &format!(
+            "{UNPROBED}\n[bgp]\nlocal_as = 65010\nrouter_id = \"198.18.0.2\"\n\
+             announce_after = \"0s\"\nbird_dir = \"{}\"\n\
+             [[bgp.neighbor]]\naddress = \"198.18.0.1\"\nas = 65000\n",
+            bird_dir.display()
+        ),
+        &[(B1, ""), (B2, "")],
+    );
+    std::fs::create_dir_all(&bird_dir).unwrap();
+    let bird = crate::testing::FakeBird::start(&bird_dir.join("bird.ctl"));
+    let mut a = start(&s, FakeDataplane::default(), hops());
+    let announced = || {
+        let text = std::fs::read_to_string(bird_dir.join("vips.conf")).unwrap_or_default();
+        crate::bgp::announced_in(&text)
+    };
+    a.announce(true);
+    assert_eq!(announced(), [ip("198.18.1.1")]);
+    assert_eq!(bird.count(), 1);
+
+    a.api_change("web", ip(B1), BackendChange::State(AdminState::Maint))
+        .unwrap();
+    assert_eq!(announced(), [ip("198.18.1.1")], "B2 still serves");
+    a.api_change("web", ip(B2), BackendChange::State(AdminState::Maint))
+        .unwrap();
+    assert!(announced().is_empty());
+    assert_eq!(bird.count(), 2);
+    let sp = a.speaker.as_ref().unwrap();
+    assert_eq!(
+        sp.announcer.states()[&ip("198.18.1.1")].servable,
+        Err(crate::bgp::Unservable::NoBackend)
+    );
+    a.api_change("web", ip(B2), BackendChange::State(AdminState::Ready))
+        .unwrap();
+    assert_eq!(announced(), [ip("198.18.1.1")]);
+    assert_eq!(bird.count(), 3);
+}

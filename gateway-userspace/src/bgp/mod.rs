@@ -292,6 +292,110 @@ impl Announcer {
     }
 }
 
+/// How long a command to BIRD may take: the agent's loop waits for it.
+const BIRD_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The agent's side of BGP: the announcer, the files BIRD reads, and what BIRD was told.
+#[derive(Debug)]
+pub struct Speaker {
+    pub paths: Paths,
+    pub announcer: Announcer,
+    routes: BTreeMap<IpAddr, Route>,
+    /// The `bird.conf` and `vips.conf` last written and accepted by BIRD (`None`: not yet,
+    /// or BIRD has not confirmed them).
+    told: Option<(String, String)>,
+    /// Failed writes or BIRD commands (for metrics), and the last one's message.
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+impl Speaker {
+    /// For `config` (which has `[bgp]`); VIPs in an existing `vips.conf` count as
+    /// announced, so a restarted agent neither withdraws nor delays them.
+    pub fn new(config: &Config, now: Instant) -> Option<Speaker> {
+        let bgp = config.bgp.as_ref()?;
+        let paths = Paths::new(bgp, &config.dataplane.interface);
+        let already = std::fs::read_to_string(&paths.vips)
+            .map(|t| announced_in(&t))
+            .unwrap_or_default();
+        Some(Speaker {
+            announcer: Announcer::new(bgp, &already, now),
+            routes: routes(config),
+            paths,
+            told: None,
+            errors: 0,
+            last_error: None,
+        })
+    }
+
+    /// A reloaded config: new routes and timers (the announcer keeps its VIPs' state).
+    pub fn reconfigure(&mut self, config: &Config) {
+        if let Some(bgp) = &config.bgp {
+            self.paths = Paths::new(bgp, &config.dataplane.interface);
+            self.announcer.announce_after = bgp.announce_after;
+            self.announcer.withdraw_after = bgp.withdraw_after;
+        }
+        self.routes = routes(config);
+    }
+
+    /// Takes each VIP's servability now and, if what BIRD should announce differs from
+    /// what it was told, writes the files and asks BIRD to reread them. Returns the
+    /// announced VIPs when BIRD was told something new.
+    pub fn update(
+        &mut self,
+        bgp: &BgpConfig,
+        servable: &BTreeMap<IpAddr, Result<(), Unservable>>,
+        now: Instant,
+    ) -> Result<Option<Vec<IpAddr>>, SpeakerError> {
+        self.announcer.update(servable, now);
+        let announced: Vec<IpAddr> = self.announcer.announced().collect();
+        let conf = bird_conf(bgp, &self.paths);
+        let vips = vips_conf(announced.iter().filter_map(|v| self.routes.get(v)));
+        if self.told.as_ref() == Some(&(conf.clone(), vips.clone())) {
+            return Ok(None);
+        }
+        let result = self.tell(&conf, &vips);
+        match &result {
+            Ok(()) => {
+                self.told = Some((conf, vips));
+                self.last_error = None;
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.last_error = Some(crate::error::Chain(e).to_string());
+            }
+        }
+        result.map(|()| Some(announced))
+    }
+
+    fn tell(&self, conf: &str, vips: &str) -> Result<(), SpeakerError> {
+        let write = |path: &Path, text: &str| {
+            std::fs::create_dir_all(&self.paths.dir)
+                .and_then(|()| write_atomically(path, text))
+                .map_err(|source| SpeakerError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        };
+        write(&self.paths.conf, conf)?;
+        write(&self.paths.vips, vips)?;
+        bird::command(&self.paths.socket, "configure", BIRD_TIMEOUT)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpeakerError {
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("asking BIRD to reread its configuration")]
+    Bird(#[from] bird::BirdError),
+}
+
 /// Writes `text` to `path` through a temporary file and a rename, so BIRD never reads half
 /// a file.
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {

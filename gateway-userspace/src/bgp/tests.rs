@@ -6,6 +6,7 @@ use std::{
 };
 
 use super::{bird::*, *};
+use crate::testing::FakeBird;
 
 const CONFIG: &str = "[dataplane]\ninterface = \"eth0\"\nipip_source_v6 = \"fd00::2\"\n\
     [bgp]\nlocal_as = 65010\nrouter_id = \"198.18.0.2\"\ncommunities = [\"65010:1\"]\n\
@@ -307,5 +308,64 @@ fn a_command_gets_its_reply_and_an_error_code_is_an_error() {
     assert_eq!(server.join().unwrap(), ["configure\n", "configure soft\n"]);
     let e = command(&dir.join("absent.ctl"), "configure", t).unwrap_err();
     assert!(matches!(e, BirdError::Connect { .. }), "{e:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_speaker_tells_bird_only_what_changed_and_retries_when_bird_is_back() {
+    let dir = tempdir("speaker");
+    let text = CONFIG.replace(
+        "[bgp]\n",
+        &format!(
+            "[bgp]\nbird_dir = \"{}\"\nannounce_after = \"0s\"\n",
+            dir.display()
+        ),
+    );
+    let c = Config::parse(&text, Path::new("t.toml")).unwrap();
+    let bgp = c.bgp.clone().unwrap();
+    let (web, dns) = (vip("198.18.1.1"), vip("fd00:1::1"));
+    let t0 = Instant::now();
+    let mut sp = Speaker::new(&c, t0).unwrap();
+    let bird = FakeBird::start(&sp.paths.socket);
+    let mut s = BTreeMap::from([(web, Ok(())), (dns, Err(Unservable::NoBackend))]);
+
+    assert_eq!(sp.update(&bgp, &s, t0).unwrap(), Some(vec![web]));
+    assert_eq!(bird.count(), 1);
+    let vips = std::fs::read_to_string(&sp.paths.vips).unwrap();
+    assert_eq!(announced_in(&vips), [web]);
+    assert!(
+        std::fs::read_to_string(&sp.paths.conf)
+            .unwrap()
+            .contains("router id 198.18.0.2;")
+    );
+    // Nothing new: BIRD is not asked again.
+    assert_eq!(sp.update(&bgp, &s, t0).unwrap(), None);
+    assert_eq!(bird.count(), 1);
+
+    // BIRD gone: an error, counted; the change is told once it is back.
+    drop(bird);
+    s.insert(dns, Ok(()));
+    let e = sp.update(&bgp, &s, t0).unwrap_err();
+    assert!(
+        matches!(e, SpeakerError::Bird(BirdError::Connect { .. })),
+        "{e:?}"
+    );
+    assert_eq!(sp.errors, 1);
+    assert!(
+        sp.last_error.as_deref().unwrap().contains("bird.ctl"),
+        "{:?}",
+        sp.last_error
+    );
+    let bird = FakeBird::start(&sp.paths.socket);
+    assert_eq!(sp.update(&bgp, &s, t0).unwrap(), Some(vec![web, dns]));
+    assert_eq!((bird.count(), sp.last_error.as_ref()), (1, None));
+
+    // A restarted agent finds both announced and tells BIRD the same files.
+    let mut again = Speaker::new(&c, t0).unwrap();
+    assert_eq!(again.announcer.announced().collect::<Vec<_>>(), [web, dns]);
+    let before = std::fs::read_to_string(&sp.paths.vips).unwrap();
+    assert_eq!(again.update(&bgp, &s, t0).unwrap(), Some(vec![web, dns]));
+    assert_eq!(std::fs::read_to_string(&sp.paths.vips).unwrap(), before);
+    drop(bird);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -301,8 +301,8 @@ pub struct BgpConfig {
     pub announce_after: Duration,
     /// How long a VIP must have been unservable before it is withdrawn.
     pub withdraw_after: Duration,
-    /// How long the agent may be gone (a restart) before `gateway bgp-guard` withdraws
-    /// every VIP on its behalf.
+    /// How long the agent may be gone (a restart) before its VIPs are withdrawn on its
+    /// behalf (validated; not acted on yet).
     pub agent_grace: Duration,
     /// Where the generated BIRD configuration is written; `None`: `/run/gateway/bird-<interface>`.
     pub bird_dir: Option<PathBuf>,

@@ -40,8 +40,16 @@ impl Validator<'_> {
                 None
             }
         };
-        let next_hop_v4 = self.next_hop::<Ipv4Addr>(b.next_hop_v4.as_ref(), "v4", "an IPv4");
-        let next_hop_v6 = self.next_hop::<Ipv6Addr>(b.next_hop_v6.as_ref(), "v6", "an IPv6");
+        let next_hop_v4 = self.family_address::<Ipv4Addr>(
+            b.next_hop_v4.as_ref(),
+            "bgp.next_hop_v4",
+            "an IPv4 address",
+        );
+        let next_hop_v6 = self.family_address::<Ipv6Addr>(
+            b.next_hop_v6.as_ref(),
+            "bgp.next_hop_v6",
+            "an IPv6 address",
+        );
         let communities = self.communities(b.communities.as_ref(), "bgp.communities");
         let range = Duration::ZERO..=MAX_DURATION;
         let announce_after = self.duration(
@@ -104,30 +112,6 @@ impl Validator<'_> {
             return None;
         }
         Some(asn)
-    }
-
-    fn next_hop<A>(
-        &mut self,
-        raw: Option<&Spanned<String>>,
-        family: &str,
-        what: &str,
-    ) -> Option<Option<A>>
-    where
-        A: std::str::FromStr + Copy + Into<IpAddr>,
-    {
-        let Some(s) = raw else {
-            return Some(None);
-        };
-        let field = format!("bgp.next_hop_{family}");
-        let msg = match s.get_ref().parse::<A>() {
-            Ok(a) => match unusable(a.into()) {
-                None => return Some(Some(a)),
-                Some(why) => format!("{} is {why}", a.into()),
-            },
-            Err(_) => format!("{:?} is not {what} address", s.get_ref()),
-        };
-        self.report(s.span(), field, msg);
-        None
     }
 
     /// A list of communities: parsed, without repeats, at most `MAX_COMMUNITIES`.

@@ -1003,6 +1003,12 @@ fn bgp_keys_are_checked() {
             "out of range",
         ),
         (
+            "router_id = \"198.18.0.2\"",
+            "router_id = \"198.18.0.2\"\nnext_hop_v6 = \"198.18.0.1\"",
+            "bgp.next_hop_v6",
+            "is not an IPv6 address",
+        ),
+        (
             "address = \"198.18.0.1\"",
             "address = \"127.0.0.1\"",
             "bgp.neighbor.address",

@@ -195,12 +195,13 @@ impl Validator<'_> {
         }
     }
 
-    /// `dataplane.ipip_source_<family>`: absent, or `what` (an address of that family) that
-    /// a packet can carry. `None` when it is invalid (reported).
-    fn source_address<A>(
+    /// An optional address of one family (`A`, described as `what`) that a packet can
+    /// carry: `dataplane.ipip_source_v4`, `bgp.next_hop_v6`, ... `None` when it is invalid
+    /// (reported).
+    pub(super) fn family_address<A>(
         &mut self,
         raw: Option<&Spanned<String>>,
-        family: &str,
+        field: &str,
         what: &str,
     ) -> Option<Option<A>>
     where
@@ -209,7 +210,6 @@ impl Validator<'_> {
         let Some(s) = raw else {
             return Some(None);
         };
-        let field = format!("dataplane.ipip_source_{family}");
         let msg = match s.get_ref().parse::<A>() {
             Ok(a) => match unusable(a.into()) {
                 None => return Some(Some(a)),
@@ -459,16 +459,22 @@ impl Validator<'_> {
                 true
             });
 
-        let ipip_source_v4 =
-            self.source_address::<Ipv4Addr>(d.ipip_source_v4.as_ref(), "v4", "an IPv4 address");
+        let ipip_source_v4 = self.family_address::<Ipv4Addr>(
+            d.ipip_source_v4.as_ref(),
+            "dataplane.ipip_source_v4",
+            "an IPv4 address",
+        );
         let ipip_source_v4_vary_bits = self.int(
             d.ipip_source_v4_vary_bits.as_ref(),
             0u8,
             VARY_BITS,
             "dataplane.ipip_source_v4_vary_bits",
         );
-        let ipip_source_v6 =
-            self.source_address::<Ipv6Addr>(d.ipip_source_v6.as_ref(), "v6", "an IPv6 address");
+        let ipip_source_v6 = self.family_address::<Ipv6Addr>(
+            d.ipip_source_v6.as_ref(),
+            "dataplane.ipip_source_v6",
+            "an IPv6 address",
+        );
 
         let pin_dir = match self.abs_path(d.pin_dir.as_ref(), "dataplane.pin_dir") {
             Some(None) => interface

@@ -45,6 +45,27 @@ pub fn render_status(s: &Snapshot) -> String {
     if !refused.is_empty() {
         let _ = writeln!(out, "refused    {}", refused.join("  "));
     }
+    if let Some(b) = &s.bgp {
+        let vips: Vec<String> = b
+            .vips
+            .iter()
+            .map(|v| {
+                let word = if v.announced {
+                    "announced"
+                } else {
+                    "withdrawn"
+                };
+                format!(
+                    "{} {word} ({} for {:.0}s)",
+                    v.vip, v.reason, v.since_seconds
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "bgp        {}", vips.join("  "));
+        if let Some(e) = &b.last_error {
+            let _ = writeln!(out, "bgp        ERROR ({} so far): {e}", b.errors);
+        }
+    }
     for svc in &s.services {
         let endpoint = if svc.vip.contains(':') {
             format!("[{}]:{}/{}", svc.vip, svc.port, svc.protocol)
@@ -668,6 +689,8 @@ mod tests {
         let want = "\
 dataplane  interface eth0  xdp native  program 42  conntrack 7/65536 entries
 refused    drop_martian_source 3
+bgp        198.18.1.1 announced (servable for 12s)  fd00:1::1 withdrawn (no usable backend for 3s)
+bgp        ERROR (3 so far): connecting to BIRD's control socket: refused
 
 service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
   backend      state  weight  slots   share  health                            reason

@@ -325,6 +325,25 @@ pub fn snapshot() -> Snapshot {
             counts: vec![3, 1, 1],
             sum_seconds: 2.5,
         }],
+        bgp: Some(crate::admin::BgpStatus {
+            bird_socket: "/run/gateway/bird-eth0/bird.ctl".into(),
+            errors: 3,
+            last_error: Some("connecting to BIRD's control socket: refused".into()),
+            vips: vec![
+                crate::admin::VipStatus {
+                    vip: "198.18.1.1".into(),
+                    announced: true,
+                    reason: "servable".into(),
+                    since_seconds: 12.0,
+                },
+                crate::admin::VipStatus {
+                    vip: "fd00:1::1".into(),
+                    announced: false,
+                    reason: "no usable backend".into(),
+                    since_seconds: 3.0,
+                },
+            ],
+        }),
     }
 }
 

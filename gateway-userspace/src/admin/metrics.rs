@@ -155,6 +155,26 @@ pub fn render_metrics(s: &Snapshot) -> String {
         samples: vec![(vec![], s.map_write_errors)],
     }
     .write(&mut out);
+    if let Some(b) = &s.bgp {
+        Family {
+            name: "gateway_bgp_announced",
+            help: "Whether the VIP is announced to the routers through BIRD (1) or not (0).",
+            kind: "gauge",
+            samples: b
+                .vips
+                .iter()
+                .map(|v| (vec![("vip", v.vip.as_str())], u64::from(v.announced)))
+                .collect(),
+        }
+        .write(&mut out);
+        Family {
+            name: "gateway_bgp_errors_total",
+            help: "Failed writes of BIRD's files or commands to BIRD (each retried).",
+            kind: "counter",
+            samples: vec![(vec![], b.errors)],
+        }
+        .write(&mut out);
+    }
     let name = "gateway_probe_duration_seconds";
     let _ = writeln!(out, "# HELP {name} Health-check duration per service.");
     let _ = writeln!(out, "# TYPE {name} histogram");

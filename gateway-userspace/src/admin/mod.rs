@@ -398,6 +398,22 @@ mod tests {
     }
 
     #[test]
+    fn announcements_are_gauges_per_vip() {
+        let m = render_metrics(&snapshot());
+        for line in [
+            "# TYPE gateway_bgp_announced gauge",
+            r#"gateway_bgp_announced{vip="198.18.1.1"} 1"#,
+            r#"gateway_bgp_announced{vip="fd00:1::1"} 0"#,
+            "gateway_bgp_errors_total 3",
+        ] {
+            assert!(m.lines().any(|l| l == line), "{line} missing in\n{m}");
+        }
+        let mut without = snapshot();
+        without.bgp = None;
+        assert!(!render_metrics(&without).contains("gateway_bgp"));
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
         assert_eq!(escape("a\nb"), "a\\nb");

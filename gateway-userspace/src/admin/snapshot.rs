@@ -22,6 +22,30 @@ pub struct Snapshot {
     /// Health-check latency per service.
     #[serde(default)]
     pub probe_latency: Vec<LatencyHistogram>,
+    /// BGP announcements, with `[bgp]`.
+    #[serde(default)]
+    pub bgp: Option<BgpStatus>,
+}
+
+/// What this balancer announces through BIRD, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BgpStatus {
+    pub bird_socket: String,
+    /// Failed writes of BIRD's files or commands to BIRD, and the last one's message
+    /// (cleared once BIRD accepts the files).
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub vips: Vec<VipStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub vip: String,
+    pub announced: bool,
+    /// `servable`, or why not (`no usable backend`, `maps not synced`, ...).
+    pub reason: String,
+    /// Since when (seconds ago) the VIP has been servable or not.
+    pub since_seconds: f64,
 }
 
 /// A latency histogram: `counts[i]` probes took at most `le[i]` seconds (and more than the

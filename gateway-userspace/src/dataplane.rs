@@ -714,6 +714,9 @@ impl Dataplane {
 /// the agent's unit tests drive `testing::FakeDataplane`, in-memory maps, instead.
 pub trait DataplaneOps: MapWriter {
     fn options(&self) -> LoadOptions;
+    /// Whether the program can forward on `interface`: attached, its pinned link (if
+    /// pinned) still there, and the interface up with a carrier.
+    fn forwarding(&self, interface: &str) -> bool;
     fn adopted(&self) -> bool;
     fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>>;
     fn attached_mode(&self) -> Option<AttachedMode>;
@@ -728,6 +731,14 @@ pub trait DataplaneOps: MapWriter {
 impl DataplaneOps for Dataplane {
     fn options(&self) -> LoadOptions {
         Dataplane::options(self)
+    }
+    fn forwarding(&self, interface: &str) -> bool {
+        self.link.is_some()
+            && self
+                .pin_dir
+                .as_ref()
+                .is_none_or(|d| d.join(pin::LINK).exists())
+            && crate::sys::interface_up(interface)
     }
     fn adopted(&self) -> bool {
         Dataplane::adopted(self)

@@ -83,6 +83,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Withdraw this balancer's VIPs from BIRD when its agent is gone (`[bgp]`).
+    ///
+    /// Runs beside BIRD: when the agent has not answered `/healthz` for `agent_grace`, or
+    /// does not answer and its data plane is gone, it empties the VIP routes BIRD reads and
+    /// tells BIRD. Runs until SIGINT or SIGTERM.
+    BgpGuard {
+        /// The agent's configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Helpers for test beds; not part of the stable interface.
     #[command(hide = true, subcommand)]
     Internal(Internal),
@@ -152,6 +162,12 @@ fn main() {
         } => stop(detach, config, pin_dir, interface),
         Command::Backend(cmd) => backend(cmd),
         Command::Reload { api } => reload(&api),
+        Command::BgpGuard { config } => {
+            let stop = stop_requested();
+            gateway::bgp::guard::run(&config, move || {
+                stop.load(std::sync::atomic::Ordering::Relaxed)
+            })
+        }
         Command::Internal(Internal::WriteObjects { pass, decap }) => {
             std::fs::write(&pass, gateway::object::XDP_PASS)
                 .and_then(|_| std::fs::write(&decap, gateway::object::XDP_DECAP))
@@ -162,6 +178,20 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// A flag that SIGINT or SIGTERM sets (for the commands that run in a plain loop).
+fn stop_requested() -> &'static std::sync::atomic::AtomicBool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    extern "C" fn on_signal(_: libc::c_int) {
+        STOP.store(true, Ordering::Relaxed);
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    &STOP
 }
 
 fn run(

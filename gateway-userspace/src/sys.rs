@@ -80,11 +80,10 @@ pub fn preflight(interface: &str, pin_dir: &Path) -> Result<u32, PreflightError>
     Ok(idx)
 }
 
-/// The Ethernet MAC address of `iface` in this process's network namespace (SIOCGIFHWADDR
-/// on a socket, which answers for the socket's namespace; sysfs would show whichever
-/// namespace /sys was mounted in, and `nsenter` does not remount it). None for an interface
-/// that is missing or not Ethernet.
-pub fn interface_mac(iface: &str) -> Option<[u8; 6]> {
+/// `ioctl(req)` on a socket for interface `iface`, which answers for the socket's network
+/// namespace (sysfs would show whichever namespace /sys was mounted in, and `nsenter` does
+/// not remount it). None if the name is not an interface name or the call fails.
+fn interface_ioctl(iface: &str, req: libc::Ioctl) -> Option<libc::ifreq> {
     let name = iface.as_bytes();
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return None;
@@ -99,13 +98,17 @@ pub fn interface_mac(iface: &str) -> Option<[u8; 6]> {
     for (d, s) in ifr.ifr_name.iter_mut().zip(name) {
         *d = *s as libc::c_char;
     }
-    // SAFETY: SIOCGIFHWADDR reads the NUL-terminated name and writes the address into `ifr`.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut ifr) };
+    // SAFETY: the SIOCGIF* requests read the NUL-terminated name and write into `ifr`.
+    let rc = unsafe { libc::ioctl(fd, req, &mut ifr) };
     // SAFETY: `fd` is ours.
     unsafe { libc::close(fd) };
-    if rc != 0 {
-        return None;
-    }
+    (rc == 0).then_some(ifr)
+}
+
+/// The Ethernet MAC address of `iface` in this process's network namespace (SIOCGIFHWADDR).
+/// None for an interface that is missing or not Ethernet.
+pub fn interface_mac(iface: &str) -> Option<[u8; 6]> {
+    let ifr = interface_ioctl(iface, libc::SIOCGIFHWADDR)?;
     // SAFETY: on success the union holds the hardware address.
     let addr = unsafe { ifr.ifr_ifru.ifru_hwaddr };
     if addr.sa_family != libc::ARPHRD_ETHER {
@@ -116,6 +119,18 @@ pub fn interface_mac(iface: &str) -> Option<[u8; 6]> {
         *m = *b as u8;
     }
     (mac != [0; 6]).then_some(mac)
+}
+
+/// Whether `iface` exists in this process's network namespace, is up and has a carrier
+/// (IFF_UP and IFF_RUNNING, SIOCGIFFLAGS).
+pub fn interface_up(iface: &str) -> bool {
+    let Some(ifr) = interface_ioctl(iface, libc::SIOCGIFFLAGS) else {
+        return false;
+    };
+    // SAFETY: on success the union holds the flags.
+    let flags = i32::from(unsafe { ifr.ifr_ifru.ifru_flags });
+    let want = libc::IFF_UP | libc::IFF_RUNNING;
+    flags & want == want
 }
 
 /// This host's addresses in this process's network namespace (getifaddrs), sorted.
@@ -221,6 +236,9 @@ mod tests {
         assert_eq!(interface_mac("lo"), None, "loopback is not Ethernet");
         assert_eq!(interface_mac("gw-no-such0"), None);
         assert_eq!(interface_mac(""), None);
+        assert!(interface_up("lo"), "loopback is up and running");
+        assert!(!interface_up("gw-no-such0"));
+        assert!(!interface_up(""));
     }
 
     #[test]

@@ -104,13 +104,15 @@ impl MapWriter for MemMaps {
 
 /// A data plane of in-memory maps for the agent's unit tests; `fail_writes` makes every
 /// map write fail, as a kernel that refuses updates would; `adopted` says the maps were
-/// left by an earlier agent (a hitless restart).
+/// left by an earlier agent (a hitless restart); `gone` that it no longer forwards
+/// (interface down, program detached).
 #[derive(Debug, Default)]
 pub struct FakeDataplane {
     pub maps: MemMaps,
     pub options: LoadOptions,
     pub fail_writes: bool,
     pub adopted: bool,
+    pub gone: bool,
 }
 
 impl FakeDataplane {
@@ -159,6 +161,9 @@ impl MapWriter for FakeDataplane {
 impl DataplaneOps for FakeDataplane {
     fn options(&self) -> LoadOptions {
         self.options
+    }
+    fn forwarding(&self, _interface: &str) -> bool {
+        !self.gone
     }
     fn adopted(&self) -> bool {
         self.adopted
@@ -382,8 +387,14 @@ impl FakeBird {
         }
     }
 
+    /// `configure` commands received (other commands, such as heartbeats, are not counted).
     pub fn count(&self) -> usize {
-        self.commands.lock().unwrap().len()
+        self.commands
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| *c == "configure\n")
+            .count()
     }
 }
 

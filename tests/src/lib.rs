@@ -12,6 +12,22 @@
 //!                                 xdp_pass on "lb" (veth XDP_TX needs a program on the peer)
 //! ```
 //!
+//! With two balancers (`LabSpec::balancers = 2`, the scale-out lab) the client sits behind a
+//! router that runs BIRD and spreads flows to the VIPs over both balancers with ECMP (L4
+//! hashing), from the routes the balancers' own BIRDs announce over BGP; backends answer the
+//! client through the router:
+//!
+//! ```text
+//!   ns gw-<lab>-client  eth0 198.18.2.1 / fd00:2::1, default via the router
+//!        |
+//!   ns gw-<lab>-rt      eth1 198.18.2.254 / fd00:2::fe; eth0 198.18.0.1 / fd00::1 on br0
+//!                       BIRD (AS 65000): sessions to both balancers, merge paths, L4 ECMP
+//!        |
+//!   ----rt------ br0 ----lb------lb2--------b1 .. bN----
+//!                       198.18.0.2  198.18.0.3  (each: gateway and its BIRD, AS 65010)
+//!                                               backends route 198.18.2.0/24 via the router
+//! ```
+//!
 //! [`Lab`] is an RAII guard: dropping it (also while a test panics) kills every process in
 //! the lab's namespaces by PID and deletes the namespaces, which removes their links.
 use std::{
@@ -49,7 +65,16 @@ pub struct LabSpec {
     pub decap_object: PathBuf,
     /// The `lab-server` binary to start in every backend.
     pub server_bin: PathBuf,
+    /// 1, or 2 for the scale-out lab (a router running BIRD in front of two balancers).
+    pub balancers: usize,
 }
+
+/// The router's AS in the scale-out lab, and the balancers'.
+pub const ROUTER_AS: u32 = 65000;
+pub const BALANCER_AS: u32 = 65010;
+/// The scale-out lab's client network, behind the router.
+pub const CLIENT_NET4: &str = "198.18.2.0/24";
+pub const CLIENT_NET6: &str = "fd00:2::/64";
 
 /// One host of the lab.
 #[derive(Debug, Clone)]
@@ -63,10 +88,17 @@ pub struct Node {
 pub struct Lab {
     pub name: String,
     pub client: Node,
+    /// The (first) balancer.
     pub lb: Node,
+    /// Every balancer: `lb`, and in the scale-out lab `lb2`.
+    pub lbs: Vec<Node>,
+    /// The scale-out lab's router (its address on the balancers' segment).
+    pub router: Option<Node>,
     pub backends: Vec<Node>,
     switch: String,
     servers: Vec<Option<Child>>,
+    /// The router's BIRD.
+    router_bird: Option<Child>,
     spec: LabSpec,
     /// When false, dropping the guard leaves the lab up (`cargo xtask lab up`).
     pub teardown_on_drop: bool,
@@ -206,6 +238,9 @@ impl Lab {
         if spec.backends == 0 || spec.backends > 80 {
             bail!("a lab has 1..=80 backends, not {}", spec.backends);
         }
+        if !(1..=2).contains(&spec.balancers) {
+            bail!("a lab has 1 or 2 balancers, not {}", spec.balancers);
+        }
         // A lab of the same name left behind by a killed run would make every step fail.
         teardown_by_name(&spec.name)?;
 
@@ -224,15 +259,33 @@ impl Lab {
                 u16::from_str_radix(&host.to_string(), 16).unwrap_or(0),
             ),
         };
+        let scale_out = spec.balancers == 2;
+        let lbs: Vec<Node> = if scale_out {
+            vec![node("lb", 2), node("lb2", 3)]
+        } else {
+            vec![node("lb", 2)]
+        };
+        let client = if scale_out {
+            Node {
+                ipv4: Ipv4Addr::new(198, 18, 2, 1),
+                ipv6: Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 1),
+                ..node("client", 1)
+            }
+        } else {
+            node("client", 1)
+        };
         let mut lab = Lab {
             name: spec.name.clone(),
-            client: node("client", 1),
-            lb: node("lb", 2),
+            client,
+            lb: lbs[0].clone(),
+            lbs,
+            router: scale_out.then(|| node("rt", 1)),
             backends: (1..=spec.backends)
                 .map(|i| node(&format!("b{i}"), 10 + i as u8))
                 .collect(),
             switch: format!("{NS_PREFIX}{}-sw", spec.name),
             servers: Vec::new(),
+            router_bird: None,
             spec,
             teardown_on_drop: true,
         };
@@ -259,16 +312,19 @@ impl Lab {
         ])?;
         ip(&["-n", &sw, "link", "set", "br0", "up"])?;
 
-        let nodes: Vec<Node> = [self.client.clone(), self.lb.clone()]
-            .into_iter()
+        // On the bridge: the client (or, in the scale-out lab, the router in its place),
+        // the balancers and the backends.
+        let front = self.router.clone().unwrap_or_else(|| self.client.clone());
+        let nodes: Vec<Node> = std::iter::once(front)
+            .chain(self.lbs.iter().cloned())
             .chain(self.backends.iter().cloned())
             .collect();
         for n in &nodes {
             ip(&["netns", "add", &n.netns])?;
-            let port = if n.name == "client" {
-                "c"
-            } else {
-                n.name.as_str()
+            let port = match n.name.as_str() {
+                "client" => "c",
+                "rt" => "rt",
+                other => other,
             };
             ip(&[
                 "-n", &sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns",
@@ -301,10 +357,116 @@ impl Lab {
         }
         // veth delivers XDP_TX frames only into a peer that runs an XDP program itself.
         let pass = self.spec.pass_object.to_str().context("pass object path")?;
-        ip(&[
-            "-n", &sw, "link", "set", "dev", "lb", "xdpdrv", "obj", pass, "sec", "xdp",
-        ])?;
+        for lb in &self.lbs {
+            ip(&[
+                "-n", &sw, "link", "set", "dev", &lb.name, "xdpdrv", "obj", pass, "sec", "xdp",
+            ])?;
+        }
+        if self.router.is_some() {
+            self.build_router()?;
+        } else {
+            self.route_client_to_vips()?;
+        }
+        self.build_backends()
+    }
 
+    /// The scale-out lab's front: the client on its own link behind the router, the router
+    /// forwarding with L4 multipath hashing, and its BIRD.
+    fn build_router(&mut self) -> anyhow::Result<()> {
+        let rt = self.router.clone().context("no router")?;
+        let c = self.client.clone();
+        ip(&["netns", "add", &c.netns])?;
+        ip(&[
+            "-n", &rt.netns, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0",
+            "netns", &c.netns,
+        ])?;
+        let (rt4, rt6) = ("198.18.2.254", "fd00:2::fe");
+        for (ns, dev, a4, a6) in [
+            (&rt.netns, "eth1", rt4.to_string(), rt6.to_string()),
+            (&c.netns, "eth0", c.ipv4.to_string(), c.ipv6.to_string()),
+        ] {
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "addr", "add", &format!("{a4}/24"), "dev", dev])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{a6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ns_exec(ns, &["ethtool", "-K", dev, "tx", "off"])?;
+        }
+        sysctl(&c.netns, "net.ipv4.ip_local_port_range", "10000 19999")?;
+        ip(&["-n", &c.netns, "route", "add", "default", "via", rt4])?;
+        ip(&["-n", &c.netns, "-6", "route", "add", "default", "via", rt6])?;
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            // ECMP by the 5-tuple, not by addresses only: one client's flows spread.
+            ("net.ipv4.fib_multipath_hash_policy", "1"),
+            ("net.ipv6.fib_multipath_hash_policy", "1"),
+        ] {
+            sysctl(&rt.netns, key, value)?;
+        }
+        let dir = scratch_dir(&self.name);
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("router-bird.conf");
+        std::fs::write(&conf, self.router_bird_conf())?;
+        self.router_bird = Some(start_bird(&rt.netns, &conf, &self.router_socket())?);
+        Ok(())
+    }
+
+    /// The router's BIRD: a session per balancer and family, routes into the kernel with
+    /// equal paths merged (ECMP), nothing announced back.
+    fn router_bird_conf(&self) -> String {
+        let mut s = format!(
+            "router id 198.18.0.1;\nlog stderr all;\nprotocol device {{ }}\n\
+             protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+             protocol kernel {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n\
+             template bgp balancer {{ local as {ROUTER_AS}; hold time 3; keepalive time 1; \
+             connect retry time 1; error wait time 1, 5; }}\n"
+        );
+        for (i, lb) in self.lbs.iter().enumerate() {
+            for (family, addr) in [
+                ("ipv4", IpAddr::from(lb.ipv4)),
+                ("ipv6", IpAddr::from(lb.ipv6)),
+            ] {
+                s += &format!(
+                    "protocol bgp lb{}{family} from balancer {{ neighbor {addr} as {BALANCER_AS}; \
+                     {family} {{ import all; export none; }}; }}\n",
+                    i + 1
+                );
+            }
+        }
+        s
+    }
+
+    /// The router BIRD's control socket (scale-out lab).
+    pub fn router_socket(&self) -> PathBuf {
+        scratch_dir(&self.name).join("router.ctl")
+    }
+
+    /// The next hops the router's kernel has for `prefix` (a VIP): the balancers it spreads
+    /// the VIP's flows over.
+    pub fn router_next_hops(&self, prefix: &str) -> anyhow::Result<Vec<IpAddr>> {
+        let rt = self.router.as_ref().context("not a scale-out lab")?;
+        let family = if prefix.contains(':') { "-6" } else { "-4" };
+        let out = ip(&["-n", &rt.netns, family, "route", "show", prefix])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        Ok(words
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .filter_map(|w| w[1].parse().ok())
+            .collect())
+    }
+
+    /// The single-balancer lab's client: on the bridge, the VIPs routed via the balancer.
+    fn route_client_to_vips(&self) -> anyhow::Result<()> {
         let c = &self.client.netns;
         // Tests pick client ports from 20000 up so that placement is reproducible; keep the
         // kernel's own ephemeral ports out of that range.
@@ -328,8 +490,33 @@ impl Lab {
             "via",
             &self.lb.ipv6.to_string(),
         ])?;
+        Ok(())
+    }
 
+    fn build_backends(&mut self) -> anyhow::Result<()> {
         for b in self.backends.clone() {
+            if let Some(rt) = &self.router {
+                // Answers to the client go back through the router.
+                ip(&[
+                    "-n",
+                    &b.netns,
+                    "route",
+                    "add",
+                    CLIENT_NET4,
+                    "via",
+                    &rt.ipv4.to_string(),
+                ])?;
+                ip(&[
+                    "-n",
+                    &b.netns,
+                    "-6",
+                    "route",
+                    "add",
+                    CLIENT_NET6,
+                    "via",
+                    &rt.ipv6.to_string(),
+                ])?;
+            }
             // Direct server return: the VIP lives on lo, and the backend must neither answer
             // ARP for it nor use it as the source of its own ARP requests.
             for dev in ["all", "eth0"] {
@@ -431,7 +618,9 @@ impl Lab {
 
     /// Every namespace of this lab.
     pub fn namespaces(&self) -> Vec<String> {
-        let mut v = vec![self.client.netns.clone(), self.lb.netns.clone()];
+        let mut v = vec![self.client.netns.clone()];
+        v.extend(self.router.iter().map(|r| r.netns.clone()));
+        v.extend(self.lbs.iter().map(|l| l.netns.clone()));
         v.extend(self.backends.iter().map(|b| b.netns.clone()));
         v.push(self.switch.clone());
         v
@@ -443,7 +632,12 @@ impl Lab {
 
     /// Kills the lab's processes and deletes its namespaces.
     pub fn teardown(&mut self) -> anyhow::Result<()> {
-        for c in self.servers.iter_mut().filter_map(Option::take) {
+        for c in self
+            .servers
+            .iter_mut()
+            .filter_map(Option::take)
+            .chain(self.router_bird.take())
+        {
             let mut c = c;
             let _ = c.kill();
             let _ = c.wait();
@@ -484,6 +678,31 @@ impl Drop for Lab {
             eprintln!("lab {}: teardown failed: {e:#}", self.name);
         }
     }
+}
+
+/// Starts BIRD in `netns` in the foreground (its PID is the process's own) with `conf` and
+/// control socket `socket`; waits until the socket answers.
+pub fn start_bird(netns: &str, conf: &Path, socket: &Path) -> anyhow::Result<Child> {
+    let _ = std::fs::remove_file(socket);
+    let mut child = ns_command(netns, "bird")
+        .arg("-f")
+        .arg("-c")
+        .arg(conf)
+        .arg("-s")
+        .arg(socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting bird (BIRD 2; `cargo xtask setup` installs bird2)")?;
+    let up = wait_for("BIRD's control socket", Duration::from_secs(10), || {
+        std::os::unix::net::UnixStream::connect(socket).is_ok()
+    });
+    if let Err(e) = up {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e.context(format!("BIRD in {netns} with {}", conf.display())));
+    }
+    Ok(child)
 }
 
 /// Waits until `f` returns true, polling every 20 ms, or fails after `timeout`.

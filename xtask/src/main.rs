@@ -161,6 +161,7 @@ fn lab_spec(dir: &Path, name: &str, backends: usize) -> anyhow::Result<lab::LabS
         pass_object: pass,
         decap_object: decap,
         server_bin: dir.join("lab-server"),
+        balancers: 1,
     })
 }
 

@@ -42,10 +42,23 @@ pub fn request(
     authorization: Option<&str>,
     body: Option<&str>,
 ) -> Result<Answer, ClientError> {
+    request_within(addr, method, path, authorization, body, TIMEOUT)
+}
+
+/// [`request`] with its own limit on connecting, and on each read and write.
+pub fn request_within(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
     let io = |source| ClientError::Io { addr, source };
     let mut stream =
-        TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|_| ClientError::NotRunning { addr })?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+        TcpStream::connect_timeout(&addr, timeout).map_err(|_| ClientError::NotRunning { addr })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let auth = authorization
         .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();

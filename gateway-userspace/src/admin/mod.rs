@@ -27,7 +27,7 @@ mod client;
 mod metrics;
 mod snapshot;
 
-pub use client::{Answer, ClientError, request};
+pub use client::{Answer, ClientError, request, request_within};
 pub use metrics::render_metrics;
 pub use snapshot::*;
 

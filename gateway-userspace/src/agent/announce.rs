@@ -11,14 +11,17 @@ use crate::{
     neigh::NextHops,
 };
 
-/// After a failed write or BIRD command, the next attempt is this much later.
-pub(super) const BGP_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the speaker looks again without being asked: the data plane still forwards,
+/// BIRD still answers, a failed write or command is retried.
+pub(super) const BGP_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
     /// Each VIP's servability: a service on it has a usable backend in the last plan, and
     /// the maps hold that plan (`synced`).
-    fn servable(&self, synced: bool) -> BTreeMap<IpAddr, Result<(), Unservable>> {
+    fn servable(&mut self, synced: bool) -> BTreeMap<IpAddr, Result<(), Unservable>> {
         let mut out = BTreeMap::new();
+        let forwarding = self.dp.forwarding(&self.config.dataplane.interface);
+        let checked = self.all_checked();
         for s in &self.config.services {
             let usable = self
                 .last_plan
@@ -26,13 +29,36 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                 .and_then(|p| p.services.iter().find(|x| x.name == s.name))
                 .is_some_and(|p| !p.empty());
             let e = out.entry(s.vip).or_insert(Err(Unservable::NoBackend));
-            if !synced {
+            if !forwarding {
+                *e = Err(Unservable::DataPlaneGone);
+            } else if !checked {
+                *e = Err(Unservable::NotChecked);
+            } else if !synced {
                 *e = Err(Unservable::NotSynced);
             } else if usable {
                 *e = Ok(());
             }
         }
         out
+    }
+
+    /// Whether every probed backend has had its first verdict since the agent started: it
+    /// is up, or its last probe failed (a backend whose probe passed but is not up yet is
+    /// still rising). Until then a balancer that started on fresh maps may hold a table
+    /// with fewer backends than its peers, and flows routed to it would land elsewhere.
+    /// Adopted maps hold the last agent's table, so an adopting agent starts checked. Once
+    /// true it stays true: later changes are the same on every balancer.
+    fn all_checked(&mut self) -> bool {
+        if !self.checked {
+            self.checked = self
+                .records
+                .values()
+                .all(|r| r.check.is_none() || r.last.as_ref().is_some_and(|l| r.up || !l.ok));
+            if self.checked && self.speaker.is_some() {
+                info!("bgp: every backend has been checked once");
+            }
+        }
+        self.checked
     }
 
     /// Follows a config change: starts, reconfigures or (withdrawing first) stops speaking.
@@ -48,13 +74,14 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         }
     }
 
-    /// Tells the speaker what is servable now (after a plan, or when a hold ends).
+    /// Tells the speaker what is servable now (after a plan, on the speaker's tick); when
+    /// there is nothing new to tell, checks that BIRD is still there.
     pub(super) fn announce(&mut self, synced: bool) {
         let servable = self.servable(synced);
         let (Some(sp), Some(bgp)) = (self.speaker.as_mut(), self.config.bgp.as_ref()) else {
             return;
         };
-        match sp.update(bgp, &servable, Instant::now()) {
+        let result = match sp.update(bgp, &servable, Instant::now()) {
             Ok(Some(vips)) => {
                 let list: Vec<String> = vips.iter().map(IpAddr::to_string).collect();
                 info!("bgp: announcing [{}]", list.join(", "));
@@ -63,30 +90,39 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                         info!("bgp: {vip} not announced: {}", why.as_str());
                     }
                 }
-                self.bgp_retry_at = None;
+                Ok(())
             }
-            Ok(None) => self.bgp_retry_at = None,
-            Err(e) => {
+            Ok(None) => sp.heartbeat(),
+            Err(e) => Err(e),
+        };
+        self.bgp_next_tick = tokio::time::Instant::now() + BGP_TICK;
+        match result {
+            Ok(()) => {
+                if self.bgp_failing {
+                    info!("bgp: BIRD answers again and has the current routes");
+                }
+                self.bgp_failing = false;
+            }
+            // Logged when it starts failing, not every second while it does (counted).
+            Err(e) if !self.bgp_failing => {
+                self.bgp_failing = true;
                 error!(
-                    "bgp: {} (retrying in {BGP_RETRY:?}; balancing goes on)",
+                    "bgp: {} (retrying every {BGP_TICK:?}; balancing goes on)",
                     crate::error::Chain(&e)
                 );
-                self.bgp_retry_at = Some(tokio::time::Instant::now() + BGP_RETRY);
             }
+            Err(_) => {}
         }
     }
 
-    /// When the speaker next needs a turn: a hold ending, or a retry.
+    /// When the speaker next needs a turn: its tick, or sooner a hold that ends.
     pub(super) fn bgp_due(&self) -> Option<tokio::time::Instant> {
-        let hold = self
-            .speaker
-            .as_ref()
-            .and_then(|sp| sp.announcer.next_deadline())
+        let sp = self.speaker.as_ref()?;
+        let hold = sp
+            .announcer
+            .next_deadline()
             .map(tokio::time::Instant::from_std);
-        match (hold, self.bgp_retry_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        Some(hold.map_or(self.bgp_next_tick, |h| h.min(self.bgp_next_tick)))
     }
 
     /// Withdraws every VIP at once (the agent stops serving them).

@@ -223,7 +223,11 @@ pub struct Agent<D = Dataplane, N = Resolver> {
     retry_at: Option<tokio::time::Instant>,
     /// BGP announcements (`[bgp]`), and when a failed one is tried again.
     pub speaker: Option<crate::bgp::Speaker>,
-    bgp_retry_at: Option<tokio::time::Instant>,
+    bgp_next_tick: tokio::time::Instant,
+    /// Every backend has had a first verdict (see `all_checked`).
+    checked: bool,
+    /// Whether BIRD failed the last time (its errors are logged once, when they start).
+    bgp_failing: bool,
 }
 
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
@@ -309,9 +313,12 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             map_write_errors: 0,
             retry_at: None,
             speaker: None,
-            bgp_retry_at: None,
+            bgp_next_tick: tokio::time::Instant::now(),
+            checked: false,
+            bgp_failing: false,
         };
         agent.speaker = crate::bgp::Speaker::new(&agent.config, Instant::now());
+        agent.checked = agent.dp.adopted();
         agent.sync_checks();
         agent
     }

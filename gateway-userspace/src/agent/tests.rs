@@ -417,4 +417,73 @@ async fn the_vip_is_announced_while_a_backend_is_usable() {
         .unwrap();
     assert_eq!(announced(), [ip("198.18.1.1")]);
     assert_eq!(bird.count(), 3);
+
+    // The data plane stops forwarding (interface down, program detached): withdrawn at
+    // the speaker's next turn, announced again when it is back.
+    a.dp.gone = true;
+    a.announce(true);
+    assert!(announced().is_empty());
+    let sp = a.speaker.as_ref().unwrap();
+    assert_eq!(
+        sp.announcer.states()[&ip("198.18.1.1")].servable,
+        Err(crate::bgp::Unservable::DataPlaneGone)
+    );
+    a.dp.gone = false;
+    a.announce(true);
+    assert_eq!(announced(), [ip("198.18.1.1")]);
+
+    // BIRD dies: its next heartbeat fails and counts; once BIRD is back it is told again.
+    drop(bird);
+    a.announce(true);
+    let sp = a.speaker.as_ref().unwrap();
+    assert_eq!(sp.errors, 1, "{:?}", sp.last_error);
+    assert!(!sp.in_step());
+    let bird = crate::testing::FakeBird::start(&bird_dir.join("bird.ctl"));
+    a.announce(true);
+    assert!(a.speaker.as_ref().unwrap().in_step());
+    assert_eq!(bird.count(), 1, "told again: configure");
+}
+
+/// An agent on fresh maps announces nothing until every probed backend has had its first
+/// verdict: before that its table may hold fewer backends than its peers' do.
+#[tokio::test]
+async fn a_fresh_agent_announces_once_every_backend_was_checked() {
+    let s = Scratch::new("bgp-checked");
+    let bird_dir = s.0.join("bird");
+    s.write(
+        100_000,
+        &format!(
+            "[bgp]\nlocal_as = 65010\nrouter_id = \"198.18.0.2\"\n\
+             announce_after = \"0s\"\nbird_dir = \"{}\"\n\
+             [[bgp.neighbor]]\naddress = \"198.18.0.1\"\nas = 65000\n\
+             [service.health]\nkind = \"tcp\"\ninterval = \"1s\"",
+            bird_dir.display()
+        ),
+        &[(B1, ""), (B2, "")],
+    );
+    std::fs::create_dir_all(&bird_dir).unwrap();
+    let _bird = crate::testing::FakeBird::start(&bird_dir.join("bird.ctl"));
+    let mut a = start(&s, FakeDataplane::default(), hops());
+    let announced = || {
+        let text = std::fs::read_to_string(bird_dir.join("vips.conf")).unwrap_or_default();
+        crate::bgp::announced_in(&text)
+    };
+    let why =
+        |a: &TestAgent| a.speaker.as_ref().unwrap().announcer.states()[&ip("198.18.1.1")].servable;
+    a.announce(true);
+    assert!(announced().is_empty());
+    assert_eq!(why(&a), Err(crate::bgp::Unservable::NotChecked));
+    verdict(&mut a, B1, true);
+    assert!(announced().is_empty(), "B2 has not been checked yet");
+    // B2's first probe fails: it stays down, and now every backend has a verdict.
+    let (&id, _) = a.by_check.iter().find(|(_, k)| k.addr == ip(B2)).unwrap();
+    a.on_event(health::Event {
+        id,
+        target: SocketAddr::new(ip(B2), 80),
+        result: ProbeResult::fail(Duration::from_millis(1), "connection refused"),
+        transition: None,
+        up: false,
+    });
+    a.replan("health change");
+    assert_eq!(announced(), [ip("198.18.1.1")]);
 }

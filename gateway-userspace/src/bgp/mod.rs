@@ -23,6 +23,7 @@ use std::{
 use crate::config::{BgpConfig, Community, Config};
 
 pub mod bird;
+pub mod guard;
 
 /// The files of one balancer's BIRD.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,8 +185,11 @@ pub enum Unservable {
     NoBackend,
     /// The maps could not be written (the data plane may not match the config).
     NotSynced,
-    /// The program is not attached, or the agent is stopping.
-    Stopping,
+    /// The program cannot forward: the interface is down, or the program detached.
+    DataPlaneGone,
+    /// The agent started on fresh maps and has not heard every backend's first verdict:
+    /// its table may still differ from the other balancers'.
+    NotChecked,
 }
 
 impl Unservable {
@@ -193,7 +197,8 @@ impl Unservable {
         match self {
             Unservable::NoBackend => "no usable backend",
             Unservable::NotSynced => "maps not synced",
-            Unservable::Stopping => "data plane stopping",
+            Unservable::DataPlaneGone => "data plane gone (interface down or program detached)",
+            Unservable::NotChecked => "backends not checked yet",
         }
     }
 }
@@ -366,6 +371,32 @@ impl Speaker {
             }
         }
         result.map(|()| Some(announced))
+    }
+
+    /// Asks BIRD whether it is up (`show status`) when it was told everything: a BIRD that
+    /// died is noticed and counted, and told everything again once it answers.
+    pub fn heartbeat(&mut self) -> Result<(), SpeakerError> {
+        let Some((_, vips)) = &self.told else {
+            return Ok(());
+        };
+        // Rewritten by someone else (`gateway bgp-guard` while this agent hung): tell again.
+        if std::fs::read_to_string(&self.paths.vips).ok().as_ref() != Some(vips) {
+            self.told = None;
+            return Ok(());
+        }
+        if let Err(e) = bird::command(&self.paths.socket, "show status", BIRD_TIMEOUT) {
+            let e = SpeakerError::from(e);
+            self.told = None;
+            self.errors += 1;
+            self.last_error = Some(crate::error::Chain(&e).to_string());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Whether BIRD accepted the current files (and answered since).
+    pub fn in_step(&self) -> bool {
+        self.told.is_some()
     }
 
     fn tell(&self, conf: &str, vips: &str) -> Result<(), SpeakerError> {

@@ -338,6 +338,19 @@ fn the_speaker_tells_bird_only_what_changed_and_retries_when_bird_is_back() {
     // Nothing new: BIRD is not asked again.
     assert_eq!(sp.update(&bgp, &s, t0).unwrap(), None);
     assert_eq!(bird.count(), 1);
+    // The heartbeat asks BIRD how it is, and notices a file rewritten behind its back (the
+    // guard's withdrawal while the agent hung): the routes are told again.
+    sp.heartbeat().unwrap();
+    assert!(sp.in_step());
+    write_atomically(&sp.paths.vips, &vips_conf([])).unwrap();
+    sp.heartbeat().unwrap();
+    assert!(!sp.in_step());
+    assert_eq!(sp.update(&bgp, &s, t0).unwrap(), Some(vec![web]));
+    assert_eq!(
+        announced_in(&std::fs::read_to_string(&sp.paths.vips).unwrap()),
+        [web]
+    );
+    assert_eq!(bird.count(), 2);
 
     // BIRD gone: an error, counted; the change is told once it is back.
     drop(bird);

@@ -57,13 +57,31 @@ impl Agent {
     }
 
     fn spawn_via(lab: &Lab, path: &std::path::Path, wrapper: &[&str]) -> Agent {
+        Agent::spawn_in(&lab.lb.netns, path, wrapper)
+    }
+
+    /// Starts `gateway run` with the config `text` (written to `path`) on balancer `i` of a
+    /// scale-out lab and waits until its first plan is applied.
+    pub fn start_on(lab: &Lab, i: usize, path: &std::path::Path, text: &str) -> Agent {
+        std::fs::write(path, text).unwrap();
+        let a = Agent::spawn_in(&lab.lbs[i].netns, path, &[]);
+        assert!(
+            a.wait_log("start: applied", Duration::from_secs(20)),
+            "agent on {} did not start:\n{}",
+            lab.lbs[i].name,
+            a.log_text()
+        );
+        a
+    }
+
+    fn spawn_in(netns: &str, path: &std::path::Path, wrapper: &[&str]) -> Agent {
         let mut cmd = match wrapper.split_first() {
             Some((program, options)) => {
-                let mut c = lab::ns_command(&lab.lb.netns, program);
+                let mut c = lab::ns_command(netns, program);
                 c.args(options).arg(gateway_bin());
                 c
             }
-            None => lab::ns_command(&lab.lb.netns, gateway_bin()),
+            None => lab::ns_command(netns, gateway_bin()),
         };
         let mut child = cmd
             .args(["run", "--stats-interval", "1", "--config"])
@@ -231,6 +249,43 @@ impl Cfg {
     }
 
     pub fn render(&self, lab: &Lab) -> String {
+        self.render_on(lab, 0)
+    }
+
+    /// The config of balancer `i` (its own addresses, pin directory and state file); in the
+    /// scale-out lab with `[bgp]` towards the router, and its BIRD's files in
+    /// [`bird_dir`].
+    pub fn render_on(&self, lab: &Lab, i: usize) -> String {
+        let lb = &lab.lbs[i];
+        let mut s = self.render_with(
+            lab,
+            lb,
+            &pin_dir_of(lab, i),
+            &lab_dir(lab).join(format!("overrides-{i}.json")),
+        );
+        if lab.router.is_some() {
+            s += &format!(
+                "\n[bgp]\nlocal_as = {}\nrouter_id = \"{}\"\nannounce_after = \"0s\"\n\
+                 bird_dir = \"{}\"\n\
+                 [[bgp.neighbor]]\naddress = \"198.18.0.1\"\nas = {}\nhold_time = \"3s\"\n\
+                 [[bgp.neighbor]]\naddress = \"fd00::1\"\nas = {}\nhold_time = \"3s\"\n",
+                lab::BALANCER_AS,
+                lb.ipv4,
+                bird_dir(lab, i).display(),
+                lab::ROUTER_AS,
+                lab::ROUTER_AS,
+            );
+        }
+        s
+    }
+
+    fn render_with(
+        &self,
+        lab: &Lab,
+        lb: &lab::Node,
+        pin_dir: &std::path::Path,
+        state_file: &std::path::Path,
+    ) -> String {
         let vip = lab.vip(self.v6);
         let mut s = format!(
             "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"native\"\nconntrack_size = 65536\n\
@@ -238,12 +293,12 @@ impl Cfg {
              [admin]\nlisten = \"{}\"\nstate_file = \"{}\"\n{}\n\
              [[service]]\nname = \"web\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"{}\"\nmode = \"{}\"\n{}\n\
              [service.health]\nkind = \"tcp\"\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nfall = {}\nrise = {}\njitter = 0.0\n",
-            lab.lb.ipv4,
-            lab.lb.ipv6,
-            lab.pin_dir().display(),
+            lb.ipv4,
+            lb.ipv6,
+            pin_dir.display(),
             self.on_exit,
             self.admin_listen,
-            lab_dir(lab).join("overrides.json").display(),
+            state_file.display(),
             self.admin_extra,
             self.protocol,
             self.mode,
@@ -265,6 +320,36 @@ impl Cfg {
         }
         s
     }
+}
+
+/// Where balancer `i` pins its maps: the lab's pin directory, or in the scale-out lab a
+/// directory per balancer inside it (removed with the lab either way).
+pub fn pin_dir_of(lab: &Lab, i: usize) -> std::path::PathBuf {
+    if lab.router.is_none() {
+        lab.pin_dir()
+    } else {
+        lab.pin_dir().join(format!("lb{}", i + 1))
+    }
+}
+
+/// Balancer `i`'s BIRD directory (`bgp.bird_dir`): its `bird.conf`, `vips.conf`, socket.
+pub fn bird_dir(lab: &Lab, i: usize) -> std::path::PathBuf {
+    lab_dir(lab).join(format!("bird-lb{}", i + 1))
+}
+
+/// Starts balancer `i`'s BIRD once its agent has written the files.
+pub fn start_balancer_bird(lab: &Lab, i: usize) -> std::process::Child {
+    let dir = bird_dir(lab, i);
+    lab::wait_for("the agent's bird.conf", Duration::from_secs(10), || {
+        dir.join("bird.conf").is_file() && dir.join("vips.conf").is_file()
+    })
+    .unwrap();
+    lab::start_bird(
+        &lab.lbs[i].netns,
+        &dir.join("bird.conf"),
+        &dir.join("bird.ctl"),
+    )
+    .unwrap()
 }
 
 #[allow(unused_imports)]

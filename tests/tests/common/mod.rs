@@ -33,6 +33,11 @@ pub fn privileged(test: &str) -> bool {
 /// Builds a lab. The map-less objects it hands to iproute2 are written to a directory of
 /// their own, read while the lab comes up and removed after.
 pub fn lab(prefix: &str, backends: usize) -> Lab {
+    lab_of(prefix, backends, 1)
+}
+
+/// [`lab`] with `balancers` balancers (2: the scale-out lab, a router running BIRD in front).
+pub fn lab_of(prefix: &str, backends: usize, balancers: usize) -> Lab {
     let name = lab::unique_name(prefix);
     let dir = std::env::temp_dir().join(format!("gateway-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -47,6 +52,7 @@ pub fn lab(prefix: &str, backends: usize) -> Lab {
         pass_object: object("xdp-pass.o", gateway::object::XDP_PASS),
         decap_object: object("xdp-decap.o", gateway::object::XDP_DECAP),
         server_bin: PathBuf::from(env!("CARGO_BIN_EXE_lab-server")),
+        balancers,
     };
     let lab = Lab::up(spec);
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,0 +1,544 @@
+//! Scale-out: two balancers behind a router that spreads flows over them with ECMP, from the
+//! routes each balancer's BIRD announces for the agent (`[bgp]`). Both balancers build the
+//! same Maglev table from the same config, so a flow reaches the backend that table names
+//! whichever balancer the router picks - also when a balancer dies and its flows move.
+mod common;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use common::{agent::*, scenario::*, status_at, world::flow_key};
+use gateway::config::Config;
+use gateway_common::{PROTO_TCP, hash::flow_hash};
+use lab::Lab;
+
+const TIMEOUT: Duration = Duration::from_millis(500);
+/// Hold time of the lab's sessions: a balancer whose BIRD vanishes without a word is
+/// withdrawn at most this long after its last keepalive.
+const HOLD: Duration = Duration::from_secs(3);
+
+/// The backend (its lab name) that the shared table names for a flow from the client.
+struct Table {
+    config: Config,
+}
+
+impl Table {
+    fn new(text: &str) -> Table {
+        Table {
+            config: Config::parse(text, Path::new("ecmp.toml")).expect("config"),
+        }
+    }
+
+    fn backend(&self, lab: &Lab, client: IpAddr, vip: SocketAddr, sport: u16) -> String {
+        let plan = gateway::preview::planned(&self.config);
+        let svc = &plan.services[0];
+        let table = &plan.desired.services[&svc.key].table;
+        let key = flow_key(client, vip.ip(), sport, vip.port(), PROTO_TCP);
+        let id = table[(flow_hash(&key) % table.len() as u32) as usize];
+        let addr = svc
+            .backends
+            .iter()
+            .find(|b| b.id == id)
+            .expect("the slot names a planned backend")
+            .address;
+        lab.backends
+            .iter()
+            .find(|b| IpAddr::from(b.ipv4) == addr || IpAddr::from(b.ipv6) == addr)
+            .expect("a lab backend")
+            .name
+            .clone()
+    }
+}
+
+/// The prefix of the VIP's route.
+fn prefix(lab: &Lab, v6: bool) -> String {
+    if v6 {
+        format!("{}/128", lab.vip(true))
+    } else {
+        format!("{}/32", lab.vip(false))
+    }
+}
+
+/// Waits until the router has `n` next hops for the VIP; returns how long it took.
+fn wait_next_hops(lab: &Lab, v6: bool, n: usize, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    let p = prefix(lab, v6);
+    let mut last = Vec::new();
+    while start.elapsed() < timeout {
+        last = lab.router_next_hops(&p).unwrap();
+        if last.len() == n {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the router has {last:?} for {p}, not {n} next hops, after {timeout:?}");
+}
+
+/// Two agents, their BIRDs and guards on the scale-out lab, the VIP announced by both.
+struct Pair {
+    agents: Vec<Option<Agent>>,
+    birds: Vec<Option<std::process::Child>>,
+    guards: Vec<std::process::Child>,
+    cfg: Cfg,
+    texts: Vec<String>,
+}
+
+fn config_path(lab: &Lab, i: usize) -> std::path::PathBuf {
+    lab_dir(lab).join(format!("gateway-lb{}.toml", i + 1))
+}
+
+impl Pair {
+    fn start(lab: &Lab, cfg: Cfg) -> Pair {
+        Pair::start_with(lab, cfg, |_, text| text)
+    }
+
+    /// [`Pair::start`] with each balancer's config text passed through `edit`.
+    fn start_with(lab: &Lab, cfg: Cfg, edit: impl Fn(usize, String) -> String) -> Pair {
+        let mut agents = Vec::new();
+        let mut texts = Vec::new();
+        for i in 0..2 {
+            let text = edit(i, cfg.render_on(lab, i));
+            agents.push(Some(Agent::start_on(lab, i, &config_path(lab, i), &text)));
+            texts.push(text);
+        }
+        let birds = (0..2).map(|i| Some(start_balancer_bird(lab, i))).collect();
+        let guards = (0..2)
+            .map(|i| {
+                lab::ns_command(&lab.lbs[i].netns, gateway_bin())
+                    .arg("bgp-guard")
+                    .arg("--config")
+                    .arg(config_path(lab, i))
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("gateway bgp-guard")
+            })
+            .collect();
+        for (i, a) in agents.iter().flatten().enumerate() {
+            assert!(
+                a.wait_log("bgp: announcing [", Duration::from_secs(10)),
+                "lb{} announced nothing:\n{}",
+                i + 1,
+                a.log_text()
+            );
+        }
+        wait_next_hops(lab, cfg.v6, 2, Duration::from_secs(15));
+        Pair {
+            agents,
+            birds,
+            guards,
+            cfg,
+            texts,
+        }
+    }
+
+    fn agent(&self, i: usize) -> &Agent {
+        self.agents[i].as_ref().expect("agent running")
+    }
+
+    /// Starts balancer `i`'s agent again (adopting what its last one left pinned).
+    fn restart_agent(&mut self, lab: &Lab, i: usize) {
+        assert!(self.agents[i].is_none(), "agent {i} still runs");
+        self.agents[i] = Some(Agent::start_on(
+            lab,
+            i,
+            &config_path(lab, i),
+            &self.texts[i],
+        ));
+    }
+
+    /// New flows each balancer placed (its service's counter).
+    fn new_flows(&self, lab: &Lab) -> Vec<u64> {
+        (0..2)
+            .map(|i| {
+                status_at(&lab.lbs[i].netns, &self.cfg.admin_listen).services[0]
+                    .traffic
+                    .new_flows
+            })
+            .collect()
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for c in self.birds.iter_mut().flatten().chain(&mut self.guards) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `n` new connections from ports `first..`: for each, the backend that answered and the
+/// one the table names (or the error).
+fn connect_all(lab: &Lab, v6: bool, first: u16, n: u16) -> Vec<(u16, Result<String, String>)> {
+    let vip = vip(lab, v6);
+    client(lab, move || {
+        (first..first + n)
+            .map(|p| (p, tcp_name(vip, p, TIMEOUT).map_err(|e| e.to_string())))
+            .collect()
+    })
+}
+
+fn both_balancers_place_every_flow_by_the_shared_table(mode: &'static str, v6: bool) {
+    let test = format!("ecmp::placement::{}", label(mode, v6));
+    if !common::privileged(&test) {
+        return;
+    }
+    let _serial = common::serial();
+    let lab = common::lab_of("ecmp", 3, 2);
+    let pair = Pair::start(&lab, Cfg::new(mode, v6, 3));
+    let table = Table::new(&pair.texts[0]);
+    let client_addr: IpAddr = if v6 {
+        lab.client.ipv6.into()
+    } else {
+        lab.client.ipv4.into()
+    };
+    let before = pair.new_flows(&lab);
+    let results = connect_all(&lab, v6, 20_000, 300);
+    let vip = vip(&lab, v6);
+    let mut wrong = Vec::new();
+    for (port, got) in &results {
+        let want = table.backend(&lab, client_addr, vip, *port);
+        if got.as_deref() != Ok(want.as_str()) {
+            wrong.push(format!("port {port}: got {got:?}, the table names {want}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of 300 flows:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    let after = pair.new_flows(&lab);
+    let carried: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    // With L4 hashing, 300 flows over two paths: each carries far more than a few.
+    assert!(
+        carried.iter().all(|c| *c >= 60) && carried.iter().sum::<u64>() >= 300,
+        "new flows per balancer: {carried:?}"
+    );
+    eprintln!("{test}: 300 flows, each on the table's backend; per balancer {carried:?}");
+}
+
+/// Runs `gateway ARGS` in balancer `i`'s namespace; panics unless it succeeds.
+fn gateway_on(lab: &Lab, i: usize, args: &[&str]) -> String {
+    let out = lab::ns_command(&lab.lbs[i].netns, gateway_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gateway {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Long-lived connections through the VIP, each with the backend it first reached.
+struct Held(Vec<(Conn, String)>);
+
+impl Held {
+    fn open(lab: &Lab, v6: bool, n: usize) -> Held {
+        let vip = vip(lab, v6);
+        Held(client(lab, move || {
+            (0..n)
+                .map(|_| {
+                    let mut c = Conn::open(vip).expect("connection");
+                    let name = c.ask().expect("first answer");
+                    (c, name)
+                })
+                .collect()
+        }))
+    }
+
+    /// Asks on every connection; the errors and changed backends, if any.
+    fn check(&mut self, lab: &Lab) -> Vec<String> {
+        let conns = std::mem::take(&mut self.0);
+        let (conns, broken) = client(lab, move || {
+            let mut conns = conns;
+            let broken: Vec<String> = conns
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, (c, name))| match c.ask() {
+                    Ok(n) if n == *name => None,
+                    Ok(n) => Some(format!("connection {i}: moved from {name} to {n}")),
+                    Err(e) => Some(format!("connection {i} ({name}): {e}")),
+                })
+                .collect();
+            (conns, broken)
+        });
+        self.0 = conns;
+        broken
+    }
+}
+
+/// Every one of `n` new flows from ports `first..` answered by the backend the table names.
+fn assert_placed(lab: &Lab, table: &Table, v6: bool, first: u16, n: u16) {
+    let client_addr: IpAddr = if v6 {
+        lab.client.ipv6.into()
+    } else {
+        lab.client.ipv4.into()
+    };
+    let vip = vip(lab, v6);
+    let wrong: Vec<String> = connect_all(lab, v6, first, n)
+        .into_iter()
+        .filter_map(|(port, got)| {
+            let want = table.backend(lab, client_addr, vip, port);
+            (got.as_deref() != Ok(want.as_str()))
+                .then(|| format!("port {port}: got {got:?}, the table names {want}"))
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {n} flows:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+fn label(mode: &str, v6: bool) -> String {
+    format!("{mode}_{}", if v6 { "v6" } else { "v4" })
+}
+
+/// A balancer dies (agent killed, data plane removed): the router stops sending it flows
+/// within a second plus the hold time, its established flows carry on through the other
+/// balancer (same table, same backend), new flows all land right; back again, flows move
+/// back and none breaks.
+fn a_dead_balancer_is_withdrawn_and_no_flow_breaks(mode: &'static str, v6: bool) {
+    let test = format!("ecmp::failover::{}", label(mode, v6));
+    if !common::privileged(&test) {
+        return;
+    }
+    let _serial = common::serial();
+    let lab = common::lab_of("ecmpf", 3, 2);
+    let mut pair = Pair::start(&lab, Cfg::new(mode, v6, 3));
+    let table = Table::new(&pair.texts[0]);
+    let before = pair.new_flows(&lab);
+    let mut held = Held::open(&lab, v6, 24);
+    let via_lb2 = pair.new_flows(&lab)[1] - before[1];
+    assert!(
+        via_lb2 >= 3,
+        "only {via_lb2} of 24 connections went through lb2"
+    );
+
+    let killed = Instant::now();
+    pair.agents[1].take().unwrap().kill();
+    let path = config_path(&lab, 1);
+    gateway_on(
+        &lab,
+        1,
+        &["stop", "--detach", "--config", path.to_str().unwrap()],
+    );
+    wait_next_hops(
+        &lab,
+        v6,
+        1,
+        Duration::from_secs(1) + HOLD + Duration::from_secs(2),
+    );
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_secs(1) + HOLD,
+        "withdrawn {took:?} after the balancer died"
+    );
+    let hops = lab.router_next_hops(&prefix(&lab, v6)).unwrap();
+    let lb1: IpAddr = if v6 {
+        lab.lbs[0].ipv6.into()
+    } else {
+        lab.lbs[0].ipv4.into()
+    };
+    assert_eq!(hops, [lb1]);
+    let broken = held.check(&lab);
+    assert!(
+        broken.is_empty(),
+        "{via_lb2} moved to lb1:\n{}",
+        broken.join("\n")
+    );
+    assert_placed(&lab, &table, v6, 30_000, 100);
+
+    pair.restart_agent(&lab, 1);
+    wait_next_hops(&lab, v6, 2, Duration::from_secs(10));
+    let broken = held.check(&lab);
+    assert!(broken.is_empty(), "moving back:\n{}", broken.join("\n"));
+    assert_placed(&lab, &table, v6, 31_000, 100);
+    eprintln!(
+        "{test}: withdrawn {took:?} after the kill; {via_lb2} of 24 held connections moved and back, none broke"
+    );
+}
+
+/// A hitless restart of one agent (`on_exit = "keep"`): the router never loses the
+/// balancer's route, and no connection breaks.
+fn a_hitless_restart_keeps_the_route(mode: &'static str, v6: bool) {
+    let test = format!("ecmp::hitless::{}", label(mode, v6));
+    if !common::privileged(&test) {
+        return;
+    }
+    let _serial = common::serial();
+    let lab = common::lab_of("ecmph", 3, 2);
+    let mut cfg = Cfg::new(mode, v6, 3);
+    cfg.on_exit = "keep";
+    let mut pair = Pair::start(&lab, cfg);
+    let mut held = Held::open(&lab, v6, 16);
+    let vips_before = std::fs::read_to_string(bird_dir(&lab, 1).join("vips.conf")).unwrap();
+    let watching = std::sync::atomic::AtomicBool::new(true);
+    let fewest = std::thread::scope(|s| {
+        let watch = s.spawn(|| {
+            let mut fewest = usize::MAX;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                fewest = fewest.min(lab.router_next_hops(&prefix(&lab, v6)).unwrap().len());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            fewest
+        });
+        let status = pair.agents[1].take().unwrap().stop();
+        assert!(status.success(), "{status:?}");
+        pair.restart_agent(&lab, 1);
+        // Past the first announcements and a heartbeat.
+        std::thread::sleep(Duration::from_millis(1500));
+        watching.store(false, std::sync::atomic::Ordering::Relaxed);
+        watch.join().unwrap()
+    });
+    assert_eq!(fewest, 2, "the router lost a path during the restart");
+    let vips_now = std::fs::read_to_string(bird_dir(&lab, 1).join("vips.conf")).unwrap();
+    assert_eq!(
+        vips_now, vips_before,
+        "the restarted agent changed what BIRD announces"
+    );
+    let broken = held.check(&lab);
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// Every backend of one VIP in maint on one balancer: only that VIP, and only from that
+/// balancer, is withdrawn.
+fn maint_on_one_balancer_withdraws_only_that_vip_there(mode: &'static str, v6: bool) {
+    let test = format!("ecmp::maint::{}", label(mode, v6));
+    if !common::privileged(&test) {
+        return;
+    }
+    let _serial = common::serial();
+    let lab = common::lab_of("ecmpm", 2, 2);
+    // A second service on the other family's VIP.
+    let other = lab.vip(!v6);
+    let backends: String = lab
+        .backends
+        .iter()
+        .map(|b| {
+            let a: IpAddr = if v6 { b.ipv4.into() } else { b.ipv6.into() };
+            format!("[[service.backend]]\naddress = \"{a}\"\n")
+        })
+        .collect();
+    let second = format!(
+        "\n[[service]]\nname = \"other\"\nvip = \"{other}\"\nport = 80\nprotocol = \"tcp\"\n\
+         mode = \"{mode}\"\n[service.health]\nkind = \"none\"\n{backends}"
+    );
+    let pair = Pair::start_with(&lab, Cfg::new(mode, v6, 2), |_, text| text + &second);
+    wait_next_hops(&lab, !v6, 2, Duration::from_secs(10));
+    for b in &lab.backends {
+        let a: IpAddr = if v6 { b.ipv6.into() } else { b.ipv4.into() };
+        gateway_on(&lab, 1, &["backend", "maint", "web", &a.to_string()]);
+    }
+    wait_next_hops(&lab, v6, 1, Duration::from_secs(5));
+    // The other VIP keeps both paths, a while after.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(lab.router_next_hops(&prefix(&lab, !v6)).unwrap().len(), 2);
+    assert_eq!(lab.router_next_hops(&prefix(&lab, v6)).unwrap().len(), 1);
+    let s = status_at(&lab.lbs[1].netns, &pair.cfg.admin_listen);
+    let bgp = s.bgp.expect("bgp status");
+    let web = bgp
+        .vips
+        .iter()
+        .find(|v| v.vip == lab.vip(v6).to_string())
+        .unwrap();
+    assert!(
+        !web.announced && web.reason == "no usable backend",
+        "{web:?}"
+    );
+    // Ready again: announced again.
+    for b in &lab.backends {
+        let a: IpAddr = if v6 { b.ipv6.into() } else { b.ipv4.into() };
+        gateway_on(&lab, 1, &["backend", "ready", "web", &a.to_string()]);
+    }
+    wait_next_hops(&lab, v6, 2, Duration::from_secs(10));
+}
+
+/// BIRD dies under a running agent: the router withdraws the balancer, the agent reports
+/// the error and keeps balancing; BIRD back, the routes are back and the error clears.
+fn a_dead_bird_is_reported_and_recovered(mode: &'static str, v6: bool) {
+    let test = format!("ecmp::bird::{}", label(mode, v6));
+    if !common::privileged(&test) {
+        return;
+    }
+    let _serial = common::serial();
+    let lab = common::lab_of("ecmpb", 3, 2);
+    let mut pair = Pair::start(&lab, Cfg::new(mode, v6, 3));
+    let table = Table::new(&pair.texts[0]);
+    let mut bird = pair.birds[1].take().unwrap();
+    bird.kill().unwrap();
+    bird.wait().unwrap();
+    wait_next_hops(&lab, v6, 1, Duration::from_secs(1) + HOLD);
+    assert_placed(&lab, &table, v6, 30_000, 100);
+    let admin = pair.cfg.admin_listen.clone();
+    lab::wait_for(
+        "the agent to report BIRD's death",
+        Duration::from_secs(5),
+        || {
+            let s = status_at(&lab.lbs[1].netns, &admin);
+            s.bgp
+                .is_some_and(|b| b.errors > 0 && b.last_error.is_some())
+        },
+    )
+    .unwrap();
+    assert!(
+        pair.agent(1).wait_log("bgp: ", Duration::from_secs(1))
+            && pair.agent(1).count_log("BIRD") > 0,
+        "{}",
+        pair.agent(1).log_text()
+    );
+    pair.birds[1] = Some(start_balancer_bird(&lab, 1));
+    wait_next_hops(&lab, v6, 2, Duration::from_secs(10));
+    lab::wait_for("the error to clear", Duration::from_secs(5), || {
+        let s = status_at(&lab.lbs[1].netns, &admin);
+        s.bgp.is_some_and(|b| b.last_error.is_none())
+    })
+    .unwrap();
+    assert!(
+        pair.agent(1)
+            .wait_log("BIRD answers again", Duration::from_secs(3)),
+        "{}",
+        pair.agent(1).log_text()
+    );
+}
+
+macro_rules! variants {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            #[ignore = "privileged: run by `cargo xtask test`"]
+            fn l2dsr_v4() {
+                super::$name("l2dsr", false);
+            }
+            #[test]
+            #[ignore = "privileged: run by `cargo xtask test`"]
+            fn l2dsr_v6() {
+                super::$name("l2dsr", true);
+            }
+            #[test]
+            #[ignore = "privileged: run by `cargo xtask test`"]
+            fn ipip_v4() {
+                super::$name("ipip", false);
+            }
+            #[test]
+            #[ignore = "privileged: run by `cargo xtask test`"]
+            fn ipip_v6() {
+                super::$name("ipip", true);
+            }
+        }
+    };
+}
+
+variants!(both_balancers_place_every_flow_by_the_shared_table);
+variants!(a_dead_balancer_is_withdrawn_and_no_flow_breaks);
+variants!(a_hitless_restart_keeps_the_route);
+variants!(maint_on_one_balancer_withdraws_only_that_vip_there);
+variants!(a_dead_bird_is_reported_and_recovered);

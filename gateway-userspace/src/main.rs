@@ -37,7 +37,9 @@ enum Command {
     /// Remove what a stopped agent left pinned: detach the program, drop its maps.
     ///
     /// Established connections are then placed again by the next agent (conntrack is gone),
-    /// and until one starts, VIP traffic goes to this host's own stack.
+    /// and until one starts, VIP traffic goes to this host's own stack. With --config and a
+    /// `[bgp]` section, every VIP is first withdrawn from BIRD and `bgp.withdraw_wait`
+    /// passes before the program goes.
     Stop {
         /// Required: say that the data plane should go.
         #[arg(long)]
@@ -224,7 +226,11 @@ fn stop(
         );
     }
     let dir = match (config, pin_dir, interface) {
-        (Some(c), ..) => Config::load(&c)?.dataplane.pin_dir,
+        (Some(c), ..) => {
+            let config = Config::load(&c)?;
+            withdraw_before_detach(&config);
+            config.dataplane.pin_dir
+        }
         (_, Some(d), _) => d,
         (_, _, Some(i)) => std::path::Path::new(gateway::config::DEFAULT_PIN_ROOT).join(i),
         _ => {
@@ -241,6 +247,29 @@ fn stop(
         println!("removed {} from {}", removed.join(", "), dir.display());
     }
     Ok(())
+}
+
+/// With `[bgp]`: withdraws every VIP from BIRD and waits `withdraw_wait`, so that the
+/// routers stop sending flows before the data plane goes. A BIRD that does not answer has
+/// no routes to withdraw; that is only a warning.
+fn withdraw_before_detach(config: &Config) {
+    let Some(bgp) = &config.bgp else {
+        return;
+    };
+    let paths = gateway::bgp::Paths::new(bgp, &config.dataplane.interface);
+    match gateway::bgp::guard::withdraw_all(&paths) {
+        Ok(()) => {
+            println!(
+                "withdrew every VIP from BIRD; waiting {:?} for the routers (bgp.withdraw_wait)",
+                bgp.withdraw_wait
+            );
+            std::thread::sleep(bgp.withdraw_wait);
+        }
+        Err(e) => eprintln!(
+            "warning: withdrawing the VIPs: {}",
+            gateway::error::Chain(&e)
+        ),
+    }
 }
 
 fn backend(cmd: BackendCommand) -> anyhow::Result<()> {

@@ -187,6 +187,49 @@ pub fn render_plan(config: &Config, plan: &Plan) -> String {
             let _ = writeln!(out, "  {EMPTY_TABLE}");
         }
     }
+    out += &render_announcements(config, plan);
+    out
+}
+
+/// With `[bgp]`: the sessions, and each VIP's route as it would be announced (a VIP whose
+/// services all have empty tables is not).
+fn render_announcements(config: &Config, plan: &Plan) -> String {
+    let Some(bgp) = &config.bgp else {
+        return String::new();
+    };
+    let neighbors: Vec<String> = bgp
+        .neighbors
+        .iter()
+        .map(|n| format!("{} (AS {})", n.address, n.asn))
+        .collect();
+    let mut out = format!(
+        "\nbgp  AS {}  router id {}  neighbors {}\n",
+        bgp.local_as,
+        bgp.router_id,
+        neighbors.join(", ")
+    );
+    for (vip, route) in crate::bgp::routes(config) {
+        let servable = config
+            .services
+            .iter()
+            .zip(&plan.services)
+            .any(|(s, sp)| s.vip == vip && !sp.empty());
+        let len = if vip.is_ipv4() { 32 } else { 128 };
+        let mut line = if servable {
+            format!("  announce {vip}/{len}")
+        } else {
+            format!("  not announced {vip}/{len} (no usable backend)")
+        };
+        if !route.communities.is_empty() {
+            let c: Vec<String> = route.communities.iter().map(|c| c.to_string()).collect();
+            let _ = write!(line, "  communities {}", c.join(" "));
+        }
+        if let Some(m) = route.med {
+            let _ = write!(line, "  med {m}");
+        }
+        out += &line;
+        out.push('\n');
+    }
     out
 }
 
@@ -429,6 +472,36 @@ mod tests {
             .split_once("% of slots move")
             .unwrap_or_else(|| panic!("no move figure in {line:?}"));
         head.rsplit([' ', '(']).next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn plan_shows_what_would_be_announced() {
+        let text = include_str!("../../examples/gateway-bgp.toml");
+        let c = Config::parse(text, std::path::Path::new("gateway-bgp.toml")).unwrap();
+        let out = render_plan(&c, &preview::planned(&c));
+        assert!(
+            out.ends_with(
+                "\nbgp  AS 65010  router id 198.18.0.2  neighbors 198.18.0.1 (AS 65000)\n  \
+                 announce 198.18.1.1/32  communities 65010:1 65000:80  med 10\n"
+            ),
+            "{out}"
+        );
+        // Every backend in maint: the VIP would not be announced.
+        let maint = text
+            .replace(
+                "address = \"198.18.0.12\"",
+                "address = \"198.18.0.12\"\nstate = \"maint\"",
+            )
+            .replace(
+                "address = \"198.18.0.11\"",
+                "address = \"198.18.0.11\"\nstate = \"maint\"",
+            );
+        let c = Config::parse(&maint, std::path::Path::new("gateway-bgp.toml")).unwrap();
+        let out = render_plan(&c, &preview::planned(&c));
+        assert!(
+            out.contains("  not announced 198.18.1.1/32 (no usable backend)  communities"),
+            "{out}"
+        );
     }
 
     #[test]

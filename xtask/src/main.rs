@@ -34,7 +34,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The namespace lab: client, balancer and backends on one bridge.
+    /// The namespace lab: client, balancer and backends on one bridge (with `up
+    /// --balancers 2`: a router running BIRD in front of two balancers, each running the
+    /// agent, its BIRD and its guard).
     Lab {
         #[command(subcommand)]
         action: LabCmd,
@@ -49,7 +51,7 @@ enum Cmd {
     Demo,
     /// Run benchmarks (all, or the one named) and write docs/BENCHMARKS.md.
     Bench {
-        /// `xdp`, `maglev`, `sync`, `e2e` or `failover`; all when omitted.
+        /// `xdp`, `maglev`, `sync`, `e2e`, `failover`, `health` or `ecmp`; all when omitted.
         which: Option<String>,
     },
 }
@@ -62,6 +64,9 @@ enum LabCmd {
         name: String,
         #[arg(long, default_value_t = 3)]
         backends: usize,
+        /// 2: the scale-out lab, with the balancers' agents, BIRDs and guards started.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        balancers: u8,
     },
     /// Remove the lab: kill its processes by PID, delete its namespaces.
     Down {
@@ -146,7 +151,12 @@ fn run(release: bool, args: &[String]) -> anyhow::Result<()> {
     status(c.args(args))
 }
 
-fn lab_spec(dir: &Path, name: &str, backends: usize) -> anyhow::Result<lab::LabSpec> {
+fn lab_spec(
+    dir: &Path,
+    name: &str,
+    backends: usize,
+    balancers: usize,
+) -> anyhow::Result<lab::LabSpec> {
     let pass = dir.join("xdp-pass.o");
     let decap = dir.join("xdp-decap.o");
     status(
@@ -161,17 +171,24 @@ fn lab_spec(dir: &Path, name: &str, backends: usize) -> anyhow::Result<lab::LabS
         pass_object: pass,
         decap_object: decap,
         server_bin: dir.join("lab-server"),
-        balancers: 1,
+        balancers,
     })
 }
 
 fn lab_cmd(action: LabCmd) -> anyhow::Result<()> {
     match action {
-        LabCmd::Up { name, backends } => {
+        LabCmd::Up {
+            name,
+            backends,
+            balancers,
+        } => {
             let dir = build(false)?;
-            let mut l = lab::Lab::up(lab_spec(&dir, &name, backends)?)?;
+            let mut l = lab::Lab::up(lab_spec(&dir, &name, backends, balancers.into())?)?;
             l.teardown_on_drop = false;
             print_lab(&l);
+            if l.router.is_some() {
+                start_balancers(&l, &dir)?;
+            }
             Ok(())
         }
         LabCmd::Down { name } => {
@@ -209,7 +226,8 @@ fn lab_cmd(action: LabCmd) -> anyhow::Result<()> {
 
 fn print_lab(l: &lab::Lab) {
     println!("lab {} is up:", l.name);
-    for n in [&l.client, &l.lb].into_iter().chain(&l.backends) {
+    let front = std::iter::once(&l.client).chain(&l.router);
+    for n in front.chain(&l.lbs).chain(&l.backends) {
         println!(
             "  {:<8} netns {:<16} {} {}",
             n.name, n.netns, n.ipv4, n.ipv6
@@ -222,6 +240,140 @@ fn print_lab(l: &lab::Lab) {
         lab::SERVER_PORT
     );
 }
+
+/// The scale-out lab's balancers: on each, the agent with a built-in config (l2dsr, both
+/// VIPs, the lab's backends, `[bgp]` towards the router), then its BIRD and its guard, left
+/// running (`cargo xtask lab down` ends them); waits until the router spreads both VIPs over
+/// both balancers.
+fn start_balancers(l: &lab::Lab, dir: &Path) -> anyhow::Result<()> {
+    let scratch = l.scratch_dir();
+    for lb in &l.lbs {
+        let bird_dir = scratch.join(format!("bird-{}", lb.name));
+        let mut text = ECMP_CONFIG
+            .replace("PIN_DIR", &l.pin_dir().join(&lb.name).display().to_string())
+            .replace(
+                "STATE_FILE",
+                &scratch
+                    .join(format!("{}.overrides.json", lb.name))
+                    .display()
+                    .to_string(),
+            )
+            .replace("ROUTER_ID", &lb.ipv4.to_string())
+            .replace("BIRD_DIR", &bird_dir.display().to_string());
+        for (v4, v6) in l.backends.iter().map(|b| (b.ipv4, b.ipv6)) {
+            text = text
+                .replace(
+                    "#BACKENDS4",
+                    &format!("[[service.backend]]\naddress = \"{v4}\"\n#BACKENDS4"),
+                )
+                .replace(
+                    "#BACKENDS6",
+                    &format!("[[service.backend]]\naddress = \"{v6}\"\n#BACKENDS6"),
+                );
+        }
+        let cfg = scratch.join(format!("gateway-{}.toml", lb.name));
+        std::fs::write(&cfg, text)?;
+        let log = |what: &str| -> anyhow::Result<Stdio> {
+            Ok(std::fs::File::create(scratch.join(format!("{}-{what}.log", lb.name)))?.into())
+        };
+        lab::ns_command(&lb.netns, dir.join("gateway"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdout(log("gateway")?)
+            .stderr(log("gateway-stderr")?)
+            .spawn()?;
+        lab::wait_for(
+            "the agent's BIRD configuration",
+            Duration::from_secs(20),
+            || bird_dir.join("bird.conf").is_file() && bird_dir.join("vips.conf").is_file(),
+        )?;
+        lab::start_bird(
+            &lb.netns,
+            &bird_dir.join("bird.conf"),
+            &bird_dir.join("bird.ctl"),
+        )?;
+        lab::ns_command(&lb.netns, dir.join("gateway"))
+            .args(["bgp-guard", "--config"])
+            .arg(&cfg)
+            .stdout(log("guard")?)
+            .stderr(log("guard-stderr")?)
+            .spawn()?;
+        println!(
+            "  {}: gateway, BIRD and bgp-guard running; config {}, logs {}/{}-*.log",
+            lb.name,
+            cfg.display(),
+            scratch.display(),
+            lb.name
+        );
+    }
+    for vip in [format!("{}/32", lab::VIP4), format!("{}/128", lab::VIP6)] {
+        lab::wait_for("the router's ECMP routes", Duration::from_secs(30), || {
+            l.router_next_hops(&vip).is_ok_and(|h| h.len() == 2)
+        })?;
+        let hops: Vec<String> = l
+            .router_next_hops(&vip)?
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        println!("  router: {vip} via {}", hops.join(" and "));
+    }
+    println!(
+        "  the router's BIRD: birdc -s {} show route",
+        l.router_socket().display()
+    );
+    Ok(())
+}
+
+/// The agent's config on each balancer of `cargo xtask lab up --balancers 2`.
+const ECMP_CONFIG: &str = r#"
+[dataplane]
+interface = "eth0"
+conntrack_size = 65536
+pin_dir = "PIN_DIR"
+on_exit = "keep"
+
+[admin]
+state_file = "STATE_FILE"
+
+[bgp]
+local_as = 65010
+router_id = "ROUTER_ID"
+bird_dir = "BIRD_DIR"
+
+[[bgp.neighbor]]
+address = "198.18.0.1"
+as = 65000
+hold_time = "3s"
+
+[[bgp.neighbor]]
+address = "fd00::1"
+as = 65000
+hold_time = "3s"
+
+[[service]]
+name = "web4"
+vip = "198.18.1.1"
+port = 80
+protocol = "tcp"
+mode = "l2dsr"
+
+[service.health]
+interval = "500ms"
+
+#BACKENDS4
+[[service]]
+name = "web6"
+vip = "fd00:1::1"
+port = 80
+protocol = "tcp"
+mode = "l2dsr"
+
+[service.health]
+interval = "500ms"
+
+#BACKENDS6
+"#;
 
 /// The agent's default pin root (`dataplane.pin_dir` is `<this>/<interface>` by default);
 /// tests and benches must never use it.
@@ -354,7 +506,7 @@ fn demo() -> anyhow::Result<()> {
     step("set-up and build");
     let dir = build(false)?;
     step("lab up: a client, a balancer and 3 backends in network namespaces");
-    let mut l = lab::Lab::up(lab_spec(&dir, "demo", 3)?)?;
+    let mut l = lab::Lab::up(lab_spec(&dir, "demo", 3, 1)?)?;
     print_lab(&l);
 
     step(
@@ -544,11 +696,16 @@ const BENCHES: &[(&str, &str, &str)] = &[
         "health",
         "Health checking at scale: 10,000 backends probed every second",
     ),
+    (
+        "ecmp",
+        "ecmp",
+        "Scale-out: a balancer dies behind ECMP, over 20 runs",
+    ),
 ];
 
 /// Benchmarks that run the `gateway` binary in a lab: cargo does not build another
 /// package's binaries for a bench, so xtask builds the release agent first.
-const AGENT_BENCHES: &[&str] = &["e2e", "failover", "health"];
+const AGENT_BENCHES: &[&str] = &["e2e", "failover", "health", "ecmp"];
 
 fn bench(which: Option<&str>) -> anyhow::Result<()> {
     let env = setup::ensure(false)?;

@@ -125,22 +125,28 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         Some(hold.map_or(self.bgp_next_tick, |h| h.min(self.bgp_next_tick)))
     }
 
-    /// Withdraws every VIP at once (the agent stops serving them).
-    pub(super) fn withdraw_all(&mut self, why: &str) {
+    /// Withdraws every VIP at once (the agent stops serving them); whether BIRD was told.
+    pub(super) fn withdraw_all(&mut self, why: &str) -> bool {
         let Some(bgp) = self.config.bgp.clone() else {
-            return;
+            return false;
         };
         let Some(sp) = self.speaker.as_mut() else {
-            return;
+            return false;
         };
         let all: BTreeMap<IpAddr, Result<(), Unservable>> = BTreeMap::new();
         sp.announcer.withdraw_after = std::time::Duration::ZERO;
         match sp.update(&bgp, &all, Instant::now()) {
-            Ok(_) => info!("bgp: withdrew every VIP ({why})"),
-            Err(e) => error!(
-                "bgp: withdrawing every VIP ({why}): {}",
-                crate::error::Chain(&e)
-            ),
+            Ok(_) => {
+                info!("bgp: withdrew every VIP ({why})");
+                true
+            }
+            Err(e) => {
+                error!(
+                    "bgp: withdrawing every VIP ({why}): {}",
+                    crate::error::Chain(&e)
+                );
+                false
+            }
         }
     }
 }

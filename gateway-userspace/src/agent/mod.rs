@@ -128,7 +128,15 @@ pub fn run(
     print_stats(&agent.dp)?;
     match options.on_exit.unwrap_or(agent.config.dataplane.on_exit) {
         OnExit::Detach => {
-            agent.withdraw_all("the agent stops and detaches");
+            if agent.withdraw_all("the agent stops and detaches")
+                && let Some(bgp) = &agent.config.bgp
+            {
+                info!(
+                    "waiting {:?} for the routers (bgp.withdraw_wait)",
+                    bgp.withdraw_wait
+                );
+                std::thread::sleep(bgp.withdraw_wait);
+            }
             agent.dp.detach()?;
             info!("detached from {iface}");
         }

@@ -15,6 +15,7 @@ pub(super) const LOCAL_AS: std::ops::RangeInclusive<i64> = 1..=4_294_967_295;
 const AS_TRANS: u32 = 23456;
 pub(super) const DEFAULT_ANNOUNCE_AFTER: Duration = Duration::from_secs(2);
 pub(super) const DEFAULT_AGENT_GRACE: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_WITHDRAW_WAIT: Duration = Duration::from_secs(2);
 pub(super) const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(9);
 /// BGP's smallest non-zero hold time (RFC 4271 4.2) and its largest.
 const HOLD_TIME: std::ops::RangeInclusive<Duration> =
@@ -70,6 +71,12 @@ impl Validator<'_> {
             Duration::from_secs(1)..=MAX_DURATION,
             "bgp.agent_grace",
         );
+        let withdraw_wait = self.duration(
+            b.withdraw_wait.as_ref(),
+            DEFAULT_WITHDRAW_WAIT,
+            Duration::ZERO..=Duration::from_secs(60),
+            "bgp.withdraw_wait",
+        );
         let bird_dir = self.abs_path(b.bird_dir.as_ref(), "bgp.bird_dir");
         let bird_socket = self.abs_path(b.bird_socket.as_ref(), "bgp.bird_socket");
 
@@ -99,6 +106,7 @@ impl Validator<'_> {
             announce_after: announce_after?,
             withdraw_after: withdraw_after?,
             agent_grace: agent_grace?,
+            withdraw_wait: withdraw_wait?,
             bird_dir: bird_dir?,
             bird_socket: bird_socket?,
         }))

@@ -27,6 +27,7 @@ pub(super) struct RawBgp {
     pub(super) announce_after: Option<Spanned<String>>,
     pub(super) withdraw_after: Option<Spanned<String>>,
     pub(super) agent_grace: Option<Spanned<String>>,
+    pub(super) withdraw_wait: Option<Spanned<String>>,
     pub(super) bird_dir: Option<Spanned<String>>,
     pub(super) bird_socket: Option<Spanned<String>>,
     #[serde(default)]

@@ -301,9 +301,12 @@ pub struct BgpConfig {
     pub announce_after: Duration,
     /// How long a VIP must have been unservable before it is withdrawn.
     pub withdraw_after: Duration,
-    /// How long the agent may be gone (a restart) before its VIPs are withdrawn on its
-    /// behalf (validated; not acted on yet).
+    /// How long the agent may be gone (a restart) before `gateway bgp-guard` withdraws
+    /// every VIP on its behalf.
     pub agent_grace: Duration,
+    /// How long a detaching exit (and `gateway stop --detach`) waits after withdrawing
+    /// every VIP before it detaches, so that routers stop sending flows first.
+    pub withdraw_wait: Duration,
     /// Where the generated BIRD configuration is written; `None`: `/run/gateway/bird-<interface>`.
     pub bird_dir: Option<PathBuf>,
     /// BIRD's control socket; `None`: `bird.ctl` in the BIRD directory.

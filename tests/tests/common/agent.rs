@@ -222,6 +222,8 @@ pub struct Cfg {
     pub admin_listen: String,
     /// Extra `[admin]` lines (token_file, token_for_reads).
     pub admin_extra: String,
+    /// Extra `[bgp]` lines in the scale-out lab (agent_grace, ...).
+    pub bgp_extra: String,
 }
 
 impl Cfg {
@@ -238,6 +240,7 @@ impl Cfg {
             on_exit: "detach",
             admin_listen: "127.0.0.1:9180".into(),
             admin_extra: String::new(),
+            bgp_extra: String::new(),
         }
     }
 
@@ -266,12 +269,13 @@ impl Cfg {
         if lab.router.is_some() {
             s += &format!(
                 "\n[bgp]\nlocal_as = {}\nrouter_id = \"{}\"\nannounce_after = \"0s\"\n\
-                 bird_dir = \"{}\"\n\
+                 bird_dir = \"{}\"\n{}\n\
                  [[bgp.neighbor]]\naddress = \"198.18.0.1\"\nas = {}\nhold_time = \"3s\"\n\
                  [[bgp.neighbor]]\naddress = \"fd00::1\"\nas = {}\nhold_time = \"3s\"\n",
                 lab::BALANCER_AS,
                 lb.ipv4,
                 bird_dir(lab, i).display(),
+                self.bgp_extra,
                 lab::ROUTER_AS,
                 lab::ROUTER_AS,
             );

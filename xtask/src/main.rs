@@ -48,7 +48,11 @@ enum Cmd {
         args: Vec<String>,
     },
     /// The main job: a working balancer on a default lab, with traffic, then tear-down.
-    Demo,
+    /// `demo ecmp`: two balancers behind a router, one of them dying.
+    Demo {
+        /// `ecmp` for the scale-out demo.
+        which: Option<String>,
+    },
     /// Run benchmarks (all, or the one named) and write docs/BENCHMARKS.md.
     Bench {
         /// `xdp`, `maglev`, `sync`, `e2e`, `failover`, `health` or `ecmp`; all when omitted.
@@ -88,7 +92,11 @@ fn main() {
         Cmd::Run { release, args } => run(release, &args),
         Cmd::Lab { action } => lab_cmd(action),
         Cmd::Test { args } => test(&args),
-        Cmd::Demo => demo(),
+        Cmd::Demo { which } => match which.as_deref() {
+            None => demo(),
+            Some("ecmp") => demo_ecmp(),
+            Some(other) => Err(anyhow::anyhow!("no demo named {other:?}; known: ecmp")),
+        },
         Cmd::Bench { which } => bench(which.as_deref()),
     };
     if let Err(e) = result {
@@ -187,7 +195,8 @@ fn lab_cmd(action: LabCmd) -> anyhow::Result<()> {
             l.teardown_on_drop = false;
             print_lab(&l);
             if l.router.is_some() {
-                start_balancers(&l, &dir)?;
+                // Left running: `lab down` ends them.
+                drop(start_balancers(&l, &dir)?);
             }
             Ok(())
         }
@@ -245,9 +254,10 @@ fn print_lab(l: &lab::Lab) {
 /// VIPs, the lab's backends, `[bgp]` towards the router), then its BIRD and its guard, left
 /// running (`cargo xtask lab down` ends them); waits until the router spreads both VIPs over
 /// both balancers.
-fn start_balancers(l: &lab::Lab, dir: &Path) -> anyhow::Result<()> {
+fn start_balancers(l: &lab::Lab, dir: &Path) -> anyhow::Result<Vec<(usize, std::process::Child)>> {
     let scratch = l.scratch_dir();
-    for lb in &l.lbs {
+    let mut children = Vec::new();
+    for (i, lb) in l.lbs.iter().enumerate() {
         let bird_dir = scratch.join(format!("bird-{}", lb.name));
         let mut text = ECMP_CONFIG
             .replace("PIN_DIR", &l.pin_dir().join(&lb.name).display().to_string())
@@ -276,29 +286,36 @@ fn start_balancers(l: &lab::Lab, dir: &Path) -> anyhow::Result<()> {
         let log = |what: &str| -> anyhow::Result<Stdio> {
             Ok(std::fs::File::create(scratch.join(format!("{}-{what}.log", lb.name)))?.into())
         };
-        lab::ns_command(&lb.netns, dir.join("gateway"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "info")
-            .stdout(log("gateway")?)
-            .stderr(log("gateway-stderr")?)
-            .spawn()?;
+        children.push((
+            i,
+            lab::ns_command(&lb.netns, dir.join("gateway"))
+                .args(["run", "--config"])
+                .arg(&cfg)
+                .env("RUST_LOG", "info")
+                .stdout(log("gateway")?)
+                .stderr(log("gateway-stderr")?)
+                .spawn()?,
+        ));
         lab::wait_for(
             "the agent's BIRD configuration",
             Duration::from_secs(20),
             || bird_dir.join("bird.conf").is_file() && bird_dir.join("vips.conf").is_file(),
         )?;
-        lab::start_bird(
+        let bird = lab::start_bird(
             &lb.netns,
             &bird_dir.join("bird.conf"),
             &bird_dir.join("bird.ctl"),
         )?;
-        lab::ns_command(&lb.netns, dir.join("gateway"))
-            .args(["bgp-guard", "--config"])
-            .arg(&cfg)
-            .stdout(log("guard")?)
-            .stderr(log("guard-stderr")?)
-            .spawn()?;
+        children.push((i, bird));
+        children.push((
+            i,
+            lab::ns_command(&lb.netns, dir.join("gateway"))
+                .args(["bgp-guard", "--config"])
+                .arg(&cfg)
+                .stdout(log("guard")?)
+                .stderr(log("guard-stderr")?)
+                .spawn()?,
+        ));
         println!(
             "  {}: gateway, BIRD and bgp-guard running; config {}, logs {}/{}-*.log",
             lb.name,
@@ -322,6 +339,181 @@ fn start_balancers(l: &lab::Lab, dir: &Path) -> anyhow::Result<()> {
         "  the router's BIRD: birdc -s {} show route",
         l.router_socket().display()
     );
+    Ok(children)
+}
+
+/// `cargo xtask demo ecmp`: the scale-out lab (a router in front of two balancers), a stream
+/// of new connections with a live table of where they go, one balancer's machine dying (its
+/// link down, its processes killed), the router's withdrawal and the failover measured.
+fn demo_ecmp() -> anyhow::Result<()> {
+    use std::{
+        net::SocketAddr,
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+            mpsc,
+        },
+    };
+    if !setup::is_root() {
+        bail!("the demo builds network namespaces and loads XDP: run it as root");
+    }
+    step("set-up and build");
+    let dir = build(false)?;
+    step("lab up: a client behind a router (BIRD, ECMP), two balancers, 3 backends");
+    let l = lab::Lab::up(lab_spec(&dir, "demoecmp", 3, 2)?)?;
+    print_lab(&l);
+    step(
+        "on each balancer: gateway (l2dsr, [bgp]), its BIRD and its guard; the router learns the VIPs",
+    );
+    let children = start_balancers(&l, &dir)?;
+
+    step(
+        "traffic: new TCP connections from the client to 198.18.1.1:80, counted per balancer and backend",
+    );
+    let vip = SocketAddr::new(lab::VIP4.into(), lab::SERVER_PORT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<Window>();
+    let stop2 = stop.clone();
+    let traffic = lab::client::in_netns(&l.client.netns, move || {
+        let mut port = 20_000u16;
+        while !stop2.load(Ordering::Relaxed) {
+            let mut w = Window {
+                per_backend: Default::default(),
+                failed: 0,
+                failures: vec![],
+            };
+            let end = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < end {
+                let at = Instant::now();
+                match lab::client::tcp_name(vip, port, Duration::from_millis(300)) {
+                    Ok(name) => *w.per_backend.entry(name).or_insert(0) += 1,
+                    Err(_) => {
+                        w.failed += 1;
+                        w.failures.push(at);
+                    }
+                }
+                port = if port == 60_000 { 20_000 } else { port + 1 };
+            }
+            if tx.send(w).is_err() {
+                break;
+            }
+        }
+    });
+    // New flows each balancer placed, from `gateway status` in its namespace.
+    let placed = |lb: &lab::Node| -> u64 {
+        lab::ns_exec(
+            &lb.netns,
+            &[dir.join("gateway").to_str().unwrap_or("gateway"), "status"],
+        )
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("service web4"))?
+                .to_string();
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let i = words
+                .windows(3)
+                .position(|w| w[1] == "new" && w[2] == "flows")?;
+            words[i].parse().ok()
+        })
+        .unwrap_or(0)
+    };
+    let began = Instant::now();
+    let mut last = [placed(&l.lbs[0]), placed(&l.lbs[1])];
+    let mut show = |n: usize, what: &str| -> anyhow::Result<Vec<Instant>> {
+        let mut failures = Vec::new();
+        println!("  {what}");
+        println!(
+            "  {:>6}  {:>9}  {:>9}  {:>6}  {:>6}  {:>6}  {:>7}  router's next hops",
+            "t", "via lb", "via lb2", "b1", "b2", "b3", "failed"
+        );
+        for _ in 0..n {
+            let w = rx
+                .recv_timeout(Duration::from_secs(5))
+                .context("traffic stalled")?;
+            let now = [placed(&l.lbs[0]), placed(&l.lbs[1])];
+            let via = [
+                now[0].saturating_sub(last[0]),
+                now[1].saturating_sub(last[1]),
+            ];
+            last = now;
+            let c = |b: &str| *w.per_backend.get(b).unwrap_or(&0);
+            let hops: Vec<String> = l
+                .router_next_hops(&format!("{}/32", lab::VIP4))
+                .unwrap_or_default()
+                .iter()
+                .map(|h| h.to_string())
+                .collect();
+            println!(
+                "  {:>5.1}s  {:>9}  {:>9}  {:>6}  {:>6}  {:>6}  {:>7}  {}",
+                began.elapsed().as_secs_f64(),
+                via[0],
+                via[1],
+                c("b1"),
+                c("b2"),
+                c("b3"),
+                w.failed,
+                hops.join(" ")
+            );
+            failures.extend(w.failures);
+        }
+        Ok(failures)
+    };
+    show(
+        4,
+        "every 0.5 s: new flows each balancer placed, answers per backend:",
+    )?;
+
+    step("balancer lb2's machine dies: its link goes down, its agent, BIRD and guard are killed");
+    let died = Instant::now();
+    lab::ns_exec(&l.lbs[1].netns, &["ip", "link", "set", "eth0", "down"])?;
+    for mut c in children
+        .into_iter()
+        .filter(|(i, _)| *i == 1)
+        .map(|(_, c)| c)
+    {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let vip4 = format!("{}/32", lab::VIP4);
+    // The withdrawal is watched beside the live table.
+    let (withdrawn, failures) = std::thread::scope(|s| {
+        let watch = s.spawn(|| {
+            lab::wait_for("the router's withdrawal", Duration::from_secs(10), || {
+                l.router_next_hops(&vip4).is_ok_and(|h| h.len() == 1)
+            })
+            .map(|()| died.elapsed())
+        });
+        let failures = show(
+            8,
+            "the router keeps sending lb2 its share until the BGP hold time (3 s) ends:",
+        );
+        (watch.join(), failures)
+    });
+    let withdrawn = withdrawn.map_err(|_| anyhow::anyhow!("the watcher panicked"))??;
+    let failures = failures?;
+    let after: Vec<_> = failures.iter().filter(|t| **t >= died).collect();
+    println!(
+        "  => the router withdrew lb2 {} ms after its death; new connections failed for {} ms \
+         ({} failures), then all went through lb",
+        withdrawn.as_millis(),
+        after
+            .iter()
+            .max()
+            .map_or(0, |t| t.duration_since(died).as_millis()),
+        after.len()
+    );
+    println!(
+        "     (a dead machine says nothing: the hold time bounds this; a dead agent alone is \
+         withdrawn by its guard, see docs/operations.md)"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.join();
+    step("lab down");
+    drop(l);
+    println!("demo done");
     Ok(())
 }
 

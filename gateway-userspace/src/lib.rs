@@ -30,7 +30,9 @@
 //!   (`testing::FakeDataplane`, `testing::FixedHops`). `main.rs` only parses the command
 //!   line and dispatches.
 //! - [`bgp`]: announcing VIPs through BIRD 2: the BIRD configuration it writes, the
-//!   announcer's hysteresis, BIRD's control socket ([`bgp::bird`]).
+//!   announcer's hysteresis, BIRD's control socket ([`bgp::bird`]), the speaker's own
+//!   thread that the agent hands each VIP's servability to ([`bgp::worker`]), and
+//!   `gateway bgp-guard` ([`bgp::guard`]).
 //! - [`admin`]: the HTTP API, the status snapshot and the metrics text; [`sys`] the
 //!   preflight checks; [`error`] how errors are written and printed.
 //! - [`preview`]: what a config would do (`gateway check`): its plan with every backend

@@ -269,6 +269,77 @@ fn a_dead_bird_is_reported_and_recovered(mode: &'static str, v6: bool) {
     );
 }
 
+/// The data plane goes while the agent runs (its pinned link removed behind its back): the
+/// agent notices within its one-second tick and withdraws the VIP itself.
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_lost_data_plane_is_withdrawn_by_its_agent() {
+    if !common::privileged("ecmp::a_lost_data_plane_is_withdrawn_by_its_agent") {
+        return;
+    }
+    let _serial = common::serial();
+    let lab = common::lab_of("ecmpd", 2, 2);
+    let pair = Pair::start(&lab, Cfg::new("l2dsr", false, 2));
+    let lost = Instant::now();
+    // --pin-dir, not --config: this removes the link without withdrawing anything.
+    let dir = pin_dir_of(&lab, 1);
+    gateway_on(
+        &lab,
+        1,
+        &["stop", "--detach", "--pin-dir", dir.to_str().unwrap()],
+    );
+    wait_next_hops(&lab, false, 1, Duration::from_secs(3));
+    let took = lost.elapsed();
+    assert!(
+        took <= Duration::from_secs(2),
+        "withdrawn {took:?} after the link went"
+    );
+    assert!(
+        pair.agent(1)
+            .wait_log("not announced: data plane gone", Duration::from_secs(1)),
+        "{}",
+        pair.agent(1).log_text()
+    );
+    eprintln!("withdrawn {took:?} after the data plane went");
+}
+
+/// `gateway stop --detach --config` on a balancer whose agent is gone withdraws its VIPs
+/// first and detaches `withdraw_wait` later: the router has moved the flows before the
+/// program goes.
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn stop_detach_withdraws_before_the_program_goes() {
+    if !common::privileged("ecmp::stop_detach_withdraws_before_the_program_goes") {
+        return;
+    }
+    let _serial = common::serial();
+    let lab = common::lab_of("ecmps", 2, 2);
+    let mut cfg = Cfg::new("l2dsr", false, 2);
+    cfg.bgp_extra = "withdraw_wait = \"1s\"".into();
+    let mut pair = Pair::start(&lab, cfg);
+    pair.agents[1].take().unwrap().kill();
+    let path = config_path(&lab, 1);
+    let (withdrawn, stopped) = std::thread::scope(|s| {
+        let watch = s.spawn(|| {
+            wait_next_hops(&lab, false, 1, Duration::from_secs(5));
+            Instant::now()
+        });
+        let out = gateway_on(
+            &lab,
+            1,
+            &["stop", "--detach", "--config", path.to_str().unwrap()],
+        );
+        assert!(out.contains("withdrew every VIP"), "{out}");
+        (watch.join().unwrap(), Instant::now())
+    });
+    assert!(!pin_dir_of(&lab, 1).join("link").exists(), "still attached");
+    let ahead = stopped.saturating_duration_since(withdrawn);
+    assert!(
+        ahead >= Duration::from_millis(800),
+        "the route went only {ahead:?} before the program"
+    );
+}
+
 macro_rules! variants {
     ($name:ident) => {
         mod $name {

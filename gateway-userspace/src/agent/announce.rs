@@ -1,6 +1,7 @@
-//! The agent's BGP announcements (`[bgp]`): after every plan, each VIP's servability goes
-//! to the [`bgp::Speaker`], which tells BIRD what changed.
-use std::{collections::BTreeMap, net::IpAddr, time::Instant};
+//! The agent's BGP announcements (`[bgp]`): after every plan and every second, each VIP's
+//! servability goes to the speaker's thread ([`bgp::worker`]), which tells BIRD what
+//! changed.
+use std::{collections::BTreeMap, net::IpAddr};
 
 use log::{error, info};
 
@@ -11,9 +12,8 @@ use crate::{
     neigh::NextHops,
 };
 
-/// How often the speaker looks again without being asked: the data plane still forwards,
-/// BIRD still answers, a failed write or command is retried.
-pub(super) const BGP_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a withdrawal of every VIP may take before the agent goes on without it.
+const WITHDRAW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
     /// Each VIP's servability: a service on it has a usable backend in the last plan, and
@@ -63,9 +63,9 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
 
     /// Follows a config change: starts, reconfigures or (withdrawing first) stops speaking.
     pub(super) fn bgp_config_changed(&mut self) {
-        match (&mut self.speaker, self.config.bgp.is_some()) {
+        match (&self.speaker, self.config.bgp.is_some()) {
             (Some(sp), true) => sp.reconfigure(&self.config),
-            (None, true) => self.speaker = bgp::Speaker::new(&self.config, Instant::now()),
+            (None, true) => self.speaker = bgp::worker::SpeakerThread::start(&self.config),
             (Some(_), false) => {
                 self.withdraw_all("[bgp] was removed from the config");
                 self.speaker = None;
@@ -74,79 +74,29 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         }
     }
 
-    /// Tells the speaker what is servable now (after a plan, on the speaker's tick); when
-    /// there is nothing new to tell, checks that BIRD is still there.
+    /// Hands the speaker what is servable now (after a plan, and every second); it tells
+    /// BIRD on its own thread.
     pub(super) fn announce(&mut self, synced: bool) {
-        let servable = self.servable(synced);
-        let (Some(sp), Some(bgp)) = (self.speaker.as_mut(), self.config.bgp.as_ref()) else {
+        if self.speaker.is_none() {
             return;
-        };
-        let result = match sp.update(bgp, &servable, Instant::now()) {
-            Ok(Some(vips)) => {
-                let list: Vec<String> = vips.iter().map(IpAddr::to_string).collect();
-                info!("bgp: announcing [{}]", list.join(", "));
-                for (vip, st) in sp.announcer.states() {
-                    if let Err(why) = st.servable {
-                        info!("bgp: {vip} not announced: {}", why.as_str());
-                    }
-                }
-                Ok(())
-            }
-            Ok(None) => sp.heartbeat(),
-            Err(e) => Err(e),
-        };
-        self.bgp_next_tick = tokio::time::Instant::now() + BGP_TICK;
-        match result {
-            Ok(()) => {
-                if self.bgp_failing {
-                    info!("bgp: BIRD answers again and has the current routes");
-                }
-                self.bgp_failing = false;
-            }
-            // Logged when it starts failing, not every second while it does (counted).
-            Err(e) if !self.bgp_failing => {
-                self.bgp_failing = true;
-                error!(
-                    "bgp: {} (retrying every {BGP_TICK:?}; balancing goes on)",
-                    crate::error::Chain(&e)
-                );
-            }
-            Err(_) => {}
         }
-    }
-
-    /// When the speaker next needs a turn: its tick, or sooner a hold that ends.
-    pub(super) fn bgp_due(&self) -> Option<tokio::time::Instant> {
-        let sp = self.speaker.as_ref()?;
-        let hold = sp
-            .announcer
-            .next_deadline()
-            .map(tokio::time::Instant::from_std);
-        Some(hold.map_or(self.bgp_next_tick, |h| h.min(self.bgp_next_tick)))
+        let servable = self.servable(synced);
+        if let Some(sp) = &self.speaker {
+            sp.servable(servable);
+        }
     }
 
     /// Withdraws every VIP at once (the agent stops serving them); whether BIRD was told.
     pub(super) fn withdraw_all(&mut self, why: &str) -> bool {
-        let Some(bgp) = self.config.bgp.clone() else {
+        let Some(sp) = &self.speaker else {
             return false;
         };
-        let Some(sp) = self.speaker.as_mut() else {
-            return false;
-        };
-        let all: BTreeMap<IpAddr, Result<(), Unservable>> = BTreeMap::new();
-        sp.announcer.withdraw_after = std::time::Duration::ZERO;
-        match sp.update(&bgp, &all, Instant::now()) {
-            Ok(_) => {
-                info!("bgp: withdrew every VIP ({why})");
-                true
-            }
-            Err(e) => {
-                error!(
-                    "bgp: withdrawing every VIP ({why}): {}",
-                    crate::error::Chain(&e)
-                );
-                false
-            }
+        let told = sp.withdraw_all(WITHDRAW_TIMEOUT);
+        if told {
+            info!("bgp: withdrew every VIP ({why})");
+        } else {
+            error!("bgp: could not withdraw the VIPs ({why}): BIRD did not take the change");
         }
+        told
     }
 }

@@ -230,12 +230,9 @@ pub struct Agent<D = Dataplane, N = Resolver> {
     map_write_errors: u64,
     retry_at: Option<tokio::time::Instant>,
     /// BGP announcements (`[bgp]`), and when a failed one is tried again.
-    pub speaker: Option<crate::bgp::Speaker>,
-    bgp_next_tick: tokio::time::Instant,
+    pub speaker: Option<crate::bgp::worker::SpeakerThread>,
     /// Every backend has had a first verdict (see `all_checked`).
     checked: bool,
-    /// Whether BIRD failed the last time (its errors are logged once, when they start).
-    bgp_failing: bool,
 }
 
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
@@ -321,11 +318,9 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             map_write_errors: 0,
             retry_at: None,
             speaker: None,
-            bgp_next_tick: tokio::time::Instant::now(),
             checked: false,
-            bgp_failing: false,
         };
-        agent.speaker = crate::bgp::Speaker::new(&agent.config, Instant::now());
+        agent.speaker = crate::bgp::worker::SpeakerThread::start(&agent.config);
         agent.checked = agent.dp.adopted();
         agent.sync_checks();
         agent
@@ -490,7 +485,6 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             let step = self
                 .next_step
                 .map(|t| tokio::time::Instant::from_std(self.started + t));
-            let bgp_at = self.bgp_due();
             let paced_at = pending
                 .and(self.next_paced_replan())
                 .map(tokio::time::Instant::from_std);
@@ -520,6 +514,8 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                     if (self.hops.due() || !self.pinned_macs.is_empty()) && self.resolve() {
                         self.facts_changed(&mut pending, "next hops changed");
                     }
+                    // The data plane may have gone since: the speaker hears it.
+                    self.announce(self.retry_at.is_none());
                     if self.table_rebuilds != trimmed_at {
                         trimmed_at = self.table_rebuilds;
                         release_free_memory();
@@ -537,9 +533,6 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                 _ = async { tokio::time::sleep_until(self.retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if self.retry_at.is_some() => {
                     self.retry_at = None;
                     self.replan("retry after a failed map write");
-                }
-                _ = async { tokio::time::sleep_until(bgp_at.unwrap_or_else(tokio::time::Instant::now)).await }, if bgp_at.is_some() => {
-                    self.announce(self.retry_at.is_none());
                 }
                 _ = hup.recv() => {
                     let _ = self.reload_counted();

@@ -114,25 +114,27 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             reloads_ok: self.reloads_ok,
             reloads_error: self.reloads_error,
             map_write_errors: self.map_write_errors,
-            bgp: self.speaker.as_ref().map(|sp| admin::BgpStatus {
-                bird_socket: sp.paths.socket.display().to_string(),
-                errors: sp.errors,
-                last_error: sp.last_error.clone(),
-                vips: sp
-                    .announcer
-                    .states()
-                    .iter()
-                    .map(|(vip, st)| admin::VipStatus {
-                        vip: vip.to_string(),
-                        announced: st.announced,
-                        reason: st
-                            .servable
-                            .err()
-                            .map_or("servable", |w| w.as_str())
-                            .to_string(),
-                        since_seconds: st.since.elapsed().as_secs_f64(),
-                    })
-                    .collect(),
+            bgp: self.speaker.as_ref().map(|sp| {
+                let v = sp.view();
+                admin::BgpStatus {
+                    bird_socket: v.socket,
+                    errors: v.errors,
+                    last_error: v.last_error,
+                    vips: v
+                        .states
+                        .iter()
+                        .map(|(vip, st)| admin::VipStatus {
+                            vip: vip.to_string(),
+                            announced: st.announced,
+                            reason: st
+                                .servable
+                                .err()
+                                .map_or("servable", |w| w.as_str())
+                                .to_string(),
+                            since_seconds: st.since.elapsed().as_secs_f64(),
+                        })
+                        .collect(),
+                }
             }),
             probe_latency: {
                 let mut v: Vec<admin::LatencyHistogram> = self

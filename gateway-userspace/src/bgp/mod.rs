@@ -9,9 +9,11 @@
 //! session. A restarted agent writes the same files, so a hitless restart changes nothing
 //! the routers see.
 //!
-//! Whether a VIP may be announced is the agent's call ([`Announcer`]): the program is
-//! attached, the maps are synced, and the VIP has a usable backend; `announce_after` and
-//! `withdraw_after` damp a flapping backend.
+//! Whether a VIP may be announced is the agent's call: the program forwards, the maps are
+//! synced, every backend has been checked since a fresh start, and the VIP has a usable
+//! backend. [`Announcer`] damps that with `announce_after` and `withdraw_after`; the
+//! [`Speaker`] writes the files and talks to BIRD, on its own thread ([`worker`]) so that
+//! a slow BIRD never holds up the agent's loop.
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -24,6 +26,7 @@ use crate::config::{BgpConfig, Community, Config};
 
 pub mod bird;
 pub mod guard;
+pub mod worker;
 
 /// The files of one balancer's BIRD.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,8 +300,9 @@ impl Announcer {
     }
 }
 
-/// How long a command to BIRD may take: the agent's loop waits for it.
-const BIRD_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a command to BIRD may take (a `configure` of these files takes BIRD a few
+/// milliseconds); a timed-out command is counted and sent again, which BIRD takes calmly.
+const BIRD_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// The agent's side of BGP: the announcer, the files BIRD reads, and what BIRD was told.
 #[derive(Debug)]

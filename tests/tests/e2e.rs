@@ -542,6 +542,103 @@ fn start_udp(lab: &Lab, cfg: &Cfg) -> Agent {
     agent
 }
 
+/// Sends `frames` out of the client's eth0 as they are (an AF_PACKET socket), `times` each.
+fn send_raw(lab: &Lab, frames: Vec<Vec<u8>>, times: usize) {
+    client(lab, move || {
+        // SAFETY: a packet socket, closed below; sockaddr_ll is plain data.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = gateway::sys::ifindex("eth0").expect("eth0") as i32;
+            sll.sll_halen = 6;
+            for f in &frames {
+                sll.sll_addr[..6].copy_from_slice(&f[..6]);
+                for _ in 0..times {
+                    let n = libc::sendto(
+                        fd,
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        std::ptr::addr_of!(sll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
+                }
+            }
+            libc::close(fd);
+        }
+    });
+}
+
+/// A global counter of the balancer's program, from `/status`.
+fn counter(lab: &Lab, name: &str) -> u64 {
+    let s = common::status_at(&lab.lb.netns, "127.0.0.1:9180");
+    s.dataplane
+        .counters
+        .iter()
+        .find(|c| c.name == name)
+        .map_or(0, |c| c.value)
+}
+
+/// Frames a careful router would not forward, sent on the wire from the client's segment
+/// (the golden tests send such frames through BPF_PROG_TEST_RUN): to another host's MAC
+/// (a flooding switch delivers those to the balancer too), from the VIP itself, from the
+/// balancer's own address. The balancer turns each away with its counted reason.
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn frames_a_router_would_drop_are_turned_away_on_the_wire() {
+    use lab::packet::{TCP_SYN, tcp};
+    if !common::privileged("frames_a_router_would_drop_are_turned_away_on_the_wire") {
+        return;
+    }
+    let _g = common::serial();
+    let lab = common::lab("raw", 1);
+    let _agent = start(&lab, &Cfg::new("l2dsr", false, 1), 1);
+    let mac = |netns: &str| {
+        lab::client::in_netns(netns, || gateway::sys::interface_mac("eth0"))
+            .join()
+            .unwrap()
+            .expect("eth0's MAC")
+    };
+    let (lb_mac, client_mac) = (mac(&lab.lb.netns), mac(&lab.client.netns));
+    let vip = lab.vip(false);
+    let frame = |src: std::net::IpAddr, dst_mac: [u8; 6], sport: u16| {
+        let mut f = tcp(src, vip, sport, 80, TCP_SYN);
+        f.dst = dst_mac;
+        f.src = client_mac;
+        f.bytes()
+    };
+    let other_host = [0x02, 0, 0, 0, 0, 0x99];
+    let (martian, not_ours) = (
+        counter(&lab, "drop_martian_source"),
+        counter(&lab, "pass_not_our_mac"),
+    );
+    send_raw(
+        &lab,
+        vec![
+            frame(lab.client.ipv4.into(), other_host, 30_001),
+            frame(vip, lb_mac, 30_002),
+            frame(lab.lb.ipv4.into(), lb_mac, 30_003),
+        ],
+        5,
+    );
+    lab::wait_for("the counters", Duration::from_secs(3), || {
+        counter(&lab, "drop_martian_source") >= martian + 10
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Five from the VIP, five from the balancer's own address, nothing else.
+    assert_eq!(counter(&lab, "drop_martian_source") - martian, 10);
+    // Five to another host's MAC (neighbour discovery's multicast may add some).
+    assert!(counter(&lab, "pass_not_our_mac") - not_ours >= 5);
+}
+
 #[test]
 #[ignore = "privileged: run by `cargo xtask test`"]
 fn the_balancer_host_stays_reachable() {

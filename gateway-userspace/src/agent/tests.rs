@@ -442,7 +442,10 @@ async fn the_vip_is_announced_while_a_backend_is_usable() {
     let v = view(&a);
     // The failed look, and maybe a retry: each attempt counts.
     assert!(v.errors >= 1, "{:?}", v.last_error);
-    assert!(v.last_error.as_deref().unwrap_or("").contains("bird.ctl"), "{v:?}");
+    assert!(
+        v.last_error.as_deref().unwrap_or("").contains("bird.ctl"),
+        "{v:?}"
+    );
     assert!(!v.in_step);
     let bird = crate::testing::FakeBird::start(&bird_dir.join("bird.ctl"));
     a.announce(true);

@@ -346,14 +346,7 @@ fn start_balancers(l: &lab::Lab, dir: &Path) -> anyhow::Result<Vec<(usize, std::
 /// of new connections with a live table of where they go, one balancer's machine dying (its
 /// link down, its processes killed), the router's withdrawal and the failover measured.
 fn demo_ecmp() -> anyhow::Result<()> {
-    use std::{
-        net::SocketAddr,
-        sync::{
-            Arc,
-            atomic::{AtomicBool, Ordering},
-            mpsc,
-        },
-    };
+    use std::sync::atomic::Ordering;
     if !setup::is_root() {
         bail!("the demo builds network namespaces and loads XDP: run it as root");
     }
@@ -370,35 +363,7 @@ fn demo_ecmp() -> anyhow::Result<()> {
     step(
         "traffic: new TCP connections from the client to 198.18.1.1:80, counted per balancer and backend",
     );
-    let vip = SocketAddr::new(lab::VIP4.into(), lab::SERVER_PORT);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel::<Window>();
-    let stop2 = stop.clone();
-    let traffic = lab::client::in_netns(&l.client.netns, move || {
-        let mut port = 20_000u16;
-        while !stop2.load(Ordering::Relaxed) {
-            let mut w = Window {
-                per_backend: Default::default(),
-                failed: 0,
-                failures: vec![],
-            };
-            let end = Instant::now() + Duration::from_millis(500);
-            while Instant::now() < end {
-                let at = Instant::now();
-                match lab::client::tcp_name(vip, port, Duration::from_millis(300)) {
-                    Ok(name) => *w.per_backend.entry(name).or_insert(0) += 1,
-                    Err(_) => {
-                        w.failed += 1;
-                        w.failures.push(at);
-                    }
-                }
-                port = if port == 60_000 { 20_000 } else { port + 1 };
-            }
-            if tx.send(w).is_err() {
-                break;
-            }
-        }
-    });
+    let (stop, rx, traffic) = demo_traffic(&l);
     // New flows each balancer placed, from `gateway status` in its namespace.
     let placed = |lb: &lab::Node| -> u64 {
         lab::ns_exec(
@@ -678,19 +643,62 @@ address = "198.18.0.13"
 struct Window {
     per_backend: std::collections::BTreeMap<String, usize>,
     failed: usize,
-    /// When each failure happened.
+    /// When each failed connection was attempted.
     failures: Vec<Instant>,
+}
+
+/// The demos' traffic: from the lab's client, new TCP connections to 198.18.1.1:80 one at
+/// a time (300 ms timeout each), counted per answering backend in windows of 0.5 s, until
+/// the flag is set.
+fn demo_traffic(
+    l: &lab::Lab,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::sync::mpsc::Receiver<Window>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    };
+    let vip = std::net::SocketAddr::new(lab::VIP4.into(), lab::SERVER_PORT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<Window>();
+    let stop2 = stop.clone();
+    let traffic = lab::client::in_netns(&l.client.netns, move || {
+        let mut port = 20_000u16;
+        while !stop2.load(Ordering::Relaxed) {
+            let mut w = Window {
+                per_backend: Default::default(),
+                failed: 0,
+                failures: vec![],
+            };
+            let end = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < end {
+                let at = Instant::now();
+                match lab::client::tcp_name(vip, port, Duration::from_millis(300)) {
+                    Ok(name) => *w.per_backend.entry(name).or_insert(0) += 1,
+                    Err(_) => {
+                        w.failed += 1;
+                        w.failures.push(at);
+                    }
+                }
+                port = if port == 60_000 { 20_000 } else { port + 1 };
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            if tx.send(w).is_err() {
+                break;
+            }
+        }
+    });
+    (stop, rx, traffic)
 }
 
 fn demo() -> anyhow::Result<()> {
     use std::{
         io::BufRead,
-        net::SocketAddr,
-        sync::{
-            Arc, Mutex,
-            atomic::{AtomicBool, Ordering},
-            mpsc,
-        },
+        sync::{Arc, Mutex, atomic::Ordering},
     };
     if !setup::is_root() {
         bail!("the demo builds network namespaces and loads XDP: run it as root");
@@ -752,35 +760,7 @@ fn demo() -> anyhow::Result<()> {
     })?;
 
     step("traffic: a steady stream of new TCP connections from the client to 198.18.1.1:80");
-    let vip = SocketAddr::new(lab::VIP4.into(), lab::SERVER_PORT);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel::<Window>();
-    let stop2 = stop.clone();
-    let traffic = lab::client::in_netns(&l.client.netns, move || {
-        let mut port = 20_000u16;
-        while !stop2.load(Ordering::Relaxed) {
-            let mut w = Window {
-                per_backend: Default::default(),
-                failed: 0,
-                failures: vec![],
-            };
-            let end = Instant::now() + Duration::from_millis(500);
-            while Instant::now() < end {
-                match lab::client::tcp_name(vip, port, Duration::from_millis(300)) {
-                    Ok(name) => *w.per_backend.entry(name).or_insert(0) += 1,
-                    Err(_) => {
-                        w.failed += 1;
-                        w.failures.push(Instant::now());
-                    }
-                }
-                port = if port == 60_000 { 20_000 } else { port + 1 };
-                std::thread::sleep(Duration::from_micros(500));
-            }
-            if tx.send(w).is_err() {
-                break;
-            }
-        }
-    });
+    let (stop, rx, traffic) = demo_traffic(&l);
     let names = ["b1", "b2", "b3"];
     let addrs = ["198.18.0.11:80", "198.18.0.12:80", "198.18.0.13:80"];
     let began = Instant::now();

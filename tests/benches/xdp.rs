@@ -50,6 +50,25 @@ struct Case {
     unchecked_ratios: Vec<f64>,
 }
 
+impl Case {
+    /// A case measured on both builds, with no target, priming or emptying.
+    fn new(name: &'static str, frames: Vec<Vec<u8>>, verdict: u32, stat: Option<u32>) -> Case {
+        Case {
+            name,
+            frames,
+            verdict,
+            stat,
+            target: None,
+            prime: vec![],
+            fresh_every: None,
+            means: vec![],
+            unchecked: vec![],
+            ratios: vec![],
+            unchecked_ratios: vec![],
+        }
+    }
+}
+
 fn run_once(p: &Xdp, frame: &[u8], out: &mut [u8]) -> (u32, Duration) {
     let r = p
         .test_run(TestRunOptions {
@@ -137,122 +156,81 @@ fn main() {
         })
         .collect();
     let mut cases = vec![
+        Case::new(
+            "floor (swap MACs, XDP_TX)",
+            vec![ack(c4, vip4)],
+            XDP_TX,
+            None,
+        ),
+        Case::new(
+            "non-VIP, passed",
+            vec![tcp(c4, v4(198, 18, 0, 2), 33333, 80, TCP_ACK).bytes()],
+            XDP_PASS,
+            Some(STAT_PASS_NOT_VIP),
+        ),
         Case {
-            name: "floor (swap MACs, XDP_TX)",
-            frames: vec![ack(c4, vip4)],
-            verdict: XDP_TX,
-            stat: None,
-            target: None,
-            prime: vec![],
-            fresh_every: None,
-            means: vec![],
-            unchecked: vec![],
-            ratios: vec![],
-            unchecked_ratios: vec![],
-        },
-        Case {
-            name: "non-VIP, passed",
-            frames: vec![tcp(c4, v4(198, 18, 0, 2), 33333, 80, TCP_ACK).bytes()],
-            verdict: XDP_PASS,
-            stat: Some(STAT_PASS_NOT_VIP),
-            target: None,
-            prime: vec![],
-            fresh_every: None,
-            means: vec![],
-            unchecked: vec![],
-            ratios: vec![],
-            unchecked_ratios: vec![],
-        },
-        Case {
-            name: "conntrack hit, l2dsr (IPv4)",
-            frames: vec![ack(c4, vip4)],
-            verdict: XDP_TX,
-            stat: Some(STAT_CT_HIT),
             target: Some(2.5),
             prime: vec![syn(c4, vip4)],
-            fresh_every: None,
-            means: vec![],
-            unchecked: vec![],
-            ratios: vec![],
-            unchecked_ratios: vec![],
+            ..Case::new(
+                "conntrack hit, l2dsr (IPv4)",
+                vec![ack(c4, vip4)],
+                XDP_TX,
+                Some(STAT_CT_HIT),
+            )
         },
         Case {
-            name: "conntrack hit, ipip (IPv4)",
-            frames: vec![ack(c4, vip4i)],
-            verdict: XDP_TX,
-            stat: Some(STAT_CT_HIT),
             target: Some(3.5),
             prime: vec![syn(c4, vip4i)],
-            fresh_every: None,
-            means: vec![],
-            unchecked: vec![],
-            ratios: vec![],
-            unchecked_ratios: vec![],
+            ..Case::new(
+                "conntrack hit, ipip (IPv4)",
+                vec![ack(c4, vip4i)],
+                XDP_TX,
+                Some(STAT_CT_HIT),
+            )
         },
         Case {
-            name: "conntrack hit, ipip (IPv6)",
-            frames: vec![ack(c6, vip6i)],
-            verdict: XDP_TX,
-            stat: Some(STAT_CT_HIT),
             target: Some(3.5),
             prime: vec![syn(c6, vip6i)],
-            fresh_every: None,
-            means: vec![],
-            unchecked: vec![],
-            ratios: vec![],
-            unchecked_ratios: vec![],
+            ..Case::new(
+                "conntrack hit, ipip (IPv6)",
+                vec![ack(c6, vip6i)],
+                XDP_TX,
+                Some(STAT_CT_HIT),
+            )
         },
         Case {
-            name: "new flow: SYN, table lookup, conntrack insert",
-            frames: syns[..WARM_FLOWS].to_vec(),
-            verdict: XDP_TX,
-            stat: Some(STAT_CT_MISS_SYN),
             target: Some(5.0),
-            prime: vec![],
             fresh_every: Some(WARM_FLOWS),
-            means: vec![],
-            unchecked: vec![],
-            ratios: vec![],
-            unchecked_ratios: vec![],
+            ..Case::new(
+                "new flow: SYN, table lookup, conntrack insert",
+                syns[..WARM_FLOWS].to_vec(),
+                XDP_TX,
+                Some(STAT_CT_MISS_SYN),
+            )
         },
         Case {
-            name: "conntrack hit, cold caches: 20000 established flows",
-            frames: established.iter().map(|p| ack_from(c4, *p)).collect(),
-            verdict: XDP_TX,
-            stat: Some(STAT_CT_HIT),
-            target: None,
             prime: established.iter().map(|p| syn_from(c4, *p)).collect(),
-            fresh_every: None,
-            means: vec![],
-            unchecked: vec![],
-            ratios: vec![],
-            unchecked_ratios: vec![],
+            ..Case::new(
+                "conntrack hit, cold caches: 20000 established flows",
+                established.iter().map(|p| ack_from(c4, *p)).collect(),
+                XDP_TX,
+                Some(STAT_CT_HIT),
+            )
         },
+        Case::new(
+            "SYN flood: 20000 random sources, conntrack never emptied",
+            flood,
+            XDP_TX,
+            Some(STAT_CT_MISS_SYN),
+        ),
         Case {
-            name: "SYN flood: 20000 random sources, conntrack never emptied",
-            frames: flood,
-            verdict: XDP_TX,
-            stat: Some(STAT_CT_MISS_SYN),
-            target: None,
-            prime: vec![],
-            fresh_every: None,
-            means: vec![],
-            unchecked: vec![],
-            ratios: vec![],
-            unchecked_ratios: vec![],
-        },
-        Case {
-            name: "new flow, cold caches: 20000 distinct flows",
-            frames: syns,
-            verdict: XDP_TX,
-            stat: Some(STAT_CT_MISS_SYN),
-            target: None,
-            prime: vec![],
             fresh_every: Some(ITERS),
-            means: vec![],
-            unchecked: vec![],
-            ratios: vec![],
-            unchecked_ratios: vec![],
+            ..Case::new(
+                "new flow, cold caches: 20000 distinct flows",
+                syns,
+                XDP_TX,
+                Some(STAT_CT_MISS_SYN),
+            )
         },
     ];
     let mut out = vec![0u8; 4096];

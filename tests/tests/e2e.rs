@@ -933,15 +933,7 @@ fn xdp_attached(lab: &Lab) -> bool {
 
 /// Runs `gateway ARGS` in the balancer's namespace: exit success, stdout, stderr.
 fn gateway_cli(lab: &Lab, args: &[&str]) -> (bool, String, String) {
-    let out = lab::ns_command(&lab.lb.netns, gateway_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    gateway_cli_in(&lab.lb.netns, args)
 }
 
 #[test]

@@ -326,6 +326,19 @@ impl Cfg {
     }
 }
 
+/// Runs `gateway ARGS` inside `netns`: whether it succeeded, its stdout and its stderr.
+pub fn gateway_cli_in(netns: &str, args: &[&str]) -> (bool, String, String) {
+    let out = lab::ns_command(netns, gateway_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Where balancer `i` pins its maps: the lab's pin directory, or in the scale-out lab a
 /// directory per balancer inside it (removed with the lab either way).
 pub fn pin_dir_of(lab: &Lab, i: usize) -> std::path::PathBuf {

@@ -187,16 +187,9 @@ pub fn connect_all(lab: &Lab, v6: bool, first: u16, n: u16) -> Vec<(u16, Result<
 
 /// Runs `gateway ARGS` in balancer `i`'s namespace; panics unless it succeeds.
 pub fn gateway_on(lab: &Lab, i: usize, args: &[&str]) -> String {
-    let out = lab::ns_command(&lab.lbs[i].netns, gateway_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gateway {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (ok, out, err) = gateway_cli_in(&lab.lbs[i].netns, args);
+    assert!(ok, "gateway {args:?}: {err}");
+    out
 }
 
 /// Long-lived connections through the VIP, each with the backend it first reached.

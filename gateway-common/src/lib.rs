@@ -17,7 +17,7 @@ pub mod hash;
 pub const MAP_SERVICES: &str = "SERVICES";
 /// Backends: `Array<Backend>`, indexed by backend id. Id 0 is never used: it means "none".
 pub const MAP_BACKENDS: &str = "BACKENDS";
-/// Maglev tables: `Array<u32>` of backend ids. Service `id` owns two regions of
+/// Maglev tables: `Array<Slot>` (see [`Slot`]). Service `id` owns two regions of
 /// `table_stride` slots: `[2*id*stride, ..)` and `[(2*id+1)*stride, ..)`; the active one is
 /// named by its `ServiceValue::table_offset`. Size set at load time.
 pub const MAP_TABLES: &str = "TABLES";
@@ -36,11 +36,16 @@ pub const MAP_SETTINGS: &str = "SETTINGS";
 /// `LOCAL_VIP` or `LOCAL_HOST`. Written by the agent from the VIPs and this host's
 /// addresses.
 pub const MAP_LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+/// A bitmap in front of LOCAL_ADDRS: `Array<LocalFilter>` with one entry, the bit
+/// [`local_filter_bit`] of every address LOCAL_ADDRS holds set. The program asks
+/// LOCAL_ADDRS (a hash lookup) only for a source whose bit is set: one read of a line that
+/// stays in cache for every other packet.
+pub const MAP_LOCAL_FILTER: &str = "LOCAL_FILTER";
 /// What the pinned maps are: `Array<Meta>` with one entry, written by the agent that
 /// created them and checked by one that adopts them.
 pub const MAP_META: &str = "META";
 /// Every map, in the order they are pinned.
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 11] = [
     MAP_META,
     MAP_SERVICES,
     MAP_BACKENDS,
@@ -51,13 +56,16 @@ pub const MAP_NAMES: [&str; 10] = [
     MAP_BACKEND_STATS,
     MAP_SETTINGS,
     MAP_LOCAL_ADDRS,
+    MAP_LOCAL_FILTER,
 ];
 
 /// The maps' layout: bump it whenever any map's type, key, value or meaning changes. An
 /// agent refuses pinned maps of another layout instead of misreading them. 3: STATS grew
 /// by `STAT_DROP_STALE_BACKEND`. 4: STATS grew by the packet-validity reasons, SETTINGS by
-/// `checks_off` and the host's MACs, and LOCAL_ADDRS was added.
-pub const LAYOUT_VERSION: u32 = 4;
+/// `checks_off` and the host's MACs, and LOCAL_ADDRS was added. 5: TABLES holds [`Slot`]s
+/// (a slot's previous backend and when it last served an older flow) instead of bare ids,
+/// and STATS grew by `STAT_TABLE_STEADY` and `STAT_SLOT_PREVIOUS`; LOCAL_FILTER was added.
+pub const LAYOUT_VERSION: u32 = 5;
 /// `Meta::magic`: "GWAY".
 pub const META_MAGIC: u32 = 0x4757_4159;
 
@@ -92,7 +100,8 @@ pub const PROG_FLOOR: &str = "xdp_floor";
 // `DROP_STALE_BACKEND`, `FORWARDED`, `TOO_BIG`, `DROP_INTERNAL`, or one of the validity
 // reasons (`DROP_BAD_LENGTH` .. `DROP_ICMP_CHECKSUM`: a VIP packet no router would forward). A packet that reached
 // backend selection also moves at most one lookup counter, how its backend was found:
-// `CT_HIT`, `CT_MISS_SYN`, `CT_MISS_NON_SYN`, `RESCHEDULED` or `ICMP_RELAYED`.
+// `TABLE_STEADY`, `CT_HIT`, `CT_MISS_SYN`, `CT_MISS_NON_SYN`, `SLOT_PREVIOUS`,
+// `RESCHEDULED` or `ICMP_RELAYED`.
 
 /// Every packet the program sees.
 pub const STAT_RX_PACKETS: u32 = 0;
@@ -113,12 +122,15 @@ pub const STAT_FRAGMENT: u32 = 6;
 pub const STAT_NO_BACKEND: u32 = 7;
 /// An established flow found in conntrack.
 pub const STAT_CT_HIT: u32 = 8;
-/// A TCP SYN: always placed through the table (a new connection, or a reused 5-tuple).
+/// A TCP SYN on a changed slot: placed through the table and recorded (a new connection,
+/// or a reused 5-tuple). On a settled slot a SYN counts as `TABLE_STEADY`.
 pub const STAT_CT_MISS_SYN: u32 = 9;
-/// Not a SYN and not in conntrack (a UDP flow's first packet, or a TCP flow whose entry
-/// was evicted or that started before this balancer saw it): placed through the table.
+/// Not a SYN and not in conntrack, placed through the table: a UDP flow's first packet
+/// (UDP flows are always tracked), or a TCP packet on a changed slot whose previous backend
+/// is unknown or the slot's own.
 pub const STAT_CT_MISS_NON_SYN: u32 = 10;
-/// A conntrack entry whose backend is down or gone: placed again through the table.
+/// A conntrack entry whose backend is down or gone, or a TCP packet of a flow older than
+/// its slot's change whose previous backend is: placed again through the table.
 pub const STAT_RESCHEDULED: u32 = 11;
 /// Forwarded to a backend (XDP_TX), including relayed ICMP errors.
 pub const STAT_FORWARDED: u32 = 12;
@@ -166,8 +178,14 @@ pub const STAT_DROP_ICMP_CHECKSUM: u32 = 26;
 /// multicast, or another host's: flooded by a switch, or seen in promiscuous mode), or
 /// from a multicast source MAC (IEEE 802.3: no station sends from a group address).
 pub const STAT_PASS_NOT_OUR_MAC: u32 = 27;
+/// A packet placed by a settled table slot (one whose backend has not changed while flows
+/// on it may still live): the table's answer, with no conntrack read or write.
+pub const STAT_TABLE_STEADY: u32 = 28;
+/// A TCP packet with no conntrack entry on a changed slot, sent to the slot's previous
+/// backend (its flow began before the change) and recorded.
+pub const STAT_SLOT_PREVIOUS: u32 = 29;
 /// Number of global counters; the size of STATS.
-pub const STAT_COUNT: u32 = 28;
+pub const STAT_COUNT: u32 = 30;
 
 /// Names of the global counters, indexed like the `STAT_*` consts.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -199,6 +217,8 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "drop_martian_source",
     "drop_icmp_checksum",
     "pass_not_our_mac",
+    "table_steady",
+    "slot_previous",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -265,6 +285,50 @@ pub const MAX_LOCAL_ADDRS: u32 = 4096;
 pub const LOCAL_VIP: u8 = 1;
 pub const LOCAL_HOST: u8 = 2;
 
+/// Words of `LocalFilter`: 65,536 bits, so a few thousand addresses set under one bit in
+/// ten, and a handful almost none.
+pub const LOCAL_FILTER_WORDS: usize = 1024;
+
+/// LOCAL_FILTER's value (see `MAP_LOCAL_FILTER`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalFilter {
+    pub words: [u64; LOCAL_FILTER_WORDS],
+}
+const _: () = assert!(core::mem::size_of::<LocalFilter>() == 8192);
+
+impl Default for LocalFilter {
+    fn default() -> Self {
+        LocalFilter {
+            words: [0; LOCAL_FILTER_WORDS],
+        }
+    }
+}
+
+impl LocalFilter {
+    /// Sets the bit of an address (as LOCAL_ADDRS keys it).
+    pub fn insert(&mut self, addr: &[u8; 16], family: u8) {
+        let bit = local_filter_bit(addr, family);
+        self.words[(bit >> 6) as usize % LOCAL_FILTER_WORDS] |= 1 << (bit & 63);
+    }
+
+    /// Whether the bit of an address is set: LOCAL_ADDRS may hold it.
+    #[inline(always)]
+    pub fn may_hold(&self, addr: &[u8; 16], family: u8) -> bool {
+        let bit = local_filter_bit(addr, family);
+        self.words[(bit >> 6) as usize % LOCAL_FILTER_WORDS] & (1 << (bit & 63)) != 0
+    }
+}
+
+/// An address's bit in `LocalFilter` (0..65536): its four words folded, then a
+/// multiplicative hash's top 16 bits.
+#[inline(always)]
+pub fn local_filter_bit(addr: &[u8; 16], family: u8) -> u32 {
+    let w = |i: usize| u32::from_le_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let folded = w(0) ^ w(4).rotate_left(7) ^ w(8).rotate_left(14) ^ w(12).rotate_left(21);
+    (folded ^ u32::from(family)).wrapping_mul(0x9E37_79B1) >> 16
+}
+
 /// An address of this balancer (a VIP or the host's own), the key of LOCAL_ADDRS.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -325,6 +389,90 @@ pub struct Backend {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 32);
+
+/// A Maglev table slot, the value of TABLES (8 bytes: an array map rounds every value up
+/// to 8 bytes, so the bare id it replaced took as much room).
+///
+/// A slot is *settled* while `prev` is 0: every flow on it belongs to its backend, and a
+/// packet takes the table's answer without touching conntrack (the program marks the slot
+/// used, `seen` = `SLOT_USED`, the first time). When user space changes the backend of a
+/// used slot it keeps the old one in `prev` (the oldest, if the slot was already changed)
+/// and sets `seen` to the time of the change: TCP packets on a changed slot go through
+/// conntrack, and one that has no entry belongs to a flow that began before the change, so
+/// it follows `prev` while that backend still serves. The program refreshes `seen`
+/// whenever it sends a packet to a backend other than `cur`; user space settles the slot
+/// (`prev` back to 0, in place) once no such packet has been seen for the idle timeout. A
+/// slot no packet used stays settled through a change: no flow can be on it (a fresh
+/// balancer's backends coming up one by one change nothing). docs/datapath.md has the
+/// whole reasoning.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Slot {
+    /// The backend new flows go to (`cur`, low 16 bits; 0: none) and the previous one
+    /// (`prev`, high 16 bits; 0: settled, `SLOT_PREV_UNKNOWN`: changed, previous
+    /// backend unknown). One word, so a reader sees both from the same write.
+    pub ids: u32,
+    /// While changed: the last time (seconds of CLOCK_MONOTONIC, as `bpf_ktime_get_ns`)
+    /// a packet on this slot went to a backend other than `cur`, or the change itself.
+    /// While settled: 0 until a packet uses the slot, then `SLOT_USED`.
+    pub seen: u32,
+}
+const _: () = assert!(core::mem::size_of::<Slot>() == 8);
+// Backend ids must fit a slot's halves.
+const _: () = assert!(MAX_BACKENDS < SLOT_PREV_UNKNOWN);
+
+/// `Slot::seen` of a settled slot that a packet has used.
+pub const SLOT_USED: u32 = 1;
+
+/// `Slot` `prev` of a changed slot whose previous backend is not known (the table was
+/// resized, so slots do not correspond): flows without an entry take `cur`.
+pub const SLOT_PREV_UNKNOWN: u32 = 0xFFFF;
+
+impl Slot {
+    #[inline(always)]
+    pub const fn new(cur: u32, prev: u32, seen: u32) -> Slot {
+        Slot {
+            ids: (cur & 0xFFFF) | (prev << 16),
+            seen,
+        }
+    }
+
+    /// A settled slot naming `cur`, not used yet.
+    #[inline(always)]
+    pub const fn settled(cur: u32) -> Slot {
+        Slot::new(cur, 0, 0)
+    }
+
+    /// A settled slot naming `cur` that flows may be using.
+    #[inline(always)]
+    pub const fn used(cur: u32) -> Slot {
+        Slot::new(cur, 0, SLOT_USED)
+    }
+
+    /// The backend new flows go to (0: none).
+    #[inline(always)]
+    pub const fn cur(&self) -> u32 {
+        self.ids & 0xFFFF
+    }
+
+    /// The backend of flows older than the slot's change (0: settled).
+    #[inline(always)]
+    pub const fn prev(&self) -> u32 {
+        self.ids >> 16
+    }
+
+    /// The slot as it is written in TABLES' memory (little-endian: `ids` in the low half).
+    pub const fn to_word(self) -> u64 {
+        self.ids as u64 | (self.seen as u64) << 32
+    }
+
+    pub const fn from_word(w: u64) -> Slot {
+        Slot {
+            ids: w as u32,
+            seen: (w >> 32) as u32,
+        }
+    }
+}
 
 /// A flow's 5-tuple as the client sent it.
 #[repr(C)]
@@ -421,4 +569,6 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Meta {}
     unsafe impl aya::Pod for super::LocalKey {}
+    unsafe impl aya::Pod for super::Slot {}
+    unsafe impl aya::Pod for super::LocalFilter {}
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
 };
 use gateway_common::{
     Backend, ENCAP_V4_OVERHEAD, ENCAP_V6_OVERHEAD, FAMILY_V4, FlowKey, MODE_IPIP,
-    STAT_DROP_INTERNAL, STAT_FORWARDED, STAT_TOO_BIG, Settings, hash::flow_hash,
+    STAT_DROP_INTERNAL, STAT_FORWARDED, STAT_TOO_BIG, Settings,
 };
 use gateway_ebpf::hdr::*;
 
@@ -21,7 +21,7 @@ const OUTER_TTL: u8 = 64;
 
 /// Sends the frame to `b` the way the service's `mode` says: forwarded, answered as too
 /// big, or dropped.
-/// `hash` is the flow hash if the caller has it; only encapsulation needs it.
+/// `hash` is the flow hash; only encapsulation needs it.
 #[inline(always)]
 pub fn send(
     ctx: &XdpContext,
@@ -29,11 +29,11 @@ pub fn send(
     mode: u8,
     b: &Backend,
     key: &FlowKey,
-    hash: Option<u32>,
+    hash: u32,
     s: &Settings,
 ) -> Verdict {
     if mode == MODE_IPIP {
-        encap(ctx, pkt, b, key, hash.unwrap_or_else(|| flow_hash(key)), s)
+        encap(ctx, pkt, b, key, hash, s)
     } else {
         l2dsr(ctx, b)
     }

@@ -1,10 +1,11 @@
-//! The gateway XDP program: parse, find the service, choose a backend (conntrack, then the
-//! Maglev table), forward by L2 DSR or IPIP, count everything.
+//! The gateway XDP program: parse, find the service, choose a backend (the Maglev table,
+//! and conntrack where a slot changed), forward by L2 DSR or IPIP, count everything.
 //!
 //! Modules, in the order a packet meets them:
 //! - `packet`: bounds-checked access to the frame (`gateway_ebpf::hdr` names the offsets);
 //! - `parse`: the frame's headers into a flow key, and the flow an ICMP error quotes;
-//! - `select`: conntrack, then the service's Maglev table; counts how the backend was found;
+//! - `select`: the service's Maglev table slot, and conntrack where the slot changed;
+//!   counts how the backend was found;
 //! - `forward`: L2 DSR or IPIP/IP6IP6 encapsulation towards the backend;
 //! - `reply`: the too-big answer when encapsulation would exceed the MTU;
 //! - `csum`: Internet checksums for the headers `forward` and `reply` write;
@@ -17,6 +18,10 @@
 /// Every packet for a VIP is validated (docs/datapath.md lists the rules).
 #[cfg(target_arch = "bpf")]
 const VALIDATE: bool = true;
+/// A TCP packet on a settled table slot takes the slot's backend without conntrack
+/// (`select`; docs/datapath.md).
+#[cfg(target_arch = "bpf")]
+const SETTLED_SLOTS: bool = true;
 
 include!("program.rs");
 

@@ -5,8 +5,8 @@ use aya_ebpf::{
 };
 use gateway_common::{
     BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, Backend, DEFAULT_CONNTRACK_SIZE, FlowKey, FlowValue,
-    LocalKey, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SERVICES, Meta, STAT_COUNT, ServiceKey,
-    ServiceValue, Settings, TrafficStats,
+    LocalFilter, LocalKey, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SERVICES, Meta, STAT_COUNT, ServiceKey,
+    ServiceValue, Settings, Slot, TrafficStats,
 };
 
 #[map(name = "SERVICES")]
@@ -17,7 +17,7 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// Resized by the agent at load time (services x 2 x largest table).
 #[map(name = "TABLES")]
-pub static TABLES: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+pub static TABLES: Array<Slot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, FlowValue> =
@@ -36,6 +36,9 @@ pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
 
 #[map(name = "LOCAL_ADDRS")]
 pub static LOCAL_ADDRS: HashMap<LocalKey, u8> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+#[map(name = "LOCAL_FILTER")]
+pub static LOCAL_FILTER: Array<LocalFilter> = Array::with_max_entries(1, 0);
 
 #[map(name = "SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);

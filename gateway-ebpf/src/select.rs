@@ -1,24 +1,34 @@
-//! Backend selection: conntrack first, then the service's Maglev table. The kernel never
-//! decides placement itself; it reads the table user space computed.
+//! Backend selection. The kernel never decides placement itself: it reads the table user
+//! space computed, and conntrack only where the table cannot answer alone.
+//!
+//! A TCP packet on a settled slot takes the slot's backend and writes nothing: Maglev
+//! answers are stable, so every flow on a slot that has not changed is the slot backend's.
+//! Conntrack is read only on a slot whose backend changed while flows on it may still live
+//! (see `gateway_common::Slot`), and for UDP, which has no SYN to tell a new flow from one
+//! that began before the change. docs/datapath.md has the reasoning.
 use gateway_common::{
     BACKEND_DRAIN, BACKEND_UP, Backend, CHECK_MARTIAN_SOURCE, FlowKey, FlowValue, LocalKey,
-    STAT_CT_HIT, STAT_CT_MISS_NON_SYN, STAT_CT_MISS_SYN, STAT_DROP_MARTIAN_SOURCE,
-    STAT_DROP_STALE_BACKEND, STAT_ICMP_RELAYED, STAT_NO_BACKEND, STAT_RESCHEDULED, ServiceValue,
-    hash::flow_hash,
+    PROTO_UDP, SLOT_PREV_UNKNOWN, SLOT_USED, STAT_CT_HIT, STAT_CT_MISS_NON_SYN, STAT_CT_MISS_SYN, STAT_DROP_MARTIAN_SOURCE,
+    STAT_DROP_STALE_BACKEND, STAT_ICMP_RELAYED, STAT_NO_BACKEND, STAT_RESCHEDULED,
+    STAT_SLOT_PREVIOUS, STAT_TABLE_STEADY, ServiceValue, Slot, hash::flow_hash,
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, LOCAL_ADDRS, TABLES},
+    maps::{BACKENDS, CONNTRACK, LOCAL_ADDRS, LOCAL_FILTER, TABLES},
     stats::count,
 };
 
 /// Whether a flow comes from one of this balancer's own addresses (a VIP, or the host's):
-/// a spoofed source. Asked only when a flow is placed: a conntrack hit means its first
-/// packet was accepted.
+/// a spoofed source. Asked whenever the table places a packet: a conntrack hit means its
+/// first packet was accepted.
 #[inline(always)]
 fn from_local(key: &FlowKey, checks_off: u32) -> bool {
     if !crate::VALIDATE || checks_off & CHECK_MARTIAN_SOURCE != 0 {
         return false;
+    }
+    match LOCAL_FILTER.get(0) {
+        Some(f) if !f.may_hold(&key.src, key.family) => return false,
+        _ => {}
     }
     let local = LocalKey {
         addr: key.src,
@@ -34,21 +44,45 @@ pub struct Choice {
     pub backend: &'static Backend,
     /// Placed through the table (a new flow, a miss or a rescheduled flow).
     pub new_flow: bool,
-    /// The flow hash, if placing the flow computed it.
-    pub hash: Option<u32>,
+    /// The flow hash (the slot's index, and the variety in encapsulated headers).
+    pub hash: u32,
 }
 
 /// How the packet relates to conntrack.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Track {
-    /// A TCP SYN: always placed through the table, and the entry (re)written. A SYN on a
-    /// known 5-tuple is a new connection reusing the ports.
+    /// A TCP SYN: placed by the table; on a changed slot the entry is (re)written. A SYN on
+    /// a known 5-tuple is a new connection reusing the ports.
     Syn,
-    /// Any other packet of a flow: conntrack first; a miss is placed and recorded.
+    /// Any other packet of a flow: on a changed slot (or UDP), conntrack first; a miss is
+    /// placed and recorded.
     Flow,
-    /// An ICMP error about a flow: conntrack first, else the table; records nothing, and
-    /// counts only `icmp_relayed` once a backend is found.
+    /// An ICMP error about a flow: like `Flow`, but records nothing, and counts only
+    /// `icmp_relayed` once a backend is found.
     Relay,
+}
+
+/// Backend `id` if it still serves the flows pinned to it (up or draining).
+#[inline(always)]
+fn serving(id: u32) -> Option<&'static Backend> {
+    match BACKENDS.get(id) {
+        Some(b) if b.family != 0 && (b.state == BACKEND_UP || b.state == BACKEND_DRAIN) => Some(b),
+        _ => None,
+    }
+}
+
+/// The slot's `seen` is now: a packet went to a backend other than the slot's. Written at
+/// most once a second per slot, so the slot's cache line is shared, not bounced.
+#[inline(always)]
+fn touch(slot: *mut Slot) {
+    // SAFETY: the helper takes no arguments; TABLES values are plain memory, and a racing
+    // writer (another CPU, or user space settling the slot) can only lose one refresh.
+    unsafe {
+        let now = (aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() / 1_000_000_000) as u32;
+        if (*slot).seen != now {
+            (*slot).seen = now;
+        }
+    }
 }
 
 /// The backend for `key`. Bumps the lookup counter that says how it was found (see
@@ -60,25 +94,74 @@ pub fn choose(
     track: Track,
     checks_off: u32,
 ) -> Result<Choice, u32> {
+    let hash = flow_hash(key);
+    // Like Katran's `get_packet_dst`: a table past the end of TABLES means user space and
+    // the maps disagree. A service with no table is a slot that names no one.
+    let slot = if svc.table_size == 0 {
+        None
+    } else {
+        let at = svc.table_offset.wrapping_add(hash % svc.table_size);
+        match TABLES.get_ptr_mut(at) {
+            Some(p) => Some(p),
+            None => return Err(STAT_DROP_STALE_BACKEND),
+        }
+    };
+    // SAFETY: a map value stays valid for this program run; one word read.
+    let ids = slot.map(|p| unsafe { (*p).ids }).unwrap_or(0);
+    let (cur, prev) = (ids & 0xFFFF, ids >> 16);
+    let udp = key.proto == PROTO_UDP;
+
+    if prev == 0 && !udp && crate::SETTLED_SLOTS {
+        // Settled: the table's answer is every flow's answer. The first packet marks the
+        // slot used (a change of its backend must now remember the old one); after that
+        // this is a read of a line already in cache.
+        if let Some(p) = slot {
+            // SAFETY: as above; a lost race only writes the same value twice.
+            unsafe {
+                if (*p).seen == 0 {
+                    (*p).seen = SLOT_USED;
+                }
+            }
+        }
+        if track != Track::Relay && from_local(key, checks_off) {
+            return Err(STAT_DROP_MARTIAN_SOURCE);
+        }
+        let backend = placed(cur)?;
+        count(if track == Track::Relay {
+            STAT_ICMP_RELAYED
+        } else {
+            STAT_TABLE_STEADY
+        });
+        return Ok(Choice {
+            id: cur,
+            backend,
+            new_flow: track == Track::Syn,
+            hash,
+        });
+    }
+
+    // A changed slot (or UDP): conntrack says where a flow already goes.
+    let mut older = false;
     if track != Track::Syn {
         // SAFETY: the value is copied out at once; LRU entries may be recycled afterwards.
-        match unsafe { CONNTRACK.get(key) } {
-            Some(v) => {
-                let id = v.backend;
-                if let Some(b) = BACKENDS.get(id)
-                    && b.family != 0
-                    && (b.state == BACKEND_UP || b.state == BACKEND_DRAIN)
-                {
+        match unsafe { CONNTRACK.get(key) }.map(|v| v.backend) {
+            Some(id) => {
+                if let Some(b) = serving(id) {
                     count(if track == Track::Flow {
                         STAT_CT_HIT
                     } else {
                         STAT_ICMP_RELAYED
                     });
+                    if id != cur
+                        && let Some(p) = slot
+                    {
+                        touch(p);
+                    }
                     return Ok(Choice {
                         id,
                         backend: b,
                         new_flow: false,
-                        hash: None,
+                        hash,
                     });
                 }
                 // Its backend went down or away: place the flow again.
@@ -87,7 +170,10 @@ pub fn choose(
                 }
             }
             None => {
-                if track == Track::Flow {
+                // A TCP packet with no entry on a changed slot began before the change;
+                // counted once it is known where it goes.
+                older = !udp && prev != 0 && prev != cur;
+                if track == Track::Flow && !older {
                     count(STAT_CT_MISS_NON_SYN);
                 }
             }
@@ -99,22 +185,24 @@ pub fn choose(
     if track != Track::Relay && from_local(key, checks_off) {
         return Err(STAT_DROP_MARTIAN_SOURCE);
     }
-    if svc.table_size == 0 {
-        return Err(STAT_NO_BACKEND);
+    let previous = if older { serving(prev) } else { None };
+    if older && track == Track::Flow {
+        count(if previous.is_some() {
+            STAT_SLOT_PREVIOUS
+        } else if prev == SLOT_PREV_UNKNOWN {
+            STAT_CT_MISS_NON_SYN
+        } else {
+            STAT_RESCHEDULED
+        });
     }
-    let hash = flow_hash(key);
-    let slot = hash % svc.table_size;
-    // Like Katran's `get_packet_dst`: an empty slot means nothing is up; a slot that names
-    // a backend the map does not hold, or a table past the end of TABLES, means user space
-    // and the maps disagree.
-    let id = match TABLES.get(svc.table_offset.wrapping_add(slot)) {
-        Some(0) => return Err(STAT_NO_BACKEND),
-        Some(id) => *id,
-        None => return Err(STAT_DROP_STALE_BACKEND),
-    };
-    let backend = match BACKENDS.get(id) {
-        Some(b) if b.family != 0 => b,
-        _ => return Err(STAT_DROP_STALE_BACKEND),
+    let (id, backend) = match previous {
+        Some(b) => {
+            if let Some(p) = slot {
+                touch(p);
+            }
+            (prev, b)
+        }
+        None => (cur, placed(cur)?),
     };
     if track == Track::Relay {
         count(STAT_ICMP_RELAYED);
@@ -129,7 +217,20 @@ pub fn choose(
     Ok(Choice {
         id,
         backend,
-        new_flow: true,
-        hash: Some(hash),
+        new_flow: !older,
+        hash,
     })
+}
+
+/// The backend a table slot names. An empty slot means nothing is up; one that names a
+/// backend the map does not hold means user space and the maps disagree.
+#[inline(always)]
+fn placed(id: u32) -> Result<&'static Backend, u32> {
+    if id == 0 {
+        return Err(STAT_NO_BACKEND);
+    }
+    match BACKENDS.get(id) {
+        Some(b) if b.family != 0 => Ok(b),
+        _ => Err(STAT_DROP_STALE_BACKEND),
+    }
 }

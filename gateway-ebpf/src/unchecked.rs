@@ -7,6 +7,8 @@
 
 #[cfg(target_arch = "bpf")]
 const VALIDATE: bool = false;
+#[cfg(target_arch = "bpf")]
+const SETTLED_SLOTS: bool = true;
 
 include!("program.rs");
 

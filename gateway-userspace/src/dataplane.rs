@@ -13,10 +13,10 @@ use aya::{
 };
 use gateway_common::{
     Backend, DEFAULT_CONNTRACK_SIZE, DEFAULT_TABLE_SIZE, FlowKey, FlowValue, LAYOUT_VERSION,
-    LocalKey, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_LOCAL_ADDRS, MAP_META, MAP_NAMES,
-    MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS, MAP_STATS, MAP_TABLES, META_MAGIC,
-    META_MODE_GENERIC, META_MODE_NATIVE, Meta, PROG_GATEWAY, STAT_COUNT, ServiceKey, ServiceValue,
-    Settings, TrafficStats,
+    LocalFilter, LocalKey, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_LOCAL_ADDRS,
+    MAP_LOCAL_FILTER, MAP_META, MAP_NAMES, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS,
+    MAP_STATS, MAP_TABLES, META_MAGIC, META_MODE_GENERIC, META_MODE_NATIVE, Meta, PROG_GATEWAY,
+    STAT_COUNT, ServiceKey, ServiceValue, Settings, Slot, TrafficStats,
 };
 use log::{info, warn};
 use thiserror::Error;
@@ -25,8 +25,8 @@ use crate::{
     config::XdpMode,
     error::Chain,
     mapsync::{MapWriter, SyncError},
-    model::{self, Applied, AppliedService, Layout},
-    pin,
+    model::{self, Applied, AppliedService, Layout, Prior, SlotCounts},
+    pin, sys,
 };
 
 #[derive(Debug, Error)]
@@ -113,9 +113,8 @@ impl std::fmt::Display for AttachedMode {
 }
 
 /// TABLES written and read through memory mappings (the map is created `BPF_F_MMAPABLE`):
-/// a whole table is one pass over memory instead of one syscall per slot. Array maps round
-/// each element up to 8 bytes (kernel/bpf/arraymap.c, `elem_size = round_up(value_size,
-/// 8)`), so slot `i` is the low half of the `i`-th u64.
+/// a whole table is one pass over memory instead of one syscall per slot. Each element is
+/// a [`Slot`], 8 bytes, so slot `i` is the `i`-th u64 ([`Slot::to_word`]).
 ///
 /// Each access maps just the pages it needs and unmaps them after: the map's memory is the
 /// kernel's either way, and a mapping kept open would count every table the agent ever
@@ -189,7 +188,7 @@ impl TableMem {
         })
     }
 
-    fn write(&mut self, offset: u32, slots: &[u32]) -> Result<(), SyncError> {
+    fn write(&mut self, offset: u32, slots: &[Slot]) -> Result<(), SyncError> {
         let end = offset as usize + slots.len();
         if end > self.slots {
             return Err(SyncError::TableBounds {
@@ -208,18 +207,17 @@ impl TableMem {
                 source: e.into(),
             })?;
         // SAFETY: the window covers these slots; the kernel reads them concurrently, but
-        // only in a region no service entry points at yet. Little-endian: the id is the
-        // low half.
+        // only in a region no service entry points at yet.
         let dst = unsafe { std::slice::from_raw_parts_mut(w.first, slots.len()) };
         for (d, s) in dst.iter_mut().zip(slots) {
-            *d = u64::from(*s);
+            *d = s.to_word();
         }
         // The service update that publishes this region must not overtake these stores.
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
-    fn read(&self, offset: u32, len: u32) -> Vec<u32> {
+    fn read(&self, offset: u32, len: u32) -> Vec<Slot> {
         let start = (offset as usize).min(self.slots);
         let end = (offset as usize + len as usize).min(self.slots);
         if end == start {
@@ -230,7 +228,49 @@ impl TableMem {
         };
         // SAFETY: the window covers these slots.
         let src = unsafe { std::slice::from_raw_parts(w.first, end - start) };
-        src.iter().map(|v| *v as u32).collect()
+        src.iter().map(|v| Slot::from_word(*v)).collect()
+    }
+
+    /// Settles, in the active table itself, the slots [`model::settles`] allows. Each slot
+    /// is replaced with a compare-and-swap of its whole word: if the program stamped `seen`
+    /// since it was read (an older flow just sent a packet), the slot stays changed.
+    fn settle(
+        &mut self,
+        offset: u32,
+        len: u32,
+        now: u32,
+        idle: u32,
+    ) -> Result<SlotCounts, SyncError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let mut counts = SlotCounts::default();
+        let end = offset as usize + len as usize;
+        if len == 0 || end > self.slots {
+            return Ok(counts);
+        }
+        let w = self
+            .window(offset as usize, len as usize, true)
+            .map_err(|e| SyncError::Write {
+                what: format!("table @{offset}"),
+                source: e.into(),
+            })?;
+        // SAFETY: the window covers these slots, 8-byte aligned; the program reads and
+        // stamps them concurrently, so every access is atomic.
+        let words =
+            unsafe { std::slice::from_raw_parts(w.first.cast::<AtomicU64>(), len as usize) };
+        for word in words {
+            let old = word.load(Ordering::Relaxed);
+            let s = Slot::from_word(old);
+            if !model::settles(s, now, idle) {
+                counts.changed += u32::from(s.prev() != 0);
+                continue;
+            }
+            let new = Slot::used(s.cur()).to_word();
+            match word.compare_exchange(old, new, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => counts.settled += 1,
+                Err(_) => counts.changed += 1,
+            }
+        }
+        Ok(counts)
     }
 }
 
@@ -259,6 +299,7 @@ pub struct Dataplane {
     adopted: bool,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     local: HashMap<MapData, LocalKey, u8>,
+    local_filter: Array<MapData, LocalFilter>,
     backends: Array<MapData, Backend>,
     settings: Array<MapData, Settings>,
     conntrack: HashMap<MapData, FlowKey, FlowValue>,
@@ -383,6 +424,8 @@ impl Dataplane {
             .map_err(map_err(MAP_LOCAL_ADDRS))?;
         let settings =
             Array::try_from(take(&mut ebpf, MAP_SETTINGS)?).map_err(map_err(MAP_SETTINGS))?;
+        let local_filter = Array::try_from(take(&mut ebpf, MAP_LOCAL_FILTER)?)
+            .map_err(map_err(MAP_LOCAL_FILTER))?;
         let conntrack =
             HashMap::try_from(take(&mut ebpf, MAP_CONNTRACK)?).map_err(map_err(MAP_CONNTRACK))?;
         let stats =
@@ -412,6 +455,7 @@ impl Dataplane {
             adopted: false,
             services,
             local,
+            local_filter,
             backends,
             settings,
             conntrack,
@@ -592,7 +636,12 @@ impl Dataplane {
         }
         for entry in self.services.iter() {
             let (key, value) = entry.map_err(map_err("reading SERVICES"))?;
-            let table = self.tables.read(value.table_offset, value.table_size);
+            let table: Vec<u32> = self
+                .tables
+                .read(value.table_offset, value.table_size)
+                .iter()
+                .map(Slot::cur)
+                .collect();
             applied.services.insert(
                 key,
                 AppliedService {
@@ -695,6 +744,11 @@ impl Dataplane {
         self.conntrack.keys().filter(|k| k.is_ok()).count()
     }
 
+    /// Forgets one tracked flow (absent or not).
+    pub fn conntrack_remove(&mut self, key: &FlowKey) {
+        let _ = self.conntrack.remove(key);
+    }
+
     /// Forgets every tracked flow.
     pub fn conntrack_clear(&mut self) {
         let keys: Vec<FlowKey> = self.conntrack.keys().filter_map(Result::ok).collect();
@@ -704,7 +758,7 @@ impl Dataplane {
     }
 
     /// The table slots `[offset, offset + len)` as the kernel sees them.
-    pub fn read_table(&self, offset: u32, len: u32) -> Vec<u32> {
+    pub fn read_table(&self, offset: u32, len: u32) -> Vec<Slot> {
         self.tables.read(offset, len)
     }
 }
@@ -780,8 +834,17 @@ impl MapWriter for Dataplane {
             .map_err(write_err(&format!("backend {id}")))
     }
 
-    fn write_table(&mut self, offset: u32, slots: &[u32]) -> Result<(), SyncError> {
-        self.tables.write(offset, slots)
+    fn write_table(&mut self, offset: u32, prior: Prior, slots: &[u32]) -> Result<(), SyncError> {
+        let before = match prior {
+            Prior::Region(at) => Some(self.tables.read(at, slots.len() as u32)),
+            _ => None,
+        };
+        let next = model::next_slots(prior, before.as_deref(), slots, sys::monotonic_secs());
+        self.tables.write(offset, &next)
+    }
+
+    fn settle_slots(&mut self, offset: u32, len: u32, idle: u32) -> Result<SlotCounts, SyncError> {
+        self.tables.settle(offset, len, sys::monotonic_secs(), idle)
     }
 
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), SyncError> {
@@ -806,6 +869,12 @@ impl MapWriter for Dataplane {
         self.local
             .remove(key)
             .map_err(write_err("a local address's removal"))
+    }
+
+    fn set_local_filter(&mut self, f: &LocalFilter) -> Result<(), SyncError> {
+        self.local_filter
+            .set(0, f, 0)
+            .map_err(write_err("the local filter"))
     }
 }
 

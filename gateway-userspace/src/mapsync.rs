@@ -8,10 +8,10 @@
 //! at it (one hash-map update, which the kernel performs as an element swap).
 use std::sync::Arc;
 
-use gateway_common::{Backend, LocalKey, ServiceKey, ServiceValue, Settings};
+use gateway_common::{Backend, LocalFilter, LocalKey, ServiceKey, ServiceValue, Settings};
 use thiserror::Error;
 
-use crate::model::{Applied, AppliedService, Desired, Layout};
+use crate::model::{self, Applied, AppliedService, Desired, Layout, Prior, SlotCounts};
 
 #[derive(Debug, Error)]
 pub enum SyncError {
@@ -44,9 +44,10 @@ pub enum Op {
         id: u32,
         backend: Backend,
     },
-    /// Write a table into a region (never the active one).
+    /// Write a table into a region (never the active one), continuing `prior`.
     Table {
         offset: u32,
+        prior: Prior,
         slots: Arc<Vec<u32>>,
     },
     /// Insert or replace a service entry (this is the table flip).
@@ -65,6 +66,8 @@ pub enum Op {
     RemoveLocal {
         key: LocalKey,
     },
+    /// Replace LOCAL_FILTER (after the additions to LOCAL_ADDRS it covers).
+    LocalFilter(Box<LocalFilter>),
 }
 
 impl Op {
@@ -72,7 +75,7 @@ impl Op {
     /// a service points at it, and a backend is cleared only after no table names it.
     fn phase(&self) -> u8 {
         match self {
-            Op::Settings(_) | Op::Local { .. } => 0,
+            Op::Settings(_) | Op::Local { .. } | Op::LocalFilter(_) => 0,
             Op::Backend { backend, .. } if backend.family != 0 => 1,
             Op::Table { .. } => 2,
             Op::Service { .. } => 3,
@@ -139,18 +142,25 @@ pub fn diff(
             _pad: [0; 3],
         };
         let same_table = current.is_some_and(|c| c.table_hash == want.table_hash);
+        let mut prior = Prior::Nothing;
         match current {
             Some(c) if same_table => value.table_offset = c.value.table_offset,
             Some(c) => {
                 // Write the region packets are not reading, then flip to it.
                 let active_half = u32::from(c.value.table_offset != layout.region(want.id, 0));
                 value.table_offset = layout.region(want.id, 1 - active_half);
+                prior = if c.value.table_size == value.table_size {
+                    Prior::Region(c.value.table_offset)
+                } else {
+                    Prior::Resized
+                };
             }
             None => {}
         }
         if !same_table {
             ops.push(Op::Table {
                 offset: value.table_offset,
+                prior,
                 slots: want.table.clone(),
             });
         }
@@ -184,6 +194,13 @@ pub fn diff(
             ops.push(Op::RemoveLocal { key: *key });
         }
     }
+    // Whenever the set changes (and at first), after the additions: a bit is set before
+    // a packet may need it. A removed address loses its bit a moment before its entry.
+    if applied.local.keys().ne(desired.local.keys()) || applied.settings.is_none() {
+        ops.push(Op::LocalFilter(Box::new(model::local_filter(
+            &desired.local,
+        ))));
+    }
     next.local = desired.local.clone();
     ops.sort_by_key(Op::phase);
     Ok((ops, next))
@@ -193,11 +210,17 @@ pub fn diff(
 pub trait MapWriter {
     fn set_settings(&mut self, s: &Settings) -> Result<(), SyncError>;
     fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), SyncError>;
-    fn write_table(&mut self, offset: u32, slots: &[u32]) -> Result<(), SyncError>;
+    /// Writes the table of backend ids `slots` at `offset` as [`crate::model::next_slots`]
+    /// says, reading the `prior` region's slots and the clock itself.
+    fn write_table(&mut self, offset: u32, prior: Prior, slots: &[u32]) -> Result<(), SyncError>;
+    /// Settles, in place, the changed slots of the table at `offset` that have seen no
+    /// older flow for `idle` seconds ([`crate::model::settles`]).
+    fn settle_slots(&mut self, offset: u32, len: u32, idle: u32) -> Result<SlotCounts, SyncError>;
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), SyncError>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), SyncError>;
     fn set_local(&mut self, key: &LocalKey, why: u8) -> Result<(), SyncError>;
     fn remove_local(&mut self, key: &LocalKey) -> Result<(), SyncError>;
+    fn set_local_filter(&mut self, f: &LocalFilter) -> Result<(), SyncError>;
 }
 
 /// Performs `ops` in their phase order; stops at the first failure.
@@ -208,11 +231,16 @@ pub fn apply(ops: &[Op], w: &mut impl MapWriter) -> Result<(), SyncError> {
         match op {
             Op::Settings(s) => w.set_settings(s)?,
             Op::Backend { id, backend } => w.set_backend(*id, backend)?,
-            Op::Table { offset, slots } => w.write_table(*offset, slots)?,
+            Op::Table {
+                offset,
+                prior,
+                slots,
+            } => w.write_table(*offset, *prior, slots)?,
             Op::Service { key, value } => w.set_service(key, value)?,
             Op::RemoveService { key } => w.remove_service(key)?,
             Op::Local { key, why } => w.set_local(key, *why)?,
             Op::RemoveLocal { key } => w.remove_local(key)?,
+            Op::LocalFilter(f) => w.set_local_filter(f)?,
         }
     }
     Ok(())
@@ -299,7 +327,7 @@ mod tests {
         assert!(t < s);
         assert_eq!(maps.table_of(&skey(1)).unwrap(), vec![2; 7]);
         // The old region still holds the old table until the next change.
-        assert_eq!(maps.tables[&first], 1);
+        assert_eq!(maps.tables[&first].cur(), 1);
         let (_, _) = sync(&a2, &desired(vec![1; 7]), &mut maps);
         assert_eq!(maps.services[&skey(1)].table_offset, first);
     }
@@ -362,6 +390,12 @@ mod tests {
         d.local.insert(b, gateway_common::LOCAL_HOST);
         let (_, applied) = sync(&Applied::default(), &d, &mut maps);
         assert_eq!(maps.local, d.local);
+        // The filter in front of them holds both.
+        for k in [a, b] {
+            assert!(maps.local_filter.may_hold(&k.addr, k.family));
+        }
+        let other = crate::model::local_key("198.18.1.2".parse().unwrap());
+        assert!(!maps.local_filter.may_hold(&other.addr, other.family));
         // Unchanged: nothing to write.
         let (ops, _) = diff(&applied, &d, LAYOUT).unwrap();
         assert!(ops.is_empty(), "{ops:?}");
@@ -376,9 +410,16 @@ mod tests {
                     key: a,
                     why: gateway_common::LOCAL_HOST
                 },
+                Op::LocalFilter(Box::new(crate::model::local_filter(&d.local))),
                 Op::RemoveLocal { key: b },
             ]
         );
         assert_eq!(maps.local, d.local);
+        assert!(!maps.local_filter.may_hold(&b.addr, b.family));
+        // Only a change of reason: the filter stays.
+        let applied = diff(&applied, &d, LAYOUT).unwrap().1;
+        d.local.insert(a, gateway_common::LOCAL_VIP);
+        let (ops, _) = diff(&applied, &d, LAYOUT).unwrap();
+        assert_eq!(ops.len(), 1, "{ops:?}");
     }
 }

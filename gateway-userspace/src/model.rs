@@ -9,8 +9,8 @@
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use gateway_common::{
-    Backend, FAMILY_V4, FAMILY_V6, LocalKey, MODE_IPIP, MODE_L2DSR, PROTO_TCP, PROTO_UDP,
-    ServiceKey, ServiceValue, Settings,
+    Backend, FAMILY_V4, FAMILY_V6, LocalFilter, LocalKey, MODE_IPIP, MODE_L2DSR, PROTO_TCP,
+    PROTO_UDP, SLOT_PREV_UNKNOWN, ServiceKey, ServiceValue, Settings, Slot,
 };
 
 use crate::config::{Config, Mode, Protocol, ServiceConfig};
@@ -85,6 +85,67 @@ pub fn table_hash(table: &[u32]) -> u64 {
     h ^ (h >> 29)
 }
 
+/// What a service's new table replaces, which decides what its slots remember (see
+/// `gateway_common::Slot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prior {
+    /// Nothing: a new service, whose flows all begin now. Every slot is settled.
+    Nothing,
+    /// The active table of the same size at this TABLES offset: a slot whose backend
+    /// changes remembers the old one.
+    Region(u32),
+    /// A table of another size: slots do not correspond, so every slot is changed with its
+    /// previous backend unknown (flows without a conntrack entry take the new backend).
+    Resized,
+}
+
+/// The slots of a new table of backend ids, given what the service's slots were
+/// (`before`, for [`Prior::Region`]; `None` for [`Prior::Nothing`]) and the time `now`
+/// (seconds, as the program's clock). A slot that keeps its backend keeps its state; one
+/// that changes keeps the backend of the flows that predate its first change:
+///
+/// - settled on A, now B: changed, previous A (if A was 0, or no packet used the slot, no
+///   flow lives there: settled);
+/// - changed (previous P), now B: still P, the time restarts - flows that began on the
+///   backends in between have conntrack entries, made by their SYNs on a changed slot.
+pub fn next_slots(prior: Prior, before: Option<&[Slot]>, table: &[u32], now: u32) -> Vec<Slot> {
+    match (prior, before) {
+        (Prior::Resized, _) => table
+            .iter()
+            .map(|&b| Slot::new(b, SLOT_PREV_UNKNOWN, now))
+            .collect(),
+        (Prior::Region(_), Some(old)) if old.len() == table.len() => table
+            .iter()
+            .zip(old)
+            .map(|(&b, o)| match (o.cur(), o.prev()) {
+                (cur, _) if cur == b => *o,
+                (0, 0) => Slot::settled(b),
+                (_, 0) if o.seen == 0 => Slot::settled(b),
+                (cur, 0) => Slot::new(b, cur, now),
+                (_, prev) => Slot::new(b, prev, now),
+            })
+            .collect(),
+        _ => table.iter().map(|&b| Slot::settled(b)).collect(),
+    }
+}
+
+/// Whether a changed slot may settle at `now`: no packet went to a backend other than its
+/// own for `idle` seconds. A `seen` ahead of `now` (the program's coarse clock read a
+/// moment later) is recent, not ancient. A settled slot is `Slot::used` (flows of its
+/// backend may be on it).
+pub fn settles(s: Slot, now: u32, idle: u32) -> bool {
+    s.prev() != 0 && now.saturating_sub(s.seen) >= idle
+}
+
+/// Slots of one table by state, after a settling pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SlotCounts {
+    /// Still changed: their flows go through conntrack.
+    pub changed: u32,
+    /// Settled by this pass.
+    pub settled: u32,
+}
+
 /// The data plane as it was last written.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Applied {
@@ -156,6 +217,15 @@ pub fn service_key(s: &ServiceConfig) -> ServiceKey {
     }
 }
 
+/// LOCAL_FILTER for a LOCAL_ADDRS content: every key's bit set.
+pub fn local_filter(local: &BTreeMap<LocalKey, u8>) -> LocalFilter {
+    let mut f = LocalFilter::default();
+    for k in local.keys() {
+        f.insert(&k.addr, k.family);
+    }
+    f
+}
+
 /// The LOCAL_ADDRS key of an address.
 pub fn local_key(a: IpAddr) -> LocalKey {
     LocalKey {
@@ -206,6 +276,68 @@ pub fn backend(addr: IpAddr, mac: [u8; 6], state: u8, service: u32) -> Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_tables_keep_each_slots_oldest_backend() {
+        let now = 100;
+        // Settled on 1, 2, 0 (empty), 3; changed from 4 (now 5) at time 7; settled on 9,
+        // never used.
+        let before = [
+            Slot::used(1),
+            Slot::used(2),
+            Slot::settled(0),
+            Slot::used(3),
+            Slot::new(5, 4, 7),
+            Slot::settled(9),
+        ];
+        let next = next_slots(Prior::Region(0), Some(&before), &[1, 6, 6, 0, 8, 6], now);
+        assert_eq!(
+            next,
+            vec![
+                // Unchanged: as it was.
+                Slot::used(1),
+                // Changed: remembers 2 from now on.
+                Slot::new(6, 2, now),
+                // Was empty: no flow lived there.
+                Slot::settled(6),
+                // Emptied: flows of 3 may still live.
+                Slot::new(0, 3, now),
+                // Changed again: still 4 (the newer flows have entries), time restarted.
+                Slot::new(8, 4, now),
+                // Never used: no flow to remember.
+                Slot::settled(6),
+            ]
+        );
+        // A changed slot that keeps its backend keeps its time too.
+        let again = next_slots(Prior::Region(0), Some(&next), &[1, 6, 6, 0, 8, 6], now + 50);
+        assert_eq!(again, next);
+        // Back to the oldest backend: still changed (flows of 5 and 8 have entries).
+        assert_eq!(
+            next_slots(Prior::Region(0), Some(&next[4..5]), &[4], now)[0],
+            Slot::new(4, 4, now)
+        );
+        // A new service starts settled; a resized one has no previous backends to name.
+        assert_eq!(
+            next_slots(Prior::Nothing, None, &[1, 0], now),
+            vec![Slot::settled(1), Slot::settled(0)]
+        );
+        assert_eq!(
+            next_slots(Prior::Resized, None, &[1], now),
+            vec![Slot::new(1, SLOT_PREV_UNKNOWN, now)]
+        );
+    }
+
+    #[test]
+    fn slots_settle_after_the_idle_time_and_not_before() {
+        let s = Slot::new(2, 1, 100);
+        assert!(!settles(s, 100, 60));
+        assert!(!settles(s, 159, 60));
+        assert!(settles(s, 160, 60));
+        // The program's clock a moment ahead of ours: recent.
+        assert!(!settles(Slot::new(2, 1, 101), 100, 1));
+        // Settled slots have nothing to settle.
+        assert!(!settles(Slot::settled(2), 1000, 0));
+    }
 
     #[test]
     fn table_hashes_tell_tables_apart() {

@@ -19,3 +19,9 @@ pub static XDP_DECAP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 /// with the same maps: `cargo xtask bench xdp` measures what validation costs against it.
 pub static GATEWAY_UNCHECKED: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-unchecked"));
+
+/// The balancer's program with every TCP packet going through conntrack, as before settled
+/// table slots (`gateway-ebpf/src/tracked.rs`): `cargo xtask bench xdp` measures the design
+/// against it.
+pub static GATEWAY_TRACKED: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-tracked"));

@@ -28,6 +28,18 @@ pub enum PreflightError {
     },
 }
 
+/// Seconds of CLOCK_MONOTONIC: the clock the program stamps table slots with
+/// (`bpf_ktime_get_coarse_ns`, the same clock read coarsely).
+pub fn monotonic_secs() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes only `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u32
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

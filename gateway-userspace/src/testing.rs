@@ -6,7 +6,8 @@ use std::{
 };
 
 use gateway_common::{
-    Backend, LocalKey, STAT_COUNT, ServiceKey, ServiceValue, Settings, TrafficStats,
+    Backend, LocalFilter, LocalKey, STAT_COUNT, ServiceKey, ServiceValue, Settings, Slot,
+    TrafficStats,
 };
 
 use crate::{
@@ -16,7 +17,7 @@ use crate::{
     },
     dataplane::{AttachedMode, DataplaneError, DataplaneOps, LoadOptions},
     mapsync::{MapWriter, SyncError},
-    model::{Applied, AppliedService, table_hash},
+    model::{self, Applied, AppliedService, Prior, SlotCounts, table_hash},
     neigh::NextHops,
 };
 
@@ -37,22 +38,32 @@ pub fn skip(test: &str, why: &str) {
 pub struct MemMaps {
     pub settings: Settings,
     pub backends: BTreeMap<u32, Backend>,
-    pub tables: BTreeMap<u32, u32>,
+    pub tables: BTreeMap<u32, Slot>,
+    /// The clock table writes read (seconds, like the program's).
+    pub now: u32,
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub local: BTreeMap<LocalKey, u8>,
+    pub local_filter: LocalFilter,
     /// Every write, in order, for tests of ordering.
     pub log: Vec<String>,
 }
 
 impl MemMaps {
-    /// The table a service entry currently points at.
+    /// The backend ids of the table a service entry currently points at.
     pub fn table_of(&self, key: &ServiceKey) -> Option<Vec<u32>> {
+        Some(self.slots_of(key)?.iter().map(Slot::cur).collect())
+    }
+
+    /// The slots of the table a service entry currently points at.
+    pub fn slots_of(&self, key: &ServiceKey) -> Option<Vec<Slot>> {
         let v = self.services.get(key)?;
-        Some(
-            (v.table_offset..v.table_offset + v.table_size)
-                .map(|i| self.tables.get(&i).copied().unwrap_or(0))
-                .collect(),
-        )
+        Some(self.region(v.table_offset, v.table_size))
+    }
+
+    fn region(&self, offset: u32, len: u32) -> Vec<Slot> {
+        (offset..offset + len)
+            .map(|i| self.tables.get(&i).copied().unwrap_or_default())
+            .collect()
     }
 }
 
@@ -72,12 +83,32 @@ impl MapWriter for MemMaps {
         }
         Ok(())
     }
-    fn write_table(&mut self, offset: u32, slots: &[u32]) -> Result<(), SyncError> {
-        for (i, s) in slots.iter().enumerate() {
-            self.tables.insert(offset + i as u32, *s);
+    fn write_table(&mut self, offset: u32, prior: Prior, slots: &[u32]) -> Result<(), SyncError> {
+        let before = match prior {
+            Prior::Region(at) => Some(self.region(at, slots.len() as u32)),
+            _ => None,
+        };
+        let next = model::next_slots(prior, before.as_deref(), slots, self.now);
+        for (i, s) in next.into_iter().enumerate() {
+            self.tables.insert(offset + i as u32, s);
         }
         self.log.push(format!("table @{offset}"));
         Ok(())
+    }
+    fn settle_slots(&mut self, offset: u32, len: u32, idle: u32) -> Result<SlotCounts, SyncError> {
+        let mut counts = SlotCounts::default();
+        for i in offset..offset + len {
+            let Some(s) = self.tables.get_mut(&i) else {
+                continue;
+            };
+            if model::settles(*s, self.now, idle) {
+                *s = Slot::used(s.cur());
+                counts.settled += 1;
+            } else if s.prev() != 0 {
+                counts.changed += 1;
+            }
+        }
+        Ok(counts)
     }
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), SyncError> {
         self.services.insert(*key, *value);
@@ -98,6 +129,11 @@ impl MapWriter for MemMaps {
     fn remove_local(&mut self, key: &LocalKey) -> Result<(), SyncError> {
         self.local.remove(key);
         self.log.push("remove local".into());
+        Ok(())
+    }
+    fn set_local_filter(&mut self, f: &LocalFilter) -> Result<(), SyncError> {
+        self.local_filter = *f;
+        self.log.push("local filter".into());
         Ok(())
     }
 }
@@ -136,9 +172,13 @@ impl MapWriter for FakeDataplane {
         self.check("a backend")?;
         self.maps.set_backend(id, b)
     }
-    fn write_table(&mut self, offset: u32, slots: &[u32]) -> Result<(), SyncError> {
+    fn write_table(&mut self, offset: u32, prior: Prior, slots: &[u32]) -> Result<(), SyncError> {
         self.check("a table")?;
-        self.maps.write_table(offset, slots)
+        self.maps.write_table(offset, prior, slots)
+    }
+    fn settle_slots(&mut self, offset: u32, len: u32, idle: u32) -> Result<SlotCounts, SyncError> {
+        self.check("a table")?;
+        self.maps.settle_slots(offset, len, idle)
     }
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), SyncError> {
         self.check("a service")?;
@@ -155,6 +195,10 @@ impl MapWriter for FakeDataplane {
     fn remove_local(&mut self, key: &LocalKey) -> Result<(), SyncError> {
         self.check("a local address")?;
         self.maps.remove_local(key)
+    }
+    fn set_local_filter(&mut self, f: &LocalFilter) -> Result<(), SyncError> {
+        self.check("the local filter")?;
+        self.maps.set_local_filter(f)
     }
 }
 

@@ -777,8 +777,9 @@ fn the_admin_api_and_gateway_status_report_live_state() {
         Some("native"),
         "{body}"
     );
-    let flows = status.dataplane.conntrack_entries.unwrap();
-    assert!(flows > 0, "no tracked flows: {body}");
+    // Conntrack is read and written only on changed table slots: a settled table tracks
+    // nothing, so the count is whatever changes left (but it is reported).
+    assert!(status.dataplane.conntrack_entries.is_some(), "{body}");
 
     // Counters against traffic sent now: every connection is one SYN, one new flow on the
     // backend that answered it.
@@ -789,10 +790,19 @@ fn the_admin_api_and_gateway_status_report_live_state() {
     let delta = |metric: &str, labels: &str| {
         metric_sum(&after, metric, labels) - metric_sum(&before, metric, labels)
     };
-    assert_eq!(
-        delta("gateway_packets_total", r#"reason="conntrack_miss_syn""#),
-        150
-    );
+    // Each packet to the VIP was placed one way: a settled slot, or conntrack on a changed
+    // one; at least SYN, ACK and request per connection.
+    let placed: u64 = [
+        "table_steady",
+        "conntrack_miss_syn",
+        "conntrack_hit",
+        "conntrack_miss_non_syn",
+        "slot_previous",
+    ]
+    .iter()
+    .map(|r| delta("gateway_packets_total", &format!("reason=\"{r}\"")))
+    .sum();
+    assert!(placed >= 3 * 150, "{placed} packets placed");
     assert_eq!(delta("gateway_service_new_flows_total", ""), 150);
     for (i, b) in lab.backends.iter().enumerate() {
         let name = format!("b{}", i + 1);
@@ -821,12 +831,15 @@ fn the_admin_api_and_gateway_status_report_live_state() {
         to_backends >= 400,
         "{to_backends} packets to backends:\n{metrics}"
     );
-    let syn = metric_sum(
+    let steady = metric_sum(
         &metrics,
         "gateway_packets_total",
-        r#"reason="conntrack_miss_syn""#,
+        r#"reason="table_steady""#,
     );
-    assert!(syn >= 200, "{syn} SYNs missed conntrack:\n{metrics}");
+    assert!(
+        steady >= 200,
+        "{steady} packets placed by settled slots:\n{metrics}"
+    );
     assert_eq!(
         metric_sum(&metrics, "gateway_backend_up", ""),
         3,

@@ -444,7 +444,7 @@ fn cases() -> Vec<Case> {
             || name.contains("options")
             || name.contains("hop-by-hop")
         {
-            STAT_CT_MISS_SYN
+            STAT_TABLE_STEADY
         } else {
             STAT_CT_MISS_NON_SYN
         };
@@ -635,7 +635,7 @@ fn cases() -> Vec<Case> {
         bytes,
         XDP_TX,
         Out::Bytes(out),
-        STAT_CT_MISS_SYN,
+        STAT_TABLE_STEADY,
     );
 
     // Ethernet padding and trailers stay out of the outer packet.
@@ -659,7 +659,7 @@ fn cases() -> Vec<Case> {
         padded.resize(exact.len().max(60) + 4, 0xa5);
         let out = ipip(&exact, &b, &key_of(&f));
         let stat = if name.contains("tcp") {
-            STAT_CT_MISS_SYN
+            STAT_TABLE_STEADY
         } else {
             STAT_CT_MISS_NON_SYN
         };
@@ -852,7 +852,7 @@ fn cases() -> Vec<Case> {
         fits4b.clone(),
         XDP_TX,
         Out::Bytes(ipip(&fits4b, &b2(), &key_of(&fits4))),
-        STAT_CT_MISS_SYN,
+        STAT_TABLE_STEADY,
     );
     let big6 = big(udp(c6(), vip6_ipip(), 40502, 53), 1500 - 40 - 8 - 40 + 1).bytes();
     add(
@@ -881,7 +881,7 @@ fn cases() -> Vec<Case> {
         big(tcp(c4(), vip4(), 40504, 80, TCP_SYN), 1460).bytes(),
         XDP_TX,
         Out::Dropped,
-        STAT_CT_MISS_SYN,
+        STAT_TABLE_STEADY,
     );
 
     // A service whose table is empty: dropped and counted.
@@ -1298,11 +1298,21 @@ fn established_flows_stay_on_their_backend_when_the_table_changes() {
         .expect("a pinned flow whose slot now names b2");
     let syn = tcp(c4(), vip4(), port, 80, TCP_SYN);
     let ack = tcp(c4(), vip4(), port, 80, TCP_ACK);
-    let hits = stat(&w, STAT_CT_HIT);
+    // The flow began on a settled slot: nothing was recorded. Its slot remembers b1.
+    assert_eq!(w.dp.conntrack_get(&key_of(&ack)), None);
+    let slot = w.slot(&services[0], &key_of(&ack));
+    assert_eq!(
+        (slot.cur(), slot.prev()),
+        (w.id(b2().addr), w.id(b1().addr))
+    );
+    let (hits, previous) = (stat(&w, STAT_CT_HIT), stat(&w, STAT_SLOT_PREVIOUS));
     for _ in 0..3 {
         assert_eq!(sent_to(&w, &ack), b1().mac, "established flow moved");
     }
-    assert_eq!(stat(&w, STAT_CT_HIT), hits + 3);
+    // The first packet follows the slot's previous backend and is recorded; then hits.
+    assert_eq!(stat(&w, STAT_SLOT_PREVIOUS), previous + 1);
+    assert_eq!(stat(&w, STAT_CT_HIT), hits + 2);
+    assert_eq!(w.dp.conntrack_get(&key_of(&ack)), Some(w.id(b1().addr)));
     let fresh = (41100..41200)
         .find(|p| on_b2(&w, *p))
         .expect("a new flow placed on b2");
@@ -1339,9 +1349,12 @@ fn flows_of_a_backend_that_goes_down_are_rescheduled() {
     assert_eq!(stat(&w, STAT_RESCHEDULED), before + 1);
 
     // A backend removed from the config entirely is cleared from the map: same effect.
+    // ack2's slot had no packet before b1 went down: it stayed settled, and ack2's flow
+    // begins on b2 (unrecorded).
     let ack2 = tcp(c4(), vip4(), 42001, 80, TCP_ACK);
     w.set(&one_service(vec![b2()]));
     assert_eq!(sent_to(&w, &ack2), b2().mac);
+    assert_eq!(stat(&w, STAT_RESCHEDULED), before + 1);
     w.set(&one_service(vec![b1()]));
     assert_eq!(sent_to(&w, &ack2), b1().mac);
     assert_eq!(stat(&w, STAT_RESCHEDULED), before + 2);
@@ -1454,16 +1467,14 @@ fn a_table_slot_naming_a_cleared_backend_is_counted_apart_from_no_backend() {
         .expect("clear the backend");
     let stale = stat(&w, STAT_DROP_STALE_BACKEND);
     let none = stat(&w, STAT_NO_BACKEND);
-    let rescheduled = stat(&w, STAT_RESCHEDULED);
     // A new flow's slot names the cleared id.
     let (verdict, _) = w.run(&tcp(c4(), vip4(), 46001, 80, TCP_SYN).bytes());
     assert_eq!(verdict, XDP_DROP);
-    // The established flow's conntrack entry names it too: placed again, onto the same slot.
+    // So does the established flow's (a settled slot: its answer is the table's).
     let (verdict, _) = w.run(&ack.bytes());
     assert_eq!(verdict, XDP_DROP);
     assert_eq!(stat(&w, STAT_DROP_STALE_BACKEND), stale + 2);
     assert_eq!(stat(&w, STAT_NO_BACKEND), none);
-    assert_eq!(stat(&w, STAT_RESCHEDULED), rescheduled + 1);
 
     // A service entry whose table lies past the end of TABLES: the same disagreement.
     let svc = &one_service(vec![b1()])[0];
@@ -1526,4 +1537,196 @@ fn the_program_verifies_with_room_to_spare() {
         n < 400_000,
         "{n} instructions processed: too close to the limit"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Table slots: settled slots answer alone; changed slots remember their previous backend.
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn settled_slots_place_every_packet_without_touching_conntrack() {
+    let Some(w) = privileged_world("settled_slots", &one_service(vec![b1(), b2()])) else {
+        return;
+    };
+    let services = one_service(vec![b1(), b2()]);
+    let steady = stat(&w, STAT_TABLE_STEADY);
+    // A SYN flood from a thousand sources, and their handshakes' ACKs.
+    for i in 0..1000u16 {
+        let src = v4(198, 19, (i >> 8) as u8, i as u8);
+        for flags in [TCP_SYN, TCP_ACK, TCP_ACK | TCP_PSH] {
+            let f = tcp(src, vip4(), 40000 + i, 80, flags);
+            let want = w.placed(&services[0], &key_of(&f));
+            let mac = if want == w.id(b1().addr) {
+                b1().mac
+            } else {
+                b2().mac
+            };
+            assert_eq!(sent_to(&w, &f), mac, "source {src}");
+        }
+    }
+    assert_eq!(stat(&w, STAT_TABLE_STEADY), steady + 3000);
+    assert_eq!(w.dp.conntrack_len(), 0, "nothing recorded on settled slots");
+    // New flows are still counted per service (the SYNs).
+    assert_eq!(w.dp.service_stats(0).unwrap().new_flows, 1000);
+}
+
+/// Finds a port whose flow from `c4()` hashes to a slot for which `pred` holds.
+fn port_where(range: std::ops::Range<u16>, mut pred: impl FnMut(u16) -> bool) -> u16 {
+    range.clone().find(|p| pred(*p)).expect("a port in range")
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_slot_changed_twice_keeps_the_oldest_flows_and_the_ones_begun_in_between() {
+    let b3 = be(v4(198, 18, 0, 13), 13);
+    let Some(mut w) = privileged_world("changed_twice", &one_service(vec![b1()])) else {
+        return;
+    };
+    // Every slot names b1: flows begin there (and record nothing, but mark their slots
+    // used).
+    let olds = 47000..47100u16;
+    for p in 47000..47600 {
+        assert_eq!(sent_to(&w, &tcp(c4(), vip4(), p, 80, TCP_SYN)), b1().mac);
+    }
+    // b2 takes nearly every slot (b1 stays up); flows begin on b2.
+    let two = one_service(vec![b1(), weighted(b2(), 100)]);
+    w.set(&two);
+    let mids: Vec<u16> = (47100..47300)
+        .filter(|p| {
+            w.placed(&two[0], &key_of(&tcp(c4(), vip4(), *p, 80, TCP_SYN))) == w.id(b2().addr)
+        })
+        .collect();
+    for p in &mids {
+        let syn = tcp(c4(), vip4(), *p, 80, TCP_SYN);
+        assert_eq!(sent_to(&w, &syn), b2().mac);
+        assert_eq!(
+            w.dp.conntrack_get(&key_of(&syn)),
+            Some(w.id(b2().addr)),
+            "a SYN on a changed slot is recorded"
+        );
+    }
+    // Then b3 takes nearly every slot from both.
+    let three = one_service(vec![b1(), weighted(b2(), 1), weighted(b3.clone(), 10000)]);
+    w.set(&three);
+    let ack = |p: u16| tcp(c4(), vip4(), p, 80, TCP_ACK);
+    let b3_id = w.id(b3.addr);
+    // The old flows' slots still remember b1, not b2: they follow b1.
+    let moved_old: Vec<u16> = olds
+        .clone()
+        .filter(|p| w.slot(&three[0], &key_of(&ack(*p))).cur() == b3_id)
+        .collect();
+    assert!(
+        moved_old.len() > 50,
+        "{} old flows' slots moved",
+        moved_old.len()
+    );
+    for p in &moved_old {
+        assert_eq!(w.slot(&three[0], &key_of(&ack(*p))).prev(), w.id(b1().addr));
+        assert_eq!(sent_to(&w, &ack(*p)), b1().mac, "old flow {p} moved");
+    }
+    // The flows begun in between follow their entries.
+    let moved_mid = mids
+        .iter()
+        .filter(|p| w.slot(&three[0], &key_of(&ack(**p))).cur() == b3_id)
+        .count();
+    assert!(
+        moved_mid > 50,
+        "{moved_mid} of {} mid flows' slots moved",
+        mids.len()
+    );
+    for p in &mids {
+        assert_eq!(
+            sent_to(&w, &ack(*p)),
+            b2().mac,
+            "flow {p} begun in between moved"
+        );
+    }
+    // An ICMP error about an old flow that never sent again is relayed to b1 too, and
+    // records nothing.
+    let quiet = port_where(47300..47600, |p| {
+        let s = w.slot(&three[0], &key_of(&ack(p)));
+        s.cur() == b3_id && s.prev() == w.id(b1().addr)
+    });
+    let relayed = stat(&w, STAT_ICMP_RELAYED);
+    assert_eq!(
+        sent_to(&w, &icmp_error(c4(), vip4(), quiet, 80, 3, 4)),
+        b1().mac
+    );
+    assert_eq!(stat(&w, STAT_ICMP_RELAYED), relayed + 1);
+    assert_eq!(w.dp.conntrack_get(&key_of(&ack(quiet))), None);
+    // A new connection on that slot goes to b3.
+    assert_eq!(sent_to(&w, &tcp(c4(), vip4(), quiet, 80, TCP_SYN)), b3.mac);
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn changed_slots_settle_once_their_older_flows_are_idle() {
+    let Some(mut w) = privileged_world("slots_settle", &one_service(vec![b1()])) else {
+        return;
+    };
+    let two = one_service(vec![b1(), weighted(b2(), 100)]);
+    let ack = |p: u16| tcp(c4(), vip4(), p, 80, TCP_ACK);
+    // Slots no packet used stay settled through a change; these flows use theirs.
+    for p in 48000..48200 {
+        assert_eq!(sent_to(&w, &tcp(c4(), vip4(), p, 80, TCP_SYN)), b1().mac);
+    }
+    w.set(&two);
+    let moved: Vec<u16> = (48000..48200)
+        .filter(|p| w.slot(&two[0], &key_of(&ack(*p))).prev() != 0)
+        .collect();
+    assert!(moved.len() > 100);
+    // Just changed: an hour's idle timeout settles nothing.
+    let c = w.settle(&two[0], 3600);
+    assert_eq!(c.settled, 0);
+    assert!(c.changed >= 50, "{c:?}");
+    // Two seconds on, one old flow sends: the program stamps its slot.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (busy, quiet) = (moved[0], moved[1]);
+    assert_eq!(sent_to(&w, &ack(busy)), b1().mac);
+    assert_eq!(sent_to(&w, &ack(quiet)), b1().mac);
+    // Both were recorded; now only `busy` keeps sending.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(sent_to(&w, &ack(busy)), b1().mac);
+    // With a two-second idle timeout every slot settles but busy's.
+    let c = w.settle(&two[0], 2);
+    assert_eq!(c.changed, 1, "{c:?}");
+    assert_eq!(w.slot(&two[0], &key_of(&ack(busy))).prev(), w.id(b1().addr));
+    assert_eq!(sent_to(&w, &ack(busy)), b1().mac, "busy flow moved");
+    // The quiet flow's slot answers alone now: its entry is not read.
+    let steady = stat(&w, STAT_TABLE_STEADY);
+    assert_eq!(sent_to(&w, &ack(quiet)), b2().mac);
+    assert_eq!(stat(&w, STAT_TABLE_STEADY), steady + 1);
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_slot_no_packet_used_stays_settled_when_its_backend_changes() {
+    let Some(mut w) = privileged_world("unused_slots", &one_service(vec![b1()])) else {
+        return;
+    };
+    let ack = |p: u16| tcp(c4(), vip4(), p, 80, TCP_ACK);
+    let used = 49000;
+    assert_eq!(sent_to(&w, &ack(used)), b1().mac);
+    let svc = one_service(vec![b1()]);
+    assert_eq!(w.slot(&svc[0], &key_of(&ack(used))).seen, SLOT_USED);
+    // b1 goes down: every slot moves to b2. Only the used one remembers b1.
+    let two = one_service(vec![down(b1()), b2()]);
+    w.set(&two);
+    let c = w.settle(&two[0], 3600);
+    assert_eq!((c.changed, c.settled), (1, 0), "{c:?}");
+    let slot = w.slot(&two[0], &key_of(&ack(used)));
+    assert_eq!(
+        (slot.cur(), slot.prev()),
+        (w.id(b2().addr), w.id(b1().addr))
+    );
+    // Its flow is placed again (b1 is down) and recorded; others take the table's answer.
+    let rescheduled = stat(&w, STAT_RESCHEDULED);
+    assert_eq!(sent_to(&w, &ack(used)), b2().mac);
+    assert_eq!(stat(&w, STAT_RESCHEDULED), rescheduled + 1);
+    let other = port_where(49001..49100, |p| {
+        w.slot(&two[0], &key_of(&ack(p))).prev() == 0
+    });
+    let steady = stat(&w, STAT_TABLE_STEADY);
+    assert_eq!(sent_to(&w, &ack(other)), b2().mac);
+    assert_eq!(stat(&w, STAT_TABLE_STEADY), steady + 1);
 }

@@ -54,6 +54,10 @@ const HISTORY: usize = 16;
 /// (a hop still being resolved is provoked again, the resolver's periodic resync, adopted
 /// MACs expiring); changes themselves arrive as events.
 const NEIGH_TICK: Duration = Duration::from_secs(1);
+/// How often changed table slots are checked for settling (`settle_slots`): a pass reads
+/// every active table once, so not every tick; a slot settles up to this much after its
+/// idle timeout.
+const SETTLE_EVERY: Duration = Duration::from_secs(10);
 /// After adopting pinned maps, a next hop still being resolved keeps the MAC the maps had
 /// for this long (rather than taking its backend out while the neighbour table warms up).
 const ADOPT_GRACE: Duration = Duration::from_secs(10);
@@ -233,6 +237,10 @@ pub struct Agent<D = Dataplane, N = Resolver> {
     pub speaker: Option<crate::bgp::worker::SpeakerThread>,
     /// Every backend has had a first verdict (see `all_checked`).
     checked: bool,
+    /// Per service, its table slots still changed after the last settling pass (their TCP
+    /// flows go through conntrack), and when the next pass is due.
+    pub changed_slots: HashMap<gateway_common::ServiceKey, u32>,
+    next_settle: Instant,
 }
 
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
@@ -319,6 +327,8 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             retry_at: None,
             speaker: None,
             checked: false,
+            changed_slots: HashMap::new(),
+            next_settle: Instant::now(),
         };
         agent.speaker = crate::bgp::worker::SpeakerThread::start(&agent.config);
         agent.checked = agent.dp.adopted();
@@ -328,6 +338,33 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
 
     fn now(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Settles the table slots whose older flows have been idle for `idle_timeout` (see
+    /// `gateway_common::Slot`), and records how many stay changed per service. In place:
+    /// the applied state (the tables' backends) does not change.
+    pub fn settle_slots(&mut self) {
+        let idle = u32::try_from(self.config.dataplane.idle_timeout.as_secs()).unwrap_or(u32::MAX);
+        for (key, s) in &self.applied.services {
+            match self
+                .dp
+                .settle_slots(s.value.table_offset, s.value.table_size, idle)
+            {
+                Ok(c) => {
+                    if c.settled > 0 {
+                        info!(
+                            "service {}: {} table slots settled ({} still changed)",
+                            s.value.id, c.settled, c.changed
+                        );
+                    }
+                    self.changed_slots.insert(*key, c.changed);
+                }
+                Err(e) => warn!("settling table slots: {}", Chain(&e)),
+            }
+        }
+        self.changed_slots
+            .retain(|k, _| self.applied.services.contains_key(k));
+        self.next_settle = Instant::now() + SETTLE_EVERY;
     }
 
     /// Plans, diffs and applies, and logs services left without backends; a failed map
@@ -516,6 +553,9 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                     }
                     // The data plane may have gone since: the speaker hears it.
                     self.announce(self.retry_at.is_none());
+                    if Instant::now() >= self.next_settle {
+                        self.settle_slots();
+                    }
                     if self.table_rebuilds != trimmed_at {
                         trimmed_at = self.table_rebuilds;
                         release_free_memory();

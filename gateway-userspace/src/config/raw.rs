@@ -54,6 +54,7 @@ pub(super) struct RawDataplane {
     pub(super) xdp_mode: Option<XdpMode>,
     pub(super) conntrack_size: Option<Spanned<i64>>,
     pub(super) mtu: Option<Spanned<i64>>,
+    pub(super) idle_timeout: Option<Spanned<String>>,
     pub(super) max_services: Option<Spanned<i64>>,
     pub(super) max_table_size: Option<Spanned<i64>>,
     pub(super) ipip_source_v4: Option<Spanned<String>>,

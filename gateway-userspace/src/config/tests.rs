@@ -105,6 +105,7 @@ fn defaults_are_applied() {
             xdp_mode: XdpMode::Auto,
             conntrack_size: 1_048_576,
             mtu: 1500,
+            idle_timeout: Duration::from_secs(3600),
             max_services: 16,
             max_table_size: 65537,
             ipip_source_v4: None,

@@ -111,6 +111,11 @@ pub struct DataplaneConfig {
     /// Largest L3 packet towards a backend after encapsulation; 0 disables the check,
     /// otherwise 1280..=65535.
     pub mtu: u32,
+    /// How long a table slot whose backend changed keeps sending the TCP flows that began
+    /// before the change to their old backend, counted from the last packet of such a flow
+    /// (see `gateway_common::Slot`): an established flow idle for longer than this, on a
+    /// slot no other such flow kept alive, moves to the slot's new backend. 1m..=7d.
+    pub idle_timeout: Duration,
     /// Services the maps hold, 1..=[`gateway_common::MAX_SERVICES`]; at least `services.len()`.
     pub max_services: u32,
     /// Largest Maglev table of any service: a prime, and every `table_size` is at most this.

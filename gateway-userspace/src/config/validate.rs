@@ -36,6 +36,10 @@ pub(super) const PORT: RangeInclusive<i64> = 1..=65535;
 pub(super) const RISE_FALL: RangeInclusive<i64> = 1..=100;
 pub(super) const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+/// `dataplane.idle_timeout`: long enough for an idle connection of a pool that sends no
+/// keepalives for a while; the cost of a long one is only that a changed slot keeps using
+/// conntrack that much longer.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub(super) const MIN_CHECK_DURATION: Duration = Duration::from_millis(10);
 pub(super) const MAX_DURATION: Duration = Duration::from_secs(3600);
 pub(super) const DEFAULT_JITTER: f64 = 0.1;
@@ -459,6 +463,12 @@ impl Validator<'_> {
                 true
             });
 
+        let idle_timeout = self.duration(
+            d.idle_timeout.as_ref(),
+            DEFAULT_IDLE_TIMEOUT,
+            Duration::from_secs(60)..=Duration::from_secs(7 * 24 * 3600),
+            "dataplane.idle_timeout",
+        );
         let ipip_source_v4 = self.family_address::<Ipv4Addr>(
             d.ipip_source_v4.as_ref(),
             "dataplane.ipip_source_v4",
@@ -496,6 +506,7 @@ impl Validator<'_> {
                 xdp_mode: d.xdp_mode.unwrap_or_default(),
                 conntrack_size: conntrack_size?,
                 mtu: mtu?,
+                idle_timeout: idle_timeout?,
                 max_services: max_services?,
                 max_table_size: max_table_size?,
                 ipip_source_v4: ipip_source_v4?,

@@ -206,7 +206,18 @@ impl World {
 
     /// A world running another build of the program (`gateway::object`).
     pub fn with_object(services: &[Svc], settings: Settings, object: &[u8]) -> World {
-        let dp = Dataplane::load_object(TEST_LOAD, object).expect("load the XDP object");
+        World::with_load(services, settings, object, TEST_LOAD)
+    }
+
+    /// A world with other map sizes (`load.max_services` and `max_table_size` must stay
+    /// `TEST_LOAD`'s: the config text names those).
+    pub fn with_load(
+        services: &[Svc],
+        settings: Settings,
+        object: &[u8],
+        load: LoadOptions,
+    ) -> World {
+        let dp = Dataplane::load_object(load, object).expect("load the XDP object");
         let mut w = World {
             dp,
             applied: Applied::default(),
@@ -271,6 +282,21 @@ impl World {
     pub fn placed(&self, svc: &Svc, key: &FlowKey) -> u32 {
         let t = &self.desired.services[&service_key(svc)].table;
         t[(flow_hash(key) % t.len() as u32) as usize]
+    }
+
+    /// The slot of `svc`'s active table that `key` hashes to, as the kernel holds it.
+    pub fn slot(&self, svc: &Svc, key: &FlowKey) -> gateway_common::Slot {
+        let v = self.applied.services[&service_key(svc)].value;
+        let at = v.table_offset + flow_hash(key) % v.table_size;
+        self.dp.read_table(at, 1)[0]
+    }
+
+    /// Settles `svc`'s changed slots that have been idle for `idle` seconds, as the agent's
+    /// periodic pass does.
+    pub fn settle(&mut self, svc: &Svc, idle: u32) -> gateway::model::SlotCounts {
+        let v = self.applied.services[&service_key(svc)].value;
+        mapsync::MapWriter::settle_slots(&mut self.dp, v.table_offset, v.table_size, idle)
+            .expect("settle")
     }
 
     /// The id of `addr` in the first service.

@@ -17,10 +17,14 @@ pub mod hash;
 pub const MAP_SERVICES: &str = "SERVICES";
 /// Backends: `Array<Backend>`, indexed by backend id. Id 0 is never used: it means "none".
 pub const MAP_BACKENDS: &str = "BACKENDS";
-/// Maglev tables: `Array<Slot>` (see [`Slot`]). Service `id` owns two regions of
-/// `table_stride` slots: `[2*id*stride, ..)` and `[(2*id+1)*stride, ..)`; the active one is
-/// named by its `ServiceValue::table_offset`. Size set at load time.
+/// Maglev tables: `Array<SlotLine>`, 32 slots' words per element (see [`SlotLine`],
+/// [`Slot`]). Service `id` owns two regions of `table_stride` slots (a multiple of 32):
+/// `[2*id*stride, ..)` and `[(2*id+1)*stride, ..)`; the active one is named by its
+/// `ServiceValue::table_offset`. Size set at load time.
 pub const MAP_TABLES: &str = "TABLES";
+/// What changed slots remember: `Array<SlotState>`, one per slot of TABLES (same index),
+/// in the same two regions per service. Size set at load time.
+pub const MAP_SLOT_STATE: &str = "SLOT_STATE";
 /// Connection tracking: `LruHashMap<FlowKey, FlowValue>` with per-CPU LRU lists
 /// (`BPF_F_NO_COMMON_LRU`). Size set at load time.
 pub const MAP_CONNTRACK: &str = "CONNTRACK";
@@ -45,7 +49,7 @@ pub const MAP_LOCAL_FILTER: &str = "LOCAL_FILTER";
 /// created them and checked by one that adopts them.
 pub const MAP_META: &str = "META";
 /// Every map, in the order they are pinned.
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 12] = [
     MAP_META,
     MAP_SERVICES,
     MAP_BACKENDS,
@@ -57,15 +61,17 @@ pub const MAP_NAMES: [&str; 11] = [
     MAP_SETTINGS,
     MAP_LOCAL_ADDRS,
     MAP_LOCAL_FILTER,
+    MAP_SLOT_STATE,
 ];
 
 /// The maps' layout: bump it whenever any map's type, key, value or meaning changes. An
 /// agent refuses pinned maps of another layout instead of misreading them. 3: STATS grew
 /// by `STAT_DROP_STALE_BACKEND`. 4: STATS grew by the packet-validity reasons, SETTINGS by
-/// `checks_off` and the host's MACs, and LOCAL_ADDRS was added. 5: TABLES holds [`Slot`]s
-/// (a slot's previous backend and when it last served an older flow) instead of bare ids,
-/// and STATS grew by `STAT_TABLE_STEADY` and `STAT_SLOT_PREVIOUS`; LOCAL_FILTER was added.
-pub const LAYOUT_VERSION: u32 = 5;
+/// `checks_off` and the host's MACs, and LOCAL_ADDRS was added. 5: TABLES held 8-byte slots
+/// (backend, previous backend, time), STATS grew by `STAT_TABLE_STEADY` and
+/// `STAT_SLOT_PREVIOUS`, and LOCAL_FILTER was added. 6: TABLES holds 16-bit slot words with
+/// marks, 32 to an element ([`SlotLine`]), and SLOT_STATE what changed slots remember.
+pub const LAYOUT_VERSION: u32 = 6;
 /// `Meta::magic`: "GWAY".
 pub const META_MAGIC: u32 = 0x4757_4159;
 
@@ -390,86 +396,120 @@ pub struct Backend {
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 32);
 
-/// A Maglev table slot, the value of TABLES (8 bytes: an array map rounds every value up
-/// to 8 bytes, so the bare id it replaced took as much room).
+/// Slots of one `SlotLine`.
+pub const SLOTS_PER_LINE: u32 = 32;
+/// A slot word's backend id (`MAX_BACKENDS` fits).
+pub const SLOT_ID: u16 = 0x3FFF;
+/// A slot word's mark: a packet used this settled slot.
+pub const SLOT_USED: u16 = 0x4000;
+/// A slot word's mark: the slot is changed; `SLOT_STATE` holds its previous backend.
+pub const SLOT_CHANGED: u16 = 0x8000;
+const _: () = assert!(MAX_BACKENDS <= SLOT_ID as u32 + 1);
+
+/// `SlotState::prev` of a changed slot whose previous backend is not known (the table was
+/// resized, so slots do not correspond): flows without an entry take the slot's backend.
+/// No backend has this id.
+pub const SLOT_PREV_UNKNOWN: u32 = 0xFFFF;
+const _: () = assert!(MAX_BACKENDS <= SLOT_PREV_UNKNOWN);
+
+/// TABLES' value: the words of 32 consecutive slots, one cache line. Slot `i` of TABLES is
+/// word `i % 32` of line `i / 32`, so in memory the table is one array of 16-bit words: a
+/// 65,537-slot table is 128 KiB, which stays in a core's cache where a map of 8-byte values
+/// (an array map rounds each value up to 8 bytes) would not. A word is the backend id
+/// (`SLOT_ID`; 0: none) and the marks `SLOT_USED` and `SLOT_CHANGED`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SlotLine {
+    pub words: [u16; SLOTS_PER_LINE as usize],
+}
+const _: () = assert!(core::mem::size_of::<SlotLine>() == 64);
+
+/// SLOT_STATE's value, per slot (indexed like TABLES' slots): read only for a slot whose
+/// word is `SLOT_CHANGED`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SlotState {
+    /// The backend of the flows older than the slot's change (`SLOT_PREV_UNKNOWN`: not
+    /// known).
+    pub prev: u32,
+    /// The last time (seconds of CLOCK_MONOTONIC, as `bpf_ktime_get_coarse_ns`) a packet
+    /// on this slot went to a backend other than its own, or the change itself.
+    pub seen: u32,
+}
+const _: () = assert!(core::mem::size_of::<SlotState>() == 8);
+
+/// A Maglev table slot as user space sees it, stored as a word in TABLES and, while
+/// changed, a `SlotState`.
 ///
 /// A slot is *settled* while `prev` is 0: every flow on it belongs to its backend, and a
 /// packet takes the table's answer without touching conntrack (the program marks the slot
-/// used, `seen` = `SLOT_USED`, the first time). When user space changes the backend of a
-/// used slot it keeps the old one in `prev` (the oldest, if the slot was already changed)
-/// and sets `seen` to the time of the change: TCP packets on a changed slot go through
-/// conntrack, and one that has no entry belongs to a flow that began before the change, so
-/// it follows `prev` while that backend still serves. The program refreshes `seen`
-/// whenever it sends a packet to a backend other than `cur`; user space settles the slot
-/// (`prev` back to 0, in place) once no such packet has been seen for the idle timeout. A
-/// slot no packet used stays settled through a change: no flow can be on it (a fresh
-/// balancer's backends coming up one by one change nothing). docs/datapath.md has the
-/// whole reasoning.
-#[repr(C)]
+/// used, `SLOT_USED`, the first time). When user space changes the backend of a used slot
+/// it keeps the old one in `prev` (the oldest, if the slot was already changed) and sets
+/// `seen` to the time of the change: TCP packets on a changed slot go through conntrack,
+/// and one that has no entry belongs to a flow that began before the change, so it follows
+/// `prev` while that backend still serves. The program refreshes `seen` whenever it sends
+/// a packet to a backend other than the slot's; user space settles the slot (in place)
+/// once no such packet has been seen for the idle timeout. A slot no packet used stays
+/// settled through a change: no flow can be on it (a fresh balancer's backends coming up
+/// one by one change nothing). docs/datapath.md has the whole reasoning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Slot {
-    /// The backend new flows go to (`cur`, low 16 bits; 0: none) and the previous one
-    /// (`prev`, high 16 bits; 0: settled, `SLOT_PREV_UNKNOWN`: changed, previous
-    /// backend unknown). One word, so a reader sees both from the same write.
-    pub ids: u32,
-    /// While changed: the last time (seconds of CLOCK_MONOTONIC, as `bpf_ktime_get_ns`)
-    /// a packet on this slot went to a backend other than `cur`, or the change itself.
-    /// While settled: 0 until a packet uses the slot, then `SLOT_USED`.
+    /// The backend new flows go to (0: none).
+    pub cur: u32,
+    /// 0: settled; else the backend of older flows (or `SLOT_PREV_UNKNOWN`).
+    pub prev: u32,
+    /// While changed: `SlotState::seen`. While settled: 1 if a packet used the slot, else 0.
     pub seen: u32,
 }
-const _: () = assert!(core::mem::size_of::<Slot>() == 8);
-// Backend ids must fit a slot's halves.
-const _: () = assert!(MAX_BACKENDS < SLOT_PREV_UNKNOWN);
-
-/// `Slot::seen` of a settled slot that a packet has used.
-pub const SLOT_USED: u32 = 1;
-
-/// `Slot` `prev` of a changed slot whose previous backend is not known (the table was
-/// resized, so slots do not correspond): flows without an entry take `cur`.
-pub const SLOT_PREV_UNKNOWN: u32 = 0xFFFF;
 
 impl Slot {
-    #[inline(always)]
     pub const fn new(cur: u32, prev: u32, seen: u32) -> Slot {
-        Slot {
-            ids: (cur & 0xFFFF) | (prev << 16),
-            seen,
-        }
+        Slot { cur, prev, seen }
     }
 
     /// A settled slot naming `cur`, not used yet.
-    #[inline(always)]
     pub const fn settled(cur: u32) -> Slot {
         Slot::new(cur, 0, 0)
     }
 
     /// A settled slot naming `cur` that flows may be using.
-    #[inline(always)]
     pub const fn used(cur: u32) -> Slot {
-        Slot::new(cur, 0, SLOT_USED)
+        Slot::new(cur, 0, 1)
     }
 
-    /// The backend new flows go to (0: none).
-    #[inline(always)]
     pub const fn cur(&self) -> u32 {
-        self.ids & 0xFFFF
+        self.cur
     }
 
-    /// The backend of flows older than the slot's change (0: settled).
-    #[inline(always)]
     pub const fn prev(&self) -> u32 {
-        self.ids >> 16
+        self.prev
     }
 
-    /// The slot as it is written in TABLES' memory (little-endian: `ids` in the low half).
-    pub const fn to_word(self) -> u64 {
-        self.ids as u64 | (self.seen as u64) << 32
+    /// Its TABLES word and SLOT_STATE value.
+    pub const fn encode(self) -> (u16, SlotState) {
+        let id = (self.cur as u16) & SLOT_ID;
+        if self.prev != 0 {
+            let state = SlotState {
+                prev: self.prev,
+                seen: self.seen,
+            };
+            (id | SLOT_CHANGED, state)
+        } else if self.seen != 0 {
+            (id | SLOT_USED, SlotState { prev: 0, seen: 0 })
+        } else {
+            (id, SlotState { prev: 0, seen: 0 })
+        }
     }
 
-    pub const fn from_word(w: u64) -> Slot {
-        Slot {
-            ids: w as u32,
-            seen: (w >> 32) as u32,
+    /// The slot a TABLES word and its SLOT_STATE value describe.
+    pub const fn decode(word: u16, state: SlotState) -> Slot {
+        let cur = (word & SLOT_ID) as u32;
+        if word & SLOT_CHANGED != 0 {
+            Slot::new(cur, state.prev, state.seen)
+        } else if word & SLOT_USED != 0 {
+            Slot::used(cur)
+        } else {
+            Slot::settled(cur)
         }
     }
 }
@@ -569,6 +609,7 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Meta {}
     unsafe impl aya::Pod for super::LocalKey {}
-    unsafe impl aya::Pod for super::Slot {}
+    unsafe impl aya::Pod for super::SlotLine {}
+    unsafe impl aya::Pod for super::SlotState {}
     unsafe impl aya::Pod for super::LocalFilter {}
 }

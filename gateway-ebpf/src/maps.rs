@@ -6,7 +6,7 @@ use aya_ebpf::{
 use gateway_common::{
     BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, Backend, DEFAULT_CONNTRACK_SIZE, FlowKey, FlowValue,
     LocalFilter, LocalKey, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SERVICES, Meta, STAT_COUNT, ServiceKey,
-    ServiceValue, Settings, Slot, TrafficStats,
+    ServiceValue, Settings, SlotLine, SlotState, TrafficStats,
 };
 
 #[map(name = "SERVICES")]
@@ -15,9 +15,13 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entri
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// Resized by the agent at load time (services x 2 x largest table).
+/// Resized by the agent at load time (services x 2 x largest table, in lines of 32 slots).
 #[map(name = "TABLES")]
-pub static TABLES: Array<Slot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+pub static TABLES: Array<SlotLine> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Resized by the agent at load time (one per slot of TABLES).
+#[map(name = "SLOT_STATE")]
+pub static SLOT_STATE: Array<SlotState> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, FlowValue> =

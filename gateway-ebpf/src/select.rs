@@ -8,13 +8,13 @@
 //! that began before the change. docs/datapath.md has the reasoning.
 use gateway_common::{
     BACKEND_DRAIN, BACKEND_UP, Backend, CHECK_MARTIAN_SOURCE, FlowKey, FlowValue, LocalKey,
-    PROTO_UDP, SLOT_PREV_UNKNOWN, SLOT_USED, STAT_CT_HIT, STAT_CT_MISS_NON_SYN, STAT_CT_MISS_SYN, STAT_DROP_MARTIAN_SOURCE,
+    PROTO_UDP, SLOT_CHANGED, SLOT_ID, SLOT_PREV_UNKNOWN, SLOT_USED, SLOTS_PER_LINE, STAT_CT_HIT, STAT_CT_MISS_NON_SYN, STAT_CT_MISS_SYN, STAT_DROP_MARTIAN_SOURCE,
     STAT_DROP_STALE_BACKEND, STAT_ICMP_RELAYED, STAT_NO_BACKEND, STAT_RESCHEDULED,
-    STAT_SLOT_PREVIOUS, STAT_TABLE_STEADY, ServiceValue, Slot, hash::flow_hash,
+    STAT_SLOT_PREVIOUS, STAT_TABLE_STEADY, ServiceValue, SlotState, hash::flow_hash,
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, LOCAL_ADDRS, LOCAL_FILTER, TABLES},
+    maps::{BACKENDS, CONNTRACK, LOCAL_ADDRS, LOCAL_FILTER, SLOT_STATE, TABLES},
     stats::count,
 };
 
@@ -71,16 +71,21 @@ fn serving(id: u32) -> Option<&'static Backend> {
     }
 }
 
-/// The slot's `seen` is now: a packet went to a backend other than the slot's. Written at
-/// most once a second per slot, so the slot's cache line is shared, not bounced.
+/// The changed slot's `seen` is now: a packet went to a backend other than the slot's.
+/// Written at most once a second per slot, so the state's cache line is shared, not
+/// bounced.
 #[inline(always)]
-fn touch(slot: *mut Slot) {
-    // SAFETY: the helper takes no arguments; TABLES values are plain memory, and a racing
-    // writer (another CPU, or user space settling the slot) can only lose one refresh.
+fn touch(state: Option<*mut SlotState>) {
+    let Some(state) = state else {
+        return;
+    };
+    // SAFETY: the helper takes no arguments; SLOT_STATE values are plain memory, and a
+    // racing writer (another CPU, or user space settling the slot) can only lose one
+    // refresh.
     unsafe {
         let now = (aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() / 1_000_000_000) as u32;
-        if (*slot).seen != now {
-            (*slot).seen = now;
+        if (*state).seen != now {
+            (*state).seen = now;
         }
     }
 }
@@ -97,32 +102,31 @@ pub fn choose(
     let hash = flow_hash(key);
     // Like Katran's `get_packet_dst`: a table past the end of TABLES means user space and
     // the maps disagree. A service with no table is a slot that names no one.
-    let slot = if svc.table_size == 0 {
-        None
+    let (at, word) = if svc.table_size == 0 {
+        (0, 0)
     } else {
         let at = svc.table_offset.wrapping_add(hash % svc.table_size);
-        match TABLES.get_ptr_mut(at) {
-            Some(p) => Some(p),
-            None => return Err(STAT_DROP_STALE_BACKEND),
+        let lane = (at % SLOTS_PER_LINE) as usize;
+        let Some(line) = TABLES.get_ptr_mut(at / SLOTS_PER_LINE) else {
+            return Err(STAT_DROP_STALE_BACKEND);
+        };
+        // SAFETY: a map value stays valid for this program run; one word read, and (the
+        // first packet on a settled slot) one written. A lost race writes the same mark.
+        unsafe {
+            let word = (*line).words[lane];
+            if word & (SLOT_USED | SLOT_CHANGED) == 0 && crate::SETTLED_SLOTS {
+                // A change of this slot's backend must now remember the old one.
+                (*line).words[lane] = word | SLOT_USED;
+            }
+            (at, word)
         }
     };
-    // SAFETY: a map value stays valid for this program run; one word read.
-    let ids = slot.map(|p| unsafe { (*p).ids }).unwrap_or(0);
-    let (cur, prev) = (ids & 0xFFFF, ids >> 16);
+    let cur = u32::from(word & SLOT_ID);
+    let changed = word & SLOT_CHANGED != 0;
     let udp = key.proto == PROTO_UDP;
 
-    if prev == 0 && !udp && crate::SETTLED_SLOTS {
-        // Settled: the table's answer is every flow's answer. The first packet marks the
-        // slot used (a change of its backend must now remember the old one); after that
-        // this is a read of a line already in cache.
-        if let Some(p) = slot {
-            // SAFETY: as above; a lost race only writes the same value twice.
-            unsafe {
-                if (*p).seen == 0 {
-                    (*p).seen = SLOT_USED;
-                }
-            }
-        }
+    if !changed && !udp && crate::SETTLED_SLOTS {
+        // Settled: the table's answer is every flow's answer.
         if track != Track::Relay && from_local(key, checks_off) {
             return Err(STAT_DROP_MARTIAN_SOURCE);
         }
@@ -140,7 +144,15 @@ pub fn choose(
         });
     }
 
-    // A changed slot (or UDP): conntrack says where a flow already goes.
+    // A changed slot (or UDP): conntrack says where a flow already goes, and the slot's
+    // state who its older flows belong to.
+    let state = if changed {
+        SLOT_STATE.get_ptr_mut(at)
+    } else {
+        None
+    };
+    // SAFETY: as above.
+    let prev = state.map(|s| unsafe { (*s).prev }).unwrap_or(0);
     let mut older = false;
     if track != Track::Syn {
         // SAFETY: the value is copied out at once; LRU entries may be recycled afterwards.
@@ -152,10 +164,8 @@ pub fn choose(
                     } else {
                         STAT_ICMP_RELAYED
                     });
-                    if id != cur
-                        && let Some(p) = slot
-                    {
-                        touch(p);
+                    if id != cur {
+                        touch(state);
                     }
                     return Ok(Choice {
                         id,
@@ -197,9 +207,7 @@ pub fn choose(
     }
     let (id, backend) = match previous {
         Some(b) => {
-            if let Some(p) = slot {
-                touch(p);
-            }
+            touch(state);
             (prev, b)
         }
         None => (cur, placed(cur)?),

@@ -15,8 +15,9 @@ use gateway_common::{
     Backend, DEFAULT_CONNTRACK_SIZE, DEFAULT_TABLE_SIZE, FlowKey, FlowValue, LAYOUT_VERSION,
     LocalFilter, LocalKey, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_LOCAL_ADDRS,
     MAP_LOCAL_FILTER, MAP_META, MAP_NAMES, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS,
-    MAP_STATS, MAP_TABLES, META_MAGIC, META_MODE_GENERIC, META_MODE_NATIVE, Meta, PROG_GATEWAY,
-    STAT_COUNT, ServiceKey, ServiceValue, Settings, Slot, TrafficStats,
+    MAP_SLOT_STATE, MAP_STATS, MAP_TABLES, META_MAGIC, META_MODE_GENERIC, META_MODE_NATIVE, Meta,
+    PROG_GATEWAY, SLOT_CHANGED, SLOT_ID, SLOT_USED, SLOTS_PER_LINE, STAT_COUNT, ServiceKey,
+    ServiceValue, Settings, Slot, SlotState, TrafficStats,
 };
 use log::{info, warn};
 use thiserror::Error;
@@ -70,7 +71,8 @@ pub struct LoadOptions {
     pub conntrack_size: u32,
     /// Services the tables have room for.
     pub max_services: u32,
-    /// Largest table a service may use (the region stride).
+    /// Largest table a service may use (the region stride, rounded up to whole
+    /// `gateway_common::SlotLine`s).
     pub max_table_size: u32,
     /// Level of the program's own log messages (aya-log): 0 off, 1 error .. 5 trace.
     pub kernel_log: u8,
@@ -91,7 +93,7 @@ impl LoadOptions {
     pub fn layout(&self) -> Layout {
         Layout {
             max_services: self.max_services,
-            stride: self.max_table_size,
+            stride: self.max_table_size.div_ceil(SLOTS_PER_LINE) * SLOTS_PER_LINE,
         }
     }
 }
@@ -112,25 +114,27 @@ impl std::fmt::Display for AttachedMode {
     }
 }
 
-/// TABLES written and read through memory mappings (the map is created `BPF_F_MMAPABLE`):
-/// a whole table is one pass over memory instead of one syscall per slot. Each element is
-/// a [`Slot`], 8 bytes, so slot `i` is the `i`-th u64 ([`Slot::to_word`]).
+/// TABLES and SLOT_STATE written and read through memory mappings (both maps are created
+/// `BPF_F_MMAPABLE`): a whole table is one pass over memory instead of one syscall per
+/// slot. TABLES is, in memory, one array of 16-bit slot words ([`SlotLine`]s are 32 of
+/// them with no padding); SLOT_STATE one array of 8-byte [`SlotState`]s.
 ///
-/// Each access maps just the pages it needs and unmaps them after: the map's memory is the
+/// Each access maps just the pages it needs and unmaps them after: the maps' memory is the
 /// kernel's either way, and a mapping kept open would count every table the agent ever
 /// wrote (two regions per service) in its resident memory.
 struct TableMem {
-    map: MapData,
+    words: MapData,
+    states: MapData,
     slots: usize,
     page: usize,
 }
 
-/// A window of TABLES mapped into our memory; unmapped when dropped.
+/// A window of a map mapped into our memory; unmapped when dropped.
 struct Window {
     base: *mut u8,
     len: usize,
-    /// The first requested slot, inside the window.
-    first: *mut u64,
+    /// The first requested byte, inside the window.
+    first: *mut u8,
 }
 
 impl Drop for Window {
@@ -140,25 +144,37 @@ impl Drop for Window {
     }
 }
 
+/// Bytes per slot in each map.
+const WORD: usize = 2;
+const STATE: usize = std::mem::size_of::<SlotState>();
+
 impl TableMem {
-    fn new(map: MapData, slots: u32) -> Result<Self, DataplaneError> {
+    fn new(words: MapData, states: MapData, slots: u32) -> Result<Self, DataplaneError> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let t = Self {
-            map,
+            words,
+            states,
             slots: slots as usize,
             page,
         };
-        // Fail at load, not at the first write, if the map cannot be mapped.
-        t.window(0, 1, false)?;
+        // Fail at load, not at the first write, if a map cannot be mapped.
+        t.window(&t.words, 0, WORD, false)?;
+        t.window(&t.states, 0, STATE, false)?;
         Ok(t)
     }
 
-    /// Maps slots `[offset, offset + len)` (`len` >= 1, in bounds).
-    fn window(&self, offset: usize, len: usize, write: bool) -> Result<Window, DataplaneError> {
+    /// Maps bytes `[start, start + len)` of `map` (`len` >= 1, in bounds).
+    fn window(
+        &self,
+        map: &MapData,
+        start: usize,
+        len: usize,
+        write: bool,
+    ) -> Result<Window, DataplaneError> {
         use std::os::fd::AsRawFd;
-        let start = offset * 8 / self.page * self.page;
-        let end = ((offset + len) * 8).div_ceil(self.page) * self.page;
+        let from = start / self.page * self.page;
+        let to = (start + len).div_ceil(self.page) * self.page;
         let prot = if write {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
@@ -169,11 +185,11 @@ impl TableMem {
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                end - start,
+                to - from,
                 prot,
                 libc::MAP_SHARED,
-                self.map.fd().as_fd().as_raw_fd(),
-                start as libc::off_t,
+                map.fd().as_fd().as_raw_fd(),
+                from as libc::off_t,
             )
         };
         if base == libc::MAP_FAILED {
@@ -182,14 +198,15 @@ impl TableMem {
         let base = base.cast::<u8>();
         Ok(Window {
             base,
-            len: end - start,
+            len: to - from,
             // SAFETY: within the mapping just made.
-            first: unsafe { base.add(offset * 8 - start) }.cast(),
+            first: unsafe { base.add(start - from) },
         })
     }
 
-    fn write(&mut self, offset: u32, slots: &[Slot]) -> Result<(), SyncError> {
-        let end = offset as usize + slots.len();
+    /// Both maps' windows over slots `[offset, offset + len)`, bounds-checked.
+    fn windows(&self, offset: u32, len: usize, write: bool) -> Result<(Window, Window), SyncError> {
+        let end = offset as usize + len;
         if end > self.slots {
             return Err(SyncError::TableBounds {
                 offset,
@@ -197,20 +214,35 @@ impl TableMem {
                 slots: self.slots,
             });
         }
+        let err = |e: DataplaneError| SyncError::Write {
+            what: format!("table @{offset}"),
+            source: e.into(),
+        };
+        let at = offset as usize;
+        Ok((
+            self.window(&self.words, at * WORD, len * WORD, write)
+                .map_err(err)?,
+            self.window(&self.states, at * STATE, len * STATE, write)
+                .map_err(err)?,
+        ))
+    }
+
+    fn write(&mut self, offset: u32, slots: &[Slot]) -> Result<(), SyncError> {
         if slots.is_empty() {
             return Ok(());
         }
-        let w = self
-            .window(offset as usize, slots.len(), true)
-            .map_err(|e| SyncError::Write {
-                what: format!("table @{offset}"),
-                source: e.into(),
-            })?;
-        // SAFETY: the window covers these slots; the kernel reads them concurrently, but
-        // only in a region no service entry points at yet.
-        let dst = unsafe { std::slice::from_raw_parts_mut(w.first, slots.len()) };
-        for (d, s) in dst.iter_mut().zip(slots) {
-            *d = s.to_word();
+        let (w, s) = self.windows(offset, slots.len(), true)?;
+        // SAFETY: the windows cover these slots (16-bit words, 8-byte states, aligned as the
+        // maps are); the kernel reads them concurrently, but only in a region no service
+        // entry points at yet.
+        let (words, states) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(w.first.cast::<u16>(), slots.len()),
+                std::slice::from_raw_parts_mut(s.first.cast::<SlotState>(), slots.len()),
+            )
+        };
+        for ((word, state), slot) in words.iter_mut().zip(states.iter_mut()).zip(slots) {
+            (*word, *state) = slot.encode();
         }
         // The service update that publishes this region must not overtake these stores.
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
@@ -223,17 +255,27 @@ impl TableMem {
         if end == start {
             return Vec::new();
         }
-        let Ok(w) = self.window(start, end - start, false) else {
+        let Ok((w, s)) = self.windows(start as u32, end - start, false) else {
             return Vec::new();
         };
-        // SAFETY: the window covers these slots.
-        let src = unsafe { std::slice::from_raw_parts(w.first, end - start) };
-        src.iter().map(|v| Slot::from_word(*v)).collect()
+        // SAFETY: the windows cover these slots.
+        let (words, states) = unsafe {
+            (
+                std::slice::from_raw_parts(w.first.cast::<u16>(), end - start),
+                std::slice::from_raw_parts(s.first.cast::<SlotState>(), end - start),
+            )
+        };
+        words
+            .iter()
+            .zip(states)
+            .map(|(w, s)| Slot::decode(*w, *s))
+            .collect()
     }
 
-    /// Settles, in the active table itself, the slots [`model::settles`] allows. Each slot
-    /// is replaced with a compare-and-swap of its whole word: if the program stamped `seen`
-    /// since it was read (an older flow just sent a packet), the slot stays changed.
+    /// Settles, in the active table itself, the slots [`model::settles`] allows: each
+    /// slot's word loses its `SLOT_CHANGED` mark with a compare-and-swap (keeping any other
+    /// change the program made), and if the program stamped the slot's `seen` meanwhile
+    /// (an older flow just sent a packet), the mark is put back.
     fn settle(
         &mut self,
         offset: u32,
@@ -241,34 +283,49 @@ impl TableMem {
         now: u32,
         idle: u32,
     ) -> Result<SlotCounts, SyncError> {
-        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
         let mut counts = SlotCounts::default();
-        let end = offset as usize + len as usize;
-        if len == 0 || end > self.slots {
+        if len == 0 {
             return Ok(counts);
         }
-        let w = self
-            .window(offset as usize, len as usize, true)
-            .map_err(|e| SyncError::Write {
-                what: format!("table @{offset}"),
-                source: e.into(),
-            })?;
-        // SAFETY: the window covers these slots, 8-byte aligned; the program reads and
-        // stamps them concurrently, so every access is atomic.
-        let words =
-            unsafe { std::slice::from_raw_parts(w.first.cast::<AtomicU64>(), len as usize) };
-        for word in words {
-            let old = word.load(Ordering::Relaxed);
-            let s = Slot::from_word(old);
-            if !model::settles(s, now, idle) {
-                counts.changed += u32::from(s.prev() != 0);
+        let (w, s) = self.windows(offset, len as usize, true)?;
+        // SAFETY: the windows cover these slots, aligned; the program reads and writes them
+        // concurrently, so every access is atomic. A state's `seen` is its second u32.
+        let (words, states) = unsafe {
+            (
+                std::slice::from_raw_parts(w.first.cast::<AtomicU16>(), len as usize),
+                std::slice::from_raw_parts(s.first.cast::<[AtomicU32; 2]>(), len as usize),
+            )
+        };
+        for (word, state) in words.iter().zip(states) {
+            let old = word.load(Ordering::Acquire);
+            if old & SLOT_CHANGED == 0 {
                 continue;
             }
-            let new = Slot::used(s.cur()).to_word();
-            match word.compare_exchange(old, new, Ordering::SeqCst, Ordering::Relaxed) {
-                Ok(_) => counts.settled += 1,
-                Err(_) => counts.changed += 1,
+            let seen = state[1].load(Ordering::Acquire);
+            let slot = Slot::new(
+                u32::from(old & SLOT_ID),
+                state[0].load(Ordering::Relaxed),
+                seen,
+            );
+            if !model::settles(slot, now, idle) {
+                counts.changed += 1;
+                continue;
             }
+            let new = (old & SLOT_ID) | SLOT_USED;
+            if word
+                .compare_exchange(old, new, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+            {
+                counts.changed += 1;
+                continue;
+            }
+            if state[1].load(Ordering::SeqCst) != seen {
+                word.store(old, Ordering::SeqCst);
+                counts.changed += 1;
+                continue;
+            }
+            counts.settled += 1;
         }
         Ok(counts)
     }
@@ -401,7 +458,8 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .override_global(aya_log::LEVEL, &options.kernel_log, false)
-            .map_max_entries(MAP_TABLES, slots)
+            .map_max_entries(MAP_TABLES, slots / SLOTS_PER_LINE)
+            .map_max_entries(MAP_SLOT_STATE, slots)
             .map_max_entries(MAP_CONNTRACK, options.conntrack_size);
         let paths: Vec<(&str, std::path::PathBuf)> = pin_dir
             .map(|d| MAP_NAMES.iter().map(|n| (*n, d.join(n))).collect())
@@ -434,11 +492,11 @@ impl Dataplane {
             .map_err(map_err(MAP_SERVICE_STATS))?;
         let backend_stats = PerCpuArray::try_from(take(&mut ebpf, MAP_BACKEND_STATS)?)
             .map_err(map_err(MAP_BACKEND_STATS))?;
-        let tables_map = match take(&mut ebpf, MAP_TABLES)? {
-            Map::Array(data) => data,
-            _ => return Err(DataplaneError::NoMap(MAP_TABLES)),
+        let mut array = |name: &'static str| match take(&mut ebpf, name)? {
+            Map::Array(data) => Ok(data),
+            _ => Err(DataplaneError::NoMap(name)),
         };
-        let tables = TableMem::new(tables_map, slots)?;
+        let tables = TableMem::new(array(MAP_TABLES)?, array(MAP_SLOT_STATE)?, slots)?;
         let logger = if options.kernel_log > 0 {
             aya_log::EbpfLogger::init(&mut ebpf)
                 .map_err(|e| warn!("the program's log is unavailable: {}", Chain(&e)))

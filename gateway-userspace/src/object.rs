@@ -15,6 +15,11 @@ pub static XDP_FLOOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 /// lab's backends use it where the kernel lacks the tunnel drivers.
 pub static XDP_DECAP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-decap"));
 
+/// The live-frames benchmark's front program `xdp_vary` (a flow per run, then a tail call
+/// into the program under test) and its veth peer's `xdp_sink`; see
+/// `gateway-ebpf/src/vary.rs`.
+pub static XDP_VARY: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-vary"));
+
 /// The balancer's program built without packet validation (`gateway-ebpf/src/unchecked.rs`),
 /// with the same maps: `cargo xtask bench xdp` measures what validation costs against it.
 pub static GATEWAY_UNCHECKED: &[u8] =

@@ -1708,7 +1708,10 @@ fn a_slot_no_packet_used_stays_settled_when_its_backend_changes() {
     let used = 49000;
     assert_eq!(sent_to(&w, &ack(used)), b1().mac);
     let svc = one_service(vec![b1()]);
-    assert_eq!(w.slot(&svc[0], &key_of(&ack(used))).seen, SLOT_USED);
+    assert_eq!(
+        w.slot(&svc[0], &key_of(&ack(used))),
+        Slot::used(w.id(b1().addr))
+    );
     // b1 goes down: every slot moves to b2. Only the used one remembers b1.
     let two = one_service(vec![down(b1()), b2()]);
     w.set(&two);

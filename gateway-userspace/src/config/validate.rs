@@ -450,7 +450,8 @@ impl Validator<'_> {
                 }
                 // Each service owns two table regions of max_table_size slots (see
                 // gateway_common::MAP_TABLES), and the map's max_entries is a u32.
-                let slots = 2 * u64::from(max_services.unwrap_or(1)) * u64::from(m);
+                let stride = u64::from(m).div_ceil(32) * 32;
+                let slots = 2 * u64::from(max_services.unwrap_or(1)) * stride;
                 if slots > u64::from(u32::MAX) {
                     let msg = format!(
                         "{m} is too large: 2 x max_services x max_table_size = {slots} table \

@@ -117,8 +117,12 @@ pub enum Difference {
 pub enum Flows {
     /// The service moved to another address: flows to the old one are no longer balanced.
     Unbalanced,
-    /// They follow conntrack; only new flows are placed by the new table.
+    /// They stay (their slots remember their backends); only new flows are placed by the
+    /// new table.
     Stay,
+    /// The table's size changes: slots do not correspond, so established TCP flows not in
+    /// conntrack (those that began on settled slots) are placed by the new table.
+    Resized,
     /// They stay, except those on these backends (up or draining before, not after), which
     /// are placed again.
     PlacedAgain(Vec<IpAddr>),
@@ -306,8 +310,9 @@ fn kept<'a>(
         &slot_addresses(old_plan, old_sp),
         &slot_addresses(new_plan, new_sp),
     );
-    // Established flows follow conntrack while their backend stays up or draining; flows of
-    // a backend that leaves (removed, maint, an idle backup) are placed again.
+    // Established flows stay while their backend stays up or draining (a changed slot
+    // remembers it); flows of a backend that leaves (removed, maint, an idle backup) are
+    // placed again.
     let keeps = |s: u8| s == BACKEND_UP || s == BACKEND_DRAIN;
     let still: HashSet<IpAddr> = new_sp
         .backends
@@ -323,6 +328,8 @@ fn kept<'a>(
         .collect();
     let flows = if old_end != new_end {
         Flows::Unbalanced
+    } else if old_sp.table_size != new_sp.table_size {
+        Flows::Resized
     } else if lost.is_empty() {
         Flows::Stay
     } else {

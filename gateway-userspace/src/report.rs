@@ -74,10 +74,11 @@ pub fn render_status(s: &Snapshot) -> String {
         };
         let _ = writeln!(
             out,
-            "\nservice {}  {endpoint}  {}  table {} slots{}  {} packets  {} new flows",
+            "\nservice {}  {endpoint}  {}  table {} slots ({} changed){}  {} packets  {} new flows",
             svc.name,
             svc.mode,
             svc.table_size,
+            svc.changed_slots,
             if svc.panic { "  PANIC" } else { "" },
             svc.traffic.packets,
             svc.traffic.new_flows,
@@ -298,6 +299,9 @@ fn kept(k: &Kept) -> String {
     let flows = match &k.flows {
         Flows::Unbalanced => "flows to the old address are no longer balanced".to_string(),
         Flows::Stay => "new flows only; established flows stay".to_string(),
+        Flows::Resized => "the table size changes: established TCP flows are placed again \
+                           by the new table; do it in a quiet window"
+            .to_string(),
         Flows::PlacedAgain(lost) => format!(
             "established flows stay, except those on {}, which are placed again",
             list(lost)
@@ -617,6 +621,17 @@ mod tests {
     }
 
     #[test]
+    fn a_new_table_size_says_established_flows_are_placed_again() {
+        let text = service("web", 1, &[(11, ""), (12, ""), (13, "")])
+            .replace("table_size = 65537", "table_size = 251");
+        let out = change(&three(), &config(&text));
+        assert!(
+            out.contains("the table size changes: established TCP flows are placed again"),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn reweighting_reports_old_and_new_weights() {
         let heavier = config(&service(
             "web",
@@ -765,7 +780,7 @@ refused    drop_martian_source 3
 bgp        198.18.1.1 announced (servable for 12s)  fd00:1::1 withdrawn (no usable backend for 3s)
 bgp        ERROR (3 so far): connecting to BIRD's control socket: refused
 
-service web  198.18.1.1:80/tcp  l2dsr  table 251 slots  10 packets  5 new flows
+service web  198.18.1.1:80/tcp  l2dsr  table 251 slots (7 changed)  10 packets  5 new flows
   backend      state  weight  slots   share  health                            reason
   198.18.0.11  up        100    251  100.0%  up (connected, 0.2ms)             ready, up
   198.18.0.12  down      100      0    0.0%  down (connection refused, 0.2ms)  health check down

@@ -353,6 +353,7 @@ pub fn snapshot() -> Snapshot {
             protocol: "tcp".into(),
             mode: "l2dsr".into(),
             table_size: 251,
+            changed_slots: 7,
             panic: false,
             traffic: Traffic {
                 packets: 10,

@@ -246,12 +246,17 @@ fn main() {
         })
         .collect();
     // Flows of the changed service, begun after the change, whose slots did change.
-    let changed: Vec<Vec<u8>> = candidates
-        .into_iter()
+    let mut changed: Vec<Vec<u8>> = candidates
+        .iter()
         .filter(|f| worlds[MAIN].slot(&services[3], &key_of(f)).prev() != 0)
         .take(ITERS)
+        .cloned()
         .collect();
-    assert_eq!(changed.len(), ITERS, "changed slots");
+    if std::env::var_os("GATEWAY_BENCH_CASES").is_some() && changed.is_empty() {
+        // A partial program measured alone (see `only` below) may not mark slots used.
+        changed = candidates[..1].to_vec();
+    }
+    assert!(!changed.is_empty(), "changed slots");
     let established20k = many(ITERS, 0, vip4, TCP_SYN);
     let established1m = many(MILLION, 0, vip4, TCP_SYN);
     let mut cases = vec![
@@ -346,6 +351,12 @@ fn main() {
         },
     ];
     drop((established1m, established20k, changed));
+    // `GATEWAY_BENCH_CASES=text`: only the floor and the cases whose name contains `text`,
+    // and no live frames - for measuring one path while changing it.
+    let only = std::env::var("GATEWAY_BENCH_CASES").ok();
+    if let Some(only) = &only {
+        cases.retain(|c| c.stat.is_none() || c.name.contains(only.as_str()));
+    }
     let mut out = vec![0u8; 4096];
     let floor: &Xdp = floor;
 
@@ -521,17 +532,21 @@ fn main() {
         .unwrap();
     }
     // An established packet's cost should not depend on how many flows there are.
-    let find = |name: &str| cases.iter().find(|c| c.name.starts_with(name)).unwrap();
-    let one = ratio_of(find("established, 1 flow, l2dsr"), MAIN);
-    let million = ratio_of(find("established, 1,000,000"), MAIN);
-    let scale = million / one;
+    let find = |name: &str| cases.iter().find(|c| c.name.starts_with(name));
+    let (Some(one), Some(million)) = (
+        find("established, 1 flow, l2dsr"),
+        find("established, 1,000,000"),
+    ) else {
+        print!("{md}");
+        return;
+    };
+    let scale = ratio_of(million, MAIN) / ratio_of(one, MAIN);
     writeln!(
         md,
         "\nEstablished packets, 1,000,000 flows against 1 flow (ratios to the floor): \
          {scale:.2}x (target <= 1.2x {}); every packet tracked: {:.2}x.",
         if scale <= 1.2 { "met" } else { "MISSED" },
-        ratio_of(find("established, 1,000,000"), TRACKED)
-            / ratio_of(find("established, 1 flow, l2dsr"), TRACKED)
+        ratio_of(million, TRACKED) / ratio_of(one, TRACKED)
     )
     .unwrap();
     if scale > 1.2 {
@@ -547,7 +562,9 @@ fn main() {
     for c in &checks {
         writeln!(md, "- {c}").unwrap();
     }
-    md += &live_frames(&worlds, tcp(c4, vip4, 0, 80, TCP_ACK).bytes(), &mut missed);
+    if only.is_none() {
+        md += &live_frames(&worlds, tcp(c4, vip4, 0, 80, TCP_ACK).bytes(), &mut missed);
+    }
     print!("{md}");
     if let Ok(path) = std::env::var("GATEWAY_BENCH_OUT") {
         std::fs::write(&path, &md).expect("write bench output");

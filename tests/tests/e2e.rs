@@ -446,6 +446,19 @@ fn drain_keeps_established_connections(mode: &'static str, v6: bool) {
         answers.iter().all(|a| a.as_deref() == Ok("b1")),
         "{answers:?}"
     );
+    // The slots b1's connections used changed (b1 is their previous backend), and the
+    // agent's settling pass (every 10 s) reports them; they stay for `idle_timeout`.
+    if mode == "l2dsr" && !v6 {
+        let changed = || {
+            let (_, body) = common::admin_get(&lab.lb.netns, "/status");
+            let s: gateway::admin::Snapshot = serde_json::from_str(&body).expect("status");
+            s.services[0].changed_slots
+        };
+        lab::wait_for("changed slots in /status", Duration::from_secs(15), || {
+            changed() > 0
+        })
+        .expect("changed slots reported");
+    }
 }
 
 fn backup_takes_over_only_while_no_primary_is_up(mode: &'static str, v6: bool) {

@@ -155,6 +155,23 @@ pub fn render_metrics(s: &Snapshot) -> String {
         samples: vec![(vec![], s.map_write_errors)],
     }
     .write(&mut out);
+    Family {
+        name: "gateway_service_changed_slots",
+        help: "Table slots whose backend changed while flows on them may live (conntrack \
+               decides their TCP packets until they settle).",
+        kind: "gauge",
+        samples: s
+            .services
+            .iter()
+            .map(|svc| {
+                (
+                    vec![("service", svc.name.as_str())],
+                    u64::from(svc.changed_slots),
+                )
+            })
+            .collect(),
+    }
+    .write(&mut out);
     if let Some(b) = &s.bgp {
         Family {
             name: "gateway_bgp_announced",

@@ -479,6 +479,7 @@ mod tests {
         let has = |l: &str| assert!(m.lines().any(|x| x == l), "missing {l:?} in\n{m}");
         has(r#"gateway_packets_total{reason="forwarded"} 10"#);
         has(r#"gateway_packets_total{reason="conntrack_miss_syn"} 4"#);
+        has(r#"gateway_service_changed_slots{service="we\"b\\x\n"} 7"#);
         has(r#"gateway_backend_packets_total{service="we\"b\\x\n",backend="198.18.0.11"} 10"#);
         has(r#"gateway_backend_bytes_total{service="we\"b\\x\n",backend="198.18.0.11"} 600"#);
         has(r#"gateway_backend_new_flows_total{service="we\"b\\x\n",backend="198.18.0.11"} 5"#);

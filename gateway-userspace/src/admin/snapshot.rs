@@ -95,6 +95,10 @@ pub struct ServiceStatus {
     pub protocol: String,
     pub mode: String,
     pub table_size: u32,
+    /// Table slots whose backend changed while flows on them may still live, as of the
+    /// agent's last settling pass: their TCP packets go through conntrack.
+    #[serde(default)]
+    pub changed_slots: u32,
     pub panic: bool,
     pub traffic: Traffic,
     pub backends: Vec<BackendStatus>,

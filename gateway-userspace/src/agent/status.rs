@@ -1,7 +1,7 @@
 //! What the agent reports: the admin API's answers, the status snapshot and the counters
 //! line.
 use super::{Agent, backends::PROBE_BUCKETS};
-use crate::model::BackendKey;
+use crate::model::{self, BackendKey};
 use crate::{
     admin,
     dataplane::{DataplaneError, DataplaneOps},
@@ -95,6 +95,11 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                 protocol: sc.protocol.to_string(),
                 mode: sc.mode.to_string(),
                 table_size: sp.table_size,
+                changed_slots: self
+                    .changed_slots
+                    .get(&model::service_key(sc))
+                    .copied()
+                    .unwrap_or(0),
                 panic: sp.panic,
                 traffic: traffic(self.dp.service_stats(sp.id)?),
                 backends,

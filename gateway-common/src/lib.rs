@@ -22,6 +22,10 @@ pub const MAP_BACKENDS: &str = "BACKENDS";
 /// `[2*id*stride, ..)` and `[(2*id+1)*stride, ..)`; the active one is named by its
 /// `ServiceValue::table_offset`. Size set at load time.
 pub const MAP_TABLES: &str = "TABLES";
+/// Services where the program looks for them: `Array<ServiceSlot>` of `SERVICE_BUCKETS`,
+/// mmapable, written by user space with plain stores in an order a reader can follow
+/// (see [`ServiceSlot`]); SERVICES stays the record user space reads back.
+pub const MAP_SERVICE_INDEX: &str = "SERVICE_INDEX";
 /// What changed slots remember: `Array<SlotState>`, one per slot of TABLES (same index),
 /// in the same two regions per service. Size set at load time.
 pub const MAP_SLOT_STATE: &str = "SLOT_STATE";
@@ -49,7 +53,7 @@ pub const MAP_LOCAL_FILTER: &str = "LOCAL_FILTER";
 /// created them and checked by one that adopts them.
 pub const MAP_META: &str = "META";
 /// Every map, in the order they are pinned.
-pub const MAP_NAMES: [&str; 12] = [
+pub const MAP_NAMES: [&str; 13] = [
     MAP_META,
     MAP_SERVICES,
     MAP_BACKENDS,
@@ -62,6 +66,7 @@ pub const MAP_NAMES: [&str; 12] = [
     MAP_LOCAL_ADDRS,
     MAP_LOCAL_FILTER,
     MAP_SLOT_STATE,
+    MAP_SERVICE_INDEX,
 ];
 
 /// The maps' layout: bump it whenever any map's type, key, value or meaning changes. An
@@ -70,8 +75,9 @@ pub const MAP_NAMES: [&str; 12] = [
 /// `checks_off` and the host's MACs, and LOCAL_ADDRS was added. 5: TABLES held 8-byte slots
 /// (backend, previous backend, time), STATS grew by `STAT_TABLE_STEADY` and
 /// `STAT_SLOT_PREVIOUS`, and LOCAL_FILTER was added. 6: TABLES holds 16-bit slot words with
-/// marks, 32 to an element ([`SlotLine`]), and SLOT_STATE what changed slots remember.
-pub const LAYOUT_VERSION: u32 = 6;
+/// marks, 32 to an element ([`SlotLine`]), and SLOT_STATE what changed slots remember. 7:
+/// the program finds services in SERVICE_INDEX.
+pub const LAYOUT_VERSION: u32 = 7;
 /// `Meta::magic`: "GWAY".
 pub const META_MAGIC: u32 = 0x4757_4159;
 
@@ -396,6 +402,61 @@ pub struct Backend {
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 32);
 
+/// Buckets of SERVICE_INDEX (a power of two): at most `MAX_SERVICES` are used, so probes
+/// rarely go past the first.
+pub const SERVICE_BUCKETS: u32 = 4096;
+/// Buckets the program looks at from a key's home bucket before giving up; user space
+/// places every service within them.
+pub const SERVICE_PROBES: u32 = 8;
+/// `ServiceSlot::key.family` of a bucket whose service was removed: probing goes on past
+/// it (a later bucket may hold a key whose home is earlier), and a new service may reuse it.
+pub const SERVICE_TOMBSTONE: u8 = 0xFF;
+
+/// SERVICE_INDEX's value: a service where the program looks for it - its home bucket
+/// ([`service_bucket`]) or one of the next `SERVICE_PROBES - 1` - without a hash map's
+/// hashing, locking and key copy (a third of the cost of an established packet went
+/// there). `key.family` 0 marks an empty bucket (probing stops there).
+///
+/// User space writes it in place, in an order a reader can follow: a new service's fields
+/// first and `key.family` last; a table flip as one 8-byte store of `table`; a removal by
+/// setting `key.family` to `SERVICE_TOMBSTONE`. A packet racing a change sees the service
+/// before or after it (on a weakly ordered CPU, a packet racing an addition may miss the
+/// service and pass to the host).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceSlot {
+    pub key: ServiceKey,
+    /// `ServiceValue::id`.
+    pub id: u32,
+    /// `table_offset | table_size << 32`: one word, so that a table flip (and a resize)
+    /// is one store a reader sees whole.
+    pub table: u64,
+    /// `ServiceValue::mode`.
+    pub mode: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<ServiceSlot>() == 40);
+
+/// A service key's home bucket in SERVICE_INDEX.
+#[inline(always)]
+pub fn service_bucket(key: &ServiceKey) -> u32 {
+    let w = |i: usize| {
+        u32::from_le_bytes([
+            key.addr[i],
+            key.addr[i + 1],
+            key.addr[i + 2],
+            key.addr[i + 3],
+        ])
+    };
+    let tail = u32::from(key.port_be) | u32::from(key.proto) << 16 | u32::from(key.family) << 24;
+    let mut h = w(0).wrapping_mul(0x9E37_79B1);
+    h = (h ^ w(4)).wrapping_mul(0x85EB_CA6B);
+    h = (h ^ w(8)).wrapping_mul(0xC2B2_AE35);
+    h = (h ^ w(12)).wrapping_mul(0x27D4_EB2F);
+    h = (h ^ tail).wrapping_mul(0x9E37_79B1);
+    (h ^ (h >> 15)) & (SERVICE_BUCKETS - 1)
+}
+
 /// Slots of one `SlotLine`.
 pub const SLOTS_PER_LINE: u32 = 32;
 /// A slot word's backend id (`MAX_BACKENDS` fits).
@@ -610,6 +671,7 @@ mod pod {
     unsafe impl aya::Pod for super::Meta {}
     unsafe impl aya::Pod for super::LocalKey {}
     unsafe impl aya::Pod for super::SlotLine {}
+    unsafe impl aya::Pod for super::ServiceSlot {}
     unsafe impl aya::Pod for super::SlotState {}
     unsafe impl aya::Pod for super::LocalFilter {}
 }

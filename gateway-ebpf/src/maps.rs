@@ -6,11 +6,19 @@ use aya_ebpf::{
 use gateway_common::{
     BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, Backend, DEFAULT_CONNTRACK_SIZE, FlowKey, FlowValue,
     LocalFilter, LocalKey, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SERVICES, Meta, STAT_COUNT, ServiceKey,
-    ServiceValue, Settings, SlotLine, SlotState, TrafficStats,
+    SERVICE_BUCKETS, SERVICE_PROBES, ServiceSlot, ServiceValue, Settings, SlotLine, SlotState,
+    TrafficStats, service_bucket,
 };
 
+/// Written and read by user space only (the record it adopts pinned maps from); the
+/// program finds services in SERVICE_INDEX.
 #[map(name = "SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// `SERVICE_BUCKETS` buckets; see `gateway_common::ServiceSlot`.
+#[map(name = "SERVICE_INDEX")]
+pub static SERVICE_INDEX: Array<ServiceSlot> =
+    Array::with_max_entries(SERVICE_BUCKETS, BPF_F_MMAPABLE);
 
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
@@ -72,3 +80,43 @@ pub fn settings() -> &'static Settings {
 /// Read only by user space (layout version and sizes of pinned maps).
 #[map(name = "META")]
 pub static META: Array<Meta> = Array::with_max_entries(1, 0);
+
+/// A service key as two 8-byte words and the 4-byte tail (port, protocol, family).
+#[inline(always)]
+fn key_words(k: &ServiceKey) -> (u64, u64, u32) {
+    let p = k as *const ServiceKey as *const u8;
+    // SAFETY: a ServiceKey is 20 bytes; the reads are unaligned-safe.
+    unsafe {
+        (
+            core::ptr::read_unaligned(p as *const u64),
+            core::ptr::read_unaligned(p.add(8) as *const u64),
+            core::ptr::read_unaligned(p.add(16) as *const u32),
+        )
+    }
+}
+
+/// The service a packet's (destination, port, protocol) names, from SERVICE_INDEX: its
+/// home bucket, then the next ones until an empty bucket or `SERVICE_PROBES` of them.
+#[inline(always)]
+pub fn service(key: &ServiceKey) -> Option<ServiceValue> {
+    let want = key_words(key);
+    let home = service_bucket(key);
+    for i in 0..SERVICE_PROBES {
+        let b = SERVICE_INDEX.get((home + i) & (SERVICE_BUCKETS - 1))?;
+        if b.key.family == 0 {
+            return None;
+        }
+        // A tombstone's family (0xFF) never matches a packet's.
+        if key_words(&b.key) == want {
+            let table = b.table;
+            return Some(ServiceValue {
+                id: b.id,
+                table_offset: table as u32,
+                table_size: (table >> 32) as u32,
+                mode: b.mode,
+                _pad: [0; 3],
+            });
+        }
+    }
+    None
+}

@@ -29,7 +29,7 @@ mod prog {
 
     use crate::{
         forward,
-        maps::{BACKEND_STATS, SERVICE_STATS, SERVICES, settings},
+        maps::{self, BACKEND_STATS, SERVICE_STATS, settings},
         packet,
         parse::{self, KeyBuf, L4, SvcKeyBuf},
         select::{self, Track},
@@ -66,8 +66,7 @@ mod prog {
         }
         let key = buf.key();
         let skey = SvcKeyBuf::new(buf.dst_words(), key);
-        // SAFETY: a map value stays valid for the rest of this program run (RCU).
-        let svc = unsafe { SERVICES.get(skey.key()) }.ok_or(STAT_PASS_NOT_VIP)?;
+        let svc = &maps::service(skey.key()).ok_or(STAT_PASS_NOT_VIP)?;
         // For a VIP: nothing a careful router would drop goes further.
         if let Some(reason) = pkt.refusal(s.checks_off) {
             return Ok(Verdict::drop(reason));

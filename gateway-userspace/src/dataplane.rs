@@ -14,10 +14,11 @@ use aya::{
 use gateway_common::{
     Backend, DEFAULT_CONNTRACK_SIZE, DEFAULT_TABLE_SIZE, FlowKey, FlowValue, LAYOUT_VERSION,
     LocalFilter, LocalKey, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_LOCAL_ADDRS,
-    MAP_LOCAL_FILTER, MAP_META, MAP_NAMES, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS,
-    MAP_SLOT_STATE, MAP_STATS, MAP_TABLES, META_MAGIC, META_MODE_GENERIC, META_MODE_NATIVE, Meta,
-    PROG_GATEWAY, SLOT_CHANGED, SLOT_ID, SLOT_USED, SLOTS_PER_LINE, STAT_COUNT, ServiceKey,
-    ServiceValue, Settings, Slot, SlotState, TrafficStats,
+    MAP_LOCAL_FILTER, MAP_META, MAP_NAMES, MAP_SERVICE_INDEX, MAP_SERVICE_STATS, MAP_SERVICES,
+    MAP_SETTINGS, MAP_SLOT_STATE, MAP_STATS, MAP_TABLES, META_MAGIC, META_MODE_GENERIC,
+    META_MODE_NATIVE, Meta, PROG_GATEWAY, SERVICE_BUCKETS, SERVICE_PROBES, SERVICE_TOMBSTONE,
+    SLOT_CHANGED, SLOT_ID, SLOT_USED, SLOTS_PER_LINE, STAT_COUNT, ServiceKey, ServiceSlot,
+    ServiceValue, Settings, Slot, SlotState, TrafficStats, service_bucket,
 };
 use log::{info, warn};
 use thiserror::Error;
@@ -164,7 +165,6 @@ impl TableMem {
         Ok(t)
     }
 
-    /// Maps bytes `[start, start + len)` of `map` (`len` >= 1, in bounds).
     fn window(
         &self,
         map: &MapData,
@@ -172,36 +172,7 @@ impl TableMem {
         len: usize,
         write: bool,
     ) -> Result<Window, DataplaneError> {
-        use std::os::fd::AsRawFd;
-        let from = start / self.page * self.page;
-        let to = (start + len).div_ceil(self.page) * self.page;
-        let prot = if write {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        // SAFETY: a shared mapping of a page-aligned range of an mmapable array map; the
-        // kernel checks the range against the map's size.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                to - from,
-                prot,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                from as libc::off_t,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(DataplaneError::Mmap(std::io::Error::last_os_error()));
-        }
-        let base = base.cast::<u8>();
-        Ok(Window {
-            base,
-            len: to - from,
-            // SAFETY: within the mapping just made.
-            first: unsafe { base.add(start - from) },
-        })
+        map_window(map, self.page, start, len, write)
     }
 
     /// Both maps' windows over slots `[offset, offset + len)`, bounds-checked.
@@ -331,6 +302,146 @@ impl TableMem {
     }
 }
 
+/// Maps bytes `[start, start + len)` of an mmapable map (`len` >= 1, in bounds).
+fn map_window(
+    map: &MapData,
+    page: usize,
+    start: usize,
+    len: usize,
+    write: bool,
+) -> Result<Window, DataplaneError> {
+    use std::os::fd::AsRawFd;
+    let from = start / page * page;
+    let to = (start + len).div_ceil(page) * page;
+    let prot = if write {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
+    // SAFETY: a shared mapping of a page-aligned range of an mmapable array map; the
+    // kernel checks the range against the map's size.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            to - from,
+            prot,
+            libc::MAP_SHARED,
+            map.fd().as_fd().as_raw_fd(),
+            from as libc::off_t,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(DataplaneError::Mmap(std::io::Error::last_os_error()));
+    }
+    let base = base.cast::<u8>();
+    Ok(Window {
+        base,
+        len: to - from,
+        // SAFETY: within the mapping just made.
+        first: unsafe { base.add(start - from) },
+    })
+}
+
+/// SERVICE_INDEX, written in place through a memory mapping in the order
+/// `gateway_common::ServiceSlot` gives, so that the program, which reads it without locks,
+/// sees each service before or after a change.
+struct ServiceIndex {
+    map: MapData,
+    page: usize,
+}
+
+/// What a probe of a key's buckets found.
+enum Probe {
+    /// The bucket that holds the key.
+    Found(*mut ServiceSlot),
+    /// Not there; the first bucket it may go in (empty or a tombstone), if any.
+    Absent(Option<*mut ServiceSlot>),
+}
+
+impl ServiceIndex {
+    /// Runs `f` on the whole index, mapped for writing.
+    fn with<T>(&self, f: impl FnOnce(*mut ServiceSlot) -> T) -> Result<T, SyncError> {
+        let bytes = SERVICE_BUCKETS as usize * std::mem::size_of::<ServiceSlot>();
+        let w = map_window(&self.map, self.page, 0, bytes, true).map_err(|e| SyncError::Write {
+            what: "the service index".into(),
+            source: e.into(),
+        })?;
+        Ok(f(w.first.cast()))
+    }
+
+    /// The buckets of `key`, from its home, as the program probes them.
+    fn probe(base: *mut ServiceSlot, key: &ServiceKey) -> Probe {
+        let home = service_bucket(key);
+        let mut free = None;
+        for i in 0..SERVICE_PROBES {
+            // SAFETY: the index is mapped whole; the bucket number is masked into it.
+            let b = unsafe { base.add(((home + i) & (SERVICE_BUCKETS - 1)) as usize) };
+            // SAFETY: as above; only this process writes the index.
+            let found = unsafe { std::ptr::read_volatile(b) };
+            match found.key.family {
+                0 => return Probe::Absent(free.or(Some(b))),
+                SERVICE_TOMBSTONE => {
+                    free.get_or_insert(b);
+                }
+                _ if found.key == *key => return Probe::Found(b),
+                _ => {}
+            }
+        }
+        Probe::Absent(free)
+    }
+
+    fn set(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), SyncError> {
+        use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+        let table = u64::from(value.table_offset) | u64::from(value.table_size) << 32;
+        self.with(|base| {
+            // SAFETY (each block): `b` is a bucket of the mapped index; `table` is 8-byte
+            // aligned (offset 24 of a 40-byte value) and `key.family` a single byte, so
+            // both are written with one store each, as the program may be reading them.
+            match Self::probe(base, key) {
+                Probe::Found(b) => unsafe {
+                    std::ptr::write_volatile(&raw mut (*b).id, value.id);
+                    std::ptr::write_volatile(&raw mut (*b).mode, value.mode);
+                    AtomicU64::from_ptr(&raw mut (*b).table).store(table, Ordering::Release);
+                    Ok(())
+                },
+                Probe::Absent(Some(b)) => unsafe {
+                    let mut fresh = ServiceSlot {
+                        key: *key,
+                        id: value.id,
+                        table,
+                        mode: value.mode,
+                        _pad: [0; 7],
+                    };
+                    // Everything but the family first (the bucket still reads as empty or
+                    // removed), then the family.
+                    fresh.key.family = std::ptr::read_volatile(&raw const (*b).key.family);
+                    std::ptr::write_volatile(b, fresh);
+                    AtomicU8::from_ptr(&raw mut (*b).key.family)
+                        .store(key.family, Ordering::Release);
+                    Ok(())
+                },
+                Probe::Absent(None) => Err(SyncError::ServiceIndexFull {
+                    id: value.id,
+                    probes: SERVICE_PROBES,
+                }),
+            }
+        })?
+    }
+
+    fn remove(&mut self, key: &ServiceKey) -> Result<(), SyncError> {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        self.with(|base| {
+            if let Probe::Found(b) = Self::probe(base, key) {
+                // SAFETY: a bucket of the mapped index; one byte.
+                unsafe {
+                    AtomicU8::from_ptr(&raw mut (*b).key.family)
+                        .store(SERVICE_TOMBSTONE, Ordering::Release);
+                }
+            }
+        })
+    }
+}
+
 /// How the program is attached.
 enum Attachment {
     /// Owned by the program: dropping the data plane detaches it.
@@ -355,6 +466,7 @@ pub struct Dataplane {
     /// Whether the maps were adopted from an earlier agent rather than created.
     adopted: bool,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
+    index: ServiceIndex,
     local: HashMap<MapData, LocalKey, u8>,
     local_filter: Array<MapData, LocalFilter>,
     backends: Array<MapData, Backend>,
@@ -497,6 +609,10 @@ impl Dataplane {
             _ => Err(DataplaneError::NoMap(name)),
         };
         let tables = TableMem::new(array(MAP_TABLES)?, array(MAP_SLOT_STATE)?, slots)?;
+        let index = ServiceIndex {
+            map: array(MAP_SERVICE_INDEX)?,
+            page: tables.page,
+        };
         let logger = if options.kernel_log > 0 {
             aya_log::EbpfLogger::init(&mut ebpf)
                 .map_err(|e| warn!("the program's log is unavailable: {}", Chain(&e)))
@@ -512,6 +628,7 @@ impl Dataplane {
             meta: None,
             adopted: false,
             services,
+            index,
             local,
             local_filter,
             backends,
@@ -905,13 +1022,17 @@ impl MapWriter for Dataplane {
         self.tables.settle(offset, len, sys::monotonic_secs(), idle)
     }
 
+    /// The index the program reads first, then the record user space reads back (a
+    /// failure between the two is repaired by the next diff, which starts from the record).
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), SyncError> {
+        self.index.set(key, value)?;
         self.services
             .insert(key, value, 0)
             .map_err(write_err(&format!("service {}", value.id)))
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), SyncError> {
+        self.index.remove(key)?;
         self.services
             .remove(key)
             .map_err(write_err("service removal"))

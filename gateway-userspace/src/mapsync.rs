@@ -33,6 +33,8 @@ pub enum SyncError {
     ServiceId { id: u32, max: u32 },
     #[error("table of {size} slots exceeds the largest the maps hold ({max})")]
     TableSize { size: usize, max: u32 },
+    #[error("service {id}: its {probes} buckets of the service index are taken")]
+    ServiceIndexFull { id: u32, probes: u32 },
 }
 
 /// One map write.

@@ -1733,3 +1733,58 @@ fn a_slot_no_packet_used_stays_settled_when_its_backend_changes() {
     assert_eq!(sent_to(&w, &ack(other)), b2().mac);
     assert_eq!(stat(&w, STAT_TABLE_STEADY), steady + 1);
 }
+
+// ---------------------------------------------------------------------------------------
+// The service index: services found without a hash map.
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn services_whose_buckets_collide_are_all_found_and_a_removal_keeps_the_others() {
+    // Three ports of one VIP whose keys share a home bucket: the second and third are
+    // placed in the buckets after it, and found by probing.
+    let key = |port: u16| ServiceKey {
+        addr: addr16(vip4()),
+        port_be: port.to_be(),
+        proto: PROTO_TCP,
+        family: FAMILY_V4,
+    };
+    let mut by_bucket = std::collections::BTreeMap::<u32, Vec<u16>>::new();
+    let ports = (1000..60000u16)
+        .find_map(|p| {
+            let same = by_bucket.entry(service_bucket(&key(p))).or_default();
+            same.push(p);
+            (same.len() == 3).then(|| same.clone())
+        })
+        .expect("three ports sharing a bucket");
+    let with = |ps: &[u16]| -> Vec<Svc> {
+        ps.iter()
+            .map(|p| svc(vip4(), *p, PROTO_TCP, MODE_L2DSR, vec![b1()]))
+            .collect()
+    };
+    let Some(mut w) = privileged_world("service_index", &with(&ports)) else {
+        return;
+    };
+    let reaches = |w: &World, p: u16| {
+        let (verdict, _) = w.run(&tcp(c4(), vip4(), 40000, p, TCP_SYN).bytes());
+        verdict == XDP_TX
+    };
+    for p in &ports {
+        assert!(reaches(&w, *p), "port {p} of {ports:?}");
+    }
+    // The first goes: its bucket is a tombstone the others are probed past.
+    w.set(&with(&ports[1..]));
+    assert!(!reaches(&w, ports[0]), "a removed service still forwarded");
+    for p in &ports[1..] {
+        assert!(reaches(&w, *p), "port {p} after a removal");
+    }
+    // And comes back (into the tombstone).
+    w.set(&with(&ports));
+    for p in &ports {
+        assert!(reaches(&w, *p), "port {p} after coming back");
+    }
+    // A port that shares none of their buckets is not a service.
+    let other = (1000..60000u16)
+        .find(|p| !ports.contains(p) && service_bucket(&key(*p)) != service_bucket(&key(ports[0])))
+        .unwrap();
+    assert!(!reaches(&w, other));
+}

@@ -2,8 +2,10 @@
 //! `BPF_F_TEST_XDP_LIVE_FRAMES` repeats one frame; `xdp_vary` gives each run its own flow by
 //! writing the TCP source port from a per-CPU counter (modulo `FLOWS[0]`, a power of two),
 //! then tail-calls the program under test in `NEXT[0]` (the floor or the balancer). The
-//! port is in neither the IP header nor any checksum the balancer checks. `xdp_sink` drops
-//! what the veth peer receives.
+//! port is in neither the IP header nor any checksum the balancer checks. It also writes
+//! the Ethernet header afresh: page-pool frames keep what the last run wrote, and an
+//! encapsulating program writes its outer header over the original Ethernet header.
+//! `xdp_sink` drops what the veth peer receives.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -15,7 +17,7 @@ mod prog {
         maps::{Array, PerCpuArray, ProgramArray},
         programs::XdpContext,
     };
-    use gateway_ebpf::hdr::{ETH_LEN, IPV4_LEN};
+    use gateway_ebpf::hdr::{ETH_LEN, ETH_P_IP, IPV4_LEN};
 
     #[map(name = "NEXT")]
     static NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
@@ -42,6 +44,9 @@ mod prog {
                 let port = (*c & (flows - 1)) as u16;
                 *c = (*c).wrapping_add(1);
                 core::ptr::write_unaligned((start + SPORT) as *mut [u8; 2], port.to_be_bytes());
+                let [hi, lo] = ETH_P_IP.to_be_bytes();
+                let eth: [u8; ETH_LEN] = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, hi, lo];
+                core::ptr::write_unaligned(start as *mut [u8; ETH_LEN], eth);
             }
         }
         // SAFETY: a tail call either runs NEXT[0] in our place or returns an error.

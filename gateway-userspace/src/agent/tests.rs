@@ -497,3 +497,53 @@ async fn a_fresh_agent_announces_once_every_backend_was_checked() {
     a.replan("health change");
     assert_eq!(announced(&a), [ip("198.18.1.1")]);
 }
+
+#[tokio::test]
+async fn drained_slots_that_flows_used_are_changed_and_settle_after_the_idle_timeout() {
+    let s = Scratch::new("settle");
+    let mut a = agent(&s);
+    let (key, value) =
+        a.dp.maps
+            .services
+            .iter()
+            .next()
+            .map(|(k, v)| (*k, *v))
+            .unwrap();
+    // Flows used every slot (the program marks them as packets arrive).
+    for i in value.table_offset..value.table_offset + value.table_size {
+        let slot = a.dp.maps.tables.get_mut(&i).unwrap();
+        *slot = gateway_common::Slot::used(slot.cur());
+    }
+    a.dp.maps.now = 1000;
+    a.api_change("web", ip(B1), BackendChange::State(AdminState::Drain))
+        .unwrap();
+    let b1_slots =
+        a.dp.maps
+            .slots_of(&key)
+            .unwrap()
+            .iter()
+            .filter(|s| s.prev() != 0)
+            .count();
+    assert!(b1_slots > 1000, "{b1_slots} slots changed");
+    // Within the idle timeout (1h by default) nothing settles; the count is reported.
+    a.dp.maps.now = 1000 + 3599;
+    a.settle_slots();
+    assert_eq!(a.changed_slots.get(&key), Some(&(b1_slots as u32)));
+    assert_eq!(
+        a.snapshot(false).unwrap().services[0].changed_slots,
+        b1_slots as u32
+    );
+    // An hour after the change they all settle, keeping their (new) backends.
+    let before = a.dp.maps.table_of(&key).unwrap();
+    a.dp.maps.now = 1000 + 3600;
+    a.settle_slots();
+    assert_eq!(a.changed_slots.get(&key), Some(&0));
+    assert_eq!(a.dp.maps.table_of(&key).unwrap(), before);
+    assert!(
+        a.dp.maps
+            .slots_of(&key)
+            .unwrap()
+            .iter()
+            .all(|s| s.prev() == 0 && s.seen != 0)
+    );
+}

@@ -160,19 +160,9 @@ impl TableMem {
             page,
         };
         // Fail at load, not at the first write, if a map cannot be mapped.
-        t.window(&t.words, 0, WORD, false)?;
-        t.window(&t.states, 0, STATE, false)?;
+        map_window(&t.words, page, 0, WORD, false)?;
+        map_window(&t.states, page, 0, STATE, false)?;
         Ok(t)
-    }
-
-    fn window(
-        &self,
-        map: &MapData,
-        start: usize,
-        len: usize,
-        write: bool,
-    ) -> Result<Window, DataplaneError> {
-        map_window(map, self.page, start, len, write)
     }
 
     /// Both maps' windows over slots `[offset, offset + len)`, bounds-checked.
@@ -191,10 +181,8 @@ impl TableMem {
         };
         let at = offset as usize;
         Ok((
-            self.window(&self.words, at * WORD, len * WORD, write)
-                .map_err(err)?,
-            self.window(&self.states, at * STATE, len * STATE, write)
-                .map_err(err)?,
+            map_window(&self.words, self.page, at * WORD, len * WORD, write).map_err(err)?,
+            map_window(&self.states, self.page, at * STATE, len * STATE, write).map_err(err)?,
         ))
     }
 
@@ -829,6 +817,10 @@ impl Dataplane {
             let (key, why) = entry.map_err(map_err("reading LOCAL_ADDRS"))?;
             applied.local.insert(key, why);
         }
+        applied.local_filter = self
+            .local_filter
+            .get(&0, 0)
+            .map_err(map_err("reading LOCAL_FILTER"))?;
         Ok(applied)
     }
 
@@ -1010,11 +1002,8 @@ impl MapWriter for Dataplane {
     }
 
     fn write_table(&mut self, offset: u32, prior: Prior, slots: &[u32]) -> Result<(), SyncError> {
-        let before = match prior {
-            Prior::Region(at) => Some(self.tables.read(at, slots.len() as u32)),
-            _ => None,
-        };
-        let next = model::next_slots(prior, before.as_deref(), slots, sys::monotonic_secs());
+        let now = sys::monotonic_secs();
+        let next = model::next_slots(prior, |at, n| self.tables.read(at, n), slots, now);
         self.tables.write(offset, &next)
     }
 

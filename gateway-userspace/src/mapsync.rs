@@ -196,14 +196,14 @@ pub fn diff(
             ops.push(Op::RemoveLocal { key: *key });
         }
     }
-    // Whenever the set changes (and at first), after the additions: a bit is set before
-    // a packet may need it. A removed address loses its bit a moment before its entry.
-    if applied.local.keys().ne(desired.local.keys()) || applied.settings.is_none() {
-        ops.push(Op::LocalFilter(Box::new(model::local_filter(
-            &desired.local,
-        ))));
+    // After the additions: a bit is set before a packet may need it. A removed address
+    // loses its bit a moment before its entry.
+    let filter = model::local_filter(&desired.local);
+    if applied.local_filter != filter {
+        ops.push(Op::LocalFilter(Box::new(filter)));
     }
     next.local = desired.local.clone();
+    next.local_filter = filter;
     ops.sort_by_key(Op::phase);
     Ok((ops, next))
 }

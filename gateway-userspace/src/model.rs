@@ -99,8 +99,8 @@ pub enum Prior {
     Resized,
 }
 
-/// The slots of a new table of backend ids, given what the service's slots were
-/// (`before`, for [`Prior::Region`]; `None` for [`Prior::Nothing`]) and the time `now`
+/// The slots of a new table of backend ids, given what the service's slots were (`read`
+/// of the [`Prior::Region`]'s offset and length) and the time `now`
 /// (seconds, as the program's clock). A slot that keeps its backend keeps its state; one
 /// that changes keeps the backend of the flows that predate its first change:
 ///
@@ -108,15 +108,26 @@ pub enum Prior {
 ///   flow lives there: settled);
 /// - changed (previous P), now B: still P, the time restarts - flows that began on the
 ///   backends in between have conntrack entries, made by their SYNs on a changed slot.
-pub fn next_slots(prior: Prior, before: Option<&[Slot]>, table: &[u32], now: u32) -> Vec<Slot> {
-    match (prior, before) {
-        (Prior::Resized, _) => table
+pub fn next_slots(
+    prior: Prior,
+    read: impl FnOnce(u32, u32) -> Vec<Slot>,
+    table: &[u32],
+    now: u32,
+) -> Vec<Slot> {
+    let old = match prior {
+        Prior::Resized => {
+            return table
+                .iter()
+                .map(|&b| Slot::new(b, SLOT_PREV_UNKNOWN, now))
+                .collect();
+        }
+        Prior::Region(at) => read(at, table.len() as u32),
+        Prior::Nothing => Vec::new(),
+    };
+    match old {
+        old if old.len() == table.len() => table
             .iter()
-            .map(|&b| Slot::new(b, SLOT_PREV_UNKNOWN, now))
-            .collect(),
-        (Prior::Region(_), Some(old)) if old.len() == table.len() => table
-            .iter()
-            .zip(old)
+            .zip(&old)
             .map(|(&b, o)| match (o.cur(), o.prev()) {
                 (cur, _) if cur == b => *o,
                 (0, 0) => Slot::settled(b),
@@ -153,6 +164,9 @@ pub struct Applied {
     pub backends: BTreeMap<u32, Backend>,
     pub services: BTreeMap<ServiceKey, AppliedService>,
     pub local: BTreeMap<LocalKey, u8>,
+    /// LOCAL_FILTER as written (a fresh map's is empty): derived from `local`, but kept
+    /// like any other map so that a filter write that failed is written again.
+    pub local_filter: LocalFilter,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -290,7 +304,12 @@ mod tests {
             Slot::new(5, 4, 7),
             Slot::settled(9),
         ];
-        let next = next_slots(Prior::Region(0), Some(&before), &[1, 6, 6, 0, 8, 6], now);
+        let next = next_slots(
+            Prior::Region(0),
+            |_, _| before.to_vec(),
+            &[1, 6, 6, 0, 8, 6],
+            now,
+        );
         assert_eq!(
             next,
             vec![
@@ -309,20 +328,25 @@ mod tests {
             ]
         );
         // A changed slot that keeps its backend keeps its time too.
-        let again = next_slots(Prior::Region(0), Some(&next), &[1, 6, 6, 0, 8, 6], now + 50);
+        let again = next_slots(
+            Prior::Region(0),
+            |_, _| next.clone(),
+            &[1, 6, 6, 0, 8, 6],
+            now + 50,
+        );
         assert_eq!(again, next);
         // Back to the oldest backend: still changed (flows of 5 and 8 have entries).
         assert_eq!(
-            next_slots(Prior::Region(0), Some(&next[4..5]), &[4], now)[0],
+            next_slots(Prior::Region(0), |_, _| next[4..5].to_vec(), &[4], now)[0],
             Slot::new(4, 4, now)
         );
         // A new service starts settled; a resized one has no previous backends to name.
         assert_eq!(
-            next_slots(Prior::Nothing, None, &[1, 0], now),
+            next_slots(Prior::Nothing, |_, _| unreachable!(), &[1, 0], now),
             vec![Slot::settled(1), Slot::settled(0)]
         );
         assert_eq!(
-            next_slots(Prior::Resized, None, &[1], now),
+            next_slots(Prior::Resized, |_, _| unreachable!(), &[1], now),
             vec![Slot::new(1, SLOT_PREV_UNKNOWN, now)]
         );
     }

@@ -84,11 +84,7 @@ impl MapWriter for MemMaps {
         Ok(())
     }
     fn write_table(&mut self, offset: u32, prior: Prior, slots: &[u32]) -> Result<(), SyncError> {
-        let before = match prior {
-            Prior::Region(at) => Some(self.region(at, slots.len() as u32)),
-            _ => None,
-        };
-        let next = model::next_slots(prior, before.as_deref(), slots, self.now);
+        let next = model::next_slots(prior, |at, n| self.region(at, n), slots, self.now);
         for (i, s) in next.into_iter().enumerate() {
             self.tables.insert(offset + i as u32, s);
         }
@@ -238,6 +234,7 @@ impl DataplaneOps for FakeDataplane {
             backends: self.maps.backends.clone(),
             services,
             local: self.maps.local.clone(),
+            local_filter: self.maps.local_filter,
         })
     }
     fn program_id(&self) -> Option<u32> {

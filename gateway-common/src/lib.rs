@@ -49,11 +49,26 @@ pub const MAP_LOCAL_ADDRS: &str = "LOCAL_ADDRS";
 /// LOCAL_ADDRS (a hash lookup) only for a source whose bit is set: one read of a line that
 /// stays in cache for every other packet.
 pub const MAP_LOCAL_FILTER: &str = "LOCAL_FILTER";
+/// Per-service source limits: `Array<Limits>`, indexed by service id; read only for a
+/// service whose `ServiceValue::protect` is not `PROTECT_OFF`.
+pub const MAP_LIMITS: &str = "LIMITS";
+/// Token buckets per source prefix and service: `LruHashMap<SourceKey, SourceBucket>` with
+/// per-CPU LRU lists. Size set at load time (`[protection] sources_size`).
+pub const MAP_SOURCES: &str = "SOURCES";
+/// The sources refused (or, in monitor mode, that would have been) lately:
+/// `LruHashMap<SourceKey, u32>`, the value the second (`bpf_ktime_get_coarse_ns`) of the
+/// first refusal. Written at most once a second per source; the agent reads it to list and
+/// log limited sources, and removes entries whose source is no longer refused.
+pub const MAP_LIMITED: &str = "LIMITED";
+/// Source prefixes no limit applies to: `LpmTrie<AllowAddr, u8>` (see [`AllowAddr`]).
+pub const MAP_ALLOWLIST: &str = "ALLOWLIST";
+/// Per-service protection counters: `PerCpuArray<ProtectStats>`, indexed by service id.
+pub const MAP_PROTECT_STATS: &str = "PROTECT_STATS";
 /// What the pinned maps are: `Array<Meta>` with one entry, written by the agent that
 /// created them and checked by one that adopts them.
 pub const MAP_META: &str = "META";
 /// Every map, in the order they are pinned.
-pub const MAP_NAMES: [&str; 13] = [
+pub const MAP_NAMES: [&str; 18] = [
     MAP_META,
     MAP_SERVICES,
     MAP_BACKENDS,
@@ -67,6 +82,11 @@ pub const MAP_NAMES: [&str; 13] = [
     MAP_LOCAL_FILTER,
     MAP_SLOT_STATE,
     MAP_SERVICE_INDEX,
+    MAP_LIMITS,
+    MAP_SOURCES,
+    MAP_LIMITED,
+    MAP_ALLOWLIST,
+    MAP_PROTECT_STATS,
 ];
 
 /// The maps' layout: bump it whenever any map's type, key, value or meaning changes. An
@@ -76,8 +96,10 @@ pub const MAP_NAMES: [&str; 13] = [
 /// (backend, previous backend, time), STATS grew by `STAT_TABLE_STEADY` and
 /// `STAT_SLOT_PREVIOUS`, and LOCAL_FILTER was added. 6: TABLES holds 16-bit slot words with
 /// marks, 32 to an element ([`SlotLine`]), and SLOT_STATE what changed slots remember. 7:
-/// the program finds services in SERVICE_INDEX.
-pub const LAYOUT_VERSION: u32 = 7;
+/// the program finds services in SERVICE_INDEX. 8: protection: LIMITS, SOURCES, LIMITED,
+/// ALLOWLIST and PROTECT_STATS, `protect` in services, the flood guard in SETTINGS and its
+/// counters in STATS.
+pub const LAYOUT_VERSION: u32 = 8;
 /// `Meta::magic`: "GWAY".
 pub const META_MAGIC: u32 = 0x4757_4159;
 
@@ -196,8 +218,24 @@ pub const STAT_TABLE_STEADY: u32 = 28;
 /// A TCP packet with no conntrack entry on a changed slot, sent to the slot's previous
 /// backend (its flow began before the change) and recorded.
 pub const STAT_SLOT_PREVIOUS: u32 = 29;
+/// A new flow placed by the table without a conntrack entry, because this CPU inserted more
+/// than `Settings::flood_window_limit` entries in the current flood window (the flood
+/// guard: established flows keep their entries; docs/datapath.md).
+pub const STAT_FLOOD_BYPASS: u32 = 30;
+/// Dropped: a TCP SYN from a source prefix over its service's new-flow limit.
+pub const STAT_DROP_LIMIT_NEW_FLOWS: u32 = 31;
+/// Dropped: a packet from a source prefix over its service's packet limit.
+pub const STAT_DROP_LIMIT_PACKETS: u32 = 32;
+/// Forwarded, in monitor mode, although its source is over the new-flow limit (enforce
+/// mode would have counted it as `drop_limit_new_flows`). The monitor counters are the drop
+/// counters plus 2.
+pub const STAT_MONITOR_LIMIT_NEW_FLOWS: u32 = 33;
+/// Forwarded, in monitor mode, although its source is over the packet limit.
+pub const STAT_MONITOR_LIMIT_PACKETS: u32 = 34;
+/// A packet over a limit from an allowlisted source: forwarded.
+pub const STAT_LIMIT_ALLOWLISTED: u32 = 35;
 /// Number of global counters; the size of STATS.
-pub const STAT_COUNT: u32 = 30;
+pub const STAT_COUNT: u32 = 36;
 
 /// Names of the global counters, indexed like the `STAT_*` consts.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -231,6 +269,12 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "pass_not_our_mac",
     "table_steady",
     "slot_previous",
+    "flood_bypass",
+    "drop_limit_new_flows",
+    "drop_limit_packets",
+    "monitor_limit_new_flows",
+    "monitor_limit_packets",
+    "limit_allowlisted",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -276,6 +320,13 @@ pub const PROTO_UDP: u8 = 17;
 pub const MODE_L2DSR: u8 = 1;
 /// `ServiceValue::mode`: encapsulate in IPv4 (IPv4 VIP) or IPv6 (IPv6 VIP) to the backend.
 pub const MODE_IPIP: u8 = 2;
+/// `ServiceValue::protect`: no source limits (LIMITS is not read).
+pub const PROTECT_OFF: u8 = 0;
+/// `ServiceValue::protect`: limits are computed and counted (`monitor_limit_*`), nothing is
+/// dropped.
+pub const PROTECT_MONITOR: u8 = 1;
+/// `ServiceValue::protect`: packets over a limit are dropped (`drop_limit_*`).
+pub const PROTECT_ENFORCE: u8 = 2;
 /// `Backend::state`: takes new flows (only such backends appear in tables) and keeps its own.
 pub const BACKEND_UP: u8 = 1;
 /// `Backend::state`: keeps its established flows, takes no new ones (not in any table).
@@ -378,7 +429,9 @@ pub struct ServiceValue {
     pub table_size: u32,
     /// `MODE_L2DSR` or `MODE_IPIP`.
     pub mode: u8,
-    pub _pad: [u8; 3],
+    /// `PROTECT_*`: whether LIMITS[id] applies.
+    pub protect: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
 
@@ -433,7 +486,9 @@ pub struct ServiceSlot {
     pub table: u64,
     /// `ServiceValue::mode`.
     pub mode: u8,
-    pub _pad: [u8; 7],
+    /// `ServiceValue::protect`.
+    pub protect: u8,
+    pub _pad: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<ServiceSlot>() == 40);
 
@@ -633,10 +688,170 @@ pub struct Settings {
     /// The MACs frames to VIPs must be addressed to; all-zero entries are unused, and with
     /// none set the destination MAC is not checked.
     pub macs: [[u8; 6]; MAX_LOCAL_MACS],
+    /// The flood guard: conntrack inserts one CPU may make per `FLOOD_WINDOW_SHIFT` window
+    /// before new flows are placed without an entry (`STAT_FLOOD_BYPASS`). 0: no guard.
+    pub flood_window_limit: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 56);
+const _: () = assert!(core::mem::size_of::<Settings>() == 64);
 // The program compares MACs as 2-byte words: each must start at an even offset.
 const _: () = assert!(core::mem::offset_of!(Settings, macs) % 2 == 0);
+
+/// The flood guard's window: `bpf_ktime_get_coarse_ns() >> FLOOD_WINDOW_SHIFT`, about 134 ms.
+pub const FLOOD_WINDOW_SHIFT: u32 = 27;
+
+/// The inserts per window that a rate of `per_second` new flows allows (at least 1 for
+/// any non-zero rate).
+pub const fn flood_window_limit(per_second: u32) -> u32 {
+    if per_second == 0 {
+        return 0;
+    }
+    let w = (per_second as u64 * (1u64 << FLOOD_WINDOW_SHIFT)) / 1_000_000_000;
+    if w == 0 {
+        1
+    } else if w > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        w as u32
+    }
+}
+
+/// LIMITS' value: a service's source limits as GCRA parameters (the generic cell rate
+/// algorithm, a token bucket kept as one time per bucket): a source may send while its
+/// theoretical arrival time, advanced by `*_interval_ns` per packet, stays within
+/// `*_tolerance_ns` (interval x burst) of now. An interval of 0 means no limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// 1e9 / new flows per second (TCP SYNs).
+    pub new_interval_ns: u64,
+    /// `new_interval_ns` x the new-flow burst.
+    pub new_tolerance_ns: u64,
+    /// 1e9 / packets per second.
+    pub pkt_interval_ns: u64,
+    /// `pkt_interval_ns` x the packet burst.
+    pub pkt_tolerance_ns: u64,
+    /// Source prefix lengths a bucket covers (IPv4 /32 and IPv6 /64 by default).
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<Limits>() == 40);
+
+/// SOURCES' and LIMITED's key: a source prefix (the address masked to the service's
+/// prefix length) and the service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SourceKey {
+    /// Network order, bits past the prefix zero (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    pub family: u8,
+    /// The prefix length the address was masked to.
+    pub prefix: u8,
+    pub _pad: [u8; 2],
+    pub service: u32,
+}
+const _: () = assert!(core::mem::size_of::<SourceKey>() == 24);
+
+impl SourceKey {
+    /// The key of `addr` masked to `prefix` bits (from the first byte, for both families).
+    /// Two 64-bit masks, so that the program takes a handful of branches, not one a byte.
+    #[inline(always)]
+    pub fn new(addr: &[u8; 16], family: u8, prefix: u8, service: u32) -> SourceKey {
+        let p = prefix as u32;
+        let hi = u64::from_be_bytes([
+            addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+        ]);
+        let lo = u64::from_be_bytes([
+            addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+        ]);
+        let mask = |bits: u32| {
+            if bits == 0 {
+                0
+            } else if bits >= 64 {
+                u64::MAX
+            } else {
+                u64::MAX << (64 - bits)
+            }
+        };
+        let hi = hi & mask(p);
+        let lo = lo & mask(p.saturating_sub(64));
+        let mut out = [0u8; 16];
+        let (a, b) = out.split_at_mut(8);
+        a.copy_from_slice(&hi.to_be_bytes());
+        b.copy_from_slice(&lo.to_be_bytes());
+        SourceKey {
+            addr: out,
+            family,
+            prefix,
+            _pad: [0; 2],
+            service,
+        }
+    }
+}
+
+/// SOURCES' value: one source prefix's buckets for one service, and what it sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SourceBucket {
+    /// Theoretical arrival times (ns, `bpf_ktime_get_coarse_ns`) of the new-flow and
+    /// packet buckets.
+    pub new_tat: u64,
+    pub pkt_tat: u64,
+    /// Packets and new flows (TCP SYNs) seen from the prefix, refused ones included.
+    pub packets: u64,
+    pub new_flows: u64,
+    /// Packets refused (or, in monitor mode, that would have been).
+    pub refused: u64,
+    /// The second of the last refusal (0: never).
+    pub last_refused: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SourceBucket>() == 48);
+
+/// ALLOWLIST's key data (an LPM trie key is a prefix length and this): the family byte,
+/// then the address, so an IPv4 /24 is a prefix length of 8 + 24 bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct AllowAddr {
+    pub family: u8,
+    pub addr: [u8; 16],
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<AllowAddr>() == 20);
+
+/// Most entries of ALLOWLIST.
+pub const MAX_ALLOWLIST: u32 = 4096;
+/// Most entries of LIMITED.
+pub const MAX_LIMITED: u32 = 4096;
+/// Default SOURCES capacity; the agent sets the real one at load time.
+pub const DEFAULT_SOURCES_SIZE: u32 = 1 << 16;
+
+/// PROTECT_STATS' value, per service, summed over CPUs by user space. Its fields are in the
+/// order of `STAT_DROP_LIMIT_NEW_FLOWS ..= STAT_MONITOR_LIMIT_PACKETS`, which the program
+/// counts by index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProtectStats {
+    /// SYNs and packets dropped over a limit.
+    pub drop_new_flows: u64,
+    pub drop_packets: u64,
+    /// In monitor mode: SYNs and packets over a limit, forwarded.
+    pub monitor_new_flows: u64,
+    pub monitor_packets: u64,
+}
+const _: () = assert!(core::mem::size_of::<ProtectStats>() == 32);
+
+/// The flood guard's per-CPU state (not pinned: it holds nothing between windows).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FloodWindow {
+    /// `bpf_ktime_get_coarse_ns() >> FLOOD_WINDOW_SHIFT` of the window counted.
+    pub window: u32,
+    /// Conntrack inserts (and bypasses) in it.
+    pub inserts: u32,
+}
+const _: () = assert!(core::mem::size_of::<FloodWindow>() == 8);
 
 /// META[0]: the layout and the load-time sizes the maps were created with.
 #[repr(C)]
@@ -651,8 +866,9 @@ pub struct Meta {
     pub max_table_size: u32,
     /// `META_MODE_*`: how the pinned link was attached (0 before it is).
     pub attached_mode: u32,
+    pub sources_size: u32,
 }
-const _: () = assert!(core::mem::size_of::<Meta>() == 24);
+const _: () = assert!(core::mem::size_of::<Meta>() == 28);
 
 /// `Meta::attached_mode` values.
 pub const META_MODE_NATIVE: u32 = 1;
@@ -674,4 +890,9 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceSlot {}
     unsafe impl aya::Pod for super::SlotState {}
     unsafe impl aya::Pod for super::LocalFilter {}
+    unsafe impl aya::Pod for super::Limits {}
+    unsafe impl aya::Pod for super::SourceKey {}
+    unsafe impl aya::Pod for super::SourceBucket {}
+    unsafe impl aya::Pod for super::AllowAddr {}
+    unsafe impl aya::Pod for super::ProtectStats {}
 }

@@ -1,13 +1,14 @@
 //! Map definitions. Names, sizes and layouts come from gateway-common.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use gateway_common::{
-    BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, Backend, DEFAULT_CONNTRACK_SIZE, FlowKey, FlowValue,
-    LocalFilter, LocalKey, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SERVICES, Meta, STAT_COUNT, ServiceKey,
-    SERVICE_BUCKETS, SERVICE_PROBES, ServiceSlot, ServiceValue, Settings, SlotLine, SlotState,
-    TrafficStats, service_bucket,
+    AllowAddr, BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, Backend, DEFAULT_CONNTRACK_SIZE,
+    DEFAULT_SOURCES_SIZE, FloodWindow, FlowKey, FlowValue, Limits, LocalFilter, LocalKey,
+    MAX_ALLOWLIST, MAX_BACKENDS, MAX_LIMITED, MAX_LOCAL_ADDRS, MAX_SERVICES, Meta, ProtectStats,
+    STAT_COUNT, SERVICE_BUCKETS, SERVICE_PROBES, ServiceKey, ServiceSlot, ServiceValue, Settings,
+    SlotLine, SlotState, SourceBucket, SourceKey, TrafficStats, service_bucket,
 };
 
 /// Written and read by user space only (the record it adopts pinned maps from); the
@@ -55,6 +56,28 @@ pub static LOCAL_FILTER: Array<LocalFilter> = Array::with_max_entries(1, 0);
 #[map(name = "SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
+#[map(name = "LIMITS")]
+pub static LIMITS: Array<Limits> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// Resized by the agent at load time (`[protection] sources_size`).
+#[map(name = "SOURCES")]
+pub static SOURCES: LruHashMap<SourceKey, SourceBucket> =
+    LruHashMap::with_max_entries(DEFAULT_SOURCES_SIZE, BPF_F_NO_COMMON_LRU);
+
+#[map(name = "LIMITED")]
+pub static LIMITED: LruHashMap<SourceKey, u32> = LruHashMap::with_max_entries(MAX_LIMITED, 0);
+
+#[map(name = "ALLOWLIST")]
+pub static ALLOWLIST: LpmTrie<AllowAddr, u8> = LpmTrie::with_max_entries(MAX_ALLOWLIST, 0);
+
+#[map(name = "PROTECT_STATS")]
+pub static PROTECT_STATS: PerCpuArray<ProtectStats> =
+    PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// The flood guard's window, per CPU. Not pinned, like SCRATCH.
+#[map(name = "FLOOD")]
+pub static FLOOD: PerCpuArray<FloodWindow> = PerCpuArray::with_max_entries(1, 0);
+
 /// One word per CPU that the verifier cannot see through (see `parse::opaque`). Not pinned:
 /// it holds nothing between runs.
 #[map(name = "SCRATCH")]
@@ -69,6 +92,8 @@ static NO_SETTINGS: Settings = Settings {
     _pad: [0; 3],
     checks_off: 0,
     macs: [[0; 6]; gateway_common::MAX_LOCAL_MACS],
+    flood_window_limit: 0,
+    _pad2: 0,
 };
 
 /// SETTINGS[0].
@@ -114,7 +139,8 @@ pub fn service(key: &ServiceKey) -> Option<ServiceValue> {
                 table_offset: table as u32,
                 table_size: (table >> 32) as u32,
                 mode: b.mode,
-                _pad: [0; 3],
+                protect: b.protect,
+                _pad: [0; 2],
             });
         }
     }

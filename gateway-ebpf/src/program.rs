@@ -13,6 +13,8 @@ mod packet;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod protect;
+#[cfg(target_arch = "bpf")]
 mod reply;
 #[cfg(target_arch = "bpf")]
 mod select;
@@ -24,7 +26,9 @@ mod prog {
     use core::mem::MaybeUninit;
 
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-    use gateway_common::{PROTO_TCP, STAT_DROP_STALE_BACKEND, STAT_PASS_NOT_VIP, STAT_RX_PACKETS};
+    use gateway_common::{
+        PROTO_TCP, STAT_DROP_STALE_BACKEND, STAT_PASS_NOT_VIP, STAT_RX_PACKETS,
+    };
     use gateway_ebpf::hdr::{TCP_ACK, TCP_SYN};
 
     use crate::{
@@ -32,6 +36,7 @@ mod prog {
         maps::{self, BACKEND_STATS, SERVICE_STATS, settings},
         packet,
         parse::{self, KeyBuf, L4, SvcKeyBuf},
+        protect,
         select::{self, Track},
         stats::{Verdict, account, count},
     };
@@ -78,8 +83,13 @@ mod prog {
         } else {
             Track::Flow
         };
+        // Source limits (nothing for a service without them, or an ICMP error).
+        let refused = protect::check(svc.id, svc.protect, key, track == Track::Syn, relay);
+        if refused != 0 {
+            return Ok(Verdict::drop(refused));
+        }
         let bytes = packet::frame_len(ctx) as u64;
-        let choice = match select::choose(svc, key, track, s.checks_off) {
+        let choice = match select::choose(svc, key, track, s) {
             Ok(c) => c,
             Err(reason) => {
                 account(&SERVICE_STATS, svc.id, bytes, false);

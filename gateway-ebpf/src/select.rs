@@ -8,13 +8,16 @@
 //! that began before the change. docs/datapath.md has the reasoning.
 use gateway_common::{
     BACKEND_DRAIN, BACKEND_UP, Backend, CHECK_MARTIAN_SOURCE, FlowKey, FlowValue, LocalKey,
-    PROTO_UDP, SLOT_CHANGED, SLOT_ID, SLOT_PREV_UNKNOWN, SLOT_USED, SLOTS_PER_LINE, STAT_CT_HIT, STAT_CT_MISS_NON_SYN, STAT_CT_MISS_SYN, STAT_DROP_MARTIAN_SOURCE,
-    STAT_DROP_STALE_BACKEND, STAT_ICMP_RELAYED, STAT_NO_BACKEND, STAT_RESCHEDULED,
-    STAT_SLOT_PREVIOUS, STAT_TABLE_STEADY, ServiceValue, SlotState, hash::flow_hash,
+    PROTO_UDP, SLOT_CHANGED, SLOT_ID, SLOT_PREV_UNKNOWN, SLOT_USED, SLOTS_PER_LINE,
+    STAT_CT_HIT, STAT_CT_MISS_NON_SYN, STAT_CT_MISS_SYN, STAT_DROP_MARTIAN_SOURCE,
+    STAT_DROP_STALE_BACKEND, STAT_FLOOD_BYPASS, STAT_ICMP_RELAYED, STAT_NO_BACKEND,
+    STAT_RESCHEDULED, STAT_SLOT_PREVIOUS, STAT_TABLE_STEADY, ServiceValue, Settings, SlotState,
+    hash::flow_hash,
 };
 
 use crate::{
     maps::{BACKENDS, CONNTRACK, LOCAL_ADDRS, LOCAL_FILTER, SLOT_STATE, TABLES},
+    protect,
     stats::count,
 };
 
@@ -97,8 +100,9 @@ pub fn choose(
     svc: &ServiceValue,
     key: &FlowKey,
     track: Track,
-    checks_off: u32,
+    s: &Settings,
 ) -> Result<Choice, u32> {
+    let checks_off = s.checks_off;
     let hash = flow_hash(key);
     // Like Katran's `get_packet_dst`: a table past the end of TABLES means user space and
     // the maps disagree. A service with no table is a slot that names no one.
@@ -195,6 +199,13 @@ pub fn choose(
     if track != Track::Relay && from_local(key, checks_off) {
         return Err(STAT_DROP_MARTIAN_SOURCE);
     }
+    // Past the flood guard's rate this flow gets no entry. A SYN is then placed the way its
+    // later packets will be without one (a TCP flow on a changed slot with no entry follows
+    // the previous backend), so the flow stays on one backend.
+    let bypass = track != Track::Relay && protect::flooding(s.flood_window_limit);
+    if bypass && track == Track::Syn {
+        older = !udp && prev != 0 && prev != cur;
+    }
     let previous = if older { serving(prev) } else { None };
     if older && track == Track::Flow {
         count(if previous.is_some() {
@@ -214,6 +225,8 @@ pub fn choose(
     };
     if track == Track::Relay {
         count(STAT_ICMP_RELAYED);
+    } else if bypass {
+        count(STAT_FLOOD_BYPASS);
     } else {
         let v = FlowValue {
             backend: id,
@@ -225,7 +238,7 @@ pub fn choose(
     Ok(Choice {
         id,
         backend,
-        new_flow: !older,
+        new_flow: !older || track == Track::Syn,
         hash,
     })
 }

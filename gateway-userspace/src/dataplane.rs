@@ -4,7 +4,10 @@ use std::{os::fd::AsFd, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{
+        Array, HashMap, Map, MapData, PerCpuArray,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
         Xdp, XdpMode as AyaMode,
         links::{FdLink, PinnedLink},
@@ -12,13 +15,15 @@ use aya::{
     },
 };
 use gateway_common::{
-    Backend, DEFAULT_CONNTRACK_SIZE, DEFAULT_TABLE_SIZE, FlowKey, FlowValue, LAYOUT_VERSION,
-    LocalFilter, LocalKey, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_LOCAL_ADDRS,
-    MAP_LOCAL_FILTER, MAP_META, MAP_NAMES, MAP_SERVICE_INDEX, MAP_SERVICE_STATS, MAP_SERVICES,
-    MAP_SETTINGS, MAP_SLOT_STATE, MAP_STATS, MAP_TABLES, META_MAGIC, META_MODE_GENERIC,
-    META_MODE_NATIVE, Meta, PROG_GATEWAY, SERVICE_BUCKETS, SERVICE_PROBES, SERVICE_TOMBSTONE,
-    SLOT_CHANGED, SLOT_ID, SLOT_USED, SLOTS_PER_LINE, STAT_COUNT, ServiceKey, ServiceSlot,
-    ServiceValue, Settings, Slot, SlotState, TrafficStats, service_bucket,
+    AllowAddr, Backend, DEFAULT_CONNTRACK_SIZE, DEFAULT_SOURCES_SIZE, DEFAULT_TABLE_SIZE, FlowKey,
+    FlowValue, LAYOUT_VERSION, Limits, LocalFilter, LocalKey, MAP_ALLOWLIST, MAP_BACKEND_STATS,
+    MAP_BACKENDS, MAP_CONNTRACK, MAP_LIMITED, MAP_LIMITS, MAP_LOCAL_ADDRS, MAP_LOCAL_FILTER,
+    MAP_META, MAP_NAMES, MAP_PROTECT_STATS, MAP_SERVICE_INDEX, MAP_SERVICE_STATS, MAP_SERVICES,
+    MAP_SETTINGS, MAP_SLOT_STATE, MAP_SOURCES, MAP_STATS, MAP_TABLES, META_MAGIC,
+    META_MODE_GENERIC, META_MODE_NATIVE, Meta, PROG_GATEWAY, ProtectStats, SERVICE_BUCKETS,
+    SERVICE_PROBES, SERVICE_TOMBSTONE, SLOT_CHANGED, SLOT_ID, SLOT_USED, SLOTS_PER_LINE,
+    STAT_COUNT, ServiceKey, ServiceSlot, ServiceValue, Settings, Slot, SlotState, SourceBucket,
+    SourceKey, TrafficStats, service_bucket,
 };
 use log::{info, warn};
 use thiserror::Error;
@@ -27,7 +32,7 @@ use crate::{
     config::XdpMode,
     error::Chain,
     mapsync::{MapWriter, SyncError},
-    model::{self, Applied, AppliedService, Layout, Prior, SlotCounts},
+    model::{self, AllowKey, Applied, AppliedService, Layout, Prior, SlotCounts},
     pin, sys,
 };
 
@@ -77,6 +82,8 @@ pub struct LoadOptions {
     pub max_table_size: u32,
     /// Level of the program's own log messages (aya-log): 0 off, 1 error .. 5 trace.
     pub kernel_log: u8,
+    /// Source buckets SOURCES holds.
+    pub sources_size: u32,
 }
 
 impl Default for LoadOptions {
@@ -86,6 +93,7 @@ impl Default for LoadOptions {
             max_services: 16,
             max_table_size: DEFAULT_TABLE_SIZE,
             kernel_log: KERNEL_LOG_WARN,
+            sources_size: DEFAULT_SOURCES_SIZE,
         }
     }
 }
@@ -389,6 +397,7 @@ impl ServiceIndex {
                 Probe::Found(b) => unsafe {
                     std::ptr::write_volatile(&raw mut (*b).id, value.id);
                     std::ptr::write_volatile(&raw mut (*b).mode, value.mode);
+                    std::ptr::write_volatile(&raw mut (*b).protect, value.protect);
                     AtomicU64::from_ptr(&raw mut (*b).table).store(table, Ordering::Release);
                     Ok(())
                 },
@@ -398,7 +407,8 @@ impl ServiceIndex {
                         id: value.id,
                         table,
                         mode: value.mode,
-                        _pad: [0; 7],
+                        protect: value.protect,
+                        _pad: [0; 6],
                     };
                     // Everything but the family first (the bucket still reads as empty or
                     // removed), then the family.
@@ -464,6 +474,11 @@ pub struct Dataplane {
     service_stats: PerCpuArray<MapData, TrafficStats>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
     tables: TableMem,
+    limits: Array<MapData, Limits>,
+    sources: HashMap<MapData, SourceKey, SourceBucket>,
+    limited: HashMap<MapData, SourceKey, u32>,
+    allowlist: LpmTrie<MapData, AllowAddr, u8>,
+    protect_stats: PerCpuArray<MapData, ProtectStats>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -504,15 +519,18 @@ impl Dataplane {
                 max_services: m.max_services,
                 max_table_size: m.max_table_size,
                 kernel_log: options.kernel_log,
+                sources_size: m.sources_size,
             };
             if pinned != options {
                 warn!(
                     "the pinned maps in {} were created with conntrack_size {}, max_services {}, \
-                     max_table_size {}; those stay until `gateway stop --detach` resets them",
+                     max_table_size {}, sources_size {}; those stay until `gateway stop --detach` \
+                     resets them",
                     dir.display(),
                     m.conntrack_size,
                     m.max_services,
-                    m.max_table_size
+                    m.max_table_size,
+                    m.sources_size
                 );
             }
             options = pinned;
@@ -530,6 +548,7 @@ impl Dataplane {
                     max_services: options.max_services,
                     max_table_size: options.max_table_size,
                     attached_mode: 0,
+                    sources_size: options.sources_size,
                 };
                 dp.write_meta(m)?;
             }
@@ -560,7 +579,8 @@ impl Dataplane {
             .override_global(aya_log::LEVEL, &options.kernel_log, false)
             .map_max_entries(MAP_TABLES, slots / SLOTS_PER_LINE)
             .map_max_entries(MAP_SLOT_STATE, slots)
-            .map_max_entries(MAP_CONNTRACK, options.conntrack_size);
+            .map_max_entries(MAP_CONNTRACK, options.conntrack_size)
+            .map_max_entries(MAP_SOURCES, options.sources_size);
         let paths: Vec<(&str, std::path::PathBuf)> = pin_dir
             .map(|d| MAP_NAMES.iter().map(|n| (*n, d.join(n))).collect())
             .unwrap_or_default();
@@ -592,6 +612,15 @@ impl Dataplane {
             .map_err(map_err(MAP_SERVICE_STATS))?;
         let backend_stats = PerCpuArray::try_from(take(&mut ebpf, MAP_BACKEND_STATS)?)
             .map_err(map_err(MAP_BACKEND_STATS))?;
+        let limits = Array::try_from(take(&mut ebpf, MAP_LIMITS)?).map_err(map_err(MAP_LIMITS))?;
+        let sources =
+            HashMap::try_from(take(&mut ebpf, MAP_SOURCES)?).map_err(map_err(MAP_SOURCES))?;
+        let limited =
+            HashMap::try_from(take(&mut ebpf, MAP_LIMITED)?).map_err(map_err(MAP_LIMITED))?;
+        let allowlist =
+            LpmTrie::try_from(take(&mut ebpf, MAP_ALLOWLIST)?).map_err(map_err(MAP_ALLOWLIST))?;
+        let protect_stats = PerCpuArray::try_from(take(&mut ebpf, MAP_PROTECT_STATS)?)
+            .map_err(map_err(MAP_PROTECT_STATS))?;
         let mut array = |name: &'static str| match take(&mut ebpf, name)? {
             Map::Array(data) => Ok(data),
             _ => Err(DataplaneError::NoMap(name)),
@@ -626,6 +655,11 @@ impl Dataplane {
             service_stats,
             backend_stats,
             tables,
+            limits,
+            sources,
+            limited,
+            allowlist,
+            protect_stats,
             logger,
         })
     }
@@ -821,6 +855,16 @@ impl Dataplane {
             .local_filter
             .get(&0, 0)
             .map_err(map_err("reading LOCAL_FILTER"))?;
+        for id in 0..self.limits.len() {
+            let l = self.limits.get(&id, 0).map_err(map_err("reading LIMITS"))?;
+            if l != Limits::default() {
+                applied.limits.insert(id, l);
+            }
+        }
+        for key in self.allowlist.keys() {
+            let key = key.map_err(map_err("reading ALLOWLIST"))?;
+            applied.allowlist.insert((key.prefix_len(), key.data()));
+        }
         Ok(applied)
     }
 
@@ -922,6 +966,46 @@ impl Dataplane {
         for k in keys {
             let _ = self.conntrack.remove(&k);
         }
+    }
+
+    /// A service's protection counters, summed over CPUs.
+    pub fn protect_stats(&self, id: u32) -> Result<ProtectStats, DataplaneError> {
+        let per_cpu = self
+            .protect_stats
+            .get(&id, 0)
+            .map_err(map_err("reading PROTECT_STATS"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(ProtectStats::default(), |a, s| ProtectStats {
+                drop_new_flows: a.drop_new_flows + s.drop_new_flows,
+                drop_packets: a.drop_packets + s.drop_packets,
+                monitor_new_flows: a.monitor_new_flows + s.monitor_new_flows,
+                monitor_packets: a.monitor_packets + s.monitor_packets,
+            }))
+    }
+
+    /// The sources LIMITED holds (refused lately), with their buckets where SOURCES still
+    /// has them.
+    pub fn limited(&self) -> Vec<Limited> {
+        self.limited
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, since)| Limited {
+                key,
+                since,
+                bucket: self.sources.get(&key, 0).ok(),
+            })
+            .collect()
+    }
+
+    /// Forgets a source in LIMITED (it is no longer refused).
+    pub fn forget_limited(&mut self, key: &SourceKey) {
+        let _ = self.limited.remove(key);
+    }
+
+    /// A source's bucket, if SOURCES holds one.
+    pub fn source_bucket(&self, key: &SourceKey) -> Option<SourceBucket> {
+        self.sources.get(key, 0).ok()
     }
 
     /// The table slots `[offset, offset + len)` as the kernel sees them.
@@ -1044,6 +1128,32 @@ impl MapWriter for Dataplane {
             .set(0, f, 0)
             .map_err(write_err("the local filter"))
     }
+
+    fn set_limits(&mut self, id: u32, l: &Limits) -> Result<(), SyncError> {
+        self.limits
+            .set(id, l, 0)
+            .map_err(write_err(&format!("limits of service {id}")))
+    }
+
+    fn set_allow(&mut self, key: &AllowKey) -> Result<(), SyncError> {
+        self.allowlist
+            .insert(&LpmKey::new(key.0, key.1), 1, 0)
+            .map_err(write_err("an allowlist prefix"))
+    }
+
+    fn remove_allow(&mut self, key: &AllowKey) -> Result<(), SyncError> {
+        self.allowlist
+            .remove(&LpmKey::new(key.0, key.1))
+            .map_err(write_err("an allowlist prefix's removal"))
+    }
+}
+
+/// A source LIMITED holds: refused (or counted, in monitor mode) since second `since`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limited {
+    pub key: SourceKey,
+    pub since: u32,
+    pub bucket: Option<SourceBucket>,
 }
 
 fn write_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> SyncError + '_ {

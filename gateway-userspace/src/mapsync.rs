@@ -8,10 +8,10 @@
 //! at it (one hash-map update, which the kernel performs as an element swap).
 use std::sync::Arc;
 
-use gateway_common::{Backend, LocalFilter, LocalKey, ServiceKey, ServiceValue, Settings};
+use gateway_common::{Backend, Limits, LocalFilter, LocalKey, ServiceKey, ServiceValue, Settings};
 use thiserror::Error;
 
-use crate::model::{self, Applied, AppliedService, Desired, Layout, Prior, SlotCounts};
+use crate::model::{self, AllowKey, Applied, AppliedService, Desired, Layout, Prior, SlotCounts};
 
 #[derive(Debug, Error)]
 pub enum SyncError {
@@ -70,6 +70,18 @@ pub enum Op {
     },
     /// Replace LOCAL_FILTER (after the additions to LOCAL_ADDRS it covers).
     LocalFilter(Box<LocalFilter>),
+    /// Set a service's source limits (before the service entry that turns them on).
+    Limits {
+        id: u32,
+        limits: Limits,
+    },
+    /// Add a prefix to ALLOWLIST.
+    Allow {
+        key: AllowKey,
+    },
+    RemoveAllow {
+        key: AllowKey,
+    },
 }
 
 impl Op {
@@ -77,13 +89,17 @@ impl Op {
     /// a service points at it, and a backend is cleared only after no table names it.
     fn phase(&self) -> u8 {
         match self {
-            Op::Settings(_) | Op::Local { .. } | Op::LocalFilter(_) => 0,
+            Op::Settings(_)
+            | Op::Local { .. }
+            | Op::LocalFilter(_)
+            | Op::Limits { .. }
+            | Op::Allow { .. } => 0,
             Op::Backend { backend, .. } if backend.family != 0 => 1,
             Op::Table { .. } => 2,
             Op::Service { .. } => 3,
             Op::RemoveService { .. } => 4,
             Op::Backend { .. } => 5,
-            Op::RemoveLocal { .. } => 6,
+            Op::RemoveLocal { .. } | Op::RemoveAllow { .. } => 6,
         }
     }
 }
@@ -141,8 +157,16 @@ pub fn diff(
             table_offset: layout.region(want.id, 0),
             table_size: want.table.len() as u32,
             mode: want.mode,
-            _pad: [0; 3],
+            protect: want.protect,
+            _pad: [0; 2],
         };
+        if applied.limits.get(&want.id) != Some(&want.limits) {
+            ops.push(Op::Limits {
+                id: want.id,
+                limits: want.limits,
+            });
+        }
+        next.limits.insert(want.id, want.limits);
         let same_table = current.is_some_and(|c| c.table_hash == want.table_hash);
         let mut prior = Prior::Nothing;
         match current {
@@ -204,6 +228,17 @@ pub fn diff(
     }
     next.local = desired.local.clone();
     next.local_filter = filter;
+    for key in desired.allowlist.difference(&applied.allowlist) {
+        ops.push(Op::Allow { key: *key });
+    }
+    for key in applied.allowlist.difference(&desired.allowlist) {
+        ops.push(Op::RemoveAllow { key: *key });
+    }
+    next.allowlist = desired.allowlist.clone();
+    // LIMITS entries of removed services stay (an array cannot forget): keep knowing them.
+    for (id, l) in &applied.limits {
+        next.limits.entry(*id).or_insert(*l);
+    }
     ops.sort_by_key(Op::phase);
     Ok((ops, next))
 }
@@ -223,6 +258,9 @@ pub trait MapWriter {
     fn set_local(&mut self, key: &LocalKey, why: u8) -> Result<(), SyncError>;
     fn remove_local(&mut self, key: &LocalKey) -> Result<(), SyncError>;
     fn set_local_filter(&mut self, f: &LocalFilter) -> Result<(), SyncError>;
+    fn set_limits(&mut self, id: u32, l: &Limits) -> Result<(), SyncError>;
+    fn set_allow(&mut self, key: &AllowKey) -> Result<(), SyncError>;
+    fn remove_allow(&mut self, key: &AllowKey) -> Result<(), SyncError>;
 }
 
 /// Performs `ops` in their phase order; stops at the first failure.
@@ -243,6 +281,9 @@ pub fn apply(ops: &[Op], w: &mut impl MapWriter) -> Result<(), SyncError> {
             Op::Local { key, why } => w.set_local(key, *why)?,
             Op::RemoveLocal { key } => w.remove_local(key)?,
             Op::LocalFilter(f) => w.set_local_filter(f)?,
+            Op::Limits { id, limits } => w.set_limits(*id, limits)?,
+            Op::Allow { key } => w.set_allow(key)?,
+            Op::RemoveAllow { key } => w.remove_allow(key)?,
         }
     }
     Ok(())
@@ -422,6 +463,67 @@ mod tests {
         let applied = diff(&applied, &d, LAYOUT).unwrap().1;
         d.local.insert(a, gateway_common::LOCAL_VIP);
         let (ops, _) = diff(&applied, &d, LAYOUT).unwrap();
+        assert_eq!(ops.len(), 1, "{ops:?}");
+    }
+
+    #[test]
+    fn limits_are_written_before_the_service_turns_them_on_and_the_allowlist_follows() {
+        use crate::config::{Prefix, ProtectMode, Rate, SourceLimits};
+        let mut maps = MemMaps::default();
+        let mut d = desired(vec![1, 2, 1, 2, 1, 2, 1]);
+        let (applied, _) = {
+            let (ops, next) = diff(&Applied::default(), &d, LAYOUT).unwrap();
+            apply(&ops, &mut maps).unwrap();
+            (next, ops)
+        };
+        let limits = SourceLimits {
+            mode: ProtectMode::Enforce,
+            new_flows: Some(Rate {
+                per_second: 100,
+                burst: 200,
+            }),
+            packets: None,
+            prefix_v4: 24,
+            prefix_v6: 48,
+        };
+        let (protect, l) = crate::model::limits(&limits);
+        assert_eq!(protect, gateway_common::PROTECT_ENFORCE);
+        assert_eq!(
+            (l.new_interval_ns, l.new_tolerance_ns),
+            (10_000_000, 2_000_000_000)
+        );
+        assert_eq!((l.pkt_interval_ns, l.prefix_v4, l.prefix_v6), (0, 24, 48));
+        let svc = d.services.get_mut(&skey(1)).unwrap();
+        svc.protect = protect;
+        svc.limits = l;
+        let allow: Prefix = Prefix {
+            addr: "198.18.200.0".parse().unwrap(),
+            len: 24,
+        };
+        d.allowlist.insert(crate::model::allow_key(&allow));
+        maps.log.clear();
+        let (ops, applied) = diff(&applied, &d, LAYOUT).unwrap();
+        apply(&ops, &mut maps).unwrap();
+        assert_eq!(maps.log.len(), 3, "{:?}", maps.log);
+        assert!(
+            maps.log[..2].contains(&"limits 1".to_string()),
+            "{:?}",
+            maps.log
+        );
+        assert!(
+            maps.log[..2].contains(&"allow /32".to_string()),
+            "{:?}",
+            maps.log
+        );
+        assert!(maps.log[2].starts_with("service"), "{:?}", maps.log);
+        assert_eq!(maps.services[&skey(1)].protect, protect);
+        assert_eq!(maps.limits[&1], l);
+        // Nothing changed: nothing written; a removed prefix is removed.
+        assert!(diff(&applied, &d, LAYOUT).unwrap().0.is_empty());
+        d.allowlist.clear();
+        let (ops, _) = diff(&applied, &d, LAYOUT).unwrap();
+        apply(&ops, &mut maps).unwrap();
+        assert!(maps.allowlist.is_empty());
         assert_eq!(ops.len(), 1, "{ops:?}");
     }
 }

@@ -6,14 +6,24 @@
 //! [`crate::plan`] builds a [`Desired`] and [`crate::mapsync`] diffs it against an
 //! [`Applied`]; this module depends on neither: it knows what the maps hold, not how they
 //! are filled or written.
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
-
-use gateway_common::{
-    Backend, FAMILY_V4, FAMILY_V6, LocalFilter, LocalKey, MODE_IPIP, MODE_L2DSR, PROTO_TCP,
-    PROTO_UDP, SLOT_PREV_UNKNOWN, ServiceKey, ServiceValue, Settings, Slot,
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::Arc,
 };
 
-use crate::config::{Config, Mode, Protocol, ServiceConfig};
+use gateway_common::{
+    AllowAddr, Backend, FAMILY_V4, FAMILY_V6, Limits, LocalFilter, LocalKey, MODE_IPIP, MODE_L2DSR,
+    PROTECT_ENFORCE, PROTECT_MONITOR, PROTECT_OFF, PROTO_TCP, PROTO_UDP, SLOT_PREV_UNKNOWN,
+    ServiceKey, ServiceValue, Settings, Slot,
+};
+
+use crate::config::{
+    Config, Mode, Prefix, ProtectMode, Protocol, Rate, ServiceConfig, SourceLimits,
+};
+
+/// An ALLOWLIST key: the prefix length over `AllowAddr`'s bits, and the data.
+pub type AllowKey = (u32, AllowAddr);
 
 /// One backend of one service: backends are per service (a service's admin state and ids
 /// are its own), so the same address under two services is two backends.
@@ -42,6 +52,8 @@ pub struct Desired {
     pub services: BTreeMap<ServiceKey, DesiredService>,
     /// This balancer's addresses (VIPs and the host's): no VIP packet may come from them.
     pub local: BTreeMap<LocalKey, u8>,
+    /// Source prefixes no limit applies to.
+    pub allowlist: BTreeSet<AllowKey>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,9 +66,13 @@ pub struct DesiredService {
     pub table: Arc<Vec<u32>>,
     /// [`table_hash`] of `table`.
     pub table_hash: u64,
+    /// `PROTECT_*`, and the LIMITS entry it applies.
+    pub protect: u8,
+    pub limits: Limits,
 }
 
 impl DesiredService {
+    /// A service without source limits.
     pub fn new(id: u32, mode: u8, table: Arc<Vec<u32>>) -> Self {
         let table_hash = table_hash(&table);
         Self {
@@ -64,6 +80,8 @@ impl DesiredService {
             mode,
             table,
             table_hash,
+            protect: PROTECT_OFF,
+            limits: Limits::default(),
         }
     }
 }
@@ -167,6 +185,9 @@ pub struct Applied {
     /// LOCAL_FILTER as written (a fresh map's is empty): derived from `local`, but kept
     /// like any other map so that a filter write that failed is written again.
     pub local_filter: LocalFilter,
+    /// LIMITS entries by service id (entries of removed services are left as they were).
+    pub limits: BTreeMap<u32, Limits>,
+    pub allowlist: BTreeSet<AllowKey>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -271,7 +292,52 @@ pub fn settings(config: &Config, interface_mac: Option<[u8; 6]>) -> Settings {
         _pad: [0; 3],
         checks_off: d.checks_off,
         macs,
+        flood_window_limit: gateway_common::flood_window_limit(
+            config.protection.flood_new_flows_per_cpu,
+        ),
+        _pad2: 0,
     }
+}
+
+/// A service's `ServiceValue::protect` and LIMITS entry.
+pub fn limits(l: &SourceLimits) -> (u8, Limits) {
+    let protect = match l.mode {
+        ProtectMode::Off => PROTECT_OFF,
+        ProtectMode::Monitor => PROTECT_MONITOR,
+        ProtectMode::Enforce => PROTECT_ENFORCE,
+    };
+    // GCRA: one packet every `interval`, `burst` of them at once.
+    let gcra = |r: Option<Rate>| match r {
+        Some(r) => {
+            let interval = (1_000_000_000 / u64::from(r.per_second.max(1))).max(1);
+            (interval, interval * u64::from(r.burst))
+        }
+        None => (0, 0),
+    };
+    let (new_interval_ns, new_tolerance_ns) = gcra(l.new_flows);
+    let (pkt_interval_ns, pkt_tolerance_ns) = gcra(l.packets);
+    let limits = Limits {
+        new_interval_ns,
+        new_tolerance_ns,
+        pkt_interval_ns,
+        pkt_tolerance_ns,
+        prefix_v4: l.prefix_v4,
+        prefix_v6: l.prefix_v6,
+        _pad: [0; 6],
+    };
+    (protect, limits)
+}
+
+/// The ALLOWLIST key of a prefix.
+pub fn allow_key(p: &Prefix) -> AllowKey {
+    (
+        8 + u32::from(p.len),
+        AllowAddr {
+            family: family(p.addr),
+            addr: addr16(p.addr),
+            _pad: [0; 3],
+        },
+    )
 }
 
 /// A BACKENDS map slot: the backend at `addr` of service `service` (its id), reached

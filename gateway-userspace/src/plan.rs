@@ -362,6 +362,12 @@ pub fn plan(
             .local
             .insert(model::local_key(svc.vip), gateway_common::LOCAL_VIP);
     }
+    desired.allowlist = config
+        .protection
+        .allowlist
+        .iter()
+        .map(model::allow_key)
+        .collect();
     let mut services = Vec::new();
     let mut next_step: Option<Duration> = None;
     let unknown = BackendFacts {
@@ -494,6 +500,7 @@ pub fn plan(
             }
         }
         let key = service_key(s);
+        let (protect, limits) = model::limits(&s.protection);
         desired.services.insert(
             key,
             DesiredService {
@@ -501,6 +508,8 @@ pub fn plan(
                 mode: model::mode(s.mode),
                 table: built.table,
                 table_hash: built.hash,
+                protect,
+                limits,
             },
         );
         services.push(ServicePlan {

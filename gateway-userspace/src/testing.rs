@@ -1,12 +1,12 @@
 //! Helpers for tests only: compiled into unit tests, and into the integration tests through
 //! the `testing` feature, never into the agent.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
 use gateway_common::{
-    Backend, LocalFilter, LocalKey, STAT_COUNT, ServiceKey, ServiceValue, Settings, Slot,
+    Backend, Limits, LocalFilter, LocalKey, STAT_COUNT, ServiceKey, ServiceValue, Settings, Slot,
     TrafficStats,
 };
 
@@ -17,7 +17,7 @@ use crate::{
     },
     dataplane::{AttachedMode, DataplaneError, DataplaneOps, LoadOptions},
     mapsync::{MapWriter, SyncError},
-    model::{self, Applied, AppliedService, Prior, SlotCounts, table_hash},
+    model::{self, AllowKey, Applied, AppliedService, Prior, SlotCounts, table_hash},
     neigh::NextHops,
 };
 
@@ -44,6 +44,8 @@ pub struct MemMaps {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub local: BTreeMap<LocalKey, u8>,
     pub local_filter: LocalFilter,
+    pub limits: BTreeMap<u32, Limits>,
+    pub allowlist: BTreeSet<AllowKey>,
     /// Every write, in order, for tests of ordering.
     pub log: Vec<String>,
 }
@@ -132,6 +134,21 @@ impl MapWriter for MemMaps {
         self.log.push("local filter".into());
         Ok(())
     }
+    fn set_limits(&mut self, id: u32, l: &Limits) -> Result<(), SyncError> {
+        self.limits.insert(id, *l);
+        self.log.push(format!("limits {id}"));
+        Ok(())
+    }
+    fn set_allow(&mut self, key: &AllowKey) -> Result<(), SyncError> {
+        self.allowlist.insert(*key);
+        self.log.push(format!("allow /{}", key.0));
+        Ok(())
+    }
+    fn remove_allow(&mut self, key: &AllowKey) -> Result<(), SyncError> {
+        self.allowlist.remove(key);
+        self.log.push(format!("remove allow /{}", key.0));
+        Ok(())
+    }
 }
 
 /// A data plane of in-memory maps for the agent's unit tests; `fail_writes` makes every
@@ -196,6 +213,18 @@ impl MapWriter for FakeDataplane {
         self.check("the local filter")?;
         self.maps.set_local_filter(f)
     }
+    fn set_limits(&mut self, id: u32, l: &Limits) -> Result<(), SyncError> {
+        self.check("limits")?;
+        self.maps.set_limits(id, l)
+    }
+    fn set_allow(&mut self, key: &AllowKey) -> Result<(), SyncError> {
+        self.check("the allowlist")?;
+        self.maps.set_allow(key)
+    }
+    fn remove_allow(&mut self, key: &AllowKey) -> Result<(), SyncError> {
+        self.check("the allowlist")?;
+        self.maps.remove_allow(key)
+    }
 }
 
 impl DataplaneOps for FakeDataplane {
@@ -235,6 +264,8 @@ impl DataplaneOps for FakeDataplane {
             services,
             local: self.maps.local.clone(),
             local_filter: self.maps.local_filter,
+            limits: self.maps.limits.clone(),
+            allowlist: self.maps.allowlist.clone(),
         })
     }
     fn program_id(&self) -> Option<u32> {

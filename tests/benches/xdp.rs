@@ -164,6 +164,7 @@ fn main() {
         mode,
         table_size: 65537,
         backends: b,
+        protection: None,
     };
     let b11 = be(v4(198, 18, 0, 11), 11);
     let mut b13 = be(v4(198, 18, 0, 13), 13);
@@ -181,6 +182,8 @@ fn main() {
         _pad: [0; 3],
         checks_off: 0,
         macs: [[0; 6]; gateway_common::MAX_LOCAL_MACS],
+        flood_window_limit: 0,
+        _pad2: 0,
     };
     let load = LoadOptions {
         conntrack_size: CONNTRACK,

@@ -58,6 +58,11 @@ fn settings() -> Settings {
         _pad: [0; 3],
         checks_off: 0,
         macs: [LB_MAC, VRRP_MAC, [0; 6], [0; 6]],
+        // The config's default guard: far above what any case here inserts.
+        flood_window_limit: gateway_common::flood_window_limit(
+            gateway::config::DEFAULT_FLOOD_NEW_FLOWS_PER_CPU,
+        ),
+        _pad2: 0,
     }
 }
 
@@ -69,6 +74,7 @@ fn svc(vip: IpAddr, port: u16, proto: u8, mode: u8, backends: Vec<Be>) -> Svc {
         mode,
         table_size: 257,
         backends,
+        protection: None,
     }
 }
 

@@ -42,6 +42,7 @@ fn services() -> Vec<Svc> {
         mode,
         table_size: 251,
         backends,
+        protection: None,
     };
     vec![
         s(
@@ -85,6 +86,8 @@ fn settings() -> Settings {
         _pad: [0; 3],
         checks_off: 0,
         macs: [[0; 6]; gateway_common::MAX_LOCAL_MACS],
+        flood_window_limit: 0,
+        _pad2: 0,
     }
 }
 

@@ -185,6 +185,7 @@ pub fn load_options(c: &Config) -> LoadOptions {
             config::KernelLog::Info => 3,
             config::KernelLog::Debug => 4,
         },
+        sources_size: c.protection.sources_size,
     }
 }
 

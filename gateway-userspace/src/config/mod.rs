@@ -14,6 +14,7 @@ mod bgp;
 mod error;
 mod health;
 mod load_time;
+mod protection;
 mod raw;
 #[cfg(test)]
 mod tests;

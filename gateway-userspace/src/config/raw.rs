@@ -4,7 +4,7 @@ use std::{fmt, ops::Range};
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use super::types::{AdminState, KernelLog, Mode, OnExit, Protocol, XdpMode};
+use super::types::{AdminState, KernelLog, Mode, OnExit, ProtectMode, Protocol, XdpMode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -12,8 +12,52 @@ pub(super) struct RawConfig {
     pub(super) dataplane: Spanned<RawDataplane>,
     pub(super) admin: Option<Spanned<RawAdmin>>,
     pub(super) bgp: Option<Spanned<RawBgp>>,
+    pub(super) protection: Option<Spanned<RawProtection>>,
     #[serde(default)]
     pub(super) service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProtection {
+    pub(super) flood_new_flows_per_cpu: Option<Spanned<i64>>,
+    pub(super) sources_size: Option<Spanned<i64>>,
+    pub(super) allowlist: Option<Vec<Spanned<String>>>,
+    pub(super) mode: Option<Spanned<ProtectMode>>,
+    pub(super) new_flows_per_second: Option<Spanned<i64>>,
+    pub(super) new_flows_burst: Option<Spanned<i64>>,
+    pub(super) packets_per_second: Option<Spanned<i64>>,
+    pub(super) packets_burst: Option<Spanned<i64>>,
+    pub(super) prefix_v4: Option<Spanned<i64>>,
+    pub(super) prefix_v6: Option<Spanned<i64>>,
+}
+
+/// The source-limit keys, in `[protection]` (the defaults) and `[service.protection]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) mode: Option<Spanned<ProtectMode>>,
+    pub(super) new_flows_per_second: Option<Spanned<i64>>,
+    pub(super) new_flows_burst: Option<Spanned<i64>>,
+    pub(super) packets_per_second: Option<Spanned<i64>>,
+    pub(super) packets_burst: Option<Spanned<i64>>,
+    pub(super) prefix_v4: Option<Spanned<i64>>,
+    pub(super) prefix_v6: Option<Spanned<i64>>,
+}
+
+impl RawProtection {
+    /// Its source-limit keys, as a service's section holds them.
+    pub(super) fn limits(&self) -> RawLimits {
+        RawLimits {
+            mode: self.mode.clone(),
+            new_flows_per_second: self.new_flows_per_second.clone(),
+            new_flows_burst: self.new_flows_burst.clone(),
+            packets_per_second: self.packets_per_second.clone(),
+            packets_burst: self.packets_burst.clone(),
+            prefix_v4: self.prefix_v4.clone(),
+            prefix_v6: self.prefix_v6.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -90,6 +134,7 @@ pub(super) struct RawService {
     pub(super) health: Option<Spanned<RawHealth>>,
     pub(super) communities: Option<Vec<Spanned<String>>>,
     pub(super) med: Option<Spanned<i64>>,
+    pub(super) protection: Option<Spanned<RawLimits>>,
     #[serde(default)]
     pub(super) backend: Vec<Spanned<RawBackend>>,
 }

@@ -1136,3 +1136,152 @@ fn route_keys_need_bgp_and_one_med_per_vip() {
     let c = parse(&agree).unwrap();
     assert_eq!(c.services[1].med, Some(5));
 }
+
+// ---------------------------------------------------------------------------------------
+// [protection]
+
+#[test]
+fn protection_defaults_apply_to_services_and_their_own_keys_override_them() {
+    let c = parse(EXAMPLE).unwrap();
+    let p = &c.protection;
+    assert_eq!(p.flood_new_flows_per_cpu, 200_000);
+    assert_eq!(p.sources_size, 65536);
+    assert_eq!(
+        p.allowlist
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>(),
+        ["198.18.200.0/24", "fd00:200::/48"]
+    );
+    let new = Some(Rate {
+        per_second: 200,
+        burst: 400,
+    });
+    assert_eq!(p.defaults.mode, ProtectMode::Monitor);
+    assert_eq!(p.defaults.new_flows, new);
+    assert_eq!(p.defaults.packets, None);
+    let web = &c.services[0].protection;
+    assert_eq!(web.mode, ProtectMode::Enforce);
+    assert_eq!(web.new_flows, new, "inherited with its burst");
+    let packets = Some(Rate {
+        per_second: 20000,
+        burst: 20000,
+    });
+    assert_eq!(web.packets, packets, "the burst defaults to the rate");
+    assert_eq!(c.services[1].protection, p.defaults);
+    // Without the section: no limits, the guard at its default.
+    let bare = parse("[dataplane]\ninterface = \"eth0\"\n").unwrap();
+    assert_eq!(bare.protection, ProtectionConfig::default());
+    assert_eq!(bare.protection.defaults.mode, ProtectMode::Off);
+}
+
+#[test]
+fn bad_protection_keys_are_errors_naming_line_and_key() {
+    let base = "[dataplane]\ninterface = \"eth0\"\n[protection]\n";
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "new_flows_per_second = -1",
+            "protection.new_flows_per_second",
+            "out of range",
+        ),
+        (
+            "packets_per_second = 100\npackets_burst = 50",
+            "protection.packets_burst",
+            "below the rate",
+        ),
+        (
+            "new_flows_burst = 10",
+            "protection.new_flows_burst",
+            "needs protection.new_flows_per_second",
+        ),
+        ("prefix_v4 = 33", "protection.prefix_v4", "out of range"),
+        ("prefix_v6 = 0", "protection.prefix_v6", "out of range"),
+        (
+            "flood_new_flows_per_cpu = -5",
+            "protection.flood_new_flows_per_cpu",
+            "out of range",
+        ),
+        (
+            "sources_size = 10",
+            "protection.sources_size",
+            "out of range",
+        ),
+        (
+            "allowlist = [\"198.18.0.0/33\"]",
+            "protection.allowlist",
+            "0 to 32",
+        ),
+        (
+            "allowlist = [\"fd00::/129\"]",
+            "protection.allowlist",
+            "0 to 128",
+        ),
+        (
+            "allowlist = [\"198.18.0.1/24\"]",
+            "protection.allowlist",
+            "host bits set",
+        ),
+        (
+            "allowlist = [\"nonsense\"]",
+            "protection.allowlist",
+            "not a prefix",
+        ),
+        (
+            "allowlist = [\"198.18.0.0/16\", \"198.18.3.0/24\"]",
+            "protection.allowlist",
+            "overlaps 198.18.0.0/16",
+        ),
+        (
+            "allowlist = [\"fd00::/64\", \"fd00::/64\"]",
+            "protection.allowlist",
+            "listed twice",
+        ),
+    ];
+    for (keys, field, needle) in cases {
+        let text = format!("{base}{keys}\n");
+        let i = only(&text, field);
+        assert!(i.message.contains(needle), "{keys}: {i:?}");
+        let want = text.lines().count();
+        assert_eq!(i.line, want, "{keys}: the line of the key");
+    }
+    // A mode that is not one: serde names the key and line.
+    let err = parse(&format!("{base}mode = \"block\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("test.toml:4") && err.contains("mode"), "{err}");
+}
+
+#[test]
+fn a_service_protection_key_is_checked_like_the_defaults() {
+    let text = "[dataplane]\ninterface = \"eth0\"\n[[service]]\nname = \"a\"\n\
+                vip = \"198.18.1.1\"\nport = 80\nprotocol = \"tcp\"\nmode = \"l2dsr\"\n\
+                protection = { mode = \"enforce\", new_flows_per_second = 10, new_flows_burst = 5 }\n";
+    let i = only(text, "protection.new_flows_burst");
+    assert_eq!(i.service.as_deref(), Some("a"));
+    assert_eq!(i.line, 9);
+}
+
+#[test]
+fn prefixes_contain_what_they_cover_and_nothing_of_the_other_family() {
+    let p = |s: &str| {
+        let (a, l) = s.split_once('/').unwrap();
+        Prefix {
+            addr: a.parse().unwrap(),
+            len: l.parse().unwrap(),
+        }
+    };
+    assert!(p("198.18.0.0/16").contains(&p("198.18.7.0/24")));
+    assert!(!p("198.18.7.0/24").contains(&p("198.18.0.0/16")));
+    assert!(!p("198.19.0.0/16").contains(&p("198.18.7.0/24")));
+    assert!(p("0.0.0.0/0").contains(&p("198.18.7.0/24")));
+    assert!(!p("::/0").contains(&p("198.18.7.0/24")));
+    assert!(p("fd00::/8").contains(&p("fd00:1::/32")));
+    assert_eq!(
+        Prefix::masked("fd00:1:2:3:4::1".parse().unwrap(), 64).to_string(),
+        "fd00:1:2:3::"
+    );
+    assert_eq!(
+        Prefix::masked("198.18.7.9".parse().unwrap(), 0).to_string(),
+        "0.0.0.0"
+    );
+}

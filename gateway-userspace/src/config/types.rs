@@ -35,6 +35,7 @@ words!(KernelLog { Off => "off", Error => "error", Warn => "warn", Info => "info
 words!(Protocol { Tcp => "tcp", Udp => "udp" });
 words!(Mode { L2dsr => "l2dsr", Ipip => "ipip" });
 words!(AdminState { Ready => "ready", Drain => "drain", Maint => "maint" });
+words!(ProtectMode { Off => "off", Monitor => "monitor", Enforce => "enforce" });
 
 /// A validated configuration. Every value is in range and every cross-reference holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +44,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[bgp]`, if the VIPs are announced to routers.
     pub bgp: Option<BgpConfig>,
+    /// `[protection]` (its defaults when the section is absent).
+    pub protection: ProtectionConfig,
     /// In file order.
     pub services: Vec<ServiceConfig>,
 }
@@ -219,6 +222,8 @@ pub struct ServiceConfig {
     pub communities: Vec<Community>,
     /// The MED on the VIP's route; services that share a VIP agree on it.
     pub med: Option<u32>,
+    /// `[service.protection]` over `[protection]`'s defaults.
+    pub protection: SourceLimits,
 }
 
 /// A `[[service.backend]]`.
@@ -377,5 +382,114 @@ impl std::str::FromStr for Community {
             )),
             _ => Err(bad()),
         }
+    }
+}
+
+/// `[protection]`: the conntrack flood guard, the allowlist, and the source limits
+/// services inherit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProtectionConfig {
+    /// New flows per second one CPU may record in conntrack before the flood guard places
+    /// new flows without an entry; 0 turns the guard off.
+    pub flood_new_flows_per_cpu: u32,
+    /// Capacity of the source-bucket map (a load-time size, like `conntrack_size`).
+    pub sources_size: u32,
+    /// Source prefixes no limit applies to; none contains another.
+    pub allowlist: Vec<Prefix>,
+    /// What a service without its own `[service.protection]` key gets.
+    pub defaults: SourceLimits,
+}
+
+/// Default of `flood_new_flows_per_cpu`: see docs/config.md for how it was sized.
+pub const DEFAULT_FLOOD_NEW_FLOWS_PER_CPU: u32 = 200_000;
+
+impl Default for ProtectionConfig {
+    fn default() -> Self {
+        Self {
+            flood_new_flows_per_cpu: DEFAULT_FLOOD_NEW_FLOWS_PER_CPU,
+            sources_size: gateway_common::DEFAULT_SOURCES_SIZE,
+            allowlist: Vec::new(),
+            defaults: SourceLimits::default(),
+        }
+    }
+}
+
+/// Per-source limits of one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceLimits {
+    pub mode: ProtectMode,
+    /// TCP SYNs per second and burst; `None`: no limit.
+    pub new_flows: Option<Rate>,
+    /// Packets per second and burst; `None`: no limit.
+    pub packets: Option<Rate>,
+    /// The prefix a bucket covers, per family.
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        Self {
+            mode: ProtectMode::Off,
+            new_flows: None,
+            packets: None,
+            prefix_v4: 32,
+            prefix_v6: 64,
+        }
+    }
+}
+
+/// A rate with its burst (burst >= rate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// Whether source limits drop, only count, or are not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtectMode {
+    #[default]
+    Off,
+    /// Count what would be dropped, drop nothing.
+    Monitor,
+    Enforce,
+}
+
+/// An address prefix, host bits zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// Whether `other` lies within this prefix (same family, at least as long).
+    pub fn contains(&self, other: &Prefix) -> bool {
+        if self.addr.is_ipv4() != other.addr.is_ipv4() || other.len < self.len {
+            return false;
+        }
+        Prefix::masked(other.addr, self.len) == self.addr
+    }
+
+    /// `addr` with the bits past `len` cleared.
+    pub fn masked(addr: IpAddr, len: u8) -> IpAddr {
+        match addr {
+            IpAddr::V4(a) => {
+                let m = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
+            }
+            IpAddr::V6(a) => {
+                let m = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
     }
 }

@@ -109,6 +109,8 @@ pub(super) struct Limits {
     pub(super) ipip_source_v6: bool,
     /// Whether there is a `[bgp]` section (services may then set `communities` and `med`).
     pub(super) bgp: bool,
+    /// `[protection]`'s source limits, which a service's own override (`None`: invalid).
+    pub(super) protection: Option<SourceLimits>,
 }
 
 impl Validator<'_> {
@@ -244,6 +246,8 @@ impl Validator<'_> {
         let admin = self.admin(raw.admin.as_ref());
         let bgp = self.bgp(raw.bgp.as_ref());
         limits.bgp = raw.bgp.is_some();
+        let protection = self.protection(raw.protection.as_ref());
+        limits.protection = protection.as_ref().map(|p| p.defaults);
         // A route is per VIP: the services that share one agree on its MED.
         let mut meds: HashMap<IpAddr, (Option<i64>, &str, usize)> = HashMap::new();
 
@@ -325,6 +329,7 @@ impl Validator<'_> {
             dataplane: dataplane?,
             admin: admin?,
             bgp: bgp?,
+            protection: protection?,
             services: services?,
         })
     }
@@ -500,6 +505,7 @@ impl Validator<'_> {
             ipip_source_v4: d.ipip_source_v4.is_some(),
             ipip_source_v6: d.ipip_source_v6.is_some(),
             bgp: false,
+            protection: None,
         };
         let config = (|| {
             Some(DataplaneConfig {
@@ -627,6 +633,11 @@ impl Validator<'_> {
         let health = self.health(&service_layers, port, health_table);
 
         let (communities, med) = self.route_keys(s, limits.bgp);
+        let base = limits.protection.unwrap_or_default();
+        let protection = match &s.protection {
+            Some(p) => self.source_limits(p.get_ref(), &base, "protection."),
+            None => Some(base),
+        };
 
         let mut seen: HashMap<IpAddr, usize> = HashMap::new();
         let mut backends = Some(Vec::with_capacity(s.backend.len()));
@@ -651,6 +662,7 @@ impl Validator<'_> {
             backends: backends?,
             communities: communities?,
             med: med?,
+            protection: protection?,
         })
     }
 

@@ -55,6 +55,8 @@ pub struct Svc {
     pub mode: u8,
     pub table_size: u32,
     pub backends: Vec<Be>,
+    /// `[service.protection]`'s keys (`mode = "enforce"`, ...), if any.
+    pub protection: Option<String>,
 }
 
 pub use gateway::model::{addr16, family};
@@ -89,6 +91,8 @@ pub struct World {
     /// What the last `set` planned (its tables say where new flows go).
     pub desired: Desired,
     pub settings: Settings,
+    /// Extra `[protection]` keys (see `config_text`).
+    pub protection: String,
 }
 
 pub const TEST_LOAD: LoadOptions = LoadOptions {
@@ -96,6 +100,7 @@ pub const TEST_LOAD: LoadOptions = LoadOptions {
     max_services: 16,
     max_table_size: 65537,
     kernel_log: 0,
+    sources_size: gateway_common::DEFAULT_SOURCES_SIZE,
 };
 
 /// Service `i` of a world is named `s{i}`: ids follow a service by name, so a test's
@@ -108,7 +113,9 @@ fn service_name(i: usize) -> String {
 pub const HOST_ADDRESSES: [&str; 2] = ["198.18.0.250", "fd00::250"];
 
 /// The config text an operator would write for `services` and `settings`.
-pub fn config_text(services: &[Svc], settings: &Settings) -> String {
+/// `protection` holds extra `[protection]` keys (the allowlist, default limits); the flood
+/// guard's rate is the one `settings.flood_window_limit` comes from.
+pub fn config_text(services: &[Svc], settings: &Settings, protection: &str) -> String {
     let mut t = String::new();
     let d = |t: &mut String, line: String| writeln!(t, "{line}").unwrap();
     d(&mut t, "[dataplane]".into());
@@ -147,6 +154,11 @@ pub fn config_text(services: &[Svc], settings: &Settings) -> String {
         .map(|m| format!("\"{}\"", gateway::agent::fmt_mac(m)))
         .collect();
     d(&mut t, format!("extra_macs = [{}]", macs.join(", ")));
+    d(&mut t, "[protection]".into());
+    let window = 1u64 << gateway_common::FLOOD_WINDOW_SHIFT;
+    let flood = (u64::from(settings.flood_window_limit) * 1_000_000_000).div_ceil(window);
+    d(&mut t, format!("flood_new_flows_per_cpu = {flood}"));
+    d(&mut t, protection.to_string());
     for (i, s) in services.iter().enumerate() {
         let protocol = match s.proto {
             PROTO_TCP => "tcp",
@@ -166,6 +178,9 @@ pub fn config_text(services: &[Svc], settings: &Settings) -> String {
         d(&mut t, format!("mode = \"{mode}\""));
         d(&mut t, format!("table_size = {}", s.table_size));
         d(&mut t, "health = { kind = \"none\" }".into());
+        if let Some(p) = &s.protection {
+            d(&mut t, format!("protection = {{ {p} }}"));
+        }
         for b in &s.backends {
             let state = match b.admin {
                 AdminState::Ready => "ready",
@@ -225,6 +240,7 @@ impl World {
             tables: TableCache::default(),
             desired: Desired::default(),
             settings,
+            protection: String::new(),
         };
         w.set(services);
         w
@@ -232,7 +248,7 @@ impl World {
 
     /// Makes the maps describe `services`: config, plan, diff and apply, as the agent does.
     pub fn set(&mut self, services: &[Svc]) {
-        let text = config_text(services, &self.settings);
+        let text = config_text(services, &self.settings, &self.protection);
         let config =
             Config::parse(&text, Path::new("world.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let p = plan::plan(

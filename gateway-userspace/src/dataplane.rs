@@ -1031,6 +1031,9 @@ pub trait DataplaneOps: MapWriter {
     fn service_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError>;
     fn backend_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError>;
     fn conntrack_len(&self) -> usize;
+    fn protect_stats(&self, id: u32) -> Result<ProtectStats, DataplaneError>;
+    fn limited(&self) -> Vec<Limited>;
+    fn forget_limited(&mut self, key: &SourceKey);
 }
 
 impl DataplaneOps for Dataplane {
@@ -1071,6 +1074,15 @@ impl DataplaneOps for Dataplane {
     }
     fn conntrack_len(&self) -> usize {
         Dataplane::conntrack_len(self)
+    }
+    fn protect_stats(&self, id: u32) -> Result<ProtectStats, DataplaneError> {
+        Dataplane::protect_stats(self, id)
+    }
+    fn limited(&self) -> Vec<Limited> {
+        Dataplane::limited(self)
+    }
+    fn forget_limited(&mut self, key: &SourceKey) {
+        Dataplane::forget_limited(self, key)
     }
 }
 

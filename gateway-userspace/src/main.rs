@@ -85,6 +85,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show source limits, what they refused, and the sources over a limit now.
+    Protection {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print the raw JSON of `GET /protection`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Withdraw this balancer's VIPs from BIRD when its agent is gone (`[bgp]`).
     ///
     /// Runs beside BIRD: when the agent has not answered `/healthz` for `agent_grace`, or
@@ -156,6 +164,7 @@ fn main() {
         } => run(config, xdp_mode, stats_interval, on_exit),
         Command::Check { config, against } => check(config, against),
         Command::Status { api, json } => status(&api, json),
+        Command::Protection { api, json } => protection(&api, json),
         Command::Stop {
             detach,
             config,
@@ -362,6 +371,21 @@ fn http(
     };
     let a = admin::request(api.admin, method, path, auth.as_deref(), body)?;
     Ok((a.code, a.body))
+}
+
+fn protection(api: &ApiArgs, json: bool) -> anyhow::Result<()> {
+    let (code, body) = http(api, "GET", "/protection", None)?;
+    if code != 200 {
+        anyhow::bail!("{}", api_error(code, &body));
+    }
+    if json {
+        println!("{}", body.trim_end());
+        return Ok(());
+    }
+    let r: admin::ProtectionReport = serde_json::from_str(&body)
+        .with_context(|| format!("reading /protection from {}", api.admin))?;
+    print!("{}", report::render_protection(&r));
+    Ok(())
 }
 
 fn status(api: &ApiArgs, json: bool) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 use std::{fmt::Write as _, net::IpAddr, time::Duration};
 
 use crate::{
-    admin::Snapshot,
+    admin::{ProtectionReport, Snapshot},
     config::Config,
     plan::Plan,
     preview::{Change, Difference, Endpoint, Flows, Kept, ServiceChange},
@@ -83,6 +83,18 @@ pub fn render_status(s: &Snapshot) -> String {
             svc.traffic.packets,
             svc.traffic.new_flows,
         );
+        if !svc.protection_mode.is_empty() && svc.protection_mode != "off" {
+            let p = &svc.protection;
+            let _ = writeln!(
+                out,
+                "  limits {}: dropped {} new flows, {} packets; monitored {} new flows, {} packets",
+                svc.protection_mode,
+                p.dropped_new_flows,
+                p.dropped_packets,
+                p.monitored_new_flows,
+                p.monitored_packets
+            );
+        }
         let rows: Vec<Vec<String>> = svc
             .backends
             .iter()
@@ -378,6 +390,87 @@ fn duration(d: Duration) -> String {
     } else {
         format!("{d:?}")
     }
+}
+
+/// `gateway protection`: each service's limits and counters, then the sources over a
+/// limit now.
+pub fn render_protection(r: &ProtectionReport) -> String {
+    let mut out = String::new();
+    let guard = match r.flood_new_flows_per_cpu {
+        0 => "off".to_string(),
+        n => format!("{n} new tracked flows/s per CPU"),
+    };
+    let _ = writeln!(out, "flood guard  {guard}");
+    if !r.allowlist.is_empty() {
+        let _ = writeln!(out, "allowlist    {}", r.allowlist.join("  "));
+    }
+    let rate = |r: Option<u32>, b: Option<u32>| match (r, b) {
+        (Some(r), Some(b)) => format!("{r}/s burst {b}"),
+        _ => "-".to_string(),
+    };
+    let rows: Vec<Vec<String>> = r
+        .services
+        .iter()
+        .map(|s| {
+            vec![
+                s.service.clone(),
+                s.mode.clone(),
+                rate(s.new_flows_per_second, s.new_flows_burst),
+                rate(s.packets_per_second, s.packets_burst),
+                format!("/{} /{}", s.prefix_v4, s.prefix_v6),
+                format!(
+                    "{} / {}",
+                    s.counters.dropped_new_flows, s.counters.dropped_packets
+                ),
+                format!(
+                    "{} / {}",
+                    s.counters.monitored_new_flows, s.counters.monitored_packets
+                ),
+            ]
+        })
+        .collect();
+    out += "\n";
+    let header = [
+        ("SERVICE", Left),
+        ("MODE", Left),
+        ("NEW FLOWS", Left),
+        ("PACKETS", Left),
+        ("PREFIX", Left),
+        ("DROPPED NEW/PKT", Right),
+        ("MONITORED NEW/PKT", Right),
+    ];
+    out += &columns(&header, &rows, "");
+    if r.sources.is_empty() {
+        out += "\nno source is over a limit\n";
+        return out;
+    }
+    let rows: Vec<Vec<String>> = r
+        .sources
+        .iter()
+        .map(|s| {
+            vec![
+                s.prefix.clone(),
+                s.service.clone(),
+                s.action.clone(),
+                format!("{:.0}s", s.limited_for_seconds),
+                format!("{:.0}", s.packets_per_second),
+                format!("{:.0}", s.refused_per_second),
+                s.refused.to_string(),
+            ]
+        })
+        .collect();
+    out += "\n";
+    let header = [
+        ("SOURCE", Left),
+        ("SERVICE", Left),
+        ("ACTION", Left),
+        ("FOR", Right),
+        ("PKT/S", Right),
+        ("REFUSED/S", Right),
+        ("REFUSED", Right),
+    ];
+    out += &columns(&header, &rows, "");
+    out
 }
 
 #[derive(Clone, Copy)]
@@ -781,10 +874,41 @@ bgp        198.18.1.1 announced (servable for 12s)  fd00:1::1 withdrawn (no usab
 bgp        ERROR (3 so far): connecting to BIRD's control socket: refused
 
 service web  198.18.1.1:80/tcp  l2dsr  table 251 slots (7 changed)  10 packets  5 new flows
+  limits enforce: dropped 3 new flows, 0 packets; monitored 0 new flows, 0 packets
   backend      state  weight  slots   share  health                            reason
   198.18.0.11  up        100    251  100.0%  up (connected, 0.2ms)             ready, up
   198.18.0.12  down      100      0    0.0%  down (connection refused, 0.2ms)  health check down
 ";
         assert_eq!(text, want, "\n{text}");
+    }
+
+    #[test]
+    fn protection_shows_limits_counters_and_the_sources_over_a_limit() {
+        let mut r = testing::protection_report();
+        let text = render_protection(&r);
+        assert!(
+            text.contains("flood guard  200000 new tracked flows/s per CPU"),
+            "{text}"
+        );
+        assert!(text.contains("allowlist    198.18.200.0/24"), "{text}");
+        let web = text.lines().find(|l| l.starts_with("web ")).expect(&text);
+        assert!(
+            web.contains("enforce") && web.contains("10/s burst 20"),
+            "{web}"
+        );
+        assert!(web.contains("120 / 0"), "{web}");
+        let src = text
+            .lines()
+            .find(|l| l.starts_with("198.18.0.0/24"))
+            .expect(&text);
+        assert!(
+            src.contains("dropped") && src.contains("390") && src.contains("12s"),
+            "{src}"
+        );
+        r.sources.clear();
+        r.flood_new_flows_per_cpu = 0;
+        let text = render_protection(&r);
+        assert!(text.contains("flood guard  off"), "{text}");
+        assert!(text.contains("no source is over a limit"), "{text}");
     }
 }

@@ -6,16 +6,16 @@ use std::{
 };
 
 use gateway_common::{
-    Backend, Limits, LocalFilter, LocalKey, STAT_COUNT, ServiceKey, ServiceValue, Settings, Slot,
-    TrafficStats,
+    Backend, Limits, LocalFilter, LocalKey, ProtectStats, STAT_COUNT, ServiceKey, ServiceValue,
+    Settings, Slot, SourceKey, TrafficStats,
 };
 
 use crate::{
     admin::{
-        BackendStatus, Counter, DataplaneStatus, LatencyHistogram, ProbeStatus, ServiceStatus,
-        Snapshot, Traffic,
+        BackendStatus, Counter, DataplaneStatus, LatencyHistogram, LimitedSource, ProbeStatus,
+        ProtectCounters, ProtectionReport, ServiceProtection, ServiceStatus, Snapshot, Traffic,
     },
-    dataplane::{AttachedMode, DataplaneError, DataplaneOps, LoadOptions},
+    dataplane::{AttachedMode, DataplaneError, DataplaneOps, Limited, LoadOptions},
     mapsync::{MapWriter, SyncError},
     model::{self, AllowKey, Applied, AppliedService, Prior, SlotCounts, table_hash},
     neigh::NextHops,
@@ -162,6 +162,8 @@ pub struct FakeDataplane {
     pub fail_writes: bool,
     pub adopted: bool,
     pub gone: bool,
+    /// What LIMITED holds (the program's refusals); `forget_limited` removes from it.
+    pub limited: Vec<Limited>,
 }
 
 impl FakeDataplane {
@@ -283,6 +285,15 @@ impl DataplaneOps for FakeDataplane {
     fn conntrack_len(&self) -> usize {
         0
     }
+    fn protect_stats(&self, _id: u32) -> Result<ProtectStats, DataplaneError> {
+        Ok(ProtectStats::default())
+    }
+    fn limited(&self) -> Vec<Limited> {
+        self.limited.clone()
+    }
+    fn forget_limited(&mut self, key: &SourceKey) {
+        self.limited.retain(|l| l.key != *key);
+    }
 }
 
 /// Next hops from a fixed table, for the agent's unit tests: a backend in `macs` resolves to
@@ -382,6 +393,13 @@ pub fn snapshot() -> Snapshot {
             mode: "l2dsr".into(),
             table_size: 251,
             changed_slots: 7,
+            protection_mode: "enforce".into(),
+            protection: ProtectCounters {
+                dropped_new_flows: 3,
+                dropped_packets: 0,
+                monitored_new_flows: 0,
+                monitored_packets: 0,
+            },
             panic: false,
             traffic: Traffic {
                 packets: 10,
@@ -475,5 +493,40 @@ impl Drop for FakeBird {
     fn drop(&mut self) {
         let _ = crate::bgp::bird::command(&self.path, "stop", std::time::Duration::from_secs(1));
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A `GET /protection` body with one service and one limited source.
+pub fn protection_report() -> ProtectionReport {
+    ProtectionReport {
+        flood_new_flows_per_cpu: 200_000,
+        allowlist: vec!["198.18.200.0/24".into()],
+        services: vec![ServiceProtection {
+            service: "web".into(),
+            mode: "enforce".into(),
+            new_flows_per_second: Some(10),
+            new_flows_burst: Some(20),
+            packets_per_second: None,
+            packets_burst: None,
+            prefix_v4: 24,
+            prefix_v6: 64,
+            counters: ProtectCounters {
+                dropped_new_flows: 120,
+                dropped_packets: 0,
+                monitored_new_flows: 0,
+                monitored_packets: 0,
+            },
+        }],
+        sources: vec![LimitedSource {
+            prefix: "198.18.0.0/24".into(),
+            service: "web".into(),
+            action: "dropped".into(),
+            limited_for_seconds: 12.0,
+            packets_per_second: 400.0,
+            refused_per_second: 390.0,
+            packets: 5000,
+            new_flows: 4800,
+            refused: 120,
+        }],
     }
 }

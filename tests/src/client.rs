@@ -27,6 +27,20 @@ pub fn in_netns<T: Send + 'static>(
 /// One TCP exchange from `local_port` (0: any): connect, send a line, read the backend's
 /// name. The socket closes with RST so thousands of them leave no TIME_WAIT behind.
 pub fn tcp_name(vip: SocketAddr, local_port: u16, timeout: Duration) -> std::io::Result<String> {
+    let any: IpAddr = if vip.is_ipv6() {
+        "::".parse().unwrap()
+    } else {
+        "0.0.0.0".parse().unwrap()
+    };
+    tcp_name_from(vip, SocketAddr::new(any, local_port), timeout)
+}
+
+/// [`tcp_name`] from `local` (an address of the namespace, and a port or 0).
+pub fn tcp_name_from(
+    vip: SocketAddr,
+    local: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<String> {
     let domain = if vip.is_ipv6() {
         Domain::IPV6
     } else {
@@ -34,13 +48,8 @@ pub fn tcp_name(vip: SocketAddr, local_port: u16, timeout: Duration) -> std::io:
     };
     let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
-    if local_port != 0 {
-        let any: SocketAddr = if vip.is_ipv6() {
-            "[::]:0".parse().unwrap()
-        } else {
-            "0.0.0.0:0".parse().unwrap()
-        };
-        s.bind(&SockAddr::from(SocketAddr::new(any.ip(), local_port)))?;
+    if local.port() != 0 || !local.ip().is_unspecified() {
+        s.bind(&SockAddr::from(local))?;
     }
     s.connect_timeout(&SockAddr::from(vip), timeout)?;
     s.set_linger(Some(Duration::ZERO))?;

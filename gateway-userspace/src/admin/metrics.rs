@@ -92,6 +92,44 @@ pub fn render_metrics(s: &Snapshot) -> String {
         }
         .write(&mut out);
     }
+    // Source limits, per service: what enforce mode dropped and monitor mode let through.
+    for (name, help, dropped) in [
+        (
+            "gateway_service_limit_dropped_total",
+            "Packets dropped over a source limit, by limit.",
+            true,
+        ),
+        (
+            "gateway_service_limit_monitored_total",
+            "Packets over a source limit let through in monitor mode, by limit.",
+            false,
+        ),
+    ] {
+        let mut samples = Vec::new();
+        for svc in &s.services {
+            let p = &svc.protection;
+            let (new, packets) = if dropped {
+                (p.dropped_new_flows, p.dropped_packets)
+            } else {
+                (p.monitored_new_flows, p.monitored_packets)
+            };
+            samples.push((
+                vec![("service", svc.name.as_str()), ("limit", "new_flows")],
+                new,
+            ));
+            samples.push((
+                vec![("service", svc.name.as_str()), ("limit", "packets")],
+                packets,
+            ));
+        }
+        Family {
+            name,
+            help,
+            kind: "counter",
+            samples,
+        }
+        .write(&mut out);
+    }
     let per_backend = |f: &dyn Fn(&BackendStatus) -> u64| {
         s.services
             .iter()

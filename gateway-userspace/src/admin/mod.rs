@@ -64,6 +64,8 @@ pub enum Request {
     },
     /// Re-read the config file, as SIGHUP does; the error if it is invalid.
     Reload(oneshot::Sender<Result<(), String>>),
+    /// The body of `/protection`: limits, their counters, the sources over a limit now.
+    Protection(oneshot::Sender<Result<ProtectionReport, String>>),
 }
 
 /// Why a backend change through the API did not happen.
@@ -176,6 +178,7 @@ fn router(agent: mpsc::Sender<Request>, auth: Auth) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/protection", get(protection))
         .route("/backends/{service}/{addr}/state", post(set_state))
         .route("/backends/{service}/{addr}/weight", post(set_weight))
         .route("/reload", post(reload))
@@ -365,6 +368,17 @@ async fn status(State(agent): State<mpsc::Sender<Request>>) -> Response {
     }
 }
 
+async fn protection(State(agent): State<mpsc::Sender<Request>>) -> Response {
+    match ask(&agent, Request::Protection).await {
+        Ok(Ok(r)) => match serde_json::to_string(&r) {
+            Ok(body) => json(StatusCode::OK, body),
+            Err(e) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+        Ok(Err(e)) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        Err(r) => r,
+    }
+}
+
 async fn metrics(State(agent): State<mpsc::Sender<Request>>) -> Response {
     match snapshot(&agent, false).await {
         Ok(s) => (
@@ -489,6 +503,8 @@ mod tests {
         has("gateway_table_rebuilds_total 2");
         has(r#"gateway_reloads_total{result="ok"} 1"#);
         has(r#"gateway_reloads_total{result="error"} 0"#);
+        has(r#"gateway_service_limit_dropped_total{service="we\"b\\x\n",limit="new_flows"} 3"#);
+        has(r#"gateway_service_limit_monitored_total{service="we\"b\\x\n",limit="packets"} 0"#);
     }
 
     /// GET `path` from `addr`: status code and body.
@@ -541,6 +557,9 @@ mod tests {
                     Request::Snapshot { reply, .. } => {
                         let _ = reply.send(Ok(snapshot()));
                     }
+                    Request::Protection(reply) => {
+                        let _ = reply.send(Ok(crate::testing::protection_report()));
+                    }
                     other => panic!("unexpected {other:?}"),
                 }
             }
@@ -553,6 +572,12 @@ mod tests {
         assert_eq!(serde_json::from_str::<Snapshot>(&body).unwrap(), snapshot());
         let (code, body) = get(addr, "/metrics").await;
         assert_eq!((code, body), (200, render_metrics(&snapshot())));
+        let (code, body) = get(addr, "/protection").await;
+        assert_eq!(code, 200);
+        assert_eq!(
+            serde_json::from_str::<ProtectionReport>(&body).unwrap(),
+            crate::testing::protection_report()
+        );
         assert_eq!(
             get(addr, "/nope").await,
             (404, r#"{"error":"not found"}"#.into())
@@ -618,6 +643,9 @@ mod tests {
                     }
                     Request::Snapshot { reply, .. } => {
                         let _ = reply.send(Ok(snapshot()));
+                    }
+                    Request::Protection(reply) => {
+                        let _ = reply.send(Err("not here".into()));
                     }
                 }
             }

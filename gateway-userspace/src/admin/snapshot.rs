@@ -101,7 +101,66 @@ pub struct ServiceStatus {
     pub changed_slots: u32,
     pub panic: bool,
     pub traffic: Traffic,
+    /// Source limits: `off`, `monitor` or `enforce`, and what they refused.
+    #[serde(default)]
+    pub protection_mode: String,
+    #[serde(default)]
+    pub protection: ProtectCounters,
     pub backends: Vec<BackendStatus>,
+}
+
+/// A service's protection counters (`PROTECT_STATS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProtectCounters {
+    /// Dropped over a limit (enforce mode).
+    pub dropped_new_flows: u64,
+    pub dropped_packets: u64,
+    /// Over a limit and forwarded (monitor mode).
+    pub monitored_new_flows: u64,
+    pub monitored_packets: u64,
+}
+
+/// The body of `GET /protection`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProtectionReport {
+    pub flood_new_flows_per_cpu: u32,
+    pub allowlist: Vec<String>,
+    pub services: Vec<ServiceProtection>,
+    /// The sources over a limit now (refused within the last few seconds), most refused
+    /// first.
+    pub sources: Vec<LimitedSource>,
+}
+
+/// A service's limits and what they refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceProtection {
+    pub service: String,
+    pub mode: String,
+    pub new_flows_per_second: Option<u32>,
+    pub new_flows_burst: Option<u32>,
+    pub packets_per_second: Option<u32>,
+    pub packets_burst: Option<u32>,
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    pub counters: ProtectCounters,
+}
+
+/// A source prefix over a limit of one service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimitedSource {
+    pub prefix: String,
+    pub service: String,
+    /// `dropped` (enforce) or `counted` (monitor).
+    pub action: String,
+    pub limited_for_seconds: f64,
+    /// Seen from the prefix (refused included) and refused, per second, between the
+    /// agent's last two looks.
+    pub packets_per_second: f64,
+    pub refused_per_second: f64,
+    /// Totals since the prefix's bucket was created.
+    pub packets: u64,
+    pub new_flows: u64,
+    pub refused: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,9 @@
 //!   and `replan`;
 //! - [`backends`]: the backend registry - probes, health and next hops, the facts of a plan;
 //! - [`changes`]: reloads of the config file and the admin API's changes (overrides);
-//! - [`status`]: what the agent reports (API answers, the status snapshot, counters).
+//! - [`status`]: what the agent reports (API answers, the status snapshot, counters);
+//! - [`protection`]: the sources over a limit (a look a second, log lines,
+//!   `GET /protection`).
 //!
 //! The agent is generic over the data plane ([`DataplaneOps`]) and the next hops
 //! ([`NextHops`]), so its unit tests (`tests.rs`) run over in-memory maps and a fixed
@@ -41,6 +43,7 @@ use crate::{
 
 mod backends;
 mod changes;
+mod protection;
 mod status;
 
 pub use backends::{BackendRecord, PROBE_BUCKETS, fmt_mac};
@@ -242,6 +245,8 @@ pub struct Agent<D = Dataplane, N = Resolver> {
     /// flows go through conntrack), and when the next pass is due.
     pub changed_slots: HashMap<gateway_common::ServiceKey, u32>,
     next_settle: Instant,
+    /// The sources over a limit, as of the last look.
+    limits: protection::LimitWatch,
 }
 
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
@@ -330,6 +335,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             checked: false,
             changed_slots: HashMap::new(),
             next_settle: Instant::now(),
+            limits: protection::LimitWatch::default(),
         };
         agent.speaker = crate::bgp::worker::SpeakerThread::start(&agent.config);
         agent.checked = agent.dp.adopted();
@@ -557,6 +563,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                     if Instant::now() >= self.next_settle {
                         self.settle_slots();
                     }
+                    self.watch_limited();
                     if self.table_rebuilds != trimmed_at {
                         trimmed_at = self.table_rebuilds;
                         release_free_memory();

@@ -30,6 +30,10 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             admin::Request::Snapshot { conntrack, reply } => {
                 let _ = reply.send(self.snapshot(conntrack).map_err(|e| Chain(&e).to_string()));
             }
+            admin::Request::Protection(reply) => {
+                let r = self.protection_report();
+                let _ = reply.send(r.map_err(|e| Chain(&e).to_string()));
+            }
         }
     }
 
@@ -102,6 +106,8 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                     .unwrap_or(0),
                 panic: sp.panic,
                 traffic: traffic(self.dp.service_stats(sp.id)?),
+                protection_mode: sc.protection.mode.to_string(),
+                protection: super::protection::counters(self.dp.protect_stats(sp.id)?),
                 backends,
             });
         }

@@ -732,3 +732,34 @@ pub fn target_bin(name: &str) -> anyhow::Result<PathBuf> {
         exe.display()
     )
 }
+
+/// Moves the calling thread to CPU `cpu % online CPUs` (per-CPU maps and LRU lists are the
+/// CPU's the program runs on; BPF_PROG_TEST_RUN runs it on the caller's).
+pub fn run_on_cpu(cpu: usize) {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % n, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Lets the calling thread run on every CPU again.
+pub fn run_on_any_cpu() {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: as in `run_on_cpu`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..n {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}

@@ -308,8 +308,11 @@ fn flood(name: &str, guard: bool) -> Option<(usize, usize, u64)> {
         .map(|i| (v4(198, 18, 0, 1 + (i % 200) as u8), 20000 + i))
         .collect();
     let ack = |(src, sport): (IpAddr, u16)| tcp(src, vip4(), sport, 80, TCP_ACK);
+    // Entries live on the LRU list of the CPU that made them, and a flood arrives on every
+    // CPU: flows and flood take turns on each CPU.
     let mut mac_of = Vec::new();
-    for &(src, sport) in &flows {
+    for (i, &(src, sport)) in flows.iter().enumerate() {
+        lab::run_on_cpu(i);
         let (v, out) = w.run(&syn(src, vip4(), sport).bytes());
         assert_eq!(v, XDP_TX);
         mac_of.push(<[u8; 6]>::try_from(&out[0..6]).unwrap());
@@ -318,7 +321,8 @@ fn flood(name: &str, guard: bool) -> Option<(usize, usize, u64)> {
     // where it goes.
     let drained = vec![svc(vip4(), vec![b1(), drain(b2())], None)];
     w.set(&drained);
-    for (f, mac) in flows.iter().zip(&mac_of) {
+    for (i, (f, mac)) in flows.iter().zip(&mac_of).enumerate() {
+        lab::run_on_cpu(i);
         let (v, out) = w.run(&ack(*f).bytes());
         assert_eq!(v, XDP_TX);
         assert_eq!(&out[0..6], mac, "{f:?} before the flood");
@@ -340,6 +344,9 @@ fn flood(name: &str, guard: bool) -> Option<(usize, usize, u64)> {
             // The table changes mid-flood: b3 joins.
             w.set(&[svc(vip4(), vec![b1(), drain(b2()), b3()], None)]);
         }
+        if n % 1024 == 0 {
+            lab::run_on_cpu((n / 1024) as usize);
+        }
         let f = (spoofed(n), 1024 + (n % 60000) as u16);
         let (v, out) = w.run(&syn(f.0, vip4(), f.1).bytes());
         assert_eq!(v, XDP_TX);
@@ -349,6 +356,7 @@ fn flood(name: &str, guard: bool) -> Option<(usize, usize, u64)> {
             assert_eq!((v2, &out2[0..6]), (XDP_TX, &out[0..6]), "flood flow {n}");
         }
     }
+    lab::run_on_any_cpu();
     let bypassed = stat(&w, STAT_FLOOD_BYPASS) - bypass;
     let kept = tracked
         .iter()

@@ -873,6 +873,11 @@ const BENCHES: &[(&str, &str, &str)] = &[
         "ecmp",
         "Scale-out: a balancer dies behind ECMP, over 20 runs",
     ),
+    (
+        "protection",
+        "protection",
+        "Protection: the source-limit check per packet, and the flood guard under a SYN flood",
+    ),
 ];
 
 /// Benchmarks that run the `gateway` binary in a lab: cargo does not build another
@@ -930,8 +935,9 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
         )?;
         let body = std::fs::read_to_string(&out)?;
         let body = format!(
-            "Command: `cargo xtask bench {name}` (took {:.0} s, build included)\n\n{body}",
-            t0.elapsed().as_secs_f64()
+            "Command: `cargo xtask bench {name}` (took {:.0} s, build included), on {}\n\n{body}",
+            t0.elapsed().as_secs_f64(),
+            machine_info()
         );
         sections.retain(|(t, _)| t != title);
         sections.push((title.to_string(), body));
@@ -945,11 +951,10 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
     }
     let mut doc = String::from(
         "# Benchmarks\n\nWritten by `cargo xtask bench` (all) or `cargo xtask bench NAME` (that \
-         section only); numbers are from the runs below, on this machine. Each figure is a \
+         section only); each section names the machine it ran on. Each figure is a \
          median over repeated rounds, with the spread; timings are compared with a baseline \
-         measured in the same run where one exists (these machines are shared and noisy).\n\n",
+         measured in the same run where one exists (these machines are shared and noisy).\n",
     );
-    doc += &machine_info();
     for (_, _, title) in BENCHES {
         if let Some((_, body)) = sections.iter().find(|(t, _)| t == title) {
             // Trimmed, so that rewriting the file does not pile up blank lines.
@@ -987,5 +992,5 @@ fn machine_info() -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    format!("- machine: {cpu}, {cores} cores\n- kernel: {kernel}\n")
+    format!("{cpu}, {cores} cores, kernel {kernel}")
 }

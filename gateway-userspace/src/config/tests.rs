@@ -1144,7 +1144,7 @@ fn route_keys_need_bgp_and_one_med_per_vip() {
 fn protection_defaults_apply_to_services_and_their_own_keys_override_them() {
     let c = parse(EXAMPLE).unwrap();
     let p = &c.protection;
-    assert_eq!(p.flood_new_flows_per_cpu, 200_000);
+    assert_eq!(p.flood_new_flows_per_cpu, 10_000);
     assert_eq!(p.sources_size, 65536);
     assert_eq!(
         p.allowlist

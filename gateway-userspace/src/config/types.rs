@@ -401,7 +401,7 @@ pub struct ProtectionConfig {
 }
 
 /// Default of `flood_new_flows_per_cpu`: see docs/config.md for how it was sized.
-pub const DEFAULT_FLOOD_NEW_FLOWS_PER_CPU: u32 = 200_000;
+pub const DEFAULT_FLOOD_NEW_FLOWS_PER_CPU: u32 = 10_000;
 
 impl Default for ProtectionConfig {
     fn default() -> Self {

@@ -697,8 +697,10 @@ const _: () = assert!(core::mem::size_of::<Settings>() == 64);
 // The program compares MACs as 2-byte words: each must start at an even offset.
 const _: () = assert!(core::mem::offset_of!(Settings, macs) % 2 == 0);
 
-/// The flood guard's window: `bpf_ktime_get_coarse_ns() >> FLOOD_WINDOW_SHIFT`, about 134 ms.
-pub const FLOOD_WINDOW_SHIFT: u32 = 27;
+/// The flood guard's window: `bpf_ktime_get_coarse_ns() >> FLOOD_WINDOW_SHIFT`, about 1.07 s:
+/// long enough that a legitimate burst of new flows (a client opening thousands of UDP
+/// flows at once) is averaged over a second rather than cut off after a tenth of one.
+pub const FLOOD_WINDOW_SHIFT: u32 = 30;
 
 /// The inserts per window that a rate of `per_second` new flows allows (at least 1 for
 /// any non-zero rate).

@@ -96,6 +96,11 @@ impl Conn {
         Ok(c)
     }
 
+    /// The connection's source port.
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().map_or(0, |a| a.port())
+    }
+
     pub fn ask(&mut self) -> std::io::Result<String> {
         self.stream.write_all(b"again\n")?;
         let mut line = String::new();

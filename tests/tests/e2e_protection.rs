@@ -151,3 +151,44 @@ fn a_client_over_its_limit_is_refused_and_another_is_not() {
     }
     agent.stop();
 }
+
+/// A few thousand established lab connections on changed table slots, then ten seconds of
+/// spoofed SYNs from random sources with the table changed half way: every connection
+/// keeps its conntrack entry and its backend, and keeps working; `flood_bypass` counts the
+/// flood. The guard's rate is set so that what it lets into conntrack over the flood
+/// (rate x CPUs x 10 s) stays well below the lab's 65,536 entries.
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_syn_flood_leaves_established_connections_alone() {
+    if !common::privileged("a_syn_flood_leaves_established_connections_alone") {
+        return;
+    }
+    let _g = common::serial();
+    let lab = common::lab("flood", 3);
+    let mut cfg = Cfg::new("l2dsr", false, 3);
+    // A small table: the connections use most slots, and the drain changes about half.
+    cfg.service_extra = "table_size = 251".into();
+    cfg.backends[2] = None;
+    let extra = "\n[protection]\nflood_new_flows_per_cpu = 1000\n";
+    let agent = Agent::start(&lab, &(cfg.render(&lab) + extra));
+    wait_up(&lab, &agent, &cfg.admin_listen, 2);
+    warm_up(&lab, false);
+    let f = syn_flood(&lab, &agent, &mut cfg, extra, 2000, Duration::from_secs(10));
+    println!("{f:?}");
+    assert!(
+        f.errors.is_empty(),
+        "{:?}",
+        &f.errors[..f.errors.len().min(10)]
+    );
+    assert_eq!(f.same_backend, f.held);
+    assert!(
+        f.tracked > 500,
+        "{} of {} connections tracked",
+        f.tracked,
+        f.held
+    );
+    assert_eq!(f.kept, f.tracked, "conntrack entries lost in the flood");
+    assert!(f.sent > 100_000, "only {} SYNs sent", f.sent);
+    assert!(f.bypassed > 10_000, "flood_bypass {}", f.bypassed);
+    agent.stop();
+}

@@ -882,7 +882,7 @@ const BENCHES: &[(&str, &str, &str)] = &[
 
 /// Benchmarks that run the `gateway` binary in a lab: cargo does not build another
 /// package's binaries for a bench, so xtask builds the release agent first.
-const AGENT_BENCHES: &[&str] = &["e2e", "failover", "health", "ecmp"];
+const AGENT_BENCHES: &[&str] = &["e2e", "failover", "health", "ecmp", "protection"];
 
 fn bench(which: Option<&str>) -> anyhow::Result<()> {
     let env = setup::ensure(false)?;

@@ -180,3 +180,228 @@ pub fn failover(lab: &mut Lab, v6: bool) -> Failover {
         max_gap,
     }
 }
+
+/// What a SYN flood through the lab did to the connections held across it.
+#[derive(Debug)]
+pub struct Flood {
+    /// Connections held open through the flood, and those of them the balancer tracked
+    /// (their table slot changed) before it.
+    pub held: usize,
+    pub tracked: usize,
+    /// Of the tracked, those whose conntrack entry (same backend) was still there after.
+    pub kept: usize,
+    /// Connections answered after the flood by the backend that answered before it, and
+    /// the errors of the others.
+    pub same_backend: usize,
+    pub errors: Vec<String>,
+    /// Spoofed SYNs sent, and the packets the balancer's program saw per second.
+    pub sent: u64,
+    pub seen_per_second: f64,
+    /// `flood_bypass` during the flood.
+    pub bypassed: u64,
+    /// The agent's CPU during the flood, in CPUs (1.0: one core busy).
+    pub agent_cpu: f64,
+    pub took: Duration,
+}
+
+/// A global counter of the balancer's program, from its `/status`.
+pub fn lb_counter(lab: &Lab, name: &str) -> u64 {
+    super::status_at(&lab.lb.netns, "127.0.0.1:9180")
+        .dataplane
+        .counters
+        .iter()
+        .find(|c| c.name == name)
+        .map_or(0, |c| c.value)
+}
+
+/// Holds `conns` connections from the client, drains backend b2 (so the table slots its
+/// connections use change and each connection's next packet gets a conntrack entry),
+/// then floods the VIP with spoofed SYNs from random sources (an AF_PACKET socket in the
+/// client's namespace, as fast as it sends) for `length`, adding backend b3 half way (a
+/// table change during the flood); then asks every held connection again. `cfg` is the
+/// agent's config with b3 left out (`backends[2] = None`); `extra` is appended to every
+/// config written (a `[protection]` section).
+pub fn syn_flood(
+    lab: &Lab,
+    agent: &Agent,
+    cfg: &mut Cfg,
+    extra: &str,
+    conns: usize,
+    length: Duration,
+) -> Flood {
+    use std::sync::mpsc::channel;
+    let v = vip(lab, false);
+    // Asked with `true`, the connections answer 100 at a time, 150 ms apart, so that the
+    // entries they make after the drain stay within the guard's rate.
+    let (ask_tx, ask_rx) = channel::<bool>();
+    let (ans_tx, ans_rx) = channel::<Vec<(u16, Result<String, String>)>>();
+    let holder = lab::client::in_netns(&lab.client.netns, move || {
+        let mut held: Vec<Conn> = (0..conns)
+            .map(|i| Conn::open(v).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+            .collect();
+        while let Ok(paced) = ask_rx.recv() {
+            let mut answers = Vec::new();
+            for (i, c) in held.iter_mut().enumerate() {
+                if paced && i % 100 == 99 {
+                    std::thread::sleep(Duration::from_millis(150));
+                }
+                answers.push((c.local_port(), c.ask().map_err(|e| e.to_string())));
+            }
+            ans_tx.send(answers).unwrap();
+        }
+    });
+    let ask = |paced: bool| {
+        ask_tx.send(paced).unwrap();
+        ans_rx.recv().expect("the held connections' answers")
+    };
+    let first = ask(false);
+    cfg.backends[1] = Some("state = \"drain\"".into());
+    agent.reload(&(cfg.render(lab) + extra));
+    let before = ask(true);
+    assert!(
+        first.iter().zip(&before).all(|(a, b)| a == b),
+        "a drain moved held connections"
+    );
+    let client: std::net::IpAddr = lab.client.ipv4.into();
+    let entries = conntrack_of(lab);
+    let key = |port: u16| gateway_common::FlowKey {
+        src: gateway::model::addr16(client),
+        dst: gateway::model::addr16(v.ip()),
+        sport_be: port.to_be(),
+        dport_be: v.port().to_be(),
+        proto: gateway_common::PROTO_TCP,
+        family: gateway_common::FAMILY_V4,
+        _pad: [0; 2],
+    };
+    let tracked: Vec<(u16, u32)> = before
+        .iter()
+        .filter_map(|(port, _)| entries(&key(*port)).map(|b| (*port, b)))
+        .collect();
+
+    let mac = |netns: &str| {
+        lab::client::in_netns(netns, || gateway::sys::interface_mac("eth0"))
+            .join()
+            .unwrap()
+            .expect("eth0's MAC")
+    };
+    let (lb_mac, client_mac) = (mac(&lab.lb.netns), mac(&lab.client.netns));
+    let (seen0, bypass0) = (
+        lb_counter(lab, "rx_packets"),
+        lb_counter(lab, "flood_bypass"),
+    );
+    let pid = agent.pid().to_string();
+    let cpu0 = super::procfs::proc_ticks(&pid);
+    let started = Instant::now();
+    let flood = lab::client::in_netns(&lab.client.netns, move || {
+        send_spoofed_syns(lb_mac, client_mac, v, length)
+    });
+    std::thread::sleep(length / 2);
+    cfg.backends[2] = Some(String::new());
+    agent.reload(&(cfg.render(lab) + extra));
+    let sent = flood.join().expect("the flood");
+    let took = started.elapsed();
+    let agent_cpu = (super::procfs::proc_ticks(&pid) - cpu0) as f64
+        / super::procfs::clock_ticks()
+        / took.as_secs_f64();
+    let seen = lb_counter(lab, "rx_packets") - seen0;
+    let bypassed = lb_counter(lab, "flood_bypass") - bypass0;
+
+    let kept = tracked
+        .iter()
+        .filter(|(port, b)| entries(&key(*port)) == Some(*b))
+        .count();
+    let after = ask(false);
+    drop(ask_tx);
+    holder.join().expect("the holder");
+    let mut errors = Vec::new();
+    let mut same_backend = 0;
+    for ((port, a), (_, b)) in before.iter().zip(&after) {
+        match (a, b) {
+            (Ok(x), Ok(y)) if x == y => same_backend += 1,
+            _ => errors.push(format!("port {port}: {a:?} before, {b:?} after")),
+        }
+    }
+    Flood {
+        held: conns,
+        tracked: tracked.len(),
+        kept,
+        same_backend,
+        errors,
+        sent,
+        seen_per_second: seen as f64 / took.as_secs_f64(),
+        bypassed,
+        agent_cpu,
+        took,
+    }
+}
+
+/// A reader of the balancer's pinned CONNTRACK: a flow's backend id, if tracked.
+fn conntrack_of(lab: &Lab) -> impl Fn(&gateway_common::FlowKey) -> Option<u32> {
+    let path = super::agent::pin_dir_of(lab, 0).join(gateway_common::MAP_CONNTRACK);
+    let data = aya::maps::MapData::from_pin(&path).expect("the pinned CONNTRACK");
+    let map: aya::maps::HashMap<_, gateway_common::FlowKey, gateway_common::FlowValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("CONNTRACK");
+    move |k| map.get(k, 0).ok().map(|v| v.backend)
+}
+
+/// Spoofed SYNs to `vip` from 198.19.x.y (a new source address and port each), framed for
+/// the balancer's MAC, out of this namespace's eth0 for `length`; how many were sent.
+fn send_spoofed_syns(
+    lb_mac: [u8; 6],
+    client_mac: [u8; 6],
+    vip: SocketAddr,
+    length: Duration,
+) -> u64 {
+    use lab::packet::{TCP_SYN, checksum, sum16, tcp, v4};
+    let mut f = tcp(v4(198, 19, 0, 1), vip.ip(), 1024, vip.port(), TCP_SYN);
+    f.dst = lb_mac;
+    f.src = client_mac;
+    let mut frame = f.bytes();
+    let deadline = Instant::now() + length;
+    let mut sent = 0u64;
+    // SAFETY: a packet socket, closed below; sockaddr_ll is plain data.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            std::ptr::addr_of!(one).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = gateway::sys::ifindex("eth0").expect("eth0") as i32;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&lb_mac);
+        while Instant::now() < deadline {
+            for _ in 0..256 {
+                let [_, hi, mid, lo] = (sent as u32).to_be_bytes();
+                frame[26..30].copy_from_slice(&[198, 19, mid, lo.max(1)]);
+                frame[34..36].copy_from_slice(&(1024 + u16::from(hi)).to_be_bytes());
+                frame[24..26].copy_from_slice(&[0, 0]);
+                let c = checksum(sum16(0, &frame[14..34]));
+                frame[24..26].copy_from_slice(&c.to_be_bytes());
+                let n = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    std::ptr::addr_of!(sll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                if n == frame.len() as isize {
+                    sent += 1;
+                }
+            }
+        }
+        libc::close(fd);
+    }
+    sent
+}

@@ -355,6 +355,7 @@ fn backend(address: &str, up: bool, packets: u64) -> BackendStatus {
         }),
         transitions: vec![],
         transitions_total: 3,
+        since_transition_seconds: Some(12.5),
         traffic: Traffic {
             packets,
             bytes: packets * 60,
@@ -368,6 +369,7 @@ fn backend(address: &str, up: bool, packets: u64) -> BackendStatus {
 /// rendered from it; the service's name needs escaping in a metrics label.
 pub fn snapshot() -> Snapshot {
     Snapshot {
+        uptime_seconds: 3600.0,
         dataplane: DataplaneStatus {
             interface: "eth0".into(),
             xdp_mode: Some("native".into()),

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use common::world::*;
 use gateway::{config::AdminState, dataplane::LoadOptions};
 use gateway_common::*;
@@ -31,18 +31,6 @@ const FLOOD_CONNTRACK: u32 = gateway_common::DEFAULT_CONNTRACK_SIZE;
 /// on changed slots (where they would insert).
 const FLOOD_TABLE: u32 = 251;
 const FLOOD_FOR: Duration = Duration::from_secs(10);
-
-fn run_once(p: &Xdp, frame: &[u8], out: &mut [u8]) -> (u32, Duration) {
-    let r = p
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(out),
-            repeat: 1,
-            ..Default::default()
-        })
-        .expect("test run");
-    (r.return_value, r.duration)
-}
 
 fn settings(flood: u32) -> Settings {
     Settings {
@@ -372,7 +360,7 @@ fn flood_run(guard: bool) -> String {
         lab::run_on_cpu(sent / 4096);
         let prog = w.dp.program().expect("program");
         for _ in 0..4096 {
-            spoof(&mut frame, sent as u32);
+            spoof_syn(&mut frame, sent as u32);
             assert_eq!(run_once(prog, &frame, &mut out).0, XDP_TX);
             sent += 1;
         }
@@ -405,18 +393,6 @@ fn flood_run(guard: bool) -> String {
         flows.len(),
         100.0 * same as f64 / flows.len() as f64,
     )
-}
-
-/// Makes `frame` (an IPv4 TCP SYN) the `n`-th of a flood: source 198.19.x.y and a source
-/// port from `n`, with the IPv4 header checksum fixed (the program checks it; TCP's it
-/// does not).
-fn spoof(frame: &mut [u8], n: u32) {
-    let [_, hi, mid, lo] = n.to_be_bytes();
-    frame[26..30].copy_from_slice(&[198, 19, mid, lo.max(1)]);
-    frame[34..36].copy_from_slice(&(1024 + u16::from(hi) * 64 + (n >> 24) as u16).to_be_bytes());
-    frame[24..26].copy_from_slice(&[0, 0]);
-    let c = checksum(sum16(0, &frame[14..34]));
-    frame[24..26].copy_from_slice(&c.to_be_bytes());
 }
 
 fn flood(md: &mut String) {
@@ -457,23 +433,13 @@ fn flood(md: &mut String) {
 /// The lab's flood test at bench scale: the real agent, real connections held, spoofed
 /// SYNs on the wire.
 fn lab_flood(md: &mut String) {
-    use common::{agent::*, scenario::*};
-    let gateway = gateway_bin();
+    let gateway = common::agent::gateway_bin();
     assert!(
         gateway.parent().is_some_and(|d| d.ends_with("release")),
         "bench protection wants the release agent, found {}",
         gateway.display()
     );
-    let lab = common::lab("pflood", 3);
-    let mut cfg = Cfg::new("l2dsr", false, 3);
-    cfg.service_extra = "table_size = 251".into();
-    cfg.backends[2] = None;
-    let extra = "\n[protection]\nflood_new_flows_per_cpu = 1000\n";
-    let agent = Agent::start(&lab, &(cfg.render(&lab) + extra));
-    wait_up(&lab, &agent, &cfg.admin_listen, 2);
-    warm_up(&lab, false);
-    let f = syn_flood(&lab, &agent, &mut cfg, extra, 3000, FLOOD_FOR);
-    agent.stop();
+    let f = common::scenario::flood_in_a_lab("pflood", 3000, FLOOD_FOR);
     writeln!(
         md,
         "\nThe same in the namespace lab, end to end (the flood test of \

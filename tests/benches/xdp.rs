@@ -119,18 +119,6 @@ fn floor_object() -> aya::Ebpf {
     obj
 }
 
-fn run_once(p: &Xdp, frame: &[u8], out: &mut [u8]) -> (u32, Duration) {
-    let r = p
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(out),
-            repeat: 1,
-            ..Default::default()
-        })
-        .expect("test run");
-    (r.return_value, r.duration)
-}
-
 fn key_of(frame: &[u8]) -> FlowKey {
     let f = check(frame).expect("a frame of ours");
     flow_key(f.src, f.dst, f.ports.0, f.ports.1, f.proto)

@@ -111,3 +111,69 @@ impl Conn {
         Ok(line.trim().to_string())
     }
 }
+
+/// An AF_PACKET socket on an interface of the calling thread's namespace: frames go out
+/// exactly as given (the tests' hand-made and spoofed frames). Closed when dropped.
+pub struct RawSender {
+    fd: libc::c_int,
+    sll: libc::sockaddr_ll,
+}
+
+impl RawSender {
+    /// On `ifname`, bypassing the qdisc.
+    pub fn open(ifname: &str) -> std::io::Result<RawSender> {
+        let name = std::ffi::CString::new(ifname).map_err(std::io::Error::other)?;
+        // SAFETY: a NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new socket, owned by the returned value; sockaddr_ll is plain data.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                std::ptr::addr_of!(one).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = index as i32;
+            sll.sll_halen = 6;
+            Ok(RawSender { fd, sll })
+        }
+    }
+
+    /// Sends one Ethernet frame; whether it went out whole.
+    pub fn send(&mut self, frame: &[u8]) -> bool {
+        if frame.len() < 6 {
+            return false;
+        }
+        self.sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: our socket; the frame and address outlive the call.
+        let n = unsafe {
+            libc::sendto(
+                self.fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                std::ptr::addr_of!(self.sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        n == frame.len() as isize
+    }
+}
+
+impl Drop for RawSender {
+    fn drop(&mut self) {
+        // SAFETY: our socket, closed once.
+        unsafe { libc::close(self.fd) };
+    }
+}

@@ -739,3 +739,15 @@ mod router_tests {
         assert_eq!(router_refusal(&f.bytes()), None);
     }
 }
+
+/// Makes `frame`, an untagged IPv4 TCP SYN, the `n`-th of a spoofed flood: source address
+/// 198.19.x.y and a source port from `n` (no two alike below 2^24), with the IPv4 header
+/// checksum fixed (the balancer checks it; the TCP checksum is left as it was).
+pub fn spoof_syn(frame: &mut [u8], n: u32) {
+    let [hi, x, y, z] = n.to_be_bytes();
+    frame[26..30].copy_from_slice(&[198, 19, y, z.max(1)]);
+    frame[34..36].copy_from_slice(&(1024 + u16::from(x) * 64 + u16::from(hi & 63)).to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(sum16(0, &frame[14..34]));
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+}

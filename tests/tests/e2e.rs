@@ -558,33 +558,11 @@ fn start_udp(lab: &Lab, cfg: &Cfg) -> Agent {
 /// Sends `frames` out of the client's eth0 as they are (an AF_PACKET socket), `times` each.
 fn send_raw(lab: &Lab, frames: Vec<Vec<u8>>, times: usize) {
     client(lab, move || {
-        // SAFETY: a packet socket, closed below; sockaddr_ll is plain data.
-        unsafe {
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_ifindex = gateway::sys::ifindex("eth0").expect("eth0") as i32;
-            sll.sll_halen = 6;
-            for f in &frames {
-                sll.sll_addr[..6].copy_from_slice(&f[..6]);
-                for _ in 0..times {
-                    let n = libc::sendto(
-                        fd,
-                        f.as_ptr().cast(),
-                        f.len(),
-                        0,
-                        std::ptr::addr_of!(sll).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    );
-                    assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
-                }
+        let mut raw = lab::client::RawSender::open("eth0").expect("AF_PACKET socket");
+        for f in &frames {
+            for _ in 0..times {
+                assert!(raw.send(f), "{}", std::io::Error::last_os_error());
             }
-            libc::close(fd);
         }
     });
 }

@@ -31,15 +31,6 @@ fn connections(lab: &Lab, src: Ipv4Addr, first: u16, n: u16) -> usize {
     })
 }
 
-fn counter(lab: &Lab, name: &str) -> u64 {
-    let s = common::status_at(&lab.lb.netns, "127.0.0.1:9180");
-    s.dataplane
-        .counters
-        .iter()
-        .find(|c| c.name == name)
-        .map_or(0, |c| c.value)
-}
-
 fn protection(lab: &Lab) -> gateway::admin::ProtectionReport {
     let (code, body) = admin_get(&lab.lb.netns, "/protection");
     assert_eq!(code, 200, "{body}");
@@ -100,7 +91,7 @@ fn a_client_over_its_limit_is_refused_and_another_is_not() {
     });
     ready_rx.recv().unwrap();
 
-    let dropped = counter(&lab, "drop_limit_new_flows");
+    let dropped = lb_counter(&lab, "drop_limit_new_flows");
     let ok_first = connections(&lab, first, 31_000, 40);
     let ok_second = connections(&lab, SECOND, 31_000, 15);
     // 60 in the burst, about 35 of them used by now, about one more a second.
@@ -109,7 +100,7 @@ fn a_client_over_its_limit_is_refused_and_another_is_not() {
         "{ok_first} of 40 from the first client got through"
     );
     assert_eq!(ok_second, 15, "the second client was limited too");
-    let refused = counter(&lab, "drop_limit_new_flows") - dropped;
+    let refused = lb_counter(&lab, "drop_limit_new_flows") - dropped;
     assert!(refused >= (40 - ok_first) as u64, "{refused} SYNs counted");
     let report = protection(&lab);
     let listed: Vec<&str> = report.sources.iter().map(|s| s.prefix.as_str()).collect();
@@ -137,11 +128,11 @@ fn a_client_over_its_limit_is_refused_and_another_is_not() {
     ask_tx.send(()).unwrap();
 
     // Monitor mode: a tight limit forwards everything and counts what it would drop.
-    let monitored = counter(&lab, "monitor_limit_new_flows");
+    let monitored = lb_counter(&lab, "monitor_limit_new_flows");
     cfg.service_extra = limits("monitor", 2);
     agent.reload(&cfg.render(&lab));
     assert_eq!(connections(&lab, SECOND, 33_000, 20), 20);
-    assert!(counter(&lab, "monitor_limit_new_flows") - monitored >= 15);
+    assert!(lb_counter(&lab, "monitor_limit_new_flows") - monitored >= 15);
     ask_tx.send(()).unwrap();
     drop(ask_tx);
     let rounds = held.join().unwrap();
@@ -155,8 +146,8 @@ fn a_client_over_its_limit_is_refused_and_another_is_not() {
 /// A few thousand established lab connections on changed table slots, then ten seconds of
 /// spoofed SYNs from random sources with the table changed half way: every connection
 /// keeps its conntrack entry and its backend, and keeps working; `flood_bypass` counts the
-/// flood. The guard's rate is set so that what it lets into conntrack over the flood
-/// (rate x CPUs x 10 s) stays well below the lab's 65,536 entries.
+/// flood. The guard's rate (`flood_in_a_lab`) is set so that what it lets into conntrack
+/// over the flood (rate x CPUs x 10 s) stays well below the lab's 65,536 entries.
 #[test]
 #[ignore = "privileged: run by `cargo xtask test`"]
 fn a_syn_flood_leaves_established_connections_alone() {
@@ -164,16 +155,7 @@ fn a_syn_flood_leaves_established_connections_alone() {
         return;
     }
     let _g = common::serial();
-    let lab = common::lab("flood", 3);
-    let mut cfg = Cfg::new("l2dsr", false, 3);
-    // A small table: the connections use most slots, and the drain changes about half.
-    cfg.service_extra = "table_size = 251".into();
-    cfg.backends[2] = None;
-    let extra = "\n[protection]\nflood_new_flows_per_cpu = 1000\n";
-    let agent = Agent::start(&lab, &(cfg.render(&lab) + extra));
-    wait_up(&lab, &agent, &cfg.admin_listen, 2);
-    warm_up(&lab, false);
-    let f = syn_flood(&lab, &agent, &mut cfg, extra, 2000, Duration::from_secs(10));
+    let f = flood_in_a_lab("flood", 2000, Duration::from_secs(10));
     println!("{f:?}");
     assert!(
         f.errors.is_empty(),
@@ -190,5 +172,4 @@ fn a_syn_flood_leaves_established_connections_alone() {
     assert_eq!(f.kept, f.tracked, "conntrack entries lost in the flood");
     assert!(f.sent > 100_000, "only {} SYNs sent", f.sent);
     assert!(f.bypassed > 10_000, "flood_bypass {}", f.bypassed);
-    agent.stop();
 }

@@ -52,6 +52,10 @@ enum Cmd {
     Demo {
         /// `ecmp` for the scale-out demo.
         which: Option<String>,
+        /// Keep the lab, the agent and the traffic up after the demo, with the status page
+        /// reachable from this machine, until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
     },
     /// Run benchmarks (all, or the one named) and write docs/BENCHMARKS.md.
     Bench {
@@ -92,8 +96,8 @@ fn main() {
         Cmd::Run { release, args } => run(release, &args),
         Cmd::Lab { action } => lab_cmd(action),
         Cmd::Test { args } => test(&args),
-        Cmd::Demo { which } => match which.as_deref() {
-            None => demo(),
+        Cmd::Demo { which, keep } => match which.as_deref() {
+            None => demo(keep),
             Some("ecmp") => demo_ecmp(),
             Some(other) => Err(anyhow::anyhow!("no demo named {other:?}; known: ecmp")),
         },
@@ -695,7 +699,50 @@ fn demo_traffic(
     (stop, rx, traffic)
 }
 
-fn demo() -> anyhow::Result<()> {
+/// Set by SIGINT or SIGTERM while `demo --keep` waits.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Forwards connections to `127.0.0.1:port` on this machine to the same address inside
+/// `netns` (the agent's admin API listens on the balancer namespace's loopback), so a
+/// browser on this machine can open the status page. Returns the local address, the
+/// first free port from 9180.
+fn admin_proxy(netns: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = (9180..9200)
+        .find_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+        .context("no free port in 9180..9200 for the status page")?;
+    let local = listener.local_addr()?;
+    let netns = netns.to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let netns = netns.clone();
+            // The upstream connection is made from a thread inside the namespace; a socket
+            // keeps its namespace, so the copying threads need not be in it.
+            let upstream =
+                lab::client::in_netns(&netns, || std::net::TcpStream::connect(("127.0.0.1", 9180)))
+                    .join();
+            let Ok(Ok(upstream)) = upstream else {
+                continue;
+            };
+            let pump = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            };
+            if let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) {
+                pump(client, upstream);
+                pump(u2, c2);
+            }
+        }
+    });
+    Ok(local)
+}
+
+fn demo(keep: bool) -> anyhow::Result<()> {
     use std::{
         io::BufRead,
         sync::{Arc, Mutex, atomic::Ordering},
@@ -758,6 +805,11 @@ fn demo() -> anyhow::Result<()> {
             .count()
             == 3
     })?;
+
+    let page = admin_proxy(&l.lb.netns)?;
+    println!(
+        "  status page: http://{page}/ui (open it in a browser on this machine while the demo runs)"
+    );
 
     step("traffic: a steady stream of new TCP connections from the client to 198.18.1.1:80");
     let (stop, rx, traffic) = demo_traffic(&l);
@@ -823,6 +875,28 @@ fn demo() -> anyhow::Result<()> {
     step("bring b2 back");
     l.start_server_again(1)?;
     show(4, "b2 passes 2 checks in a row and takes its share again:")?;
+
+    if keep {
+        step("--keep: the lab, the agent and the traffic stay up; Ctrl-C ends the demo");
+        println!("  status page: http://{page}/ui");
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            libc::signal(
+                libc::SIGINT,
+                on_interrupt as *const () as libc::sighandler_t,
+            );
+            libc::signal(
+                libc::SIGTERM,
+                on_interrupt as *const () as libc::sighandler_t,
+            );
+        }
+        while !INTERRUPTED.load(Ordering::SeqCst) {
+            // The traffic's half-second reports are not printed any more; drop them.
+            while rx.try_recv().is_ok() {}
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        println!();
+    }
 
     stop.store(true, Ordering::Relaxed);
     let _ = traffic.join();

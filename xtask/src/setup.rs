@@ -30,6 +30,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     // The routing daemon that announces VIPs (`[bgp]`), and the lab's router.
     ("bird", "bird2"),
+    // The status page's browser test: headless Chromium driven over WebDriver.
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
 ];
 
 pub fn is_root() -> bool {

@@ -13,7 +13,7 @@ use std::{
 use axum::{
     Router,
     body::Bytes,
-    extract::{Path, Request as HttpRequest, State},
+    extract::{Path, RawQuery, Request as HttpRequest, State},
     http::{HeaderMap, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -179,6 +179,9 @@ fn router(agent: mpsc::Sender<Request>, auth: Auth) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/protection", get(protection))
+        .route("/ui", get(ui_page))
+        .route("/ui/app.js", get(ui_script))
+        .route("/ui/app.css", get(ui_style))
         .route("/backends/{service}/{addr}/state", post(set_state))
         .route("/backends/{service}/{addr}/weight", post(set_weight))
         .route("/reload", post(reload))
@@ -189,7 +192,12 @@ fn router(agent: mpsc::Sender<Request>, auth: Auth) -> Router {
             async move {
                 let write = req.method() != Method::GET && req.method() != Method::HEAD;
                 // Health probes stay open: a load balancer in front of the balancer checks them.
-                let open = matches!(req.uri().path(), "/healthz" | "/readyz");
+                // So does the status page's code (it holds no data; what it reads from the
+                // API carries the token the operator typed into it).
+                let open = matches!(
+                    req.uri().path(),
+                    "/healthz" | "/readyz" | "/ui" | "/ui/app.js" | "/ui/app.css"
+                );
                 if !open && !auth.allows(write, req.headers()) {
                     let mut r =
                         error_body(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
@@ -358,14 +366,52 @@ async fn snapshot(agent: &mpsc::Sender<Request>, conntrack: bool) -> Result<Snap
         .map_err(|e| error_body(StatusCode::INTERNAL_SERVER_ERROR, &e))
 }
 
-async fn status(State(agent): State<mpsc::Sender<Request>>) -> Response {
-    match snapshot(&agent, true).await {
+/// `GET /status`; `?conntrack=0` leaves out the conntrack count (a walk of the whole map,
+/// which the status page asks for only now and then).
+async fn status(State(agent): State<mpsc::Sender<Request>>, RawQuery(q): RawQuery) -> Response {
+    let count = !q.is_some_and(|q| q.split('&').any(|kv| kv == "conntrack=0"));
+    match snapshot(&agent, count).await {
         Ok(s) => match serde_json::to_string(&s) {
             Ok(body) => json(StatusCode::OK, body),
             Err(e) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         },
         Err(r) => r,
     }
+}
+
+/// The status page's Content-Security-Policy: its own script and style only, requests to
+/// this API only, no frames, no forms, no plugins.
+pub const UI_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                          connect-src 'self'; img-src 'self'; base-uri 'none'; \
+                          form-action 'none'; frame-ancestors 'none'";
+
+/// One of the status page's files, embedded in the binary.
+fn ui_asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, UI_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn ui_page() -> Response {
+    ui_asset(include_str!("ui/index.html"), "text/html; charset=utf-8")
+}
+
+async fn ui_script() -> Response {
+    ui_asset(include_str!("ui/app.js"), "text/javascript; charset=utf-8")
+}
+
+async fn ui_style() -> Response {
+    ui_asset(include_str!("ui/app.css"), "text/css; charset=utf-8")
 }
 
 async fn protection(State(agent): State<mpsc::Sender<Request>>) -> Response {
@@ -554,8 +600,12 @@ mod tests {
                         let _ = r.send(ready);
                         ready = true;
                     }
-                    Request::Snapshot { reply, .. } => {
-                        let _ = reply.send(Ok(snapshot()));
+                    Request::Snapshot { reply, conntrack } => {
+                        let mut s = snapshot();
+                        if !conntrack {
+                            s.dataplane.conntrack_entries = None;
+                        }
+                        let _ = reply.send(Ok(s));
                     }
                     Request::Protection(reply) => {
                         let _ = reply.send(Ok(crate::testing::protection_report()));
@@ -572,6 +622,12 @@ mod tests {
         assert_eq!(serde_json::from_str::<Snapshot>(&body).unwrap(), snapshot());
         let (code, body) = get(addr, "/metrics").await;
         assert_eq!((code, body), (200, render_metrics(&snapshot())));
+        // The status page leaves the conntrack walk out of most polls.
+        let (code, body) = get(addr, "/status?conntrack=0").await;
+        assert_eq!(code, 200);
+        let light: Snapshot = serde_json::from_str(&body).unwrap();
+        assert_eq!(light.dataplane.conntrack_entries, None);
+        assert!(snapshot().dataplane.conntrack_entries.is_some());
         let (code, body) = get(addr, "/protection").await;
         assert_eq!(code, 200);
         assert_eq!(
@@ -744,8 +800,64 @@ mod tests {
             assert_eq!(get(addr, "/metrics").await.0, want);
             assert_eq!(request(addr, "GET", "/status", good, "").await.0, 200);
             assert_eq!(get(addr, "/healthz").await.0, 200);
+            // The status page's files hold no data: open, so a browser can load them.
+            for page in ["/ui", "/ui/app.js", "/ui/app.css"] {
+                assert_eq!(get(addr, page).await.0, 200, "{page}");
+            }
             agent.abort();
         }
+    }
+
+    /// The page and its files come with a strict policy and their types; the page loads
+    /// its script and style from this server only, and nothing inline.
+    #[tokio::test]
+    async fn the_status_page_is_served_with_its_policy() {
+        let addr = free_port();
+        let (tx, _rx) = mpsc::channel(8);
+        spawn(addr, Auth::default(), tx).await;
+        let raw = |path: &'static str| {
+            tokio::task::spawn_blocking(move || {
+                use std::io::{Read as _, Write as _};
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                write!(
+                    s,
+                    "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                out
+            })
+        };
+        for (path, ctype) in [
+            ("/ui", "text/html"),
+            ("/ui/app.js", "text/javascript"),
+            ("/ui/app.css", "text/css"),
+        ] {
+            let text = raw(path).await.unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let head = head.to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+            assert!(
+                head.contains(&format!("content-type: {ctype}")),
+                "{path}: {head}"
+            );
+            assert!(
+                head.contains(&format!(
+                    "content-security-policy: {}",
+                    UI_CSP.to_ascii_lowercase()
+                )),
+                "{path}: {head}"
+            );
+            assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+            assert!(!body.is_empty());
+        }
+        let page = raw("/ui").await.unwrap();
+        assert!(page.contains(r#"<script src="/ui/app.js" defer></script>"#));
+        assert!(
+            !page.contains("<script>") && !page.contains("style="),
+            "nothing inline"
+        );
     }
 
     #[test]

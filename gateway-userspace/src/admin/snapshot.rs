@@ -9,6 +9,9 @@ use crate::overrides::Override;
 /// The balancer's state at one moment: the body of `GET /status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// Since the agent started.
+    #[serde(default)]
+    pub uptime_seconds: f64,
     pub dataplane: DataplaneStatus,
     pub services: Vec<ServiceStatus>,
     /// Replans that changed the maps.
@@ -183,6 +186,9 @@ pub struct BackendStatus {
     pub transitions: Vec<String>,
     /// Every transition since the agent started.
     pub transitions_total: u64,
+    /// Since the last transition (none yet: absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_transition_seconds: Option<f64>,
     pub traffic: Traffic,
     /// Values set through the API that override the config file.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -48,8 +48,10 @@ pub struct BackendRecord {
     pub up_since: Option<Duration>,
     pub last: Option<health::ProbeResult>,
     pub transitions: VecDeque<String>,
-    /// Every transition since the agent started (`transitions` keeps only the last few).
+    /// Every transition since the agent started (`transitions` keeps only the last few),
+    /// and when the last one was.
     pub transitions_total: u64,
+    pub last_transition: Option<std::time::Instant>,
     pub(super) check: Option<(CheckId, CheckSpec)>,
 }
 
@@ -95,6 +97,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                     last: None,
                     transitions: VecDeque::new(),
                     transitions_total: 0,
+                    last_transition: None,
                     check: None,
                 });
             match (spec, rec.check.take()) {
@@ -174,6 +177,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             info!("{line}");
             rec.transitions.push_back(line);
             rec.transitions_total += 1;
+            rec.last_transition = Some(std::time::Instant::now());
             if rec.transitions.len() > HISTORY {
                 rec.transitions.pop_front();
             }

@@ -88,6 +88,9 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                         .map(|r| r.transitions.iter().cloned().collect())
                         .unwrap_or_default(),
                     transitions_total: rec.map_or(0, |r| r.transitions_total),
+                    since_transition_seconds: rec
+                        .and_then(|r| r.last_transition)
+                        .map(|t| t.elapsed().as_secs_f64()),
                     traffic: traffic(self.dp.backend_stats(b.id)?),
                     api_override: self.overrides.get(&sp.name, b.address).cloned(),
                 });
@@ -112,6 +115,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             });
         }
         Ok(admin::Snapshot {
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
             dataplane: admin::DataplaneStatus {
                 interface: self.config.dataplane.interface.clone(),
                 xdp_mode: self.dp.attached_mode().map(|m| m.to_string()),

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod browser;
 pub mod ecmp;
 pub mod procfs;
 pub mod scenario;

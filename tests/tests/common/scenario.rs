@@ -335,6 +335,24 @@ pub fn syn_flood(
     }
 }
 
+/// The flood test's set-up in a fresh lab (`prefix`, three backends): the agent with a
+/// 251-slot table (the connections use most slots, and the drain changes about half), b3
+/// left out until the flood, the guard at 1,000 new tracked flows/s per CPU; then
+/// [`syn_flood`] with `conns` connections for `length`.
+pub fn flood_in_a_lab(prefix: &str, conns: usize, length: Duration) -> Flood {
+    let lab = super::lab(prefix, 3);
+    let mut cfg = Cfg::new("l2dsr", false, 3);
+    cfg.service_extra = "table_size = 251".into();
+    cfg.backends[2] = None;
+    let extra = "\n[protection]\nflood_new_flows_per_cpu = 1000\n";
+    let agent = Agent::start(&lab, &(cfg.render(&lab) + extra));
+    wait_up(&lab, &agent, &cfg.admin_listen, 2);
+    warm_up(&lab, false);
+    let f = syn_flood(&lab, &agent, &mut cfg, extra, conns, length);
+    agent.stop();
+    f
+}
+
 /// A reader of the balancer's pinned CONNTRACK: a flow's backend id, if tracked.
 fn conntrack_of(lab: &Lab) -> impl Fn(&gateway_common::FlowKey) -> Option<u32> {
     let path = super::agent::pin_dir_of(lab, 0).join(gateway_common::MAP_CONNTRACK);
@@ -352,56 +370,21 @@ fn send_spoofed_syns(
     vip: SocketAddr,
     length: Duration,
 ) -> u64 {
-    use lab::packet::{TCP_SYN, checksum, sum16, tcp, v4};
+    use lab::packet::{TCP_SYN, spoof_syn, tcp, v4};
     let mut f = tcp(v4(198, 19, 0, 1), vip.ip(), 1024, vip.port(), TCP_SYN);
     f.dst = lb_mac;
     f.src = client_mac;
     let mut frame = f.bytes();
     let deadline = Instant::now() + length;
     let mut sent = 0u64;
-    // SAFETY: a packet socket, closed below; sockaddr_ll is plain data.
-    unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::SOL_PACKET,
-            libc::PACKET_QDISC_BYPASS,
-            std::ptr::addr_of!(one).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        );
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = gateway::sys::ifindex("eth0").expect("eth0") as i32;
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&lb_mac);
-        while Instant::now() < deadline {
-            for _ in 0..256 {
-                let [_, hi, mid, lo] = (sent as u32).to_be_bytes();
-                frame[26..30].copy_from_slice(&[198, 19, mid, lo.max(1)]);
-                frame[34..36].copy_from_slice(&(1024 + u16::from(hi)).to_be_bytes());
-                frame[24..26].copy_from_slice(&[0, 0]);
-                let c = checksum(sum16(0, &frame[14..34]));
-                frame[24..26].copy_from_slice(&c.to_be_bytes());
-                let n = libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    std::ptr::addr_of!(sll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                if n == frame.len() as isize {
-                    sent += 1;
-                }
+    let mut raw = lab::client::RawSender::open("eth0").expect("AF_PACKET socket");
+    while Instant::now() < deadline {
+        for _ in 0..256 {
+            spoof_syn(&mut frame, sent as u32);
+            if raw.send(&frame) {
+                sent += 1;
             }
         }
-        libc::close(fd);
     }
     sent
 }

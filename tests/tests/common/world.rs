@@ -6,7 +6,7 @@
 
 use std::{fmt::Write as _, net::IpAddr, path::Path, time::Duration};
 
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
 use gateway::{
     config::{AdminState, Config},
     dataplane::{Dataplane, LoadOptions},
@@ -325,4 +325,18 @@ impl World {
             .backend_id(&service_name(service), addr)
             .unwrap_or_else(|| panic!("no id for {addr} in service {service}"))
     }
+}
+
+/// One BPF_PROG_TEST_RUN of `p` on `frame` (`repeat = 1`: with more the kernel reruns the
+/// program on the already-rewritten buffer): the verdict and the kernel's duration.
+pub fn run_once(p: &Xdp, frame: &[u8], out: &mut [u8]) -> (u32, Duration) {
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(out),
+            repeat: 1,
+            ..Default::default()
+        })
+        .expect("test run");
+    (r.return_value, r.duration)
 }

@@ -34,15 +34,8 @@ const FLOOD_FOR: Duration = Duration::from_secs(10);
 
 fn settings(flood: u32) -> Settings {
     Settings {
-        mtu: 1500,
-        ipip_src_v4: [0; 4],
-        ipip_src_v6: [0; 16],
-        ipip_src_v4_vary_bits: 0,
-        _pad: [0; 3],
-        checks_off: 0,
-        macs: [[0; 6]; MAX_LOCAL_MACS],
         flood_window_limit: flood,
-        _pad2: 0,
+        ..plain_settings()
     }
 }
 

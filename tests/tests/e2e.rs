@@ -567,16 +567,6 @@ fn send_raw(lab: &Lab, frames: Vec<Vec<u8>>, times: usize) {
     });
 }
 
-/// A global counter of the balancer's program, from `/status`.
-fn counter(lab: &Lab, name: &str) -> u64 {
-    let s = common::status_at(&lab.lb.netns, "127.0.0.1:9180");
-    s.dataplane
-        .counters
-        .iter()
-        .find(|c| c.name == name)
-        .map_or(0, |c| c.value)
-}
-
 /// Frames a careful router would not forward, sent on the wire from the client's segment
 /// (the golden tests send such frames through BPF_PROG_TEST_RUN): to another host's MAC
 /// (a flooding switch delivers those to the balancer too), from the VIP itself, from the
@@ -591,13 +581,7 @@ fn frames_a_router_would_drop_are_turned_away_on_the_wire() {
     let _g = common::serial();
     let lab = common::lab("raw", 1);
     let _agent = start(&lab, &Cfg::new("l2dsr", false, 1), 1);
-    let mac = |netns: &str| {
-        lab::client::in_netns(netns, || gateway::sys::interface_mac("eth0"))
-            .join()
-            .unwrap()
-            .expect("eth0's MAC")
-    };
-    let (lb_mac, client_mac) = (mac(&lab.lb.netns), mac(&lab.client.netns));
+    let (lb_mac, client_mac) = (eth0_mac(&lab.lb.netns), eth0_mac(&lab.client.netns));
     let vip = lab.vip(false);
     let frame = |src: std::net::IpAddr, dst_mac: [u8; 6], sport: u16| {
         let mut f = tcp(src, vip, sport, 80, TCP_SYN);
@@ -607,8 +591,8 @@ fn frames_a_router_would_drop_are_turned_away_on_the_wire() {
     };
     let other_host = [0x02, 0, 0, 0, 0, 0x99];
     let (martian, not_ours) = (
-        counter(&lab, "drop_martian_source"),
-        counter(&lab, "pass_not_our_mac"),
+        lb_counter(&lab, "drop_martian_source"),
+        lb_counter(&lab, "pass_not_our_mac"),
     );
     send_raw(
         &lab,
@@ -620,14 +604,14 @@ fn frames_a_router_would_drop_are_turned_away_on_the_wire() {
         5,
     );
     lab::wait_for("the counters", Duration::from_secs(3), || {
-        counter(&lab, "drop_martian_source") >= martian + 10
+        lb_counter(&lab, "drop_martian_source") >= martian + 10
     })
     .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     // Five from the VIP, five from the balancer's own address, nothing else.
-    assert_eq!(counter(&lab, "drop_martian_source") - martian, 10);
+    assert_eq!(lb_counter(&lab, "drop_martian_source") - martian, 10);
     // Five to another host's MAC (neighbour discovery's multicast may add some).
-    assert!(counter(&lab, "pass_not_our_mac") - not_ours >= 5);
+    assert!(lb_counter(&lab, "pass_not_our_mac") - not_ours >= 5);
 }
 
 #[test]

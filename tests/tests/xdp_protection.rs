@@ -30,17 +30,7 @@ fn b1v6() -> Be {
 }
 
 fn settings() -> Settings {
-    Settings {
-        mtu: 1500,
-        ipip_src_v4: [0; 4],
-        ipip_src_v6: [0; 16],
-        ipip_src_v4_vary_bits: 0,
-        _pad: [0; 3],
-        checks_off: 0,
-        macs: [[0; 6]; MAX_LOCAL_MACS],
-        flood_window_limit: 0,
-        _pad2: 0,
-    }
+    plain_settings()
 }
 
 fn svc(vip: IpAddr, backends: Vec<Be>, protection: Option<&str>) -> Svc {

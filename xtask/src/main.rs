@@ -59,7 +59,8 @@ enum Cmd {
     },
     /// Run benchmarks (all, or the one named) and write docs/BENCHMARKS.md.
     Bench {
-        /// `xdp`, `maglev`, `sync`, `e2e`, `failover`, `health` or `ecmp`; all when omitted.
+        /// `xdp`, `maglev`, `sync`, `e2e`, `failover`, `health`, `ecmp` or `protection`; all
+        /// when omitted.
         which: Option<String>,
     },
 }

@@ -204,6 +204,14 @@ pub struct Flood {
     pub took: Duration,
 }
 
+/// The MAC of eth0 in `netns`.
+pub fn eth0_mac(netns: &str) -> [u8; 6] {
+    lab::client::in_netns(netns, || gateway::sys::interface_mac("eth0"))
+        .join()
+        .unwrap()
+        .expect("eth0's MAC")
+}
+
 /// A global counter of the balancer's program, from its `/status`.
 pub fn lb_counter(lab: &Lab, name: &str) -> u64 {
     super::status_at(&lab.lb.netns, "127.0.0.1:9180")
@@ -278,13 +286,7 @@ pub fn syn_flood(
         .filter_map(|(port, _)| entries(&key(*port)).map(|b| (*port, b)))
         .collect();
 
-    let mac = |netns: &str| {
-        lab::client::in_netns(netns, || gateway::sys::interface_mac("eth0"))
-            .join()
-            .unwrap()
-            .expect("eth0's MAC")
-    };
-    let (lb_mac, client_mac) = (mac(&lab.lb.netns), mac(&lab.client.netns));
+    let (lb_mac, client_mac) = (eth0_mac(&lab.lb.netns), eth0_mac(&lab.client.netns));
     let (seen0, bypass0) = (
         lb_counter(lab, "rx_packets"),
         lb_counter(lab, "flood_bypass"),

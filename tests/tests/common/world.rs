@@ -340,3 +340,19 @@ pub fn run_once(p: &Xdp, frame: &[u8], out: &mut [u8]) -> (u32, Duration) {
         .expect("test run");
     (r.return_value, r.duration)
 }
+
+/// Settings with every packet check on, no MTU check of note, no encapsulation sources,
+/// no MACs and no flood guard: for worlds that test something else.
+pub fn plain_settings() -> Settings {
+    Settings {
+        mtu: 1500,
+        ipip_src_v4: [0; 4],
+        ipip_src_v6: [0; 16],
+        ipip_src_v4_vary_bits: 0,
+        _pad: [0; 3],
+        checks_off: 0,
+        macs: [[0; 6]; gateway_common::MAX_LOCAL_MACS],
+        flood_window_limit: 0,
+        _pad2: 0,
+    }
+}

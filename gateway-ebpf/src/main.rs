@@ -4,6 +4,8 @@
 //! Modules, in the order a packet meets them:
 //! - `packet`: bounds-checked access to the frame (`gateway_ebpf::hdr` names the offsets);
 //! - `parse`: the frame's headers into a flow key, and the flow an ICMP error quotes;
+//! - `protect`: per-source limits (token buckets per prefix, the allowlist, monitor or
+//!   enforce) before a backend is chosen, and the conntrack flood guard `select` asks;
 //! - `select`: the service's Maglev table slot, and conntrack where the slot changed;
 //!   counts how the backend was found;
 //! - `forward`: L2 DSR or IPIP/IP6IP6 encapsulation towards the backend;

@@ -25,7 +25,9 @@
 //! - [`agent`]: `gateway run` ([`agent::run`]) and the control loop that owns all of the
 //!   above and answers the API: the loop and `replan` in `agent/mod.rs`, the backend
 //!   registry (probes, health, next hops) in `backends.rs`, reloads and API overrides in
-//!   `changes.rs`, what it reports in `status.rs`. Generic over `DataplaneOps` and
+//!   `changes.rs`, what it reports in `status.rs`, the sources over a limit (source
+//!   limits and the flood guard are the data plane's; `[protection]` is in [`config`]) in
+//!   `protection.rs`. Generic over `DataplaneOps` and
 //!   `NextHops`, so its unit tests run over in-memory maps and a fixed neighbour table
 //!   (`testing::FakeDataplane`, `testing::FixedHops`). `main.rs` only parses the command
 //!   line and dispatches.
@@ -33,8 +35,9 @@
 //!   announcer's hysteresis, BIRD's control socket ([`bgp::bird`]), the speaker's own
 //!   thread that the agent hands each VIP's servability to ([`bgp::worker`]), and
 //!   `gateway bgp-guard` ([`bgp::guard`]).
-//! - [`admin`]: the HTTP API, the status snapshot and the metrics text; [`sys`] the
-//!   preflight checks; [`error`] how errors are written and printed.
+//! - [`admin`]: the HTTP API, the status snapshot and the metrics text, and the status
+//!   page (`admin/ui/`: its HTML, script and style, embedded and served at `/ui`); [`sys`]
+//!   the preflight checks; [`error`] how errors are written and printed.
 //! - [`preview`]: what a config would do (`gateway check`): its plan with every backend
 //!   not in maint assumed healthy, and the change from a running config.
 //! - [`report`]: the text the CLI prints: `gateway status`'s tables from a snapshot and

@@ -110,6 +110,8 @@ pub enum Difference {
     Backup(IpAddr, bool, bool),
     /// A backend's own health check, named only when the service's did not change.
     BackendHealth(IpAddr),
+    /// Its source limits (`SourceLimits`' text; a reload applies them).
+    Limits(String, String),
 }
 
 /// What happens to a kept service's established flows.
@@ -231,6 +233,30 @@ fn setting_changes(running: &Config, next: &Config) -> Vec<Setting> {
         opt(b.ipip_source_v6.map(IpAddr::V6)),
     );
     live("on_exit", a.on_exit.to_string(), b.on_exit.to_string());
+    // `[protection]`'s live keys (a reload applies them; its limits show per service).
+    let (p, q) = (&running.protection, &next.protection);
+    let prefixes = |l: &[crate::config::Prefix]| {
+        let v: Vec<String> = l.iter().map(|p| p.to_string()).collect();
+        format!("[{}]", v.join(", "))
+    };
+    for (key, old, new) in [
+        (
+            "flood_new_flows_per_cpu",
+            p.flood_new_flows_per_cpu.to_string(),
+            q.flood_new_flows_per_cpu.to_string(),
+        ),
+        ("allowlist", prefixes(&p.allowlist), prefixes(&q.allowlist)),
+    ] {
+        if old != new {
+            out.push(Setting {
+                section: "protection",
+                key,
+                old,
+                new,
+                restart: None,
+            });
+        }
+    }
     out
 }
 
@@ -266,6 +292,12 @@ fn kept<'a>(
     let health_changed = old.health != new.health;
     if health_changed {
         differences.push(Difference::Health);
+    }
+    if old.protection != new.protection {
+        differences.push(Difference::Limits(
+            old.protection.to_string(),
+            new.protection.to_string(),
+        ));
     }
 
     fn find(list: &[BackendConfig], a: IpAddr) -> Option<&BackendConfig> {

@@ -196,6 +196,9 @@ pub fn render_plan(config: &Config, plan: &Plan) -> String {
                 "  ",
             );
         }
+        if s.protection.mode != crate::config::ProtectMode::Off {
+            let _ = writeln!(out, "  limits {}", s.protection);
+        }
         if sp.empty() {
             let _ = writeln!(out, "  {EMPTY_TABLE}");
         }
@@ -340,6 +343,7 @@ fn difference(d: &Difference) -> String {
             format!("panic_threshold {} -> {}", t(*old), t(*new))
         }
         Difference::Health => "health check changed".into(),
+        Difference::Limits(old, new) => format!("limits {old} -> {new}"),
         Difference::BackendsAdded(a) => {
             format!("{} backend{} added ({})", a.len(), plural(a.len()), list(a))
         }
@@ -910,5 +914,44 @@ service web  198.18.1.1:80/tcp  l2dsr  table 251 slots (7 changed)  10 packets  
         let text = render_protection(&r);
         assert!(text.contains("flood guard  off"), "{text}");
         assert!(text.contains("no source is over a limit"), "{text}");
+    }
+
+    #[test]
+    fn limits_show_in_the_plan_and_their_changes_in_the_report() {
+        let base = service("web", 1, &[(11, ""), (12, "")]);
+        let with = |limits: &str, top: &str| {
+            let text = base.replacen(
+                "mode = \"l2dsr\"",
+                &format!("mode = \"l2dsr\"\nprotection = {{ {limits} }}"),
+                1,
+            );
+            config(&format!("{top}\n{text}"))
+        };
+        let running = with("mode = \"monitor\", new_flows_per_second = 100", "");
+        let out = plan(&running);
+        assert!(
+            out.contains(
+                "  limits monitor: new flows 100/s burst 100, packets no limit, per /32 and /64 sources"
+            ),
+            "{out}"
+        );
+        let next = with(
+            "mode = \"enforce\", new_flows_per_second = 100",
+            "[protection]\nallowlist = [\"198.18.9.0/24\"]\nflood_new_flows_per_cpu = 500",
+        );
+        let out = change(&running, &next);
+        assert!(
+            out.contains("protection: flood_new_flows_per_cpu 10000 -> 500\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("protection: allowlist [] -> [198.18.9.0/24]\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("web: limits monitor: new flows 100/s burst 100, packets no limit, per /32 and /64 sources -> enforce: "),
+            "{out}"
+        );
+        assert!(!out.contains("needs a restart"), "limits are live: {out}");
     }
 }

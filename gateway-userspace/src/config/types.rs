@@ -439,6 +439,29 @@ impl Default for SourceLimits {
     }
 }
 
+impl fmt::Display for SourceLimits {
+    /// `off`, or the mode and its limits as `gateway check` prints them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.mode == ProtectMode::Off {
+            return f.write_str("off");
+        }
+        let rate = |r: Option<Rate>| {
+            r.map_or("no limit".to_string(), |r| {
+                format!("{}/s burst {}", r.per_second, r.burst)
+            })
+        };
+        write!(
+            f,
+            "{}: new flows {}, packets {}, per /{} and /{} sources",
+            self.mode,
+            rate(self.new_flows),
+            rate(self.packets),
+            self.prefix_v4,
+            self.prefix_v6
+        )
+    }
+}
+
 /// A rate with its burst (burst >= rate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {

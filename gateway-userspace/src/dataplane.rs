@@ -1003,11 +1003,6 @@ impl Dataplane {
         let _ = self.limited.remove(key);
     }
 
-    /// A source's bucket, if SOURCES holds one.
-    pub fn source_bucket(&self, key: &SourceKey) -> Option<SourceBucket> {
-        self.sources.get(key, 0).ok()
-    }
-
     /// The table slots `[offset, offset + len)` as the kernel sees them.
     pub fn read_table(&self, offset: u32, len: u32) -> Vec<Slot> {
         self.tables.read(offset, len)

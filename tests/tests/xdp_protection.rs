@@ -29,10 +29,6 @@ fn b1v6() -> Be {
     be(v6("fd00::11"), 0x11)
 }
 
-fn settings() -> Settings {
-    plain_settings()
-}
-
 fn svc(vip: IpAddr, backends: Vec<Be>, protection: Option<&str>) -> Svc {
     Svc {
         vip,
@@ -57,7 +53,7 @@ fn world(name: &str, services: &[Svc], protection: &str) -> Option<World> {
     if !common::privileged(name) {
         return None;
     }
-    let mut w = World::new(&services_without_limits(services), settings());
+    let mut w = World::new(&services_without_limits(services), plain_settings());
     w.protection = protection.to_string();
     w.set(services);
     Some(w)
@@ -292,7 +288,7 @@ fn flood(name: &str, guard: bool) -> Option<(usize, usize, u64)> {
         ..TEST_LOAD
     };
     let before = vec![svc(vip4(), vec![b1(), b2()], None)];
-    let mut w = World::with_load(&before, settings(), gateway::object::GATEWAY, load);
+    let mut w = World::with_load(&before, plain_settings(), gateway::object::GATEWAY, load);
     // 400 established flows (handshake done: settled slots, no entries).
     let flows: Vec<(IpAddr, u16)> = (0..400u16)
         .map(|i| (v4(198, 18, 0, 1 + (i % 200) as u8), 20000 + i))

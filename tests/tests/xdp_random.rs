@@ -83,11 +83,7 @@ fn settings() -> Settings {
         ipip_src_v4: [198, 18, 100, 0],
         ipip_src_v6: addr16(v6("fd00::2")),
         ipip_src_v4_vary_bits: 4,
-        _pad: [0; 3],
-        checks_off: 0,
-        macs: [[0; 6]; gateway_common::MAX_LOCAL_MACS],
-        flood_window_limit: 0,
-        _pad2: 0,
+        ..plain_settings()
     }
 }
 

@@ -3,7 +3,7 @@
 //! buckets, the log lines when a source starts and stops being limited, and the body of
 //! `GET /protection`.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
@@ -14,9 +14,8 @@ use log::{info, warn};
 use super::Agent;
 use crate::{
     admin::{LimitedSource, ProtectCounters, ProtectionReport, ServiceProtection},
-    config::ProtectMode,
+    config::{ProtectMode, ServiceConfig},
     dataplane::{DataplaneError, DataplaneOps, Limited},
-    model,
     neigh::NextHops,
     sys,
 };
@@ -154,8 +153,8 @@ impl LimitWatch {
             }
         }
         // Sources the LRU dropped from LIMITED are gone too.
-        self.sources
-            .retain(|k, _| found.iter().any(|l| l.key == *k));
+        let present: HashSet<SourceKey> = found.iter().map(|l| l.key).collect();
+        self.sources.retain(|k, _| present.contains(k));
         stopped
     }
 }
@@ -171,22 +170,31 @@ pub fn counters(c: gateway_common::ProtectStats) -> ProtectCounters {
 }
 
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
-    /// The service name of a service id, as the last plan has it.
-    fn service_name(&self, id: u32) -> String {
-        self.last_plan
-            .as_ref()
-            .and_then(|p| p.services.iter().find(|s| s.id == id))
-            .map_or_else(|| format!("#{id}"), |s| s.name.clone())
+    /// The services of the last plan (what the maps hold) by their data-plane id.
+    fn services_by_id(&self) -> HashMap<u32, &ServiceConfig> {
+        let Some(plan) = &self.last_plan else {
+            return HashMap::new();
+        };
+        plan.services
+            .iter()
+            .filter_map(|sp| {
+                let sc = self.config.services.iter().find(|s| s.name == sp.name)?;
+                Some((sp.id, sc))
+            })
+            .collect()
     }
 
     /// Once a second: looks at the limited sources, logs changes, forgets the stopped.
     pub fn watch_limited(&mut self) {
         let found = self.dp.limited();
+        if found.is_empty() && self.limits.sources.is_empty() {
+            return;
+        }
         let names: HashMap<u32, String> = self
-            .last_plan
-            .as_ref()
-            .map(|p| p.services.iter().map(|s| (s.id, s.name.clone())).collect())
-            .unwrap_or_default();
+            .services_by_id()
+            .into_iter()
+            .map(|(id, s)| (id, s.name.clone()))
+            .collect();
         let name = |id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
         let stopped = self
             .limits
@@ -201,12 +209,12 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
     pub fn protection_report(&self) -> Result<ProtectionReport, DataplaneError> {
         let p = &self.config.protection;
         let now_s = sys::monotonic_secs();
+        let by_id = self.services_by_id();
         let mut services = Vec::new();
         for s in &self.config.services {
-            let Some(applied) = self.applied.services.get(&model::service_key(s)) else {
+            let Some((&id, _)) = by_id.iter().find(|(_, c)| c.name == s.name) else {
                 continue;
             };
-            let c = self.dp.protect_stats(applied.value.id)?;
             let l = &s.protection;
             services.push(ServiceProtection {
                 service: s.name.clone(),
@@ -217,7 +225,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                 packets_burst: l.packets.map(|r| r.burst),
                 prefix_v4: l.prefix_v4,
                 prefix_v6: l.prefix_v6,
-                counters: counters(c),
+                counters: counters(self.dp.protect_stats(id)?),
             });
         }
         let mut sources: Vec<LimitedSource> = self
@@ -229,22 +237,13 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                 if now_s.saturating_sub(b.last_refused) > QUIET {
                     return None;
                 }
-                let name = self.service_name(l.key.service);
-                let mode = self
-                    .config
-                    .services
-                    .iter()
-                    .find(|s| s.name == name)
-                    .map_or(ProtectMode::Off, |s| s.protection.mode);
+                let svc = by_id.get(&l.key.service);
+                let monitor = svc.is_some_and(|s| s.protection.mode == ProtectMode::Monitor);
                 let w = self.limits.sources.get(&l.key);
                 Some(LimitedSource {
                     prefix: prefix_text(&l.key),
-                    service: name,
-                    action: if mode == ProtectMode::Monitor {
-                        "counted".into()
-                    } else {
-                        "dropped".into()
-                    },
+                    service: svc.map_or_else(|| format!("#{}", l.key.service), |s| s.name.clone()),
+                    action: if monitor { "counted" } else { "dropped" }.into(),
                     limited_for_seconds: f64::from(now_s.saturating_sub(l.since)),
                     packets_per_second: w.map_or(0.0, |w| w.packets_per_second),
                     refused_per_second: w.map_or(0.0, |w| w.refused_per_second),

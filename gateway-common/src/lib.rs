@@ -67,8 +67,21 @@ pub const MAP_PROTECT_STATS: &str = "PROTECT_STATS";
 /// What the pinned maps are: `Array<Meta>` with one entry, written by the agent that
 /// created them and checked by one that adopts them.
 pub const MAP_META: &str = "META";
+/// Full-NAT mappings, both directions in one map: `LruHashMap<FlowKey, NatValue>`. A
+/// client's flow (as it arrives) maps to its SNAT address and port and its backend; the
+/// backend's answer (as it arrives, to the SNAT address) maps back to the client.
+pub const MAP_NAT: &str = "NAT";
+/// The SNAT pool: `Array<NatPool>` with one entry.
+pub const MAP_NAT_POOL: &str = "NAT_POOL";
+/// The programs the main one tail-calls: `ProgramArray`, indexed by `JUMP_*`. Not in
+/// [`MAP_NAMES`]: each loaded object fills its own (a program array holds programs, which an
+/// agent cannot adopt), pinned beside the link so that it stays filled while the program
+/// runs without an agent.
+pub const MAP_JUMP: &str = "JUMP";
+/// `JUMP` index of the full-NAT program.
+pub const JUMP_FULLNAT: u32 = 0;
 /// Every map, in the order they are pinned.
-pub const MAP_NAMES: [&str; 18] = [
+pub const MAP_NAMES: [&str; 20] = [
     MAP_META,
     MAP_SERVICES,
     MAP_BACKENDS,
@@ -87,6 +100,8 @@ pub const MAP_NAMES: [&str; 18] = [
     MAP_LIMITED,
     MAP_ALLOWLIST,
     MAP_PROTECT_STATS,
+    MAP_NAT,
+    MAP_NAT_POOL,
 ];
 
 /// The maps' layout: bump it whenever any map's type, key, value or meaning changes. An
@@ -98,8 +113,9 @@ pub const MAP_NAMES: [&str; 18] = [
 /// marks, 32 to an element ([`SlotLine`]), and SLOT_STATE what changed slots remember. 7:
 /// the program finds services in SERVICE_INDEX. 8: protection: LIMITS, SOURCES, LIMITED,
 /// ALLOWLIST and PROTECT_STATS, `protect` in services, the flood guard in SETTINGS and its
-/// counters in STATS.
-pub const LAYOUT_VERSION: u32 = 8;
+/// counters in STATS. 9: full-NAT: NAT and NAT_POOL, its counters in STATS, `nat_size` in
+/// META.
+pub const LAYOUT_VERSION: u32 = 9;
 /// `Meta::magic`: "GWAY".
 pub const META_MAGIC: u32 = 0x4757_4159;
 
@@ -121,6 +137,8 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Name of the main XDP program in the object.
 pub const PROG_GATEWAY: &str = "gateway";
+/// Name of the full-NAT program (tail-called by the main one, `JUMP_FULLNAT`).
+pub const PROG_FULLNAT: &str = "gateway_fullnat";
 /// Name of the pass-everything program in the `xdp-pass` object.
 pub const PROG_PASS: &str = "xdp_pass";
 /// Name of the benchmark floor program in the `xdp-floor` object.
@@ -234,8 +252,24 @@ pub const STAT_MONITOR_LIMIT_NEW_FLOWS: u32 = 33;
 pub const STAT_MONITOR_LIMIT_PACKETS: u32 = 34;
 /// A packet over a limit from an allowlisted source: forwarded.
 pub const STAT_LIMIT_ALLOWLISTED: u32 = 35;
+/// A full-NAT mapping made (a TCP SYN or a UDP flow's first datagram); the packet is then
+/// forwarded (`STAT_FORWARDED`).
+pub const STAT_NAT_NEW: u32 = 36;
+/// Sent: a backend's answer to a full-NAT flow, rewritten to the client.
+pub const STAT_NAT_REPLIED: u32 = 37;
+/// Dropped: a TCP segment other than a SYN, for a full-NAT service, with no mapping (it
+/// never makes one).
+pub const STAT_DROP_NAT_NO_MAPPING: u32 = 38;
+/// Dropped: no free SNAT port for a new full-NAT flow (every port tried was taken).
+pub const STAT_DROP_NAT_EXHAUSTED: u32 = 39;
+/// Dropped: a packet to a SNAT address and a port in the SNAT range with no mapping (the
+/// host would answer it with a reset).
+pub const STAT_DROP_NAT_REPLY_MISS: u32 = 40;
+/// Dropped: a full-NAT packet the program does not translate (an ICMP error, for now), or a
+/// full-NAT service whose family has no SNAT address.
+pub const STAT_DROP_NAT_UNTRANSLATED: u32 = 41;
 /// Number of global counters; the size of STATS.
-pub const STAT_COUNT: u32 = 36;
+pub const STAT_COUNT: u32 = 42;
 
 /// Names of the global counters, indexed like the `STAT_*` consts.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -275,6 +309,12 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "monitor_limit_new_flows",
     "monitor_limit_packets",
     "limit_allowlisted",
+    "nat_new",
+    "nat_replied",
+    "drop_nat_no_mapping",
+    "drop_nat_exhausted",
+    "drop_nat_reply_miss",
+    "drop_nat_untranslated",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -320,6 +360,9 @@ pub const PROTO_UDP: u8 = 17;
 pub const MODE_L2DSR: u8 = 1;
 /// `ServiceValue::mode`: encapsulate in IPv4 (IPv4 VIP) or IPv6 (IPv6 VIP) to the backend.
 pub const MODE_IPIP: u8 = 2;
+/// `ServiceValue::mode`: full-NAT: both addresses rewritten (the SNAT pool's towards the
+/// backend), answers come back through the balancer.
+pub const MODE_FULLNAT: u8 = 3;
 /// `ServiceValue::protect`: no source limits (LIMITS is not read).
 pub const PROTECT_OFF: u8 = 0;
 /// `ServiceValue::protect`: limits are computed and counted (`monitor_limit_*`), nothing is
@@ -347,6 +390,9 @@ pub const MAX_LOCAL_ADDRS: u32 = 4096;
 /// `LOCAL_ADDRS` values: why the address is local.
 pub const LOCAL_VIP: u8 = 1;
 pub const LOCAL_HOST: u8 = 2;
+/// A bit of LOCAL_ADDRS's value: the address is a SNAT address (answers to full-NAT flows
+/// arrive to it), besides being a host address or not.
+pub const LOCAL_SNAT: u8 = 4;
 
 /// Words of `LocalFilter`: 65,536 bits, so a few thousand addresses set under one bit in
 /// ten, and a handful almost none.
@@ -869,8 +915,91 @@ pub struct Meta {
     /// `META_MODE_*`: how the pinned link was attached (0 before it is).
     pub attached_mode: u32,
     pub sources_size: u32,
+    pub nat_size: u32,
 }
-const _: () = assert!(core::mem::size_of::<Meta>() == 28);
+const _: () = assert!(core::mem::size_of::<Meta>() == 32);
+
+/// Default NAT capacity (entries: two per full-NAT flow); the agent sets the real one at
+/// load time (`[dataplane] nat_size`).
+pub const DEFAULT_NAT_SIZE: u32 = 1 << 18;
+/// SNAT addresses per family.
+pub const MAX_SNAT_ADDRS: usize = 8;
+/// SNAT ports tried for a new flow: consecutive ones from a random start, so a range of
+/// up to this many ports is searched whole.
+pub const NAT_PORT_TRIES: u32 = 32;
+
+/// NAT_POOL[0]: the addresses and ports this balancer rewrites full-NAT flows' sources to.
+/// No other balancer may use them: answers to them must come back here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatPool {
+    /// Network order; the first `v4_count` are used.
+    pub v4: [[u8; 4]; MAX_SNAT_ADDRS],
+    pub v6: [[u8; 16]; MAX_SNAT_ADDRS],
+    pub v4_count: u8,
+    pub v6_count: u8,
+    pub _pad: [u8; 2],
+    /// The port range, inclusive, host order; `port_min` <= `port_max` when any address is
+    /// set.
+    pub port_min: u16,
+    pub port_max: u16,
+}
+const _: () = assert!(core::mem::size_of::<NatPool>() == 168);
+
+/// `NatValue::dir`: a client's packet, towards the backend.
+pub const NAT_DIR_FORWARD: u8 = 1;
+/// `NatValue::dir`: a backend's answer, towards the client.
+pub const NAT_DIR_REPLY: u8 = 2;
+/// `NatValue::state`: a TCP mapping whose SYN was sent and not yet answered.
+pub const NAT_TCP_SYN: u8 = 1;
+/// `NatValue::state`: the backend answered the SYN.
+pub const NAT_TCP_ESTABLISHED: u8 = 2;
+/// `NatValue::state`: a FIN or reset was seen.
+pub const NAT_TCP_CLOSING: u8 = 3;
+/// `NatValue::state`: a UDP mapping.
+pub const NAT_UDP: u8 = 4;
+/// Seconds a mapping lives without packets, by state (`NAT_TCP_SYN` ..= `NAT_UDP`): once
+/// past it, its SNAT port may be given to a new flow.
+pub const NAT_TIMEOUTS: [u32; 4] = [30, 7200, 30, 120];
+
+/// How a mapping rewrites a packet: both directions have the same shape, the packet's new
+/// source and destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatValue {
+    /// Forward: the SNAT address; reply: the VIP. Network order.
+    pub src: [u8; 16],
+    /// Forward: the backend; reply: the client.
+    pub dst: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    /// The backend id the flow is placed on.
+    pub backend: u32,
+    /// Reply: the MAC the client's first packet came from (the next hop back); forward:
+    /// zero (the backend's next hop is in BACKENDS).
+    pub mac: [u8; 6],
+    /// `NAT_TCP_*` / `NAT_UDP`.
+    pub state: u8,
+    /// `NAT_DIR_*`.
+    pub dir: u8,
+    /// `bpf_ktime_get_coarse_ns` in seconds at the last packet.
+    pub seen: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatValue>() == 56);
+
+impl NatValue {
+    /// Whether the mapping has outlived its state's timeout at second `now`.
+    pub fn expired(&self, now: u32) -> bool {
+        let i = (self.state as usize).wrapping_sub(1);
+        let timeout = if i < NAT_TIMEOUTS.len() {
+            NAT_TIMEOUTS[i]
+        } else {
+            0
+        };
+        now.wrapping_sub(self.seen) > timeout
+    }
+}
 
 /// `Meta::attached_mode` values.
 pub const META_MODE_NATIVE: u32 = 1;
@@ -897,4 +1026,6 @@ mod pod {
     unsafe impl aya::Pod for super::SourceBucket {}
     unsafe impl aya::Pod for super::AllowAddr {}
     unsafe impl aya::Pod for super::ProtectStats {}
+    unsafe impl aya::Pod for super::NatPool {}
+    unsafe impl aya::Pod for super::NatValue {}
 }

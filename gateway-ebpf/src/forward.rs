@@ -42,7 +42,7 @@ pub fn send(
 /// Writes `dst` as the destination MAC and the frame's old destination (our own address)
 /// as its source.
 #[inline(always)]
-fn set_macs(ctx: &XdpContext, dst: &[u8; 6]) -> bool {
+pub fn set_macs(ctx: &XdpContext, dst: &[u8; 6]) -> bool {
     let Some(eth) = at(ctx, 0, ETH_LEN) else {
         return false;
     };

@@ -1,13 +1,13 @@
 //! Map definitions. Names, sizes and layouts come from gateway-common.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use gateway_common::{
     AllowAddr, BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, Backend, DEFAULT_CONNTRACK_SIZE,
-    DEFAULT_SOURCES_SIZE, FloodWindow, FlowKey, FlowValue, Limits, LocalFilter, LocalKey,
+    DEFAULT_NAT_SIZE, DEFAULT_SOURCES_SIZE, NatPool, NatValue, ServiceValue, FloodWindow, FlowKey, FlowValue, Limits, LocalFilter, LocalKey,
     MAX_ALLOWLIST, MAX_BACKENDS, MAX_LIMITED, MAX_LOCAL_ADDRS, MAX_SERVICES, Meta, ProtectStats,
-    STAT_COUNT, SERVICE_BUCKETS, SERVICE_PROBES, ServiceKey, ServiceSlot, ServiceValue, Settings,
+    STAT_COUNT, SERVICE_BUCKETS, SERVICE_PROBES, ServiceKey, ServiceSlot, Settings,
     SlotLine, SlotState, SourceBucket, SourceKey, TrafficStats, service_bucket,
 };
 
@@ -73,6 +73,56 @@ pub static ALLOWLIST: LpmTrie<AllowAddr, u8> = LpmTrie::with_max_entries(MAX_ALL
 #[map(name = "PROTECT_STATS")]
 pub static PROTECT_STATS: PerCpuArray<ProtectStats> =
     PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Resized by the agent at load time (`[dataplane] nat_size`).
+#[map(name = "NAT")]
+pub static NAT: LruHashMap<FlowKey, NatValue> =
+    LruHashMap::with_max_entries(DEFAULT_NAT_SIZE, BPF_F_NO_COMMON_LRU);
+
+#[map(name = "NAT_POOL")]
+pub static NAT_POOL: Array<NatPool> = Array::with_max_entries(1, 0);
+
+/// The programs the main one hands packets to (`gateway_common::JUMP_*`).
+#[map(name = "JUMP")]
+pub static JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// What the main program learnt of a packet, for the program it tail-calls (a tail call
+/// keeps only the context). Written and read within one packet's run on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Handoff {
+    pub key: FlowKey,
+    /// The service (zero for an answer to a SNAT address).
+    pub svc: ServiceValue,
+    pub l2_len: u32,
+    pub l4_off: u32,
+    /// `parse::L4` as a number: 0 TCP, 1 UDP, 2 ICMP error.
+    pub l4: u32,
+    pub tcp_flags: u8,
+    /// Whether the packet is a backend's answer (to a SNAT address), not a client's.
+    pub reply: u8,
+    pub _pad: [u8; 2],
+    /// Room for the full-NAT program's keys and values, which would not fit its stack.
+    pub scratch: NatScratch,
+}
+
+/// The full-NAT program's working keys and values (see `nat`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NatScratch {
+    /// A new flow's answer key (the SNAT port being claimed).
+    pub answer: FlowKey,
+    /// A key of the other direction of a mapping.
+    pub other: FlowKey,
+    /// A new flow's forward entry.
+    pub fwd: NatValue,
+    /// A new flow's answer entry.
+    pub back: NatValue,
+}
+
+/// One `Handoff` per CPU. Not pinned: it holds nothing between runs.
+#[map(name = "HANDOFF")]
+pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
 
 /// The flood guard's window, per CPU. Not pinned, like SCRATCH.
 #[map(name = "FLOOD")]

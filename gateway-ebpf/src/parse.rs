@@ -104,6 +104,13 @@ impl KeyBuf {
         unsafe { &mut self.key }
     }
 
+    /// The key as it lies in memory.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 5] {
+        // SAFETY: as in `key`.
+        unsafe { self.words }
+    }
+
     /// The destination address as two 8-byte words (for the service key).
     #[inline(always)]
     pub fn dst_words(&self) -> [u64; 2] {

@@ -9,6 +9,8 @@ mod forward;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod nat;
+#[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod parse;
@@ -27,14 +29,15 @@ mod prog {
 
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
     use gateway_common::{
-        PROTO_TCP, STAT_DROP_STALE_BACKEND, STAT_PASS_NOT_VIP, STAT_RX_PACKETS,
+        MODE_FULLNAT, PROTO_TCP, STAT_DROP_INTERNAL, STAT_DROP_STALE_BACKEND, STAT_PASS_NOT_VIP,
+        STAT_RX_PACKETS,
     };
     use gateway_ebpf::hdr::{TCP_ACK, TCP_SYN};
 
     use crate::{
         forward,
         maps::{self, BACKEND_STATS, SERVICE_STATS, settings},
-        packet,
+        nat, packet,
         parse::{self, KeyBuf, L4, SvcKeyBuf},
         protect,
         select::{self, Track},
@@ -49,6 +52,16 @@ mod prog {
             Ok(v) => v,
             Err(reason) => Verdict::pass(reason),
         };
+        count(STAT_RX_PACKETS);
+        count(v.reason);
+        v.action
+    }
+
+    /// The full-NAT program, tail-called by `gateway` (`nat::hand_off`); counts its run
+    /// the same way.
+    #[xdp]
+    pub fn gateway_fullnat(ctx: XdpContext) -> u32 {
+        let v = nat::run(&ctx);
         count(STAT_RX_PACKETS);
         count(v.reason);
         v.action
@@ -71,7 +84,18 @@ mod prog {
         }
         let key = buf.key();
         let skey = SvcKeyBuf::new(buf.dst_words(), key);
-        let svc = &maps::service(skey.key()).ok_or(STAT_PASS_NOT_VIP)?;
+        let Some(svc) = maps::service(skey.key()) else {
+            // Not a VIP; perhaps a backend's answer to a full-NAT flow.
+            if !relay && nat::to_pool(key) {
+                if let Some(reason) = pkt.refusal(s.checks_off) {
+                    return Ok(Verdict::drop(reason));
+                }
+                nat::hand_off(ctx, &pkt, buf, &nat::ANSWERS);
+                return Ok(Verdict::drop(STAT_DROP_INTERNAL));
+            }
+            return Err(STAT_PASS_NOT_VIP);
+        };
+        let svc = &svc;
         // For a VIP: nothing a careful router would drop goes further.
         if let Some(reason) = pkt.refusal(s.checks_off) {
             return Ok(Verdict::drop(reason));
@@ -87,6 +111,11 @@ mod prog {
         let refused = protect::check(svc.id, svc.protect, key, track == Track::Syn, relay);
         if refused != 0 {
             return Ok(Verdict::drop(refused));
+        }
+        if svc.mode == MODE_FULLNAT {
+            // Returns only if the full-NAT program is missing from JUMP.
+            nat::hand_off(ctx, &pkt, buf, svc);
+            return Ok(Verdict::drop(STAT_DROP_INTERNAL));
         }
         let bytes = packet::frame_len(ctx) as u64;
         let choice = match select::choose(svc, key, track, s) {

@@ -25,7 +25,7 @@ use crate::{
 /// a spoofed source. Asked whenever the table places a packet: a conntrack hit means its
 /// first packet was accepted.
 #[inline(always)]
-fn from_local(key: &FlowKey, checks_off: u32) -> bool {
+pub fn from_local(key: &FlowKey, checks_off: u32) -> bool {
     if !crate::VALIDATE || checks_off & CHECK_MARTIAN_SOURCE != 0 {
         return false;
     }
@@ -241,6 +241,21 @@ pub fn choose(
         new_flow: !older || track == Track::Syn,
         hash,
     })
+}
+
+/// The backend the service's table names for a flow of hash `hash`, without conntrack: for
+/// full-NAT, whose own map remembers each flow's backend.
+#[inline(always)]
+pub fn table_backend(svc: &ServiceValue, hash: u32) -> Result<(u32, &'static Backend), u32> {
+    if svc.table_size == 0 {
+        return Err(STAT_NO_BACKEND);
+    }
+    let at = svc.table_offset.wrapping_add(hash % svc.table_size);
+    let line = TABLES
+        .get(at / SLOTS_PER_LINE)
+        .ok_or(STAT_DROP_STALE_BACKEND)?;
+    let id = u32::from(line.words[(at % SLOTS_PER_LINE) as usize] & SLOT_ID);
+    Ok((id, placed(id)?))
 }
 
 /// The backend a table slot names. An empty slot means nothing is up; one that names a

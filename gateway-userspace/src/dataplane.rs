@@ -5,7 +5,7 @@ use std::{os::fd::AsFd, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, Map, MapData, PerCpuArray,
+        Array, HashMap, Map, MapData, PerCpuArray, ProgramArray,
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{
@@ -15,15 +15,16 @@ use aya::{
     },
 };
 use gateway_common::{
-    AllowAddr, Backend, DEFAULT_CONNTRACK_SIZE, DEFAULT_SOURCES_SIZE, DEFAULT_TABLE_SIZE, FlowKey,
-    FlowValue, LAYOUT_VERSION, Limits, LocalFilter, LocalKey, MAP_ALLOWLIST, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_CONNTRACK, MAP_LIMITED, MAP_LIMITS, MAP_LOCAL_ADDRS, MAP_LOCAL_FILTER,
-    MAP_META, MAP_NAMES, MAP_PROTECT_STATS, MAP_SERVICE_INDEX, MAP_SERVICE_STATS, MAP_SERVICES,
-    MAP_SETTINGS, MAP_SLOT_STATE, MAP_SOURCES, MAP_STATS, MAP_TABLES, META_MAGIC,
-    META_MODE_GENERIC, META_MODE_NATIVE, Meta, PROG_GATEWAY, ProtectStats, SERVICE_BUCKETS,
-    SERVICE_PROBES, SERVICE_TOMBSTONE, SLOT_CHANGED, SLOT_ID, SLOT_USED, SLOTS_PER_LINE,
-    STAT_COUNT, ServiceKey, ServiceSlot, ServiceValue, Settings, Slot, SlotState, SourceBucket,
-    SourceKey, TrafficStats, service_bucket,
+    AllowAddr, Backend, DEFAULT_CONNTRACK_SIZE, DEFAULT_NAT_SIZE, DEFAULT_SOURCES_SIZE,
+    DEFAULT_TABLE_SIZE, FlowKey, FlowValue, JUMP_FULLNAT, LAYOUT_VERSION, Limits, LocalFilter,
+    LocalKey, MAP_ALLOWLIST, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_JUMP, MAP_LIMITED,
+    MAP_LIMITS, MAP_LOCAL_ADDRS, MAP_LOCAL_FILTER, MAP_META, MAP_NAMES, MAP_NAT, MAP_NAT_POOL,
+    MAP_PROTECT_STATS, MAP_SERVICE_INDEX, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS,
+    MAP_SLOT_STATE, MAP_SOURCES, MAP_STATS, MAP_TABLES, META_MAGIC, META_MODE_GENERIC,
+    META_MODE_NATIVE, Meta, NatPool, NatValue, PROG_FULLNAT, PROG_GATEWAY, ProtectStats,
+    SERVICE_BUCKETS, SERVICE_PROBES, SERVICE_TOMBSTONE, SLOT_CHANGED, SLOT_ID, SLOT_USED,
+    SLOTS_PER_LINE, STAT_COUNT, ServiceKey, ServiceSlot, ServiceValue, Settings, Slot, SlotState,
+    SourceBucket, SourceKey, TrafficStats, service_bucket,
 };
 use log::{info, warn};
 use thiserror::Error;
@@ -84,6 +85,8 @@ pub struct LoadOptions {
     pub kernel_log: u8,
     /// Source buckets SOURCES holds.
     pub sources_size: u32,
+    /// Full-NAT entries NAT holds (two per flow).
+    pub nat_size: u32,
 }
 
 impl Default for LoadOptions {
@@ -94,6 +97,7 @@ impl Default for LoadOptions {
             max_table_size: DEFAULT_TABLE_SIZE,
             kernel_log: KERNEL_LOG_WARN,
             sources_size: DEFAULT_SOURCES_SIZE,
+            nat_size: DEFAULT_NAT_SIZE,
         }
     }
 }
@@ -479,6 +483,11 @@ pub struct Dataplane {
     limited: HashMap<MapData, SourceKey, u32>,
     allowlist: LpmTrie<MapData, AllowAddr, u8>,
     protect_stats: PerCpuArray<MapData, ProtectStats>,
+    nat: HashMap<MapData, FlowKey, NatValue>,
+    nat_pool: Array<MapData, NatPool>,
+    /// The programs the main one tail-calls; our descriptor keeps them in it until the map
+    /// is pinned beside the link (`attach`). None in objects without full-NAT.
+    jump: Option<ProgramArray<MapData>>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -520,17 +529,19 @@ impl Dataplane {
                 max_table_size: m.max_table_size,
                 kernel_log: options.kernel_log,
                 sources_size: m.sources_size,
+                nat_size: m.nat_size,
             };
             if pinned != options {
                 warn!(
                     "the pinned maps in {} were created with conntrack_size {}, max_services {}, \
-                     max_table_size {}, sources_size {}; those stay until `gateway stop --detach` \
-                     resets them",
+                     max_table_size {}, sources_size {}, nat_size {}; those stay until \
+                     `gateway stop --detach` resets them",
                     dir.display(),
                     m.conntrack_size,
                     m.max_services,
                     m.max_table_size,
-                    m.sources_size
+                    m.sources_size,
+                    m.nat_size
                 );
             }
             options = pinned;
@@ -549,6 +560,7 @@ impl Dataplane {
                     max_table_size: options.max_table_size,
                     attached_mode: 0,
                     sources_size: options.sources_size,
+                    nat_size: options.nat_size,
                 };
                 dp.write_meta(m)?;
             }
@@ -580,7 +592,8 @@ impl Dataplane {
             .map_max_entries(MAP_TABLES, slots / SLOTS_PER_LINE)
             .map_max_entries(MAP_SLOT_STATE, slots)
             .map_max_entries(MAP_CONNTRACK, options.conntrack_size)
-            .map_max_entries(MAP_SOURCES, options.sources_size);
+            .map_max_entries(MAP_SOURCES, options.sources_size)
+            .map_max_entries(MAP_NAT, options.nat_size);
         let paths: Vec<(&str, std::path::PathBuf)> = pin_dir
             .map(|d| MAP_NAMES.iter().map(|n| (*n, d.join(n))).collect())
             .unwrap_or_default();
@@ -621,6 +634,10 @@ impl Dataplane {
             LpmTrie::try_from(take(&mut ebpf, MAP_ALLOWLIST)?).map_err(map_err(MAP_ALLOWLIST))?;
         let protect_stats = PerCpuArray::try_from(take(&mut ebpf, MAP_PROTECT_STATS)?)
             .map_err(map_err(MAP_PROTECT_STATS))?;
+        let nat = HashMap::try_from(take(&mut ebpf, MAP_NAT)?).map_err(map_err(MAP_NAT))?;
+        let nat_pool =
+            Array::try_from(take(&mut ebpf, MAP_NAT_POOL)?).map_err(map_err(MAP_NAT_POOL))?;
+        let jump = Self::load_jumps(&mut ebpf)?;
         let mut array = |name: &'static str| match take(&mut ebpf, name)? {
             Map::Array(data) => Ok(data),
             _ => Err(DataplaneError::NoMap(name)),
@@ -660,8 +677,49 @@ impl Dataplane {
             limited,
             allowlist,
             protect_stats,
+            nat,
+            nat_pool,
+            jump,
             logger,
         })
+    }
+
+    /// Verifies the programs the main one tail-calls and puts them into JUMP.
+    fn load_jumps(ebpf: &mut Ebpf) -> Result<Option<ProgramArray<MapData>>, DataplaneError> {
+        let Some(map) = ebpf.take_map(MAP_JUMP) else {
+            return Ok(None);
+        };
+        let mut jump = ProgramArray::try_from(map).map_err(map_err(MAP_JUMP))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROG_FULLNAT)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DataplaneError::NoProgram(PROG_FULLNAT))?;
+        let verify = |source| DataplaneError::Program {
+            what: format!("verifying program `{PROG_FULLNAT}`"),
+            source,
+        };
+        prog.load().map_err(verify)?;
+        let fd = prog.fd().map_err(verify)?;
+        jump.set(JUMP_FULLNAT, fd, 0)
+            .map_err(map_err("putting the full-NAT program into JUMP"))?;
+        Ok(Some(jump))
+    }
+
+    /// Pins JUMP beside the link, replacing an earlier agent's: the program the link now
+    /// runs must find its own tail-call targets after this process exits.
+    fn pin_jumps(&mut self, dir: &Path) -> Result<(), DataplaneError> {
+        let Some(jump) = self.jump.take() else {
+            return Ok(());
+        };
+        let path = dir.join(MAP_JUMP);
+        let err = |e: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Link {
+            what: format!("pinning {}", path.display()),
+            source: e,
+        };
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|e| err(e.into()))?;
+        }
+        jump.pin(&path).map_err(|e| err(e.into()))
     }
 
     pub fn options(&self) -> LoadOptions {
@@ -753,6 +811,7 @@ impl Dataplane {
                 source: e.into(),
             })?;
         self.link = Some((Attachment::Pinned(pinned), attached));
+        self.pin_jumps(&dir)?;
         if let Some(mut m) = self.meta {
             m.attached_mode = match attached {
                 AttachedMode::Native => META_MODE_NATIVE,
@@ -803,6 +862,9 @@ impl Dataplane {
         }
         info!("adopted the pinned link on {ifname} ({attached} mode): program replaced");
         self.link = Some((Attachment::Adopted(id), attached));
+        if let Some(dir) = self.pin_dir.clone() {
+            self.pin_jumps(&dir)?;
+        }
         Ok(attached)
     }
 
@@ -865,6 +927,11 @@ impl Dataplane {
             let key = key.map_err(map_err("reading ALLOWLIST"))?;
             applied.allowlist.insert((key.prefix_len(), key.data()));
         }
+        applied.nat_pool = Some(
+            self.nat_pool
+                .get(&0, 0)
+                .map_err(map_err("reading NAT_POOL"))?,
+        );
         Ok(applied)
     }
 
@@ -899,6 +966,14 @@ impl Dataplane {
     pub fn keep(&mut self) {
         self.link = None;
         self.pin_dir = None;
+    }
+
+    /// The full-NAT program (tail-called by the main one), e.g. for its verifier count.
+    pub fn fullnat_program(&self) -> Result<&Xdp, DataplaneError> {
+        self.ebpf
+            .program(PROG_FULLNAT)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DataplaneError::NoProgram(PROG_FULLNAT))
     }
 
     /// The loaded program, e.g. for BPF_PROG_TEST_RUN.
@@ -953,6 +1028,11 @@ impl Dataplane {
     /// Conntrack entries (walks the map; for status output and tests).
     pub fn conntrack_len(&self) -> usize {
         self.conntrack.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// The full-NAT mappings, each direction under the key it arrives with (walks the map).
+    pub fn nat_entries(&self) -> Vec<(FlowKey, NatValue)> {
+        self.nat.iter().filter_map(Result::ok).collect()
     }
 
     /// Forgets one tracked flow (absent or not).
@@ -1084,6 +1164,12 @@ impl DataplaneOps for Dataplane {
 impl MapWriter for Dataplane {
     fn set_settings(&mut self, s: &Settings) -> Result<(), SyncError> {
         self.settings.set(0, s, 0).map_err(write_err("settings"))
+    }
+
+    fn set_nat_pool(&mut self, p: &NatPool) -> Result<(), SyncError> {
+        self.nat_pool
+            .set(0, p, 0)
+            .map_err(write_err("the SNAT pool"))
     }
 
     fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), SyncError> {

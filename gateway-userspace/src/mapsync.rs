@@ -8,7 +8,9 @@
 //! at it (one hash-map update, which the kernel performs as an element swap).
 use std::sync::Arc;
 
-use gateway_common::{Backend, Limits, LocalFilter, LocalKey, ServiceKey, ServiceValue, Settings};
+use gateway_common::{
+    Backend, Limits, LocalFilter, LocalKey, NatPool, ServiceKey, ServiceValue, Settings,
+};
 use thiserror::Error;
 
 use crate::model::{self, AllowKey, Applied, AppliedService, Desired, Layout, Prior, SlotCounts};
@@ -41,6 +43,7 @@ pub enum SyncError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     Settings(Settings),
+    NatPool(Box<NatPool>),
     /// Set a backend slot; a zeroed `Backend` (family 0) clears it.
     Backend {
         id: u32,
@@ -90,6 +93,7 @@ impl Op {
     fn phase(&self) -> u8 {
         match self {
             Op::Settings(_)
+            | Op::NatPool(_)
             | Op::Local { .. }
             | Op::LocalFilter(_)
             | Op::Limits { .. }
@@ -118,6 +122,10 @@ pub fn diff(
     };
     if applied.settings != Some(desired.settings) {
         ops.push(Op::Settings(desired.settings));
+    }
+    next.nat_pool = Some(desired.nat_pool);
+    if applied.nat_pool != Some(desired.nat_pool) {
+        ops.push(Op::NatPool(Box::new(desired.nat_pool)));
     }
 
     for (id, b) in &desired.backends {
@@ -246,6 +254,7 @@ pub fn diff(
 /// The only interface through which map contents change.
 pub trait MapWriter {
     fn set_settings(&mut self, s: &Settings) -> Result<(), SyncError>;
+    fn set_nat_pool(&mut self, p: &NatPool) -> Result<(), SyncError>;
     fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), SyncError>;
     /// Writes the table of backend ids `slots` at `offset` as [`crate::model::next_slots`]
     /// says, reading the `prior` region's slots and the clock itself.
@@ -270,6 +279,7 @@ pub fn apply(ops: &[Op], w: &mut impl MapWriter) -> Result<(), SyncError> {
     for op in ordered {
         match op {
             Op::Settings(s) => w.set_settings(s)?,
+            Op::NatPool(p) => w.set_nat_pool(p)?,
             Op::Backend { id, backend } => w.set_backend(*id, backend)?,
             Op::Table {
                 offset,

@@ -13,9 +13,9 @@ use std::{
 };
 
 use gateway_common::{
-    AllowAddr, Backend, FAMILY_V4, FAMILY_V6, Limits, LocalFilter, LocalKey, MODE_IPIP, MODE_L2DSR,
-    PROTECT_ENFORCE, PROTECT_MONITOR, PROTECT_OFF, PROTO_TCP, PROTO_UDP, SLOT_PREV_UNKNOWN,
-    ServiceKey, ServiceValue, Settings, Slot,
+    AllowAddr, Backend, FAMILY_V4, FAMILY_V6, Limits, LocalFilter, LocalKey, MODE_FULLNAT,
+    MODE_IPIP, MODE_L2DSR, NatPool, PROTECT_ENFORCE, PROTECT_MONITOR, PROTECT_OFF, PROTO_TCP,
+    PROTO_UDP, SLOT_PREV_UNKNOWN, ServiceKey, ServiceValue, Settings, Slot,
 };
 
 use crate::config::{
@@ -54,6 +54,8 @@ pub struct Desired {
     pub local: BTreeMap<LocalKey, u8>,
     /// Source prefixes no limit applies to.
     pub allowlist: BTreeSet<AllowKey>,
+    /// The SNAT pool of full-NAT services.
+    pub nat_pool: NatPool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +190,7 @@ pub struct Applied {
     /// LIMITS entries by service id (entries of removed services are left as they were).
     pub limits: BTreeMap<u32, Limits>,
     pub allowlist: BTreeSet<AllowKey>,
+    pub nat_pool: Option<NatPool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -231,11 +234,12 @@ pub fn family(a: IpAddr) -> u8 {
     if a.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }
 }
 
-/// `MODE_L2DSR` / `MODE_IPIP`.
+/// `MODE_L2DSR` / `MODE_IPIP` / `MODE_FULLNAT`.
 pub fn mode(m: Mode) -> u8 {
     match m {
         Mode::L2dsr => MODE_L2DSR,
         Mode::Ipip => MODE_IPIP,
+        Mode::Fullnat => MODE_FULLNAT,
     }
 }
 
@@ -297,6 +301,25 @@ pub fn settings(config: &Config, interface_mac: Option<[u8; 6]>) -> Settings {
         ),
         _pad2: 0,
     }
+}
+
+/// NAT_POOL's one value, from `[dataplane]`'s `snat_*` keys.
+pub fn nat_pool(config: &Config) -> NatPool {
+    let d = &config.dataplane;
+    let mut p = NatPool {
+        port_min: *d.snat_ports.start(),
+        port_max: *d.snat_ports.end(),
+        ..NatPool::default()
+    };
+    for (slot, a) in p.v4.iter_mut().zip(&d.snat_v4) {
+        *slot = a.octets();
+        p.v4_count += 1;
+    }
+    for (slot, a) in p.v6.iter_mut().zip(&d.snat_v6) {
+        *slot = a.octets();
+        p.v6_count += 1;
+    }
+    p
 }
 
 /// A service's `ServiceValue::protect` and LIMITS entry.

@@ -15,7 +15,7 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData};
-use gateway_common::{LAYOUT_VERSION, MAP_META, MAP_NAMES, META_MAGIC, Meta};
+use gateway_common::{LAYOUT_VERSION, MAP_JUMP, MAP_META, MAP_NAMES, META_MAGIC, Meta};
 use thiserror::Error;
 
 /// The pinned XDP link's file name in the directory.
@@ -69,7 +69,7 @@ pub fn read_meta(dir: &Path) -> Result<Option<Meta>, PinError> {
     if !path.exists() {
         let leftovers: Vec<String> = MAP_NAMES
             .iter()
-            .chain([&LINK])
+            .chain([&LINK, &MAP_JUMP])
             .filter(|n| dir.join(n).exists())
             .map(|n| n.to_string())
             .collect();
@@ -133,7 +133,7 @@ pub fn remove(dir: &Path) -> Result<Vec<String>, PinError> {
         std::fs::remove_file(&link).map_err(io("removing", &link))?;
         removed.push(LINK.to_string());
     }
-    for name in MAP_NAMES {
+    for name in MAP_NAMES.iter().chain([&MAP_JUMP]) {
         let p = dir.join(name);
         if p.exists() {
             std::fs::remove_file(&p).map_err(io("removing", &p))?;

@@ -350,6 +350,7 @@ pub fn plan(
     tables.retain(config);
     let mut desired = Desired {
         settings: model::settings(config, host.interface_mac),
+        nat_pool: model::nat_pool(config),
         ..Desired::default()
     };
     for a in &host.addresses {
@@ -361,6 +362,11 @@ pub fn plan(
         desired
             .local
             .insert(model::local_key(svc.vip), gateway_common::LOCAL_VIP);
+    }
+    let d = &config.dataplane;
+    let snat = d.snat_v4.iter().map(|a| IpAddr::V4(*a));
+    for a in snat.chain(d.snat_v6.iter().map(|a| IpAddr::V6(*a))) {
+        *desired.local.entry(model::local_key(a)).or_default() |= gateway_common::LOCAL_SNAT;
     }
     desired.allowlist = config
         .protection

@@ -6,8 +6,8 @@ use std::{
 };
 
 use gateway_common::{
-    Backend, Limits, LocalFilter, LocalKey, ProtectStats, STAT_COUNT, ServiceKey, ServiceValue,
-    Settings, Slot, SourceKey, TrafficStats,
+    Backend, Limits, LocalFilter, LocalKey, NatPool, ProtectStats, STAT_COUNT, ServiceKey,
+    ServiceValue, Settings, Slot, SourceKey, TrafficStats,
 };
 
 use crate::{
@@ -37,6 +37,7 @@ pub fn skip(test: &str, why: &str) {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct MemMaps {
     pub settings: Settings,
+    pub nat_pool: NatPool,
     pub backends: BTreeMap<u32, Backend>,
     pub tables: BTreeMap<u32, Slot>,
     /// The clock table writes read (seconds, like the program's).
@@ -73,6 +74,12 @@ impl MapWriter for MemMaps {
     fn set_settings(&mut self, s: &Settings) -> Result<(), SyncError> {
         self.settings = *s;
         self.log.push("settings".into());
+        Ok(())
+    }
+
+    fn set_nat_pool(&mut self, p: &NatPool) -> Result<(), SyncError> {
+        self.nat_pool = *p;
+        self.log.push("nat pool".into());
         Ok(())
     }
     fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), SyncError> {
@@ -183,6 +190,11 @@ impl MapWriter for FakeDataplane {
         self.check("settings")?;
         self.maps.set_settings(s)
     }
+
+    fn set_nat_pool(&mut self, p: &NatPool) -> Result<(), SyncError> {
+        self.check("nat pool")?;
+        self.maps.set_nat_pool(p)
+    }
     fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), SyncError> {
         self.check("a backend")?;
         self.maps.set_backend(id, b)
@@ -268,6 +280,7 @@ impl DataplaneOps for FakeDataplane {
             local_filter: self.maps.local_filter,
             limits: self.maps.limits.clone(),
             allowlist: self.maps.allowlist.clone(),
+            nat_pool: Some(self.maps.nat_pool),
         })
     }
     fn program_id(&self) -> Option<u32> {

@@ -189,6 +189,7 @@ pub fn load_options(c: &Config) -> LoadOptions {
             config::KernelLog::Debug => 4,
         },
         sources_size: c.protection.sources_size,
+        nat_size: c.dataplane.nat_size,
     }
 }
 

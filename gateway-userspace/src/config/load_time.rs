@@ -52,6 +52,7 @@ impl LoadTime {
         load_time!(SIZED, dataplane.max_services, text),
         load_time!(SIZED, dataplane.max_table_size, text),
         load_time!(SIZED, protection.sources_size, text),
+        load_time!(SIZED, dataplane.nat_size, text),
         load_time!(LOADED, dataplane.kernel_log, text),
         load_time!(LISTENING, admin.listen, text),
         load_time!(LISTENING, admin.token_file, opt_path),
@@ -97,6 +98,7 @@ mod tests {
         next.dataplane.max_services += 1;
         next.dataplane.max_table_size = 7;
         next.protection.sources_size += 1;
+        next.dataplane.nat_size += 1;
         next.dataplane.kernel_log = crate::config::KernelLog::Debug;
         next.admin.listen = "127.0.0.1:1".parse().unwrap();
         next.admin.token_file = Some("/etc/t".into());

@@ -113,6 +113,10 @@ fn defaults_are_applied() {
             ipip_source_v6: None,
             checks_off: 0,
             extra_macs: vec![],
+            nat_size: 262_144,
+            snat_v4: vec![],
+            snat_v6: vec![],
+            snat_ports: 1024..=65535,
             kernel_log: KernelLog::Warn,
             pin_dir: "/sys/fs/bpf/gateway/eth0".into(),
             on_exit: OnExit::Detach,
@@ -783,6 +787,88 @@ const ODD: &[&str] = &[
     "\"\\uD800\"",
 ];
 
+#[test]
+fn fullnat_needs_the_matching_snat_pool() {
+    let v4 = service("", B1).replace("mode = \"l2dsr\"", "mode = \"fullnat\"");
+    let i = only(&v4, "mode");
+    assert_eq!(i.line, line(&v4, "mode"));
+    assert!(i.message.contains("dataplane.snat_v4"), "{i}");
+    let with_pool = v4.replace(
+        "[dataplane]\n",
+        "[dataplane]\nsnat_v4 = [\"198.18.0.100\", \"198.18.0.101\"]\nsnat_ports = \"20000-29999\"\n",
+    );
+    let c = parse(&with_pool).unwrap();
+    assert_eq!(c.services[0].mode, Mode::Fullnat);
+    assert_eq!(c.dataplane.snat_v4.len(), 2);
+    assert_eq!(c.dataplane.snat_ports, 20000..=29999);
+    // The v4 pool does not serve an IPv6 VIP.
+    let v6 = with_pool
+        .replace("vip = \"198.18.1.1\"", "vip = \"fd00:1::1\"")
+        .replace("198.18.0.11", "fd00::11");
+    assert!(only(&v6, "mode").message.contains("dataplane.snat_v6"));
+}
+
+#[test]
+fn snat_pools_and_ports_are_checked() {
+    let dp = |keys: &str| format!("[dataplane]\ninterface = \"eth0\"\n{keys}\n");
+    for (keys, field, says) in [
+        (
+            "snat_v4 = [\"fd00::1\"]",
+            "dataplane.snat_v4",
+            "not an IPv4 address",
+        ),
+        (
+            "snat_v6 = [\"198.18.0.1\"]",
+            "dataplane.snat_v6",
+            "not an IPv6 address",
+        ),
+        (
+            "snat_v4 = [\"127.0.0.1\"]",
+            "dataplane.snat_v4",
+            "127.0.0.1 is",
+        ),
+        (
+            "snat_v4 = [\"198.18.0.1\", \"198.18.0.1\"]",
+            "dataplane.snat_v4",
+            "listed twice",
+        ),
+        (
+            "snat_ports = \"100\"",
+            "dataplane.snat_ports",
+            "not a port range",
+        ),
+        (
+            "snat_ports = \"2000-1000\"",
+            "dataplane.snat_ports",
+            "not a port range",
+        ),
+        (
+            "snat_ports = \"0-1000\"",
+            "dataplane.snat_ports",
+            "not a port range",
+        ),
+        (
+            "snat_ports = \"1-70000\"",
+            "dataplane.snat_ports",
+            "not a port range",
+        ),
+        ("nat_size = 10", "dataplane.nat_size", "out of range"),
+    ] {
+        let i = only(&dp(keys), field);
+        assert!(i.message.contains(says), "{keys}: {i}");
+    }
+    let nine: Vec<String> = (1..=9).map(|i| format!("\"198.18.0.{i}\"")).collect();
+    let i = only(
+        &dp(&format!("snat_v4 = [{}]", nine.join(", "))),
+        "dataplane.snat_v4",
+    );
+    assert!(i.message.contains("at most 8"), "{i}");
+    // A SNAT address is no VIP.
+    let text =
+        service("", B1).replace("[dataplane]\n", "[dataplane]\nsnat_v4 = [\"198.18.1.1\"]\n");
+    assert!(only(&text, "vip").message.contains("also a SNAT address"));
+}
+
 /// One random edit of `text`: drop, repeat or swap lines, or put something odd at a
 /// random character boundary (or in place of a line's value).
 fn mutate(rng: &mut Rng, text: &str) -> String {
@@ -820,6 +906,14 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
     lines.join("\n")
 }
 
+/// A full-NAT configuration for the mutation run.
+const FULLNAT: &str = "[dataplane]\ninterface = \"eth0\"\nnat_size = 65536\n\
+snat_v4 = [\"198.18.0.100\", \"198.18.0.101\"]\nsnat_v6 = [\"fd00::100\"]\n\
+snat_ports = \"20000-29999\"\n\n[[service]]\nname = \"api\"\nvip = \"198.18.1.1\"\nport = 443\n\
+protocol = \"tcp\"\nmode = \"fullnat\"\n\n[[service.backend]]\naddress = \"198.18.0.11\"\n\n\
+[[service]]\nname = \"dns6\"\nvip = \"fd00:1::1\"\nport = 53\nprotocol = \"udp\"\nmode = \"fullnat\"\n\
+health = { kind = \"none\" }\n\n[[service.backend]]\naddress = \"fd00::11\"\n";
+
 /// Mutated copies of the example are accepted or rejected with an error that names
 /// the file and a line; none panics (a panic here once killed a reloading agent).
 #[test]
@@ -828,7 +922,11 @@ fn mutated_examples_never_panic() {
     let mut rng = Rng(seed);
     let (mut ok, mut rejected) = (0, 0);
     for case in 0..3000 {
-        let mut text = if case % 3 == 2 { EXAMPLE_BGP } else { EXAMPLE }.to_string();
+        let mut text = match case % 4 {
+            2 => EXAMPLE_BGP.to_string(),
+            3 => FULLNAT.to_string(),
+            _ => EXAMPLE.to_string(),
+        };
         for _ in 0..1 + rng.below(4) {
             text = mutate(&mut rng, &text);
         }

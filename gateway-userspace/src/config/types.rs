@@ -33,7 +33,7 @@ words!(XdpMode { Auto => "auto", Native => "native", Generic => "generic" });
 words!(OnExit { Detach => "detach", Keep => "keep" });
 words!(KernelLog { Off => "off", Error => "error", Warn => "warn", Info => "info", Debug => "debug" });
 words!(Protocol { Tcp => "tcp", Udp => "udp" });
-words!(Mode { L2dsr => "l2dsr", Ipip => "ipip" });
+words!(Mode { L2dsr => "l2dsr", Ipip => "ipip", Fullnat => "fullnat" });
 words!(AdminState { Ready => "ready", Drain => "drain", Maint => "maint" });
 words!(ProtectMode { Off => "off", Monitor => "monitor", Enforce => "enforce" });
 
@@ -135,6 +135,14 @@ pub struct DataplaneConfig {
     /// MACs besides the interface's own that VIP frames may be addressed to (VRRP, macvlan),
     /// at most `MAX_LOCAL_MACS - 1`.
     pub extra_macs: Vec<[u8; 6]>,
+    /// Full-NAT mapping entries (two per flow), 1024..=67108864; fixed at load time.
+    pub nat_size: u32,
+    /// SNAT addresses for full-NAT services with IPv4 VIPs (at most
+    /// `gateway_common::MAX_SNAT_ADDRS`); set whenever such a service exists.
+    pub snat_v4: Vec<Ipv4Addr>,
+    pub snat_v6: Vec<Ipv6Addr>,
+    /// The SNAT ports, inclusive (default 1024..=65535).
+    pub snat_ports: RangeInclusive<u16>,
     pub kernel_log: KernelLog,
     /// A directory on bpffs for the pinned maps and link (default
     /// `/sys/fs/bpf/gateway/<interface>`).
@@ -181,6 +189,9 @@ pub enum Mode {
     L2dsr,
     /// Encapsulate in IPv4 (IPv4 VIP) or IPv6 (IPv6 VIP) towards the backend.
     Ipip,
+    /// Rewrite both addresses: the backend sees a connection from a SNAT address of this
+    /// balancer and answers it; the answer comes back here and is rewritten to the client.
+    Fullnat,
 }
 
 /// What the operator wants of a backend, apart from its health.

@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use gateway_common::{DEFAULT_CONNTRACK_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES};
+use gateway_common::{
+    DEFAULT_CONNTRACK_SIZE, DEFAULT_NAT_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    MAX_SNAT_ADDRS,
+};
 use toml::Spanned;
 
 use super::{
@@ -25,6 +28,7 @@ pub(super) const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9180);
 pub(super) const CONNTRACK_SIZE: RangeInclusive<i64> = 1024..=67_108_864;
 pub(super) const DEFAULT_MTU: u32 = 1500;
+pub(super) const DEFAULT_SNAT_PORTS: RangeInclusive<u16> = 1024..=65535;
 /// The IPv6 minimum link MTU (RFC 8200 section 5); also safe for IPv4.
 pub(super) const MIN_MTU: i64 = 1280;
 pub(super) const MAX_MTU: i64 = 65535;
@@ -107,6 +111,9 @@ pub(super) struct Limits {
     /// again as missing.
     pub(super) ipip_source_v4: bool,
     pub(super) ipip_source_v6: bool,
+    /// Whether `snat_v4` / `snat_v6` hold an address (full-NAT services need their family's).
+    pub(super) snat_v4: bool,
+    pub(super) snat_v6: bool,
     /// Whether there is a `[bgp]` section (services may then set `communities` and `med`).
     pub(super) bgp: bool,
     /// `[protection]`'s source limits, which a service's own override (`None`: invalid).
@@ -227,6 +234,41 @@ impl Validator<'_> {
         None
     }
 
+    /// A SNAT pool: addresses of one family, usable, distinct, at most `MAX_SNAT_ADDRS`.
+    fn snat_pool<A>(
+        &mut self,
+        raw: Option<&Vec<Spanned<String>>>,
+        field: &str,
+        what: &str,
+    ) -> Option<Vec<A>>
+    where
+        A: std::str::FromStr + Copy + std::fmt::Display + Into<IpAddr> + PartialEq,
+    {
+        let mut out = Some(Vec::new());
+        for s in raw.into_iter().flatten() {
+            match self.family_address::<A>(Some(s), field, what) {
+                Some(Some(a)) => {
+                    if out.as_ref().is_some_and(|v| v.contains(&a)) {
+                        self.report(s.span(), field, format!("{a} is listed twice"));
+                        out = None;
+                    } else if let Some(v) = out.as_mut() {
+                        v.push(a);
+                    }
+                }
+                _ => out = None,
+            }
+        }
+        if let (Some(v), Some(list)) = (&out, raw)
+            && v.len() > MAX_SNAT_ADDRS
+        {
+            let span = list.first().map(|m| m.span()).unwrap_or_default();
+            let msg = format!("{} addresses: at most {MAX_SNAT_ADDRS}", v.len());
+            self.report(span, field, msg);
+            return None;
+        }
+        out
+    }
+
     /// An address a service or backend uses: parsed, and one a packet can be sent to.
     pub(super) fn address(&mut self, raw: &Spanned<String>, field: &str) -> Option<IpAddr> {
         let Ok(addr) = raw.get_ref().parse::<IpAddr>() else {
@@ -280,6 +322,19 @@ impl Validator<'_> {
                 } else {
                     listeners.insert(key, (name, line));
                 }
+            }
+            let snat = dataplane.as_ref().is_some_and(|d| {
+                vip.is_some_and(|v| match v {
+                    IpAddr::V4(a) => d.snat_v4.contains(&a),
+                    IpAddr::V6(a) => d.snat_v6.contains(&a),
+                })
+            });
+            if let (true, Some(vip)) = (snat, vip) {
+                let msg = format!(
+                    "{vip} is also a SNAT address (dataplane.snat_v4/snat_v6): answers to full-NAT \
+                     flows could not be told from traffic for this VIP"
+                );
+                self.report(s.vip.span(), "vip", msg);
             }
             if let Some(vip) = vip {
                 let med = s.med.as_ref().map(|m| *m.get_ref());
@@ -492,6 +547,36 @@ impl Validator<'_> {
             "an IPv6 address",
         );
 
+        let nat_size = self.int(
+            d.nat_size.as_ref(),
+            DEFAULT_NAT_SIZE,
+            CONNTRACK_SIZE,
+            "dataplane.nat_size",
+        );
+        let snat_v4 =
+            self.snat_pool::<Ipv4Addr>(d.snat_v4.as_ref(), "dataplane.snat_v4", "an IPv4 address");
+        let snat_v6 =
+            self.snat_pool::<Ipv6Addr>(d.snat_v6.as_ref(), "dataplane.snat_v6", "an IPv6 address");
+        let snat_ports = match &d.snat_ports {
+            None => Some(DEFAULT_SNAT_PORTS),
+            Some(r) => {
+                let parsed = r.get_ref().split_once('-').and_then(|(a, b)| {
+                    Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                });
+                match parsed {
+                    Some((min, max)) if min >= 1 && min <= max => Some(min..=max),
+                    _ => {
+                        let msg = format!(
+                            "{:?} is not a port range (\"first-last\", 1 <= first <= last <= 65535)",
+                            r.get_ref()
+                        );
+                        self.report(r.span(), "dataplane.snat_ports", msg);
+                        None
+                    }
+                }
+            }
+        };
+
         let pin_dir = match self.abs_path(d.pin_dir.as_ref(), "dataplane.pin_dir") {
             Some(None) => interface
                 .as_ref()
@@ -504,6 +589,8 @@ impl Validator<'_> {
             max_table_size,
             ipip_source_v4: d.ipip_source_v4.is_some(),
             ipip_source_v6: d.ipip_source_v6.is_some(),
+            snat_v4: d.snat_v4.as_ref().is_some_and(|v| !v.is_empty()),
+            snat_v6: d.snat_v6.as_ref().is_some_and(|v| !v.is_empty()),
             bgp: false,
             protection: None,
         };
@@ -521,6 +608,10 @@ impl Validator<'_> {
                 ipip_source_v6: ipip_source_v6?,
                 checks_off: checks_off?,
                 extra_macs: extra_macs?,
+                nat_size: nat_size?,
+                snat_v4: snat_v4?,
+                snat_v6: snat_v6?,
+                snat_ports: snat_ports?,
                 kernel_log: d.kernel_log.unwrap_or_default(),
                 pin_dir: pin_dir?,
                 on_exit: d.on_exit.unwrap_or_default(),
@@ -586,6 +677,20 @@ impl Validator<'_> {
         let port: Option<u16> = self.int(Some(&s.port), 0, PORT, "port");
 
         let mode = *s.mode.get_ref();
+        if mode == Mode::Fullnat {
+            let missing = match vip {
+                Some(IpAddr::V4(_)) if !limits.snat_v4 => Some(("snat_v4", "IPv4")),
+                Some(IpAddr::V6(_)) if !limits.snat_v6 => Some(("snat_v6", "IPv6")),
+                _ => None,
+            };
+            if let Some((key, family)) = missing {
+                let msg = format!(
+                    "fullnat with an {family} VIP needs dataplane.{key}, the addresses backends \
+                     see connections from"
+                );
+                self.report(s.mode.span(), "mode", msg);
+            }
+        }
         if mode == Mode::Ipip {
             let missing = match vip {
                 Some(IpAddr::V4(_)) if !limits.ipip_source_v4 => Some("ipip_source_v4"),

@@ -15,7 +15,8 @@ use gateway::{
     plan::{self, BackendFacts, Facts, Ids, TableCache},
 };
 use gateway_common::{
-    FlowKey, MODE_IPIP, MODE_L2DSR, PROTO_TCP, PROTO_UDP, ServiceKey, Settings, hash::flow_hash,
+    FlowKey, MODE_FULLNAT, MODE_IPIP, MODE_L2DSR, PROTO_TCP, PROTO_UDP, ServiceKey, Settings,
+    hash::flow_hash,
 };
 
 pub const XDP_ABORTED: u32 = 0;
@@ -93,6 +94,8 @@ pub struct World {
     pub settings: Settings,
     /// Extra `[protection]` keys (see `config_text`).
     pub protection: String,
+    /// Extra `[dataplane]` keys (the SNAT pool).
+    pub dataplane: String,
 }
 
 pub const TEST_LOAD: LoadOptions = LoadOptions {
@@ -101,6 +104,7 @@ pub const TEST_LOAD: LoadOptions = LoadOptions {
     max_table_size: 65537,
     kernel_log: 0,
     sources_size: gateway_common::DEFAULT_SOURCES_SIZE,
+    nat_size: 4096,
 };
 
 /// Service `i` of a world is named `s{i}`: ids follow a service by name, so a test's
@@ -115,10 +119,16 @@ pub const HOST_ADDRESSES: [&str; 2] = ["198.18.0.250", "fd00::250"];
 /// The config text an operator would write for `services` and `settings`.
 /// `protection` holds extra `[protection]` keys (the allowlist, default limits); the flood
 /// guard's rate is the one `settings.flood_window_limit` comes from.
-pub fn config_text(services: &[Svc], settings: &Settings, protection: &str) -> String {
+pub fn config_text(
+    services: &[Svc],
+    settings: &Settings,
+    protection: &str,
+    dataplane: &str,
+) -> String {
     let mut t = String::new();
     let d = |t: &mut String, line: String| writeln!(t, "{line}").unwrap();
     d(&mut t, "[dataplane]".into());
+    d(&mut t, dataplane.to_string());
     d(&mut t, "interface = \"lo\"".into());
     d(
         &mut t,
@@ -168,6 +178,7 @@ pub fn config_text(services: &[Svc], settings: &Settings, protection: &str) -> S
         let mode = match s.mode {
             MODE_L2DSR => "l2dsr",
             MODE_IPIP => "ipip",
+            MODE_FULLNAT => "fullnat",
             m => panic!("mode {m}"),
         };
         d(&mut t, "[[service]]".into());
@@ -232,6 +243,17 @@ impl World {
         object: &[u8],
         load: LoadOptions,
     ) -> World {
+        World::with_dataplane(services, settings, object, load, "")
+    }
+
+    /// A world whose config has extra `[dataplane]` keys (`snat_v4 = [...]`).
+    pub fn with_dataplane(
+        services: &[Svc],
+        settings: Settings,
+        object: &[u8],
+        load: LoadOptions,
+        dataplane: &str,
+    ) -> World {
         let dp = Dataplane::load_object(load, object).expect("load the XDP object");
         let mut w = World {
             dp,
@@ -241,6 +263,7 @@ impl World {
             desired: Desired::default(),
             settings,
             protection: String::new(),
+            dataplane: dataplane.to_string(),
         };
         w.set(services);
         w
@@ -248,7 +271,7 @@ impl World {
 
     /// Makes the maps describe `services`: config, plan, diff and apply, as the agent does.
     pub fn set(&mut self, services: &[Svc]) {
-        let text = config_text(services, &self.settings, &self.protection);
+        let text = config_text(services, &self.settings, &self.protection, &self.dataplane);
         let config =
             Config::parse(&text, Path::new("world.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let p = plan::plan(

@@ -1,0 +1,537 @@
+//! Full-NAT: a client's flow leaves towards its backend from a SNAT address and port of this
+//! balancer, so the backend sees an ordinary connection from us and answers it; the answer
+//! comes back to that address and leaves towards the client from the VIP.
+//!
+//! NAT holds both directions of a flow, each keyed by the 5-tuple as it arrives: the
+//! client's (to the VIP) and the backend's answer (to the SNAT address and port). Both map
+//! to the packet's new source and destination ([`NatValue`]), so one rewrite serves both.
+//! A new flow's answer entry is inserted first, only if absent: that claims the SNAT port.
+//!
+//! This runs as its own program (`gateway_fullnat`), which the main one tail-calls once it
+//! knows the packet belongs to full-NAT ([`hand_off`]): its own verifier budget, and nothing
+//! added to the paths of the other modes. The main program has parsed and validated the
+//! packet; it leaves what it learnt in HANDOFF.
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_get_prandom_u32, generated::bpf_ktime_get_coarse_ns},
+    programs::XdpContext,
+};
+use gateway_common::{
+    BACKEND_DRAIN, BACKEND_UP, Backend, FAMILY_V4, FlowKey, JUMP_FULLNAT, LOCAL_SNAT, LocalKey,
+    MAX_SNAT_ADDRS, MODE_FULLNAT, PROTECT_OFF,
+    NAT_DIR_FORWARD, NAT_DIR_REPLY, NAT_PORT_TRIES, NAT_TCP_CLOSING, NAT_TCP_ESTABLISHED,
+    NAT_TCP_SYN, NAT_UDP, NatValue, STAT_DROP_INTERNAL, STAT_DROP_MARTIAN_SOURCE,
+    STAT_DROP_NAT_EXHAUSTED, STAT_DROP_NAT_NO_MAPPING, STAT_DROP_NAT_REPLY_MISS,
+    STAT_DROP_NAT_UNTRANSLATED, STAT_FORWARDED, STAT_NAT_NEW, STAT_NAT_REPLIED,
+    STAT_PASS_NOT_VIP, ServiceValue, hash::flow_hash,
+};
+use gateway_ebpf::hdr::*;
+
+use crate::{
+    csum,
+    forward::set_macs,
+    maps::{
+        BACKEND_STATS, BACKENDS, HANDOFF, Handoff, JUMP, LOCAL_ADDRS, LOCAL_FILTER, NAT, NAT_POOL,
+        NatScratch, SERVICE_STATS,
+    },
+    packet::{at, copy, frame_len, ld16, put},
+    parse::{KeyBuf, L4, Packet},
+    select,
+    stats::{Verdict, account, count},
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+const TCP_CSUM: usize = 16;
+const L4_TCP: u32 = 0;
+const L4_ICMP_ERROR: u32 = 2;
+
+/// In the main program: whether a packet for no service is addressed to a SNAT address
+/// (marked in LOCAL_ADDRS, behind LOCAL_FILTER: most packets for the host pay one bit test).
+#[inline(always)]
+pub fn to_pool(key: &FlowKey) -> bool {
+    match LOCAL_FILTER.get(0) {
+        Some(f) if !f.may_hold(&key.dst, key.family) => return false,
+        _ => {}
+    }
+    let local = LocalKey {
+        addr: key.dst,
+        family: key.family,
+        _pad: [0; 3],
+    };
+    // SAFETY: the value is copied out at once.
+    unsafe { LOCAL_ADDRS.get(&local) }.is_some_and(|w| w & LOCAL_SNAT != 0)
+}
+
+/// The service the main program takes a packet to a SNAT address for: full-NAT, no limits,
+/// and an id no service has ([`hand_off`] tells answers by it).
+pub const ANSWERS: ServiceValue = ServiceValue {
+    id: u32::MAX,
+    table_offset: 0,
+    table_size: 0,
+    mode: MODE_FULLNAT,
+    protect: PROTECT_OFF,
+    _pad: [0; 2],
+};
+
+/// In the main program: hands the packet to the full-NAT program. `svc` is the full-NAT
+/// service it is for, or [`ANSWERS`] for an answer to a SNAT address. Returns only if the
+/// tail call failed (the program is not in JUMP).
+#[inline(always)]
+pub fn hand_off(ctx: &XdpContext, pkt: &Packet, key: &KeyBuf, svc: &ServiceValue) {
+    let Some(h) = HANDOFF.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's entry, written whole before the tail call reads it; the key goes
+    // in as five words at the value's 8-byte aligned start.
+    unsafe {
+        core::ptr::write(h as *mut [u64; 5], key.words());
+        (*h).svc = *svc;
+        (*h).l2_len = pkt.l2_len as u32;
+        (*h).l4_off = pkt.l4_off as u32;
+        (*h).l4 = match pkt.l4 {
+            L4::Tcp => L4_TCP,
+            L4::Udp => 1,
+            L4::IcmpError => L4_ICMP_ERROR,
+        };
+        (*h).tcp_flags = pkt.tcp_flags;
+        (*h).reply = u8::from(svc.id == ANSWERS.id);
+        JUMP.tail_call(ctx, JUMP_FULLNAT);
+    }
+}
+
+/// What the full-NAT program needs of the packet besides its key.
+struct Pkt {
+    l2: usize,
+    l4: usize,
+    tcp: bool,
+    flags: u8,
+}
+
+/// The full-NAT program's verdict.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> Verdict {
+    let Some(h) = HANDOFF.get_ptr_mut(0) else {
+        return Verdict::drop(STAT_DROP_INTERNAL);
+    };
+    // SAFETY: this CPU's entry, written by the main program for this packet.
+    let h = unsafe { &mut *h };
+    if h.l4 == L4_ICMP_ERROR {
+        return Verdict::drop(STAT_DROP_NAT_UNTRANSLATED);
+    }
+    let p = Pkt {
+        l2: h.l2_len as usize,
+        l4: h.l4_off as usize,
+        tcp: h.l4 == L4_TCP,
+        flags: h.tcp_flags,
+    };
+    let Handoff {
+        key,
+        svc,
+        scratch,
+        reply: to_pool,
+        ..
+    } = h;
+    if *to_pool != 0 {
+        reply(ctx, &p, key, scratch)
+    } else {
+        forward(ctx, &p, key, svc, scratch)
+    }
+}
+
+/// Seconds on the coarse clock.
+#[inline(always)]
+fn now() -> u32 {
+    // SAFETY: the helper takes no arguments.
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+}
+
+/// Whether two addresses are equal. Every address the program compares lies 4-byte aligned
+/// (in a map value, or at the start or middle of a key on the stack).
+#[inline(always)]
+fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let (a, b) = (a.as_ptr() as *const u32, b.as_ptr() as *const u32);
+    // SAFETY: 16 bytes each, 4-byte aligned as above.
+    unsafe {
+        core::ptr::read(a) == core::ptr::read(b)
+            && core::ptr::read(a.add(1)) == core::ptr::read(b.add(1))
+            && core::ptr::read(a.add(2)) == core::ptr::read(b.add(2))
+            && core::ptr::read(a.add(3)) == core::ptr::read(b.add(3))
+    }
+}
+
+/// Writes into `out` the key the other direction of mapping `v` arrives with: its new
+/// destination answering its new source.
+#[inline(always)]
+fn other_way(v: &NatValue, proto: u8, family: u8, out: &mut FlowKey) {
+    out.src = v.dst;
+    out.dst = v.src;
+    out.sport_be = v.dport_be;
+    out.dport_be = v.sport_be;
+    out.proto = proto;
+    out.family = family;
+    out._pad = [0; 2];
+}
+
+/// Whether `key` is the other direction of mapping `v`'s flow (see `other_way`).
+#[inline(always)]
+fn answers(v: &NatValue, key: &FlowKey) -> bool {
+    v.dport_be == key.sport_be
+        && v.sport_be == key.dport_be
+        && same(&v.dst, &key.src)
+        && same(&v.src, &key.dst)
+}
+
+/// Removes the mapping under `key` (value `v`) and its other direction, if that still
+/// belongs to it (an expired answer entry may have been given to another flow).
+#[inline(always)]
+fn remove_pair(key: &FlowKey, v: &NatValue, s: &mut NatScratch) {
+    other_way(v, key.proto, key.family, &mut s.other);
+    // SAFETY: the value is only compared.
+    if let Some(b) = unsafe { NAT.get(&s.other) }
+        && answers(b, key)
+    {
+        let _ = NAT.remove(&s.other);
+    }
+    let _ = NAT.remove(key);
+}
+
+/// Backend `id` if it still serves the flows placed on it (up or draining).
+#[inline(always)]
+fn serving(id: u32) -> Option<&'static Backend> {
+    match BACKENDS.get(id) {
+        Some(b) if b.family != 0 && (b.state == BACKEND_UP || b.state == BACKEND_DRAIN) => Some(b),
+        _ => None,
+    }
+}
+
+/// A client's packet for a full-NAT service.
+#[inline(always)]
+fn forward(
+    ctx: &XdpContext,
+    p: &Pkt,
+    key: &FlowKey,
+    svc: &ServiceValue,
+    s: &mut NatScratch,
+) -> Verdict {
+    let syn = p.tcp && p.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let now = now();
+    let bytes = frame_len(ctx) as u64;
+    if let Some(e) = NAT.get_ptr_mut(key) {
+        // SAFETY: a map value, valid for this run; racing writers only lose a refresh.
+        let v = unsafe { &mut *e };
+        let live = v.dir == NAT_DIR_FORWARD && !v.expired(now);
+        // A SYN on a mapping past its own SYN is a new connection reusing the ports.
+        let reused = syn && v.state != NAT_TCP_SYN;
+        match serving(v.backend) {
+            Some(b) if live && !reused => {
+                if p.tcp && p.flags & (TCP_FIN | TCP_RST) != 0 {
+                    v.state = NAT_TCP_CLOSING;
+                }
+                if v.seen != now {
+                    v.seen = now;
+                }
+                if !rewrite(ctx, p, key, v) || !set_macs(ctx, &b.mac) {
+                    return Verdict::drop(STAT_DROP_INTERNAL);
+                }
+                account(&SERVICE_STATS, svc.id, bytes, false);
+                account(&BACKEND_STATS, v.backend, bytes, false);
+                return Verdict::tx(STAT_FORWARDED);
+            }
+            _ => remove_pair(key, v, s),
+        }
+    }
+    if p.tcp && !syn {
+        return Verdict::drop(STAT_DROP_NAT_NO_MAPPING);
+    }
+    if select::from_local(key, crate::maps::settings().checks_off) {
+        return Verdict::drop(STAT_DROP_MARTIAN_SOURCE);
+    }
+    let hash = flow_hash(key);
+    let claimed = match select::table_backend(svc, hash) {
+        Ok((id, b)) => claim(ctx, key, b, id, hash, p.tcp, now, s).map(|()| b),
+        Err(reason) => Err(reason),
+    };
+    let b = match claimed {
+        Ok(b) => b,
+        Err(reason) => {
+            account(&SERVICE_STATS, svc.id, bytes, false);
+            return Verdict::drop(reason);
+        }
+    };
+    count(STAT_NAT_NEW);
+    if !rewrite(ctx, p, key, &s.fwd) || !set_macs(ctx, &b.mac) {
+        return Verdict::drop(STAT_DROP_INTERNAL);
+    }
+    account(&SERVICE_STATS, svc.id, bytes, true);
+    account(&BACKEND_STATS, s.fwd.backend, bytes, true);
+    Verdict::tx(STAT_FORWARDED)
+}
+
+/// Makes the mapping of a new flow `key` to backend `b` (id `id`) in `s.fwd` and NAT: a
+/// SNAT address (by the flow hash) and a free port (consecutive ones from a random start,
+/// `NAT_PORT_TRIES` of them). The answer entry is inserted first, only if absent, so two
+/// flows never share an answer tuple; one whose flow has expired is taken over.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn claim(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    b: &Backend,
+    id: u32,
+    hash: u32,
+    tcp: bool,
+    now: u32,
+    s: &mut NatScratch,
+) -> Result<(), u32> {
+    let pool = NAT_POOL.get(0).ok_or(STAT_DROP_NAT_UNTRANSLATED)?;
+    let min = u32::from(pool.port_min);
+    let max = u32::from(pool.port_max);
+    if max < min || min == 0 {
+        return Err(STAT_DROP_NAT_UNTRANSLATED);
+    }
+    // The forward entry: from the SNAT address, to the backend on the service's port.
+    let f = &mut s.fwd;
+    f.src = [0; 16];
+    if key.family == FAMILY_V4 {
+        let n = u32::from(pool.v4_count);
+        if n == 0 {
+            return Err(STAT_DROP_NAT_UNTRANSLATED);
+        }
+        let a = pool.v4[((hash % n) as usize) & (MAX_SNAT_ADDRS - 1)];
+        f.src[0] = a[0];
+        f.src[1] = a[1];
+        f.src[2] = a[2];
+        f.src[3] = a[3];
+    } else {
+        let n = u32::from(pool.v6_count);
+        if n == 0 {
+            return Err(STAT_DROP_NAT_UNTRANSLATED);
+        }
+        f.src = pool.v6[((hash % n) as usize) & (MAX_SNAT_ADDRS - 1)];
+    }
+    f.dst = b.addr;
+    f.dport_be = key.dport_be;
+    f.backend = id;
+    f.mac = [0; 6];
+    f.state = if tcp { NAT_TCP_SYN } else { NAT_UDP };
+    f.dir = NAT_DIR_FORWARD;
+    f.seen = now;
+    f._pad = 0;
+    // The answer entry: from the VIP, to the client, back through the MAC it came from.
+    let Some(eth) = at(ctx, 0, ETH_LEN) else {
+        return Err(STAT_DROP_INTERNAL);
+    };
+    let a = &mut s.back;
+    a.src = key.dst;
+    a.dst = key.src;
+    a.sport_be = key.dport_be;
+    a.dport_be = key.sport_be;
+    a.backend = id;
+    a.mac = copy(eth, ETH_SRC);
+    a.state = f.state;
+    a.dir = NAT_DIR_REPLY;
+    a.seen = now;
+    a._pad = 0;
+    // At least 1 where the compiler sees it: no division by zero to check for.
+    let span = (max - min + 1).max(1);
+    // SAFETY: the helper takes no arguments.
+    let start = unsafe { bpf_get_prandom_u32() } % span;
+    let mut i = 0;
+    let mut claimed = false;
+    while i < NAT_PORT_TRIES && i < span {
+        f.sport_be = ((min + (start + i) % span) as u16).to_be();
+        // The answer's key: the backend answering the SNAT address and port.
+        other_way(f, key.proto, key.family, &mut s.answer);
+        if NAT.insert(&s.answer, &s.back, BPF_NOEXIST as u64).is_ok()
+            || (expired_pair(&s.answer, &mut s.other, now)
+                && NAT.insert(&s.answer, &s.back, BPF_ANY as u64).is_ok())
+        {
+            claimed = true;
+            break;
+        }
+        i += 1;
+    }
+    if !claimed {
+        return Err(STAT_DROP_NAT_EXHAUSTED);
+    }
+    if NAT.insert(key, &s.fwd, BPF_ANY as u64).is_err() {
+        let _ = NAT.remove(&s.answer);
+        return Err(STAT_DROP_INTERNAL);
+    }
+    Ok(())
+}
+
+/// Whether the answer entry under `answer` and its flow's forward entry have both outlived
+/// their timeouts (or the forward one is gone, or now maps elsewhere): its SNAT port is
+/// free again. The forward entry is then removed. `fwd` is room for the forward key.
+#[inline(always)]
+fn expired_pair(answer: &FlowKey, fwd: &mut FlowKey, now: u32) -> bool {
+    // SAFETY: values are only read.
+    let Some(old) = (unsafe { NAT.get(answer) }) else {
+        return false;
+    };
+    if old.dir != NAT_DIR_REPLY || !old.expired(now) {
+        return false;
+    }
+    other_way(old, answer.proto, answer.family, fwd);
+    // SAFETY: as above.
+    if let Some(f) = unsafe { NAT.get(&*fwd) }
+        && answers(f, answer)
+    {
+        if !f.expired(now) {
+            return false;
+        }
+        let _ = NAT.remove(&*fwd);
+    }
+    true
+}
+
+/// A packet to a SNAT address: a backend's answer, rewritten to its client.
+#[inline(always)]
+fn reply(ctx: &XdpContext, p: &Pkt, key: &FlowKey, s: &mut NatScratch) -> Verdict {
+    let now = now();
+    let found = NAT.get_ptr_mut(key);
+    // SAFETY: a map value, valid for this run.
+    let v = match found.map(|e| unsafe { &mut *e }) {
+        Some(v) if v.dir == NAT_DIR_REPLY => v,
+        _ => {
+            let port = u16::from_be(key.dport_be);
+            let in_range = NAT_POOL
+                .get(0)
+                .is_some_and(|p| port >= p.port_min && port <= p.port_max);
+            return if in_range {
+                Verdict::drop(STAT_DROP_NAT_REPLY_MISS)
+            } else {
+                Verdict::pass(STAT_PASS_NOT_VIP)
+            };
+        }
+    };
+    if p.tcp {
+        let next = if p.flags & (TCP_FIN | TCP_RST) != 0 {
+            NAT_TCP_CLOSING
+        } else if p.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK && v.state == NAT_TCP_SYN {
+            NAT_TCP_ESTABLISHED
+        } else {
+            v.state
+        };
+        if next != v.state {
+            v.state = next;
+            // The client's direction learns it too: a SYN after this is a new connection.
+            other_way(v, key.proto, key.family, &mut s.other);
+            if let Some(f) = NAT.get_ptr_mut(&s.other) {
+                // SAFETY: as above.
+                unsafe { (*f).state = next };
+            }
+        }
+    }
+    if v.seen != now {
+        v.seen = now;
+    }
+    if !rewrite(ctx, p, key, v) || !set_macs(ctx, &v.mac) {
+        return Verdict::drop(STAT_DROP_INTERNAL);
+    }
+    Verdict::tx(STAT_NAT_REPLIED)
+}
+
+/// The one's-complement sum of `a`'s 16-bit words, each complemented (`neg`) or not: what a
+/// checksum gains when `a` leaves (`neg`) or enters the summed data (RFC 1624).
+#[inline(always)]
+fn words<const N: usize>(a: &[u8; N], neg: bool) -> u64 {
+    let mut s = 0u64;
+    let mut i = 0;
+    while i < N {
+        let w = u16::from_ne_bytes([a[i], a[i + 1]]);
+        s += u64::from(if neg { !w } else { w });
+        i += 2;
+    }
+    s
+}
+
+/// `old` updated by `delta` (RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')).
+#[inline(always)]
+fn updated(old: u16, delta: u64) -> u16 {
+    !csum::fold(u64::from(!old) + delta)
+}
+
+/// Rewrites the packet's addresses and ports to `v`'s, with both checksums updated. A BPF
+/// function of its own: its three callers would otherwise each hold its temporaries on the
+/// stack.
+#[inline(never)]
+fn rewrite(ctx: &XdpContext, p: &Pkt, key: &FlowKey, v: &NatValue) -> bool {
+    let (l2, l4) = (p.l2, p.l4);
+    let ports = u64::from(!key.sport_be)
+        + u64::from(!key.dport_be)
+        + u64::from(v.sport_be)
+        + u64::from(v.dport_be);
+    let addrs = if key.family == FAMILY_V4 {
+        let Some(ip) = at(ctx, l2, IPV4_LEN) else {
+            return false;
+        };
+        let old_src = [key.src[0], key.src[1], key.src[2], key.src[3]];
+        let old_dst = [key.dst[0], key.dst[1], key.dst[2], key.dst[3]];
+        let new_src = [v.src[0], v.src[1], v.src[2], v.src[3]];
+        let new_dst = [v.dst[0], v.dst[1], v.dst[2], v.dst[3]];
+        let d = words(&old_src, true)
+            + words(&old_dst, true)
+            + words(&new_src, false)
+            + words(&new_dst, false);
+        let c = updated(ld16(ip, IPV4_CSUM), d);
+        // SAFETY: `ip` covers the fixed header.
+        unsafe {
+            put(ip, IPV4_SRC, new_src);
+            put(ip, IPV4_DST, new_dst);
+            core::ptr::write(ip.add(IPV4_CSUM) as *mut u16, c);
+        }
+        d
+    } else {
+        let Some(ip) = at(ctx, l2, IPV6_LEN) else {
+            return false;
+        };
+        let d = words(&key.src, true)
+            + words(&key.dst, true)
+            + words(&v.src, false)
+            + words(&v.dst, false);
+        // SAFETY: `ip` covers the fixed header.
+        unsafe {
+            put(ip, IPV6_SRC, v.src);
+            put(ip, IPV6_DST, v.dst);
+        }
+        d
+    };
+    let delta = addrs + ports;
+    if p.tcp {
+        let Some(p) = at(ctx, l4, TCP_LEN) else {
+            return false;
+        };
+        let c = updated(ld16(p, TCP_CSUM), delta);
+        // SAFETY: `p` covers the TCP header.
+        unsafe {
+            core::ptr::write(p.add(L4_SPORT) as *mut u16, v.sport_be);
+            core::ptr::write(p.add(L4_DPORT) as *mut u16, v.dport_be);
+            core::ptr::write(p.add(TCP_CSUM) as *mut u16, c);
+        }
+    } else {
+        let Some(p) = at(ctx, l4, UDP_LEN) else {
+            return false;
+        };
+        let old = ld16(p, UDP_CSUM);
+        // An IPv4 datagram without a checksum (0) stays without one; a computed 0 is sent
+        // as its other form, 0xffff (RFC 768).
+        let c = if old == 0 && key.family == FAMILY_V4 {
+            0
+        } else {
+            match updated(old, delta) {
+                0 => 0xffff,
+                c => c,
+            }
+        };
+        // SAFETY: `p` covers the UDP header.
+        unsafe {
+            core::ptr::write(p.add(L4_SPORT) as *mut u16, v.sport_be);
+            core::ptr::write(p.add(L4_DPORT) as *mut u16, v.dport_be);
+            core::ptr::write(p.add(UDP_CSUM) as *mut u16, c);
+        }
+    }
+    true
+}

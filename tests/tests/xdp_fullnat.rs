@@ -1,0 +1,376 @@
+//! Full-NAT through BPF_PROG_TEST_RUN against the real object, with maps filled by the
+//! production path (config text, plan, diff, apply): forward and answer rewrites for both
+//! families and both protocols (every checksum recomputed by `lab::packet::check`), the
+//! mappings they leave, SNAT port exhaustion, a TCP segment without a mapping, a packet to the
+//! SNAT pool without one, and what is passed or dropped untranslated.
+mod common;
+
+use std::net::IpAddr;
+
+use common::world::*;
+use gateway_common::*;
+use lab::packet::{self, *};
+
+const SNAT4: &str = "198.18.0.100";
+const SNAT6: &str = "fd00::100";
+
+fn vip4() -> IpAddr {
+    v4(198, 18, 1, 1)
+}
+fn vip6() -> IpAddr {
+    v6("fd00:1::1")
+}
+fn client4() -> IpAddr {
+    v4(198, 18, 5, 1)
+}
+fn client6() -> IpAddr {
+    v6("fd00:5::1")
+}
+fn snat(v6: bool) -> IpAddr {
+    if v6 {
+        SNAT6.parse().unwrap()
+    } else {
+        SNAT4.parse().unwrap()
+    }
+}
+
+fn svc(vip: IpAddr, port: u16, proto: u8, backends: Vec<Be>) -> Svc {
+    Svc {
+        vip,
+        port,
+        proto,
+        mode: MODE_FULLNAT,
+        table_size: 257,
+        backends,
+        protection: None,
+    }
+}
+
+fn v4_backends() -> Vec<Be> {
+    vec![be(v4(198, 18, 0, 11), 11), be(v4(198, 18, 0, 12), 12)]
+}
+fn v6_backends() -> Vec<Be> {
+    vec![be(v6("fd00::11"), 0x11), be(v6("fd00::12"), 0x12)]
+}
+
+/// TCP port 80 and UDP port 53, on an IPv4 and an IPv6 VIP.
+fn services() -> Vec<Svc> {
+    vec![
+        svc(vip4(), 80, PROTO_TCP, v4_backends()),
+        svc(vip6(), 80, PROTO_TCP, v6_backends()),
+        svc(vip4(), 53, PROTO_UDP, v4_backends()),
+        svc(vip6(), 53, PROTO_UDP, v6_backends()),
+    ]
+}
+
+fn pool(ports: &str) -> String {
+    format!("snat_v4 = [\"{SNAT4}\"]\nsnat_v6 = [\"{SNAT6}\"]\nsnat_ports = \"{ports}\"")
+}
+
+fn world(name: &str, services: &[Svc], ports: &str) -> Option<World> {
+    common::privileged(name).then(|| {
+        World::with_dataplane(
+            services,
+            plain_settings(),
+            gateway::object::GATEWAY,
+            TEST_LOAD,
+            &pool(ports),
+        )
+    })
+}
+
+fn stat(w: &World, s: u32) -> u64 {
+    w.stats()[s as usize]
+}
+
+/// Runs `f`; for XDP_TX, the output frame checked (every checksum recomputed).
+fn run(w: &World, f: &Frame) -> (u32, Option<Parsed>) {
+    let (v, out) = w.run(&f.bytes());
+    let parsed = (v == XDP_TX).then(|| packet::check(&out).expect("a valid frame"));
+    (v, parsed)
+}
+
+/// A frame of `proto` from `src:sport` to `dst:dport` (TCP with `flags`).
+fn frame(proto: u8, src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Frame {
+    if proto == PROTO_TCP {
+        tcp(src, dst, sport, dport, flags)
+    } else {
+        udp(src, dst, sport, dport)
+    }
+}
+
+/// The backend (by address) a service's table places `key` on.
+fn placed_addr(w: &World, s: &Svc, key: &FlowKey) -> IpAddr {
+    let id = w.placed(s, key);
+    s.backends
+        .iter()
+        .find(|b| w.ids.backend_id(&format!("s{}", service_index(s)), b.addr) == Some(id))
+        .map(|b| b.addr)
+        .expect("the placed backend is one of the service's")
+}
+
+fn service_index(s: &Svc) -> usize {
+    services()
+        .iter()
+        .position(|x| x.vip == s.vip && x.port == s.port && x.proto == s.proto)
+        .expect("one of services()")
+}
+
+fn mac_of(s: &Svc, addr: IpAddr) -> [u8; 6] {
+    s.backends.iter().find(|b| b.addr == addr).unwrap().mac
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_flow_leaves_from_the_pool_and_its_answers_return_from_the_vip() {
+    let services = services();
+    let Some(w) = world("fullnat_rewrites", &services, "40000-49999") else {
+        return;
+    };
+    for s in &services {
+        let six = s.vip.is_ipv6();
+        let client = if six { client6() } else { client4() };
+        let what = format!("{} {} port {}", s.vip, s.proto, s.port);
+        let first = frame(s.proto, client, s.vip, 41000, s.port, TCP_SYN);
+        let key = flow_key(client, s.vip, 41000, s.port, s.proto);
+        let backend = placed_addr(&w, s, &key);
+        let (new, replied) = (stat(&w, STAT_NAT_NEW), stat(&w, STAT_NAT_REPLIED));
+
+        // Towards the backend: from the SNAT address and a port of the range, to the
+        // backend on the service's port, at the backend's MAC.
+        let (v, out) = run(&w, &first);
+        assert_eq!(v, XDP_TX, "{what}: first packet");
+        let out = out.unwrap();
+        assert_eq!((out.src, out.dst), (snat(six), backend), "{what}");
+        let port = out.ports.0;
+        assert!((40000..=49999).contains(&port), "{what}: SNAT port {port}");
+        assert_eq!(out.ports.1, s.port, "{what}");
+        assert_eq!(out.dst_mac, mac_of(s, backend), "{what}");
+        assert_eq!(out.src_mac, LB_MAC, "{what}");
+        assert_eq!(stat(&w, STAT_NAT_NEW), new + 1, "{what}");
+
+        // Both directions are mapped.
+        let entries = w.dp.nat_entries();
+        let fwd = entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .expect("forward entry");
+        assert_eq!(fwd.1.dir, NAT_DIR_FORWARD);
+        let back_key = flow_key(backend, snat(six), s.port, port, s.proto);
+        let back = entries
+            .iter()
+            .find(|(k, _)| *k == back_key)
+            .expect("answer entry");
+        assert_eq!(back.1.dir, NAT_DIR_REPLY);
+
+        // The answer: from the VIP to the client, back to the MAC the client's frame came
+        // from.
+        let mut answer = frame(s.proto, backend, snat(six), s.port, port, TCP_SYN | TCP_ACK);
+        answer.src = mac_of(s, backend);
+        let (v, out) = run(&w, &answer);
+        assert_eq!(v, XDP_TX, "{what}: answer");
+        let out = out.unwrap();
+        assert_eq!((out.src, out.dst), (s.vip, client), "{what}");
+        assert_eq!(out.ports, (s.port, 41000), "{what}");
+        assert_eq!(out.dst_mac, CLIENT_MAC, "{what}");
+        assert_eq!(out.src_mac, LB_MAC, "{what}");
+        assert_eq!(stat(&w, STAT_NAT_REPLIED), replied + 1, "{what}");
+
+        // The client's next packet takes the same mapping.
+        let next = frame(s.proto, client, s.vip, 41000, s.port, TCP_ACK);
+        let (v, out) = run(&w, &next);
+        assert_eq!(v, XDP_TX, "{what}: second packet");
+        let out = out.unwrap();
+        assert_eq!(
+            (out.src, out.dst, out.ports),
+            (snat(six), backend, (port, s.port))
+        );
+        assert_eq!(stat(&w, STAT_NAT_NEW), new + 1, "{what}: no second mapping");
+    }
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn an_ipv4_udp_datagram_without_a_checksum_keeps_none() {
+    let services = services();
+    let Some(w) = world("fullnat_udp_zero", &services, "40000-49999") else {
+        return;
+    };
+    let mut bytes = udp(client4(), vip4(), 41000, 53).bytes();
+    // Ethernet 14 + IPv4 20, then the UDP checksum at 6.
+    bytes[14 + 20 + 6] = 0;
+    bytes[14 + 20 + 7] = 0;
+    let (v, out) = w.run(&bytes);
+    assert_eq!(v, XDP_TX);
+    packet::check(&out).expect("a valid frame");
+    assert_eq!(
+        &out[14 + 20 + 6..14 + 20 + 8],
+        &[0, 0],
+        "the checksum stays absent"
+    );
+    // Its checksummed twin gets a correct checksum after the rewrite (`check` above and
+    // in `run` recompute it).
+    let (v, _) = run(&w, &udp(client4(), vip4(), 41001, 53));
+    assert_eq!(v, XDP_TX);
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_tcp_segment_without_a_mapping_never_makes_one() {
+    let services = services();
+    let Some(w) = world("fullnat_no_mapping", &services, "40000-49999") else {
+        return;
+    };
+    for (client, vip) in [(client4(), vip4()), (client6(), vip6())] {
+        let before = stat(&w, STAT_DROP_NAT_NO_MAPPING);
+        for flags in [TCP_ACK, TCP_ACK | TCP_PSH, TCP_FIN | TCP_ACK, TCP_RST] {
+            let (v, _) = run(&w, &tcp(client, vip, 42000, 80, flags));
+            assert_eq!(v, XDP_DROP, "{vip} flags {flags:#x}");
+        }
+        assert_eq!(stat(&w, STAT_DROP_NAT_NO_MAPPING), before + 4);
+    }
+    assert!(w.dp.nat_entries().is_empty(), "nothing mapped");
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_packet_to_the_pool_without_a_mapping_is_dropped_inside_the_range_only() {
+    let services = services();
+    let Some(w) = world("fullnat_pool_miss", &services, "40000-49999") else {
+        return;
+    };
+    for six in [false, true] {
+        let backend = if six {
+            v6("fd00::11")
+        } else {
+            v4(198, 18, 0, 11)
+        };
+        let before = stat(&w, STAT_DROP_NAT_REPLY_MISS);
+        // In the range: the host would answer with a reset.
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            let f = frame(proto, backend, snat(six), 80, 40005, TCP_SYN | TCP_ACK);
+            assert_eq!(run(&w, &f).0, XDP_DROP, "IPv6 {six} proto {proto}");
+        }
+        assert_eq!(stat(&w, STAT_DROP_NAT_REPLY_MISS), before + 2);
+        // Outside it: the host's own traffic to that address.
+        let passed = stat(&w, STAT_PASS_NOT_VIP);
+        let f = frame(PROTO_TCP, backend, snat(six), 80, 22, TCP_SYN);
+        assert_eq!(run(&w, &f).0, XDP_PASS);
+        assert_eq!(stat(&w, STAT_PASS_NOT_VIP), passed + 1);
+    }
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn the_seventeenth_flow_to_a_backend_on_a_sixteen_port_range_is_refused() {
+    let one = vec![
+        svc(vip4(), 80, PROTO_TCP, vec![be(v4(198, 18, 0, 11), 11)]),
+        svc(vip6(), 80, PROTO_TCP, vec![be(v6("fd00::11"), 0x11)]),
+    ];
+    let Some(w) = world("fullnat_exhaustion", &one, "40000-40015") else {
+        return;
+    };
+    for (client, vip) in [(client4(), vip4()), (client6(), vip6())] {
+        let mut ports = std::collections::BTreeSet::new();
+        for i in 0..16u16 {
+            let (v, out) = run(&w, &tcp(client, vip, 43000 + i, 80, TCP_SYN));
+            assert_eq!(v, XDP_TX, "{vip}: flow {i}");
+            ports.insert(out.unwrap().ports.0);
+        }
+        assert_eq!(
+            ports,
+            (40000..=40015).collect(),
+            "{vip}: every port used once"
+        );
+        let before = stat(&w, STAT_DROP_NAT_EXHAUSTED);
+        let (v, _) = run(&w, &tcp(client, vip, 43016, 80, TCP_SYN));
+        assert_eq!(v, XDP_DROP, "{vip}: the 17th flow");
+        assert_eq!(stat(&w, STAT_DROP_NAT_EXHAUSTED), before + 1);
+        // A retransmitted SYN of a mapped flow keeps its mapping.
+        let (v, _) = run(&w, &tcp(client, vip, 43000, 80, TCP_SYN));
+        assert_eq!(v, XDP_TX, "{vip}: a retransmitted SYN");
+    }
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn icmp_errors_about_full_nat_flows_are_dropped_and_counted() {
+    let services = services();
+    let Some(w) = world("fullnat_icmp", &services, "40000-49999") else {
+        return;
+    };
+    // A router tells the VIP that its answer to the client did not fit.
+    let quoted = Ip::new(
+        vip4(),
+        client4(),
+        L4::Tcp {
+            sport: 80,
+            dport: 41000,
+            flags: TCP_ACK,
+            seq: 1,
+            payload: vec![],
+        },
+    )
+    .bytes();
+    let err = Frame::ip(Ip::new(
+        v4(198, 18, 9, 1),
+        vip4(),
+        L4::Icmp {
+            ty: 3,
+            code: 4,
+            rest: [0, 0, 5, 0xdc],
+            body: quoted,
+        },
+    ));
+    let before = stat(&w, STAT_DROP_NAT_UNTRANSLATED);
+    assert_eq!(run(&w, &err).0, XDP_DROP);
+    assert_eq!(stat(&w, STAT_DROP_NAT_UNTRANSLATED), before + 1);
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_new_connection_on_a_closed_flows_ports_gets_a_new_mapping() {
+    let services = services();
+    let Some(w) = world("fullnat_reuse", &services, "40000-49999") else {
+        return;
+    };
+    let s = &services[0];
+    let key = flow_key(client4(), vip4(), 44000, 80, PROTO_TCP);
+    let backend = placed_addr(&w, s, &key);
+    let (_, out) = run(&w, &tcp(client4(), vip4(), 44000, 80, TCP_SYN));
+    let port = out.unwrap().ports.0;
+    let answer = tcp(backend, snat(false), 80, port, TCP_SYN | TCP_ACK);
+    assert_eq!(run(&w, &answer).0, XDP_TX);
+    // Established: the backend's reset closes it; a SYN on the same ports is a new
+    // connection and makes a new mapping.
+    let reset = tcp(backend, snat(false), 80, port, TCP_RST | TCP_ACK);
+    assert_eq!(run(&w, &reset).0, XDP_TX);
+    let new = stat(&w, STAT_NAT_NEW);
+    assert_eq!(
+        run(&w, &tcp(client4(), vip4(), 44000, 80, TCP_SYN)).0,
+        XDP_TX
+    );
+    assert_eq!(stat(&w, STAT_NAT_NEW), new + 1);
+    assert_eq!(w.dp.nat_entries().len(), 2, "the old pair was replaced");
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn the_full_nat_program_verifies_with_room_to_spare() {
+    let services = services();
+    let Some(w) = world("fullnat_verifier", &services, "40000-49999") else {
+        return;
+    };
+    let n =
+        w.dp.fullnat_program()
+            .unwrap()
+            .info()
+            .unwrap()
+            .verified_instruction_count()
+            .expect("the kernel reports verified instructions");
+    println!("the verifier processed {n} instructions of the full-NAT program");
+    assert!(
+        n < 400_000,
+        "{n} instructions processed: too close to the limit"
+    );
+}

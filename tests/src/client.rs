@@ -102,7 +102,17 @@ impl Conn {
     }
 
     pub fn ask(&mut self) -> std::io::Result<String> {
-        self.stream.write_all(b"again\n")?;
+        self.say("again")
+    }
+
+    /// The address the connection is with, as the client's kernel sees it.
+    pub fn peer(&self) -> std::io::Result<SocketAddr> {
+        self.stream.peer_addr()
+    }
+
+    /// Sends `line` and returns the answer (`peer`: the address the backend sees).
+    pub fn say(&mut self, line: &str) -> std::io::Result<String> {
+        self.stream.write_all(format!("{line}\n").as_bytes())?;
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
         if line.is_empty() {

@@ -35,7 +35,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicBool, AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -102,6 +102,17 @@ pub struct Lab {
     spec: LabSpec,
     /// When false, dropping the guard leaves the lab up (`cargo xtask lab up`).
     pub teardown_on_drop: bool,
+    /// Whether backends are full-NAT ones ([`Lab::make_fullnat`]): no VIPs to serve UDP on.
+    fullnat: AtomicBool,
+}
+
+/// Balancer `i`'s SNAT addresses in a full-NAT lab ([`Lab::make_fullnat`]).
+pub fn snat_addrs(i: usize) -> (Ipv4Addr, Ipv6Addr) {
+    let host = 100 + i as u16;
+    (
+        Ipv4Addr::new(198, 18, 0, host as u8),
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100 + i as u16),
+    )
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -288,6 +299,7 @@ impl Lab {
             router_bird: None,
             spec,
             teardown_on_drop: true,
+            fullnat: AtomicBool::new(false),
         };
         // From here on, a failure drops `lab`, which removes whatever was built.
         lab.build()
@@ -571,14 +583,17 @@ impl Lab {
     }
 
     fn start_server(&self, b: &Node) -> anyhow::Result<Child> {
-        let mut child = ns_command(&b.netns, &self.spec.server_bin)
-            .args(["--name", &b.name, "--port", &SERVER_PORT.to_string()])
-            .args([
+        let mut cmd = ns_command(&b.netns, &self.spec.server_bin);
+        cmd.args(["--name", &b.name, "--port", &SERVER_PORT.to_string()]);
+        if !self.fullnat.load(Ordering::Relaxed) {
+            cmd.args([
                 "--udp-addr",
                 &VIP4.to_string(),
                 "--udp-addr",
                 &VIP6.to_string(),
-            ])
+            ]);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -628,6 +643,96 @@ impl Lab {
 
     pub fn vip(&self, v6: bool) -> IpAddr {
         if v6 { VIP6.into() } else { VIP4.into() }
+    }
+
+    /// Makes the lab one of full-NAT backends: each balancer gets its SNAT addresses on
+    /// eth0 ([`snat_addrs`]), and the backends lose what the other modes need - the VIPs,
+    /// the decapsulating program - and any route to the client, so that only answers sent
+    /// back through the balancer can reach it. Idempotent.
+    pub fn make_fullnat(&self) -> anyhow::Result<()> {
+        self.fullnat.store(true, Ordering::Relaxed);
+        for (i, lb) in self.lbs.iter().enumerate() {
+            let (a4, a6) = snat_addrs(i);
+            let have = ns_exec(&lb.netns, &["ip", "-o", "addr", "show", "dev", "eth0"])?;
+            if String::from_utf8_lossy(&have.stdout).contains(&format!(" {a4}/32")) {
+                return Ok(());
+            }
+            ip(&[
+                "-n",
+                &lb.netns,
+                "addr",
+                "add",
+                &format!("{a4}/32"),
+                "dev",
+                "eth0",
+            ])?;
+            // Deprecated at once: the host never picks it as a source (its own connections,
+            // the health checks, would otherwise send from it and lose their answers).
+            ip(&[
+                "-n",
+                &lb.netns,
+                "addr",
+                "add",
+                &format!("{a6}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+                "preferred_lft",
+                "0",
+            ])?;
+        }
+        let client: Vec<String> = if self.router.is_some() {
+            vec![CLIENT_NET4.into(), CLIENT_NET6.into()]
+        } else {
+            vec![
+                format!("{}/32", self.client.ipv4),
+                format!("{}/128", self.client.ipv6),
+            ]
+        };
+        for b in &self.backends {
+            ip(&[
+                "-n",
+                &b.netns,
+                "addr",
+                "del",
+                &format!("{VIP4}/32"),
+                "dev",
+                "lo",
+            ])?;
+            ip(&[
+                "-n",
+                &b.netns,
+                "addr",
+                "del",
+                &format!("{VIP6}/128"),
+                "dev",
+                "lo",
+            ])?;
+            ip(&[
+                "-n",
+                &b.netns,
+                "link",
+                "set",
+                "dev",
+                "eth0",
+                "xdpgeneric",
+                "off",
+            ])?;
+            for net in &client {
+                // `replace`: the scale-out lab routes the client network via the router.
+                let family = if net.contains(':') { "-6" } else { "-4" };
+                ip(&[
+                    "-n",
+                    &b.netns,
+                    family,
+                    "route",
+                    "replace",
+                    "unreachable",
+                    net,
+                ])?;
+            }
+        }
+        Ok(())
     }
 
     /// Kills the lab's processes and deletes its namespaces.

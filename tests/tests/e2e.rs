@@ -1,6 +1,7 @@
 //! End to end: the real `gateway` binary with a real config in a namespace lab, real TCP and
-//! UDP from the client namespace to the VIP, answered by the backends directly (l2dsr) or
-//! after decapsulation (ipip), over IPv4 and IPv6.
+//! UDP from the client namespace to the VIP, answered by the backends directly (l2dsr), after
+//! decapsulation (ipip), or back through the balancer (fullnat, backends without the VIP
+//! or a route to the client), over IPv4 and IPv6.
 mod common;
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
@@ -86,7 +87,7 @@ fn target(lab: &Lab, i: usize, v6: bool) -> String {
     SocketAddr::new(ip, SERVER_PORT).to_string()
 }
 
-/// Each scenario runs for both forwarding modes and both address families.
+/// Each scenario runs for every forwarding mode and both address families.
 macro_rules! matrix {
     ($name:ident) => {
         mod $name {
@@ -119,6 +120,16 @@ macro_rules! matrix {
             #[ignore = "privileged: run by `cargo xtask test`"]
             fn ipip_v6() {
                 run("ipip", true);
+            }
+            #[test]
+            #[ignore = "privileged: run by `cargo xtask test`"]
+            fn fullnat_v4() {
+                run("fullnat", false);
+            }
+            #[test]
+            #[ignore = "privileged: run by `cargo xtask test`"]
+            fn fullnat_v6() {
+                run("fullnat", true);
             }
         }
     };
@@ -546,6 +557,7 @@ fn udp_names(v: SocketAddr, ports: std::ops::Range<u16>) -> Vec<Result<String, S
 }
 
 fn start_udp(lab: &Lab, cfg: &Cfg) -> Agent {
+    prepare(lab, cfg);
     let agent = Agent::start(lab, &cfg.render(lab));
     wait_up(lab, &agent, &cfg.admin_listen, 3);
     let v = vip(lab, cfg.v6);

@@ -9,7 +9,9 @@
 //!
 //! TCP: a connection that starts with an HTTP method gets one HTTP/1.1 response whose body is
 //! `<name>\n` (path `/status/NNN` answers with that status); any other connection gets
-//! `<name>\n` for every line it sends, until it closes, so it can stay open for a long time.
+//! `<name>\n` for every line it sends, until it closes, so it can stay open for a long time;
+//! the line `peer` is answered with the address the connection comes from instead (what a
+//! full-NAT backend sees).
 use std::{
     io::{BufRead, BufReader, Write},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -98,6 +100,7 @@ fn handle(conn: TcpStream, name: &str) -> std::io::Result<()> {
     conn.set_nodelay(true)?;
     let mut out = conn.try_clone()?;
     let answer = format!("{name}\n");
+    let peer = format!("{}\n", conn.peer_addr()?.ip().to_canonical());
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
@@ -128,7 +131,11 @@ fn handle(conn: TcpStream, name: &str) -> std::io::Result<()> {
         return Ok(());
     }
     loop {
-        out.write_all(answer.as_bytes())?;
+        if line.trim() == "peer" {
+            out.write_all(peer.as_bytes())?;
+        } else {
+            out.write_all(answer.as_bytes())?;
+        }
         line.clear();
         if reader.read_line(&mut line)? == 0 {
             return Ok(());

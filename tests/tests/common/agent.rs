@@ -224,6 +224,8 @@ pub struct Cfg {
     pub admin_extra: String,
     /// Extra `[bgp]` lines in the scale-out lab (agent_grace, ...).
     pub bgp_extra: String,
+    /// Extra `[dataplane]` lines (`snat_ports`, ...; `fullnat` adds the SNAT addresses).
+    pub dataplane_extra: String,
 }
 
 impl Cfg {
@@ -241,6 +243,7 @@ impl Cfg {
             admin_listen: "127.0.0.1:9180".into(),
             admin_extra: String::new(),
             bgp_extra: String::new(),
+            dataplane_extra: String::new(),
         }
     }
 
@@ -291,9 +294,19 @@ impl Cfg {
         state_file: &std::path::Path,
     ) -> String {
         let vip = lab.vip(self.v6);
+        let snat = if self.mode == "fullnat" {
+            let i = lab.lbs.iter().position(|l| l.name == lb.name).unwrap_or(0);
+            let (a4, a6) = lab::snat_addrs(i);
+            format!(
+                "snat_v4 = [\"{a4}\"]\nsnat_v6 = [\"{a6}\"]\n{}",
+                self.dataplane_extra
+            )
+        } else {
+            self.dataplane_extra.clone()
+        };
         let mut s = format!(
             "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"native\"\nconntrack_size = 65536\n\
-             ipip_source_v4 = \"{}\"\nipip_source_v6 = \"{}\"\npin_dir = \"{}\"\non_exit = \"{}\"\n\n\
+             ipip_source_v4 = \"{}\"\nipip_source_v6 = \"{}\"\npin_dir = \"{}\"\non_exit = \"{}\"\n{snat}\n\
              [admin]\nlisten = \"{}\"\nstate_file = \"{}\"\n{}\n\
              [[service]]\nname = \"web\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"{}\"\nmode = \"{}\"\n{}\n\
              [service.health]\nkind = \"tcp\"\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nfall = {}\nrise = {}\njitter = 0.0\n",

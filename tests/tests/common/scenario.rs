@@ -26,12 +26,18 @@ pub fn client<T: Send + 'static>(lab: &Lab, f: impl FnOnce() -> T + Send + 'stat
 /// Fills the neighbour caches of client, balancer and backends (the first IPv6 exchanges
 /// wait for neighbour discovery longer than the tests' short timeouts).
 pub fn warm_up(lab: &Lab, v6: bool) {
+    warm_up_as(lab, v6, true)
+}
+
+/// [`warm_up`]; `direct`: whether backends can reach the client (not in a full-NAT lab).
+pub fn warm_up_as(lab: &Lab, v6: bool, direct: bool) {
     let vip = vip(lab, v6);
     // Every backend, including backups that get no traffic yet, learns the client's address
     // from a direct exchange.
     let direct: Vec<SocketAddr> = lab
         .backends
         .iter()
+        .filter(|_| direct)
         .map(|b| {
             let ip: std::net::IpAddr = if v6 { b.ipv6.into() } else { b.ipv4.into() };
             SocketAddr::new(ip, SERVER_PORT)
@@ -49,11 +55,21 @@ pub fn warm_up(lab: &Lab, v6: bool) {
 }
 
 /// Starts the agent with `cfg`, waits until `up` backends are up in the maps, warms up.
+/// A full-NAT config makes the lab one of full-NAT backends first ([`Lab::make_fullnat`]).
 pub fn start(lab: &Lab, cfg: &Cfg, up: usize) -> Agent {
+    prepare(lab, cfg);
     let agent = Agent::start(lab, &cfg.render(lab));
     wait_up(lab, &agent, &cfg.admin_listen, up);
-    warm_up(lab, cfg.v6);
+    warm_up_as(lab, cfg.v6, cfg.mode != "fullnat");
     agent
+}
+
+/// Makes the lab fit `cfg`'s mode (full-NAT backends hold no VIP and cannot reach the
+/// client).
+pub fn prepare(lab: &Lab, cfg: &Cfg) {
+    if cfg.mode == "fullnat" {
+        lab.make_fullnat().expect("full-NAT lab");
+    }
 }
 
 /// Waits until `up` backends passed their checks and the maps say so. A transition is

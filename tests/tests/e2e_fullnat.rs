@@ -1,0 +1,194 @@
+//! Full-NAT end to end: the real `gateway` binary in a lab whose backends hold no VIP, run no
+//! decapsulation and have no route to the client (`Lab::make_fullnat`). The scenarios every
+//! mode shares (distribution, stickiness through reloads, failover, slow start, drain,
+//! backups, UDP) run for full-NAT in `e2e.rs`; these are full-NAT's own.
+mod common;
+
+use std::{net::IpAddr, time::Duration};
+
+use common::{agent::*, scenario::*};
+use lab::Lab;
+
+fn snat(v6: bool) -> IpAddr {
+    let (a4, a6) = lab::snat_addrs(0);
+    if v6 { a6.into() } else { a4.into() }
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn backends_see_the_snat_address_and_clients_the_vip() {
+    if !common::privileged("backends_see_the_snat_address_and_clients_the_vip") {
+        return;
+    }
+    let _g = common::serial();
+    let lab = common::lab("fn", 2);
+    for v6 in [false, true] {
+        let cfg = Cfg::new("fullnat", v6, 2);
+        let agent = start(&lab, &cfg, 2);
+        // The backends could not answer the client themselves.
+        let client: IpAddr = if v6 {
+            lab.client.ipv6.into()
+        } else {
+            lab.client.ipv4.into()
+        };
+        for b in &lab.backends {
+            let route = lab::ns_exec(&b.netns, &["ip", "route", "get", &client.to_string()]);
+            assert!(route.is_err(), "{} has a route to {client}", b.name);
+        }
+        let v = vip(&lab, v6);
+        let (replied, new) = (lb_counter(&lab, "nat_replied"), lb_counter(&lab, "nat_new"));
+        let seen = client_side(&lab, move || {
+            (0..20)
+                .map(|_| {
+                    let mut c = Conn::open(v).expect("connect to the VIP");
+                    let peer = c.peer().expect("peer");
+                    (
+                        peer,
+                        c.say("peer").expect("peer line"),
+                        c.ask().expect("ask"),
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+        for (peer, backend_saw, name) in &seen {
+            assert_eq!(*peer, v, "the client's connection is with the VIP");
+            assert_eq!(
+                backend_saw.parse::<IpAddr>().ok(),
+                Some(snat(v6)),
+                "{name} saw the connection come from {backend_saw}"
+            );
+        }
+        let names: std::collections::BTreeSet<&String> = seen.iter().map(|s| &s.2).collect();
+        assert_eq!(names.len(), 2, "both backends served: {names:?}");
+        assert!(lb_counter(&lab, "nat_new") >= new + 20);
+        assert!(lb_counter(&lab, "nat_replied") > replied);
+        assert!(agent.stop().success());
+    }
+}
+
+/// Runs `f` in the client's namespace.
+fn client_side<T: Send + 'static>(lab: &Lab, f: impl FnOnce() -> T + Send + 'static) -> T {
+    client(lab, f)
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn the_seventeenth_concurrent_flow_on_sixteen_ports_is_refused_and_counted() {
+    if !common::privileged("the_seventeenth_concurrent_flow_on_sixteen_ports") {
+        return;
+    }
+    let _g = common::serial();
+    let lab = common::lab("fx", 1);
+    let mut cfg = Cfg::new("fullnat", false, 1);
+    cfg.dataplane_extra = "snat_ports = \"40000-40015\"\n".into();
+    // No warm-up through the VIP: a closed connection's mapping keeps its port for the
+    // closing timeout, and this test needs all 16.
+    prepare(&lab, &cfg);
+    let agent = Agent::start(&lab, &cfg.render(&lab));
+    wait_up(&lab, &agent, &cfg.admin_listen, 1);
+    let v = vip(&lab, false);
+    let exhausted = lb_counter(&lab, "drop_nat_exhausted");
+    let (answers, seventeenth_refused, still) = client(&lab, move || {
+        let mut held: Vec<Conn> = (0..16).filter_map(|_| Conn::open(v).ok()).collect();
+        let answers = held
+            .iter_mut()
+            .map(|c| c.ask())
+            .filter(Result::is_ok)
+            .count();
+        let extra = Conn::open(v).is_err();
+        let still = held
+            .iter_mut()
+            .map(|c| c.ask())
+            .filter(Result::is_ok)
+            .count();
+        (answers, extra, still)
+    });
+    assert_eq!(answers, 16, "16 concurrent flows fit 16 ports");
+    assert!(
+        seventeenth_refused,
+        "the 17th concurrent flow was let through"
+    );
+    assert_eq!(still, 16, "the held flows kept working");
+    assert!(lb_counter(&lab, "drop_nat_exhausted") > exhausted);
+    assert!(agent.stop().success());
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn agent_restarts_keep_full_nat_connections() {
+    if !common::privileged("agent_restarts_keep_full_nat_connections") {
+        return;
+    }
+    let _g = common::serial();
+    let lab = common::lab("fh", 3);
+    for v6 in [false, true] {
+        let mut cfg = Cfg::new("fullnat", v6, 3);
+        cfg.on_exit = "keep";
+        let mut agent = start(&lab, &cfg, 3);
+        let v = vip(&lab, v6);
+        let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let worker = common::in_netns(&lab.client.netns, move || {
+            let mut conns: Vec<(Conn, String)> = (0..30)
+                .map(|_| {
+                    let mut c = Conn::open(v).expect("open");
+                    let name = c.ask().expect("ask");
+                    (c, name)
+                })
+                .collect();
+            done_tx.send(()).unwrap();
+            let mut errors = Vec::new();
+            while let Ok(step) = rx.recv() {
+                for (i, (c, name)) in conns.iter_mut().enumerate() {
+                    match c.ask() {
+                        Ok(n) if &n == name => {}
+                        Ok(n) => errors.push(format!("{step}: connection {i} moved {name} -> {n}")),
+                        Err(e) => errors.push(format!("{step}: connection {i} on {name}: {e}")),
+                    }
+                }
+                // New connections work too.
+                if let Err(e) = Conn::open(v) {
+                    errors.push(format!("{step}: a new connection: {e}"));
+                }
+                done_tx.send(()).unwrap();
+            }
+            errors
+        });
+        done_rx.recv().unwrap();
+        let check = |what: &'static str| {
+            tx.send(what).unwrap();
+            done_rx.recv().unwrap();
+        };
+        for round in 0..3 {
+            if round == 1 {
+                agent.kill();
+            } else {
+                assert!(agent.stop().success());
+            }
+            check(if round == 1 {
+                "agent killed"
+            } else {
+                "agent stopped"
+            });
+            agent = Agent::start(&lab, &cfg.render(&lab));
+            assert!(
+                agent.wait_log("adopted the pinned maps", Duration::from_secs(5)),
+                "{}",
+                agent.log_text()
+            );
+            check("agent back");
+        }
+        drop(tx);
+        let errors = worker.join().unwrap();
+        assert!(
+            errors.is_empty(),
+            "IPv6 {v6}: {errors:#?}\n{}",
+            agent.log_text()
+        );
+        assert!(agent.stop().success());
+        let pin_dir = lab.pin_dir().display().to_string();
+        let (ok, out, err) =
+            gateway_cli_in(&lab.lb.netns, &["stop", "--detach", "--pin-dir", &pin_dir]);
+        assert!(ok, "{out}{err}");
+    }
+}

@@ -73,6 +73,8 @@ pub const MAP_META: &str = "META";
 pub const MAP_NAT: &str = "NAT";
 /// The SNAT pool: `Array<NatPool>` with one entry.
 pub const MAP_NAT_POOL: &str = "NAT_POOL";
+/// What full-NAT's answers say of each backend: `PerCpuArray<PassiveStats>`, by backend id.
+pub const MAP_PASSIVE: &str = "PASSIVE";
 /// The programs the main one tail-calls: `ProgramArray`, indexed by `JUMP_*`. Not in
 /// [`MAP_NAMES`]: each loaded object fills its own (a program array holds programs, which an
 /// agent cannot adopt), pinned beside the link so that it stays filled while the program
@@ -81,7 +83,7 @@ pub const MAP_JUMP: &str = "JUMP";
 /// `JUMP` index of the full-NAT program.
 pub const JUMP_FULLNAT: u32 = 0;
 /// Every map, in the order they are pinned.
-pub const MAP_NAMES: [&str; 20] = [
+pub const MAP_NAMES: [&str; 21] = [
     MAP_META,
     MAP_SERVICES,
     MAP_BACKENDS,
@@ -102,6 +104,7 @@ pub const MAP_NAMES: [&str; 20] = [
     MAP_PROTECT_STATS,
     MAP_NAT,
     MAP_NAT_POOL,
+    MAP_PASSIVE,
 ];
 
 /// The maps' layout: bump it whenever any map's type, key, value or meaning changes. An
@@ -113,8 +116,8 @@ pub const MAP_NAMES: [&str; 20] = [
 /// marks, 32 to an element ([`SlotLine`]), and SLOT_STATE what changed slots remember. 7:
 /// the program finds services in SERVICE_INDEX. 8: protection: LIMITS, SOURCES, LIMITED,
 /// ALLOWLIST and PROTECT_STATS, `protect` in services, the flood guard in SETTINGS and its
-/// counters in STATS. 9: full-NAT: NAT and NAT_POOL, its counters in STATS, `nat_size` in
-/// META.
+/// counters in STATS. 9: full-NAT: NAT, NAT_POOL and PASSIVE, its counters in STATS,
+/// `nat_size` in META.
 pub const LAYOUT_VERSION: u32 = 9;
 /// `Meta::magic`: "GWAY".
 pub const META_MAGIC: u32 = 0x4757_4159;
@@ -268,8 +271,14 @@ pub const STAT_DROP_NAT_REPLY_MISS: u32 = 40;
 /// Dropped: a full-NAT packet the program does not translate (an ICMP error, for now), or a
 /// full-NAT service whose family has no SNAT address.
 pub const STAT_DROP_NAT_UNTRANSLATED: u32 = 41;
+/// Dropped: a backend's reset to a full-NAT flow's SYN, kept from the client so that its
+/// SYN retransmission can be placed on another backend (`STAT_NAT_RETRIED`).
+pub const STAT_NAT_RESET_HIDDEN: u32 = 42;
+/// A full-NAT SYN placed on another backend than its flow's first one, which refused it or
+/// did not answer it.
+pub const STAT_NAT_RETRIED: u32 = 43;
 /// Number of global counters; the size of STATS.
-pub const STAT_COUNT: u32 = 42;
+pub const STAT_COUNT: u32 = 44;
 
 /// Names of the global counters, indexed like the `STAT_*` consts.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -315,6 +324,8 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "drop_nat_exhausted",
     "drop_nat_reply_miss",
     "drop_nat_untranslated",
+    "nat_reset_hidden",
+    "nat_retried",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -958,9 +969,30 @@ pub const NAT_TCP_ESTABLISHED: u8 = 2;
 pub const NAT_TCP_CLOSING: u8 = 3;
 /// `NatValue::state`: a UDP mapping.
 pub const NAT_UDP: u8 = 4;
-/// Seconds a mapping lives without packets, by state (`NAT_TCP_SYN` ..= `NAT_UDP`): once
-/// past it, its SNAT port may be given to a new flow.
-pub const NAT_TIMEOUTS: [u32; 4] = [30, 7200, 30, 120];
+/// `NatValue::state`, forward entries only: the backend answered the SYN with a reset (or
+/// left it unanswered); the entry only remembers which backend the retransmitted SYN must
+/// avoid. Its answer entry is gone.
+pub const NAT_TCP_REFUSED: u8 = 5;
+/// Seconds a mapping lives without packets, by state (`NAT_TCP_SYN` ..= `NAT_TCP_REFUSED`):
+/// once past it, its SNAT port may be given to a new flow.
+pub const NAT_TIMEOUTS: [u32; 5] = [30, 7200, 30, 120, 30];
+/// `NatValue::flags`: the mapping is a retry (its first backend refused the SYN); a reset
+/// from this backend reaches the client.
+pub const NAT_RETRY: u8 = 1;
+/// Table slots after a flow's own that a retried SYN may take, looking for another backend.
+pub const NAT_RETRY_SLOTS: u32 = 8;
+
+/// PASSIVE[backend id], per CPU: the SYNs of full-NAT flows the backend answered, and those
+/// it refused with a reset or left unanswered until the client sent the SYN again. The
+/// agent turns them into passive health results.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PassiveStats {
+    pub answered: u64,
+    pub refused: u64,
+    pub unanswered: u64,
+}
+const _: () = assert!(core::mem::size_of::<PassiveStats>() == 24);
 
 /// How a mapping rewrites a packet: both directions have the same shape, the packet's new
 /// source and destination.
@@ -984,7 +1016,9 @@ pub struct NatValue {
     pub dir: u8,
     /// `bpf_ktime_get_coarse_ns` in seconds at the last packet.
     pub seen: u32,
-    pub _pad: u32,
+    /// `NAT_RETRY`.
+    pub flags: u8,
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<NatValue>() == 56);
 
@@ -1028,4 +1062,5 @@ mod pod {
     unsafe impl aya::Pod for super::ProtectStats {}
     unsafe impl aya::Pod for super::NatPool {}
     unsafe impl aya::Pod for super::NatValue {}
+    unsafe impl aya::Pod for super::PassiveStats {}
 }

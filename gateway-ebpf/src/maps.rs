@@ -5,7 +5,7 @@ use aya_ebpf::{
 };
 use gateway_common::{
     AllowAddr, BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, Backend, DEFAULT_CONNTRACK_SIZE,
-    DEFAULT_NAT_SIZE, DEFAULT_SOURCES_SIZE, NatPool, NatValue, ServiceValue, FloodWindow, FlowKey, FlowValue, Limits, LocalFilter, LocalKey,
+    DEFAULT_NAT_SIZE, DEFAULT_SOURCES_SIZE, NatPool, NatValue, PassiveStats, ServiceValue, FloodWindow, FlowKey, FlowValue, Limits, LocalFilter, LocalKey,
     MAX_ALLOWLIST, MAX_BACKENDS, MAX_LIMITED, MAX_LOCAL_ADDRS, MAX_SERVICES, Meta, ProtectStats,
     STAT_COUNT, SERVICE_BUCKETS, SERVICE_PROBES, ServiceKey, ServiceSlot, Settings,
     SlotLine, SlotState, SourceBucket, SourceKey, TrafficStats, service_bucket,
@@ -81,6 +81,9 @@ pub static NAT: LruHashMap<FlowKey, NatValue> =
 
 #[map(name = "NAT_POOL")]
 pub static NAT_POOL: Array<NatPool> = Array::with_max_entries(1, 0);
+
+#[map(name = "PASSIVE")]
+pub static PASSIVE: PerCpuArray<PassiveStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// The programs the main one hands packets to (`gateway_common::JUMP_*`).
 #[map(name = "JUMP")]

@@ -19,11 +19,11 @@ use aya_ebpf::{
 use gateway_common::{
     BACKEND_DRAIN, BACKEND_UP, Backend, FAMILY_V4, FlowKey, JUMP_FULLNAT, LOCAL_SNAT, LocalKey,
     MAX_SNAT_ADDRS, MODE_FULLNAT, PROTECT_OFF,
-    NAT_DIR_FORWARD, NAT_DIR_REPLY, NAT_PORT_TRIES, NAT_TCP_CLOSING, NAT_TCP_ESTABLISHED,
-    NAT_TCP_SYN, NAT_UDP, NatValue, STAT_DROP_INTERNAL, STAT_DROP_MARTIAN_SOURCE,
+    NAT_DIR_FORWARD, NAT_DIR_REPLY, NAT_PORT_TRIES, NAT_RETRY, NAT_TCP_CLOSING,
+    NAT_TCP_ESTABLISHED, NAT_TCP_REFUSED, NAT_TCP_SYN, NAT_UDP, NatValue, STAT_DROP_INTERNAL, STAT_DROP_MARTIAN_SOURCE,
     STAT_DROP_NAT_EXHAUSTED, STAT_DROP_NAT_NO_MAPPING, STAT_DROP_NAT_REPLY_MISS,
     STAT_DROP_NAT_UNTRANSLATED, STAT_FORWARDED, STAT_NAT_NEW, STAT_NAT_REPLIED,
-    STAT_PASS_NOT_VIP, ServiceValue, hash::flow_hash,
+    STAT_NAT_RESET_HIDDEN, STAT_NAT_RETRIED, STAT_PASS_NOT_VIP, ServiceValue, hash::flow_hash,
 };
 use gateway_ebpf::hdr::*;
 
@@ -32,7 +32,7 @@ use crate::{
     forward::set_macs,
     maps::{
         BACKEND_STATS, BACKENDS, HANDOFF, Handoff, JUMP, LOCAL_ADDRS, LOCAL_FILTER, NAT, NAT_POOL,
-        NatScratch, SERVICE_STATS,
+        NatScratch, PASSIVE, SERVICE_STATS,
     },
     packet::{at, copy, frame_len, ld16, put},
     parse::{KeyBuf, L4, Packet},
@@ -196,6 +196,28 @@ fn remove_pair(key: &FlowKey, v: &NatValue, s: &mut NatScratch) {
     let _ = NAT.remove(key);
 }
 
+/// What a backend's answer (or silence) to a full-NAT SYN says of it.
+enum Passive {
+    Answered,
+    Refused,
+    Unanswered,
+}
+
+/// Counts `what` for backend `id` in PASSIVE, which the agent reads.
+#[inline(always)]
+fn passive(id: u32, what: Passive) {
+    if let Some(c) = PASSIVE.get_ptr_mut(id) {
+        // SAFETY: this CPU's slot; XDP runs with preemption off.
+        unsafe {
+            match what {
+                Passive::Answered => (*c).answered += 1,
+                Passive::Refused => (*c).refused += 1,
+                Passive::Unanswered => (*c).unanswered += 1,
+            }
+        }
+    }
+}
+
 /// Backend `id` if it still serves the flows placed on it (up or draining).
 #[inline(always)]
 fn serving(id: u32) -> Option<&'static Backend> {
@@ -217,14 +239,27 @@ fn forward(
     let syn = p.tcp && p.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let now = now();
     let bytes = frame_len(ctx) as u64;
+    // A backend this flow's SYN must not go to again: it refused the SYN (the reset was
+    // kept from the client), or left it unanswered until the client sent it again.
+    let mut avoid = 0;
     if let Some(e) = NAT.get_ptr_mut(key) {
         // SAFETY: a map value, valid for this run; racing writers only lose a refresh.
         let v = unsafe { &mut *e };
         let live = v.dir == NAT_DIR_FORWARD && !v.expired(now);
-        // A SYN on a mapping past its own SYN is a new connection reusing the ports.
+        if live && syn && v.flags & NAT_RETRY == 0 {
+            if v.state == NAT_TCP_REFUSED {
+                avoid = v.backend;
+            } else if v.state == NAT_TCP_SYN && v.seen != now {
+                passive(v.backend, Passive::Unanswered);
+                avoid = v.backend;
+            }
+        }
+        // A SYN on a mapping past its own SYN is a new connection reusing the ports; a
+        // refused mapping carries nothing but its SYN again.
         let reused = syn && v.state != NAT_TCP_SYN;
+        let refused = v.state == NAT_TCP_REFUSED;
         match serving(v.backend) {
-            Some(b) if live && !reused => {
+            Some(b) if live && !reused && !refused && avoid == 0 => {
                 if p.tcp && p.flags & (TCP_FIN | TCP_RST) != 0 {
                     v.state = NAT_TCP_CLOSING;
                 }
@@ -248,8 +283,13 @@ fn forward(
         return Verdict::drop(STAT_DROP_MARTIAN_SOURCE);
     }
     let hash = flow_hash(key);
-    let claimed = match select::table_backend(svc, hash) {
-        Ok((id, b)) => claim(ctx, key, b, id, hash, p.tcp, now, s).map(|()| b),
+    let placed = if avoid != 0 {
+        select::table_backend_avoiding(svc, hash, avoid)
+    } else {
+        select::table_backend(svc, hash)
+    };
+    let claimed = match placed {
+        Ok((id, b)) => claim(ctx, key, b, id, hash, p.tcp, avoid != 0, now, s).map(|()| b),
         Err(reason) => Err(reason),
     };
     let b = match claimed {
@@ -260,6 +300,9 @@ fn forward(
         }
     };
     count(STAT_NAT_NEW);
+    if avoid != 0 && s.fwd.backend != avoid {
+        count(STAT_NAT_RETRIED);
+    }
     if !rewrite(ctx, p, key, &s.fwd) || !set_macs(ctx, &b.mac) {
         return Verdict::drop(STAT_DROP_INTERNAL);
     }
@@ -281,6 +324,7 @@ fn claim(
     id: u32,
     hash: u32,
     tcp: bool,
+    retry: bool,
     now: u32,
     s: &mut NatScratch,
 ) -> Result<(), u32> {
@@ -317,7 +361,8 @@ fn claim(
     f.state = if tcp { NAT_TCP_SYN } else { NAT_UDP };
     f.dir = NAT_DIR_FORWARD;
     f.seen = now;
-    f._pad = 0;
+    f.flags = if retry { NAT_RETRY } else { 0 };
+    f._pad = [0; 3];
     // The answer entry: from the VIP, to the client, back through the MAC it came from.
     let Some(eth) = at(ctx, 0, ETH_LEN) else {
         return Err(STAT_DROP_INTERNAL);
@@ -332,7 +377,8 @@ fn claim(
     a.state = f.state;
     a.dir = NAT_DIR_REPLY;
     a.seen = now;
-    a._pad = 0;
+    a.flags = f.flags;
+    a._pad = [0; 3];
     // At least 1 where the compiler sees it: no division by zero to check for.
     let span = (max - min + 1).max(1);
     // SAFETY: the helper takes no arguments.
@@ -407,6 +453,28 @@ fn reply(ctx: &XdpContext, p: &Pkt, key: &FlowKey, s: &mut NatScratch) -> Verdic
             };
         }
     };
+    if p.tcp && v.state == NAT_TCP_SYN {
+        if p.flags & TCP_RST != 0 {
+            passive(v.backend, Passive::Refused);
+            if v.flags & NAT_RETRY == 0 {
+                // Kept from the client, whose SYN retransmission then goes to another
+                // backend: the forward entry remembers which one to avoid, the answer
+                // entry goes (and frees its port).
+                other_way(v, key.proto, key.family, &mut s.other);
+                if let Some(f) = NAT.get_ptr_mut(&s.other) {
+                    // SAFETY: as above.
+                    unsafe {
+                        (*f).state = NAT_TCP_REFUSED;
+                        (*f).seen = now;
+                    }
+                }
+                let _ = NAT.remove(key);
+                return Verdict::drop(STAT_NAT_RESET_HIDDEN);
+            }
+        } else if p.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+            passive(v.backend, Passive::Answered);
+        }
+    }
     if p.tcp {
         let next = if p.flags & (TCP_FIN | TCP_RST) != 0 {
             NAT_TCP_CLOSING

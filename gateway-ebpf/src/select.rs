@@ -8,6 +8,7 @@
 //! that began before the change. docs/datapath.md has the reasoning.
 use gateway_common::{
     BACKEND_DRAIN, BACKEND_UP, Backend, CHECK_MARTIAN_SOURCE, FlowKey, FlowValue, LocalKey,
+    NAT_RETRY_SLOTS,
     PROTO_UDP, SLOT_CHANGED, SLOT_ID, SLOT_PREV_UNKNOWN, SLOT_USED, SLOTS_PER_LINE,
     STAT_CT_HIT, STAT_CT_MISS_NON_SYN, STAT_CT_MISS_SYN, STAT_DROP_MARTIAN_SOURCE,
     STAT_DROP_STALE_BACKEND, STAT_FLOOD_BYPASS, STAT_ICMP_RELAYED, STAT_NO_BACKEND,
@@ -256,6 +257,40 @@ pub fn table_backend(svc: &ServiceValue, hash: u32) -> Result<(u32, &'static Bac
         .ok_or(STAT_DROP_STALE_BACKEND)?;
     let id = u32::from(line.words[(at % SLOTS_PER_LINE) as usize] & SLOT_ID);
     Ok((id, placed(id)?))
+}
+
+/// Like [`table_backend`], for a SYN that must not go to backend `avoid` again: the first
+/// of the flow's slot and the `NAT_RETRY_SLOTS` after it that names another backend that is
+/// up (Maglev spreads each backend's slots, so the next slots name others in proportion to
+/// their weights); the flow's own slot's if none does.
+#[inline(always)]
+pub fn table_backend_avoiding(
+    svc: &ServiceValue,
+    hash: u32,
+    avoid: u32,
+) -> Result<(u32, &'static Backend), u32> {
+    if svc.table_size == 0 {
+        return Err(STAT_NO_BACKEND);
+    }
+    let mut k = 1;
+    while k <= NAT_RETRY_SLOTS {
+        let at = svc
+            .table_offset
+            .wrapping_add(hash.wrapping_add(k) % svc.table_size);
+        if let Some(line) = TABLES.get(at / SLOTS_PER_LINE) {
+            let id = u32::from(line.words[(at % SLOTS_PER_LINE) as usize] & SLOT_ID);
+            if id != 0
+                && id != avoid
+                && let Some(b) = BACKENDS.get(id)
+                && b.family != 0
+                && b.state == BACKEND_UP
+            {
+                return Ok((id, b));
+            }
+        }
+        k += 1;
+    }
+    table_backend(svc, hash)
 }
 
 /// The backend a table slot names. An empty slot means nothing is up; one that names a

@@ -19,12 +19,12 @@ use gateway_common::{
     DEFAULT_TABLE_SIZE, FlowKey, FlowValue, JUMP_FULLNAT, LAYOUT_VERSION, Limits, LocalFilter,
     LocalKey, MAP_ALLOWLIST, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_JUMP, MAP_LIMITED,
     MAP_LIMITS, MAP_LOCAL_ADDRS, MAP_LOCAL_FILTER, MAP_META, MAP_NAMES, MAP_NAT, MAP_NAT_POOL,
-    MAP_PROTECT_STATS, MAP_SERVICE_INDEX, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS,
-    MAP_SLOT_STATE, MAP_SOURCES, MAP_STATS, MAP_TABLES, META_MAGIC, META_MODE_GENERIC,
-    META_MODE_NATIVE, Meta, NatPool, NatValue, PROG_FULLNAT, PROG_GATEWAY, ProtectStats,
-    SERVICE_BUCKETS, SERVICE_PROBES, SERVICE_TOMBSTONE, SLOT_CHANGED, SLOT_ID, SLOT_USED,
-    SLOTS_PER_LINE, STAT_COUNT, ServiceKey, ServiceSlot, ServiceValue, Settings, Slot, SlotState,
-    SourceBucket, SourceKey, TrafficStats, service_bucket,
+    MAP_PASSIVE, MAP_PROTECT_STATS, MAP_SERVICE_INDEX, MAP_SERVICE_STATS, MAP_SERVICES,
+    MAP_SETTINGS, MAP_SLOT_STATE, MAP_SOURCES, MAP_STATS, MAP_TABLES, META_MAGIC,
+    META_MODE_GENERIC, META_MODE_NATIVE, Meta, NatPool, NatValue, PROG_FULLNAT, PROG_GATEWAY,
+    PassiveStats, ProtectStats, SERVICE_BUCKETS, SERVICE_PROBES, SERVICE_TOMBSTONE, SLOT_CHANGED,
+    SLOT_ID, SLOT_USED, SLOTS_PER_LINE, STAT_COUNT, ServiceKey, ServiceSlot, ServiceValue,
+    Settings, Slot, SlotState, SourceBucket, SourceKey, TrafficStats, service_bucket,
 };
 use log::{info, warn};
 use thiserror::Error;
@@ -485,6 +485,7 @@ pub struct Dataplane {
     protect_stats: PerCpuArray<MapData, ProtectStats>,
     nat: HashMap<MapData, FlowKey, NatValue>,
     nat_pool: Array<MapData, NatPool>,
+    passive: PerCpuArray<MapData, PassiveStats>,
     /// The programs the main one tail-calls; our descriptor keeps them in it until the map
     /// is pinned beside the link (`attach`). None in objects without full-NAT.
     jump: Option<ProgramArray<MapData>>,
@@ -637,6 +638,8 @@ impl Dataplane {
         let nat = HashMap::try_from(take(&mut ebpf, MAP_NAT)?).map_err(map_err(MAP_NAT))?;
         let nat_pool =
             Array::try_from(take(&mut ebpf, MAP_NAT_POOL)?).map_err(map_err(MAP_NAT_POOL))?;
+        let passive =
+            PerCpuArray::try_from(take(&mut ebpf, MAP_PASSIVE)?).map_err(map_err(MAP_PASSIVE))?;
         let jump = Self::load_jumps(&mut ebpf)?;
         let mut array = |name: &'static str| match take(&mut ebpf, name)? {
             Map::Array(data) => Ok(data),
@@ -679,6 +682,7 @@ impl Dataplane {
             protect_stats,
             nat,
             nat_pool,
+            passive,
             jump,
             logger,
         })
@@ -1064,6 +1068,21 @@ impl Dataplane {
             }))
     }
 
+    /// What full-NAT answers said of backend `id` (summed over CPUs; counts only grow).
+    pub fn passive_stats(&self, id: u32) -> Result<PassiveStats, DataplaneError> {
+        let per_cpu = self
+            .passive
+            .get(&id, 0)
+            .map_err(map_err("reading PASSIVE"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(PassiveStats::default(), |a, s| PassiveStats {
+                answered: a.answered + s.answered,
+                refused: a.refused + s.refused,
+                unanswered: a.unanswered + s.unanswered,
+            }))
+    }
+
     /// The sources LIMITED holds (refused lately), with their buckets where SOURCES still
     /// has them.
     pub fn limited(&self) -> Vec<Limited> {
@@ -1107,6 +1126,7 @@ pub trait DataplaneOps: MapWriter {
     fn backend_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError>;
     fn conntrack_len(&self) -> usize;
     fn protect_stats(&self, id: u32) -> Result<ProtectStats, DataplaneError>;
+    fn passive_stats(&self, id: u32) -> Result<PassiveStats, DataplaneError>;
     fn limited(&self) -> Vec<Limited>;
     fn forget_limited(&mut self, key: &SourceKey);
 }
@@ -1152,6 +1172,9 @@ impl DataplaneOps for Dataplane {
     }
     fn protect_stats(&self, id: u32) -> Result<ProtectStats, DataplaneError> {
         Dataplane::protect_stats(self, id)
+    }
+    fn passive_stats(&self, id: u32) -> Result<PassiveStats, DataplaneError> {
+        Dataplane::passive_stats(self, id)
     }
     fn limited(&self) -> Vec<Limited> {
         Dataplane::limited(self)

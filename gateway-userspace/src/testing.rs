@@ -6,8 +6,8 @@ use std::{
 };
 
 use gateway_common::{
-    Backend, Limits, LocalFilter, LocalKey, NatPool, ProtectStats, STAT_COUNT, ServiceKey,
-    ServiceValue, Settings, Slot, SourceKey, TrafficStats,
+    Backend, Limits, LocalFilter, LocalKey, NatPool, PassiveStats, ProtectStats, STAT_COUNT,
+    ServiceKey, ServiceValue, Settings, Slot, SourceKey, TrafficStats,
 };
 
 use crate::{
@@ -171,6 +171,8 @@ pub struct FakeDataplane {
     pub gone: bool,
     /// What LIMITED holds (the program's refusals); `forget_limited` removes from it.
     pub limited: Vec<Limited>,
+    /// What PASSIVE holds, by backend id (what full-NAT answers said of each).
+    pub passive: BTreeMap<u32, PassiveStats>,
 }
 
 impl FakeDataplane {
@@ -300,6 +302,9 @@ impl DataplaneOps for FakeDataplane {
     }
     fn protect_stats(&self, _id: u32) -> Result<ProtectStats, DataplaneError> {
         Ok(ProtectStats::default())
+    }
+    fn passive_stats(&self, id: u32) -> Result<PassiveStats, DataplaneError> {
+        Ok(self.passive.get(&id).copied().unwrap_or_default())
     }
     fn limited(&self) -> Vec<Limited> {
         self.limited.clone()

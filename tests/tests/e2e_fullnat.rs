@@ -192,3 +192,55 @@ fn agent_restarts_keep_full_nat_connections() {
         assert!(ok, "{out}{err}");
     }
 }
+
+/// The issue's headline: a backend's server killed under a steady stream of new
+/// connections fails none of them. The reset its kernel answers a SYN with never reaches
+/// the client, whose SYN retransmission (a second later) goes to another backend; the
+/// refused SYN also counts as a passive failure, which takes the backend out long before
+/// its probes (one a second here, three failures to fall) would.
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn killing_a_backend_under_new_connections_fails_none() {
+    if !common::privileged("killing_a_backend_under_new_connections_fails_none") {
+        return;
+    }
+    let _g = common::serial();
+    for v6 in [false, true] {
+        let mut lab = common::lab("fk", 3);
+        let mut cfg = Cfg::new("fullnat", v6, 3);
+        cfg.interval_ms = 1000;
+        cfg.fall = 3;
+        cfg.health_extra = "passive_fall = 1".into();
+        let agent = start(&lab, &cfg, 3);
+        let hidden = lb_counter(&lab, "nat_reset_hidden");
+        let f = failover_with(&mut lab, v6, Duration::from_secs(3));
+        println!(
+            "full-NAT IPv6 {v6}: {} of {} new connections failed after the kill; resets kept \
+             from clients: {}",
+            f.failed,
+            f.total,
+            lb_counter(&lab, "nat_reset_hidden") - hidden
+        );
+        assert_eq!(f.failed_before, 0, "{:?}", f.errors);
+        assert_eq!(f.failed, 0, "failed connections: {:?}", f.errors);
+        assert!(f.other_errors.is_empty(), "{:?}", f.other_errors);
+        assert!(
+            lb_counter(&lab, "nat_reset_hidden") > hidden,
+            "no reset was kept from a client: the kill missed the stream"
+        );
+        let passive_down = format!(
+            "{} DOWN after 1 failure: passive",
+            if v6 {
+                "[fd00::11]:80"
+            } else {
+                "198.18.0.11:80"
+            }
+        );
+        assert!(
+            agent.wait_log(&passive_down, Duration::from_secs(2)),
+            "{}",
+            agent.log_text()
+        );
+        assert!(agent.stop().success());
+    }
+}

@@ -374,3 +374,85 @@ fn the_full_nat_program_verifies_with_room_to_spare() {
         "{n} instructions processed: too close to the limit"
     );
 }
+
+/// The backend (by address) a frame sent to `placed_addr`'s world went to.
+fn backend_of(s: &Svc, out: &Parsed) -> IpAddr {
+    s.backends
+        .iter()
+        .find(|b| b.addr == out.dst)
+        .map(|b| b.addr)
+        .expect("sent to one of the service's backends")
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_reset_to_a_syn_is_kept_from_the_client_and_the_syn_retried_elsewhere() {
+    let services = services();
+    let Some(w) = world("fullnat_reset_retry", &services, "40000-49999") else {
+        return;
+    };
+    for (i, s) in services
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.proto == PROTO_TCP)
+    {
+        let six = s.vip.is_ipv6();
+        let client = if six { client6() } else { client4() };
+        let syn = tcp(client, s.vip, 45000, 80, TCP_SYN);
+        let (v, out) = run(&w, &syn);
+        assert_eq!(v, XDP_TX);
+        let out = out.unwrap();
+        let first = backend_of(s, &out);
+        let id = w.id_in(i, first);
+        let hidden = stat(&w, STAT_NAT_RESET_HIDDEN);
+        // The backend refuses: its reset does not reach the client.
+        let reset = tcp(first, snat(six), 80, out.ports.0, TCP_RST | TCP_ACK);
+        assert_eq!(run(&w, &reset).0, XDP_DROP, "{}: reset kept", s.vip);
+        assert_eq!(stat(&w, STAT_NAT_RESET_HIDDEN), hidden + 1);
+        assert_eq!(w.dp.passive_stats(id).unwrap().refused, 1);
+        // The client's SYN retransmission goes to another backend.
+        let retried = stat(&w, STAT_NAT_RETRIED);
+        let (v, again) = run(&w, &syn);
+        assert_eq!(v, XDP_TX);
+        let again = again.unwrap();
+        let second = backend_of(s, &again);
+        assert_ne!(second, first, "{}: retried on the refusing backend", s.vip);
+        assert_eq!(stat(&w, STAT_NAT_RETRIED), retried + 1);
+        // A second refusal is the client's to see: one retry per connection attempt.
+        let reset = tcp(second, snat(six), 80, again.ports.0, TCP_RST | TCP_ACK);
+        let (v, out) = run(&w, &reset);
+        assert_eq!(v, XDP_TX, "{}: the retry's reset is delivered", s.vip);
+        assert_eq!(out.unwrap().dst, client);
+        assert_eq!(stat(&w, STAT_NAT_RESET_HIDDEN), hidden + 1);
+    }
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_syn_left_unanswered_goes_elsewhere_when_the_client_sends_it_again() {
+    let services = services();
+    let Some(w) = world("fullnat_unanswered", &services, "40000-49999") else {
+        return;
+    };
+    let s = &services[0];
+    let syn = tcp(client4(), vip4(), 46000, 80, TCP_SYN);
+    let (_, out) = run(&w, &syn);
+    let first = backend_of(s, &out.unwrap());
+    // The client's retransmission, a second later (its first retransmission timeout).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let retried = stat(&w, STAT_NAT_RETRIED);
+    let (v, again) = run(&w, &syn);
+    assert_eq!(v, XDP_TX);
+    let again = again.unwrap();
+    let second = backend_of(s, &again);
+    assert_ne!(
+        second, first,
+        "the retransmission went back to the silent backend"
+    );
+    assert_eq!(stat(&w, STAT_NAT_RETRIED), retried + 1);
+    assert_eq!(w.dp.passive_stats(w.id(first)).unwrap().unanswered, 1);
+    // The new backend answers; that counts for it.
+    let answer = tcp(second, snat(false), 80, again.ports.0, TCP_SYN | TCP_ACK);
+    assert_eq!(run(&w, &answer).0, XDP_TX);
+    assert_eq!(w.dp.passive_stats(w.id(second)).unwrap().answered, 1);
+}

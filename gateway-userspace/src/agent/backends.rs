@@ -187,6 +187,10 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         }
         rec.was_up |= ev.up;
         rec.up = ev.up;
+        if ev.passive {
+            // Not a probe: no latency, and the last probe's result stays the one shown.
+            return changed;
+        }
         if !self.probe_latency.contains_key(&key.service) {
             self.probe_latency.insert(
                 key.service.clone(),

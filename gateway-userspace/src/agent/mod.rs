@@ -43,6 +43,7 @@ use crate::{
 
 mod backends;
 mod changes;
+mod passive;
 mod protection;
 mod status;
 
@@ -248,6 +249,8 @@ pub struct Agent<D = Dataplane, N = Resolver> {
     next_settle: Instant,
     /// The sources over a limit, as of the last look.
     limits: protection::LimitWatch,
+    /// Full-NAT backends' passive health: the PASSIVE counts read last.
+    passive: passive::PassiveWatch,
 }
 
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
@@ -337,6 +340,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             changed_slots: HashMap::new(),
             next_settle: Instant::now(),
             limits: protection::LimitWatch::default(),
+            passive: passive::PassiveWatch::default(),
         };
         agent.speaker = crate::bgp::worker::SpeakerThread::start(&agent.config);
         agent.checked = agent.dp.adopted();
@@ -525,6 +529,8 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         let mut pending: Option<&'static str> = None;
         let mut stats = tokio::time::interval(stats_every.unwrap_or(Duration::from_secs(3600)));
         stats.tick().await;
+        let mut passive = tokio::time::interval(passive::PASSIVE_TICK);
+        passive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tokio::pin!(shutdown);
         loop {
             let step = self
@@ -592,6 +598,9 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                 },
                 _ = stats.tick(), if stats_every.is_some() => {
                     print_stats(&self.dp)?;
+                }
+                _ = passive.tick(), if self.passive_watched() => {
+                    self.watch_passive();
                 }
             }
         }

@@ -156,6 +156,7 @@ fn verdict(a: &mut TestAgent, addr: &str, up: bool) {
         result,
         transition: Some(Transition { up, after: 2 }),
         up,
+        passive: false,
     };
     assert!(a.on_event(ev), "the verdict changes the backend's health");
     a.replan("health change");
@@ -493,6 +494,7 @@ async fn a_fresh_agent_announces_once_every_backend_was_checked() {
         result: ProbeResult::fail(Duration::from_millis(1), "connection refused"),
         transition: None,
         up: false,
+        passive: false,
     });
     a.replan("health change");
     assert_eq!(announced(&a), [ip("198.18.1.1")]);

@@ -135,6 +135,16 @@ impl Validator<'_> {
         };
         let rise = count(self, layers.pick(|h| &h.rise), 2, "rise");
         let fall = count(self, layers.pick(|h| &h.fall), 3, "fall");
+        let passive_fall = {
+            let picked = layers.pick(|h| &h.passive_fall);
+            let origin = picked.map_or(Origin::Default, |(_, o)| o);
+            self.int(
+                picked.map(|(s, _)| s),
+                DEFAULT_PASSIVE_FALL,
+                PASSIVE_FALL,
+                &health_field(origin, "passive_fall"),
+            )
+        };
 
         let jitter = match layers.pick(|h| &h.jitter) {
             None => Some(DEFAULT_JITTER),
@@ -168,6 +178,7 @@ impl Validator<'_> {
             timeout: timeout?,
             rise: rise?,
             fall: fall?,
+            passive_fall: passive_fall?,
             fast_interval: fast_interval?,
             down_interval: down_interval?,
             jitter: jitter?,

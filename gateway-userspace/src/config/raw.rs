@@ -162,6 +162,7 @@ pub(super) struct RawHealth {
     pub(super) timeout: Option<Spanned<String>>,
     pub(super) rise: Option<Spanned<i64>>,
     pub(super) fall: Option<Spanned<i64>>,
+    pub(super) passive_fall: Option<Spanned<i64>>,
     pub(super) fast_interval: Option<Spanned<String>>,
     pub(super) down_interval: Option<Spanned<String>>,
     pub(super) jitter: Option<Spanned<Number>>,

@@ -134,6 +134,7 @@ fn defaults_are_applied() {
         timeout: Duration::from_millis(500),
         rise: 2,
         fall: 3,
+        passive_fall: 3,
         fast_interval: Duration::from_millis(250),
         down_interval: Duration::from_secs(2),
         jitter: 0.1,

@@ -265,6 +265,10 @@ pub struct HealthConfig {
     pub rise: u32,
     /// Consecutive failures that bring it down, 1..=100.
     pub fall: u32,
+    /// Full-NAT services: consecutive SYNs the backend refused with a reset or left
+    /// unanswered (seen by the data plane, with no SYN answered in between) that bring it
+    /// down, 0..=100; 0 turns passive checking off. Other modes cannot see answers.
+    pub passive_fall: u32,
     /// Interval while a change is pending (some but not yet `rise`/`fall` results).
     pub fast_interval: Duration,
     /// Interval while the backend is down.

@@ -38,6 +38,8 @@ pub const WEIGHT: RangeInclusive<i64> = 1..=10_000;
 pub(super) const DEFAULT_WEIGHT: u32 = 100;
 pub(super) const PORT: RangeInclusive<i64> = 1..=65535;
 pub(super) const RISE_FALL: RangeInclusive<i64> = 1..=100;
+pub(super) const PASSIVE_FALL: RangeInclusive<i64> = 0..=100;
+pub(super) const DEFAULT_PASSIVE_FALL: u32 = 3;
 pub(super) const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 /// `dataplane.idle_timeout`: long enough for an idle connection of a pool that sends no

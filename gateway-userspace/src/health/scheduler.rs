@@ -38,6 +38,9 @@ pub struct Event {
     pub result: ProbeResult,
     /// `Some` when this result changed the state.
     pub transition: Option<Transition>,
+    /// The data plane's passive report ([`Prober::passive`]), not a probe: it has no
+    /// latency to record.
+    pub passive: bool,
     /// The state after this result.
     pub up: bool,
 }
@@ -65,6 +68,8 @@ pub struct Prober {
 #[derive(Debug)]
 struct Running {
     spec: watch::Sender<CheckSpec>,
+    /// Passive reports: (failures, answered).
+    passive: mpsc::UnboundedSender<(u64, u64)>,
     up: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
@@ -150,6 +155,16 @@ impl Prober {
         same
     }
 
+    /// Hands check `id` what the data plane saw of its target's answers since the last
+    /// report (full-NAT: SYNs refused or unanswered, and answered); `passive_fall` of its
+    /// spec decides ([`HealthState::observe_passive`]). A transition is reported like a
+    /// probe's, with `passive` set. Unknown ids are ignored.
+    pub fn passive(&self, id: CheckId, failures: u64, answered: u64) {
+        if let Some(r) = self.checks.get(&id) {
+            let _ = r.passive.send((failures, answered));
+        }
+    }
+
     /// Whether `id` is up, or `None` if there is no such check.
     pub fn is_up(&self, id: CheckId) -> Option<bool> {
         self.checks.get(&id).map(|r| r.up.load(Ordering::Acquire))
@@ -161,10 +176,12 @@ impl Prober {
         let rng = XorShift64::new(self.seeder.hash_one((spec.target, self.started)));
         let up = Arc::new(AtomicBool::new(spec.check.initial_up));
         let (spec_tx, spec_rx) = watch::channel(spec);
+        let (passive_tx, passive_rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(Check {
             id,
             probe,
             spec: spec_rx,
+            passive: passive_rx,
             up: Arc::clone(&up),
             permits: Arc::clone(&self.permits),
             events: self.events.clone(),
@@ -175,6 +192,7 @@ impl Prober {
             id,
             Running {
                 spec: spec_tx,
+                passive: passive_tx,
                 up,
                 task,
             },
@@ -187,6 +205,7 @@ struct Check {
     id: CheckId,
     probe: Box<dyn Probe>,
     spec: watch::Receiver<CheckSpec>,
+    passive: mpsc::UnboundedReceiver<(u64, u64)>,
     up: Arc<AtomicBool>,
     permits: Arc<Semaphore>,
     events: mpsc::Sender<Event>,
@@ -215,6 +234,31 @@ async fn run(mut check: Check) {
                     );
                     deadline = after(wait);
                 }
+                Some((failures, answered)) = check.passive.recv() => {
+                    let Some(t) = state.observe_passive(failures, answered, spec.check.passive_fall) else {
+                        continue;
+                    };
+                    check.up.store(state.is_up(), Ordering::Release);
+                    let what = if failures == 1 { "SYN" } else { "SYNs" };
+                    let event = Event {
+                        id: check.id,
+                        target: spec.target,
+                        result: ProbeResult::fail(
+                            Duration::ZERO,
+                            format!("passive: {failures} {what} refused or unanswered"),
+                        ),
+                        transition: Some(t),
+                        up: state.is_up(),
+                        passive: true,
+                    };
+                    let _ = check.events.send(event).await;
+                    // Down now: probe at the down interval from here.
+                    deadline = after(jittered(
+                        state.next_interval(&spec.check),
+                        spec.check.jitter,
+                        &mut check.rng,
+                    ));
+                }
             }
         }
 
@@ -233,6 +277,7 @@ async fn run(mut check: Check) {
             result,
             transition,
             up: state.is_up(),
+            passive: false,
         };
         // A closed channel only means nobody listens; keep probing for `is_up`.
         let _ = check.events.send(event).await;
@@ -339,6 +384,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             rise: 2,
             fall: 2,
+            passive_fall: 0,
             fast_interval: Duration::from_secs(1),
             down_interval: Duration::from_secs(30),
             jitter: 0.0,
@@ -518,6 +564,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn passive_reports_bring_a_passing_check_down() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut prober = Prober::new(4, tx);
+        let (probe, _) = Scripted::new(&[]);
+        let check = HealthConfig {
+            passive_fall: 2,
+            ..tcp()
+        };
+        prober.start(3, spec(check, target()), probe);
+        prober.passive(3, 1, 0);
+        prober.passive(3, 1, 0);
+        let e = rx.recv().await.unwrap();
+        assert!(e.passive, "{e:?}");
+        assert_eq!(
+            e.transition,
+            Some(Transition {
+                up: false,
+                after: 2
+            })
+        );
+        assert!(!e.up && !e.result.ok);
+        assert!(e.result.reason.contains("passive"), "{}", e.result.reason);
+        assert_eq!(prober.is_up(3), Some(false));
+        // The passing probes bring it back (rise 2).
+        let mut up = None;
+        for _ in 0..4 {
+            let e = rx.recv().await.unwrap();
+            assert!(!e.passive);
+            if e.transition.is_some() {
+                up = e.transition;
+                break;
+            }
+        }
+        assert_eq!(up, Some(Transition { up: true, after: 2 }));
+        // Unknown checks are ignored.
+        prober.passive(99, 5, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn events_carry_the_state() {
         let (tx, mut rx) = mpsc::channel(16);
         let mut prober = Prober::new(4, tx);
@@ -532,6 +617,7 @@ mod tests {
                 result: ProbeResult::fail(Duration::ZERO, "scripted failure"),
                 transition: None,
                 up: true,
+                passive: false,
             }
         );
         let second = rx.recv().await.unwrap();
@@ -554,6 +640,7 @@ mod tests {
             HealthConfig {
                 rise: 1,
                 fall: 1,
+                passive_fall: 0,
                 ..tcp()
             },
             target(),
@@ -679,6 +766,7 @@ mod tests {
             timeout: ms(500),
             rise: 2,
             fall: 3,
+            passive_fall: 0,
             jitter: 0.2,
             initial_up: false,
             ..tcp()

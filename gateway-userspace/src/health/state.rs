@@ -46,6 +46,9 @@ pub struct HealthState {
     streak: u32,
     rise: u32,
     fall: u32,
+    /// Consecutive passive failures (full-NAT SYNs refused or unanswered) with no answered
+    /// SYN between them; counted apart from the probes' streak.
+    passive_streak: u32,
 }
 
 impl HealthState {
@@ -56,6 +59,7 @@ impl HealthState {
             streak: 0,
             rise: rise.max(1),
             fall: fall.max(1),
+            passive_streak: 0,
         }
     }
 
@@ -74,6 +78,37 @@ impl HealthState {
         self.up = ok;
         self.streak = 0;
         Some(Transition { up: ok, after })
+    }
+
+    /// Records what the data plane saw of the target's answers since the last report:
+    /// `failures` SYNs refused or left unanswered, `answered` SYNs answered. An answered SYN
+    /// ends the streak (the order within one report is unknown: answers are taken to come
+    /// first, so a report with both still counts its failures). `passive_fall` such failures
+    /// in a row bring an up target down (0: never); a down one comes back through its
+    /// probes only.
+    pub fn observe_passive(
+        &mut self,
+        failures: u64,
+        answered: u64,
+        passive_fall: u32,
+    ) -> Option<Transition> {
+        if answered > 0 {
+            self.passive_streak = 0;
+        }
+        if !self.up || passive_fall == 0 {
+            self.passive_streak = 0;
+            return None;
+        }
+        let add = u32::try_from(failures).unwrap_or(u32::MAX);
+        self.passive_streak = self.passive_streak.saturating_add(add);
+        if self.passive_streak < passive_fall {
+            return None;
+        }
+        let after = self.passive_streak;
+        self.up = false;
+        self.streak = 0;
+        self.passive_streak = 0;
+        Some(Transition { up: false, after })
     }
 
     /// Changes the thresholds, keeping the state and the running streak (a streak already
@@ -118,6 +153,30 @@ mod tests {
 
     fn to(up: bool, after: u32) -> Option<Transition> {
         Some(Transition { up, after })
+    }
+
+    #[test]
+    fn passive_failures_in_a_row_bring_an_up_target_down_and_answers_end_the_streak() {
+        let mut s = HealthState::new(2, 3, true);
+        assert_eq!(s.observe_passive(2, 0, 3), None);
+        // An answered SYN ends the streak; the failures of that report start a new one.
+        assert_eq!(s.observe_passive(1, 5, 3), None);
+        assert_eq!(s.observe_passive(1, 0, 3), None);
+        assert_eq!(s.observe_passive(1, 0, 3), to(false, 3));
+        assert!(!s.is_up());
+        // Down: passive reports change nothing; probes bring it back.
+        assert_eq!(s.observe_passive(10, 0, 3), None);
+        assert_eq!(s.observe(true), None);
+        assert_eq!(s.observe(true), to(true, 2));
+        // One report with more than enough failures is enough; 0 turns it off.
+        assert_eq!(s.observe_passive(7, 0, 0), None);
+        assert!(s.is_up());
+        assert_eq!(s.observe_passive(7, 0, 3), to(false, 7));
+        // A probe streak in progress is ended by the passive fall.
+        let mut s = HealthState::new(2, 3, true);
+        assert_eq!(s.observe(false), None);
+        assert_eq!(s.observe_passive(3, 0, 3), to(false, 3));
+        assert!(!s.pending());
     }
 
     #[test]
@@ -243,6 +302,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             rise: 2,
             fall: 2,
+            passive_fall: 0,
             fast_interval: Duration::from_secs(1),
             down_interval: Duration::from_secs(30),
             jitter: 0.0,

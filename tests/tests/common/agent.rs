@@ -226,6 +226,8 @@ pub struct Cfg {
     pub bgp_extra: String,
     /// Extra `[dataplane]` lines (`snat_ports`, ...; `fullnat` adds the SNAT addresses).
     pub dataplane_extra: String,
+    /// Extra `[service.health]` lines (`passive_fall`, ...).
+    pub health_extra: String,
 }
 
 impl Cfg {
@@ -244,6 +246,7 @@ impl Cfg {
             admin_extra: String::new(),
             bgp_extra: String::new(),
             dataplane_extra: String::new(),
+            health_extra: String::new(),
         }
     }
 
@@ -309,7 +312,7 @@ impl Cfg {
              ipip_source_v4 = \"{}\"\nipip_source_v6 = \"{}\"\npin_dir = \"{}\"\non_exit = \"{}\"\n{snat}\n\
              [admin]\nlisten = \"{}\"\nstate_file = \"{}\"\n{}\n\
              [[service]]\nname = \"web\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"{}\"\nmode = \"{}\"\n{}\n\
-             [service.health]\nkind = \"tcp\"\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nfall = {}\nrise = {}\njitter = 0.0\n",
+             [service.health]\nkind = \"tcp\"\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nfall = {}\nrise = {}\njitter = 0.0\n{}\n",
             lb.ipv4,
             lb.ipv6,
             pin_dir.display(),
@@ -323,7 +326,8 @@ impl Cfg {
             self.interval_ms,
             self.interval_ms,
             self.fall,
-            self.rise
+            self.rise,
+            self.health_extra
         );
         for (b, extra) in lab.backends.iter().zip(&self.backends) {
             if let Some(extra) = extra {

@@ -128,6 +128,12 @@ pub struct Failover {
 /// backend b1's server dies 700-950 ms in; the stream runs for 3 s in all. Six long-lived
 /// connections to the other backends are asked again after every new connection.
 pub fn failover(lab: &mut Lab, v6: bool) -> Failover {
+    failover_with(lab, v6, Duration::from_millis(300))
+}
+
+/// [`failover`] with each new connection given `connect` to complete (full-NAT's retried
+/// SYNs complete after the client's one-second retransmission).
+pub fn failover_with(lab: &mut Lab, v6: bool, connect: Duration) -> Failover {
     let v = vip(lab, v6);
     let stop_at = Instant::now() + Duration::from_secs(3);
     let stream = lab::client::in_netns(&lab.client.netns, move || {
@@ -145,7 +151,7 @@ pub fn failover(lab: &mut Lab, v6: bool) -> Failover {
         let mut other_errors = Vec::new();
         let mut port = 40_000u16;
         while Instant::now() < stop_at {
-            let r = tcp_name(v, port, Duration::from_millis(300));
+            let r = tcp_name(v, port, connect);
             if let Err(e) = &r {
                 errors.push((port, e.to_string()));
             }

@@ -1034,7 +1034,8 @@ impl Dataplane {
         self.conntrack.keys().filter(|k| k.is_ok()).count()
     }
 
-    /// The full-NAT mappings, each direction under the key it arrives with (walks the map).
+    /// The full-NAT mappings, each direction under the key it arrives with (walks the map;
+    /// entries the program removes meanwhile are skipped).
     pub fn nat_entries(&self) -> Vec<(FlowKey, NatValue)> {
         self.nat.iter().filter_map(Result::ok).collect()
     }
@@ -1127,6 +1128,7 @@ pub trait DataplaneOps: MapWriter {
     fn conntrack_len(&self) -> usize;
     fn protect_stats(&self, id: u32) -> Result<ProtectStats, DataplaneError>;
     fn passive_stats(&self, id: u32) -> Result<PassiveStats, DataplaneError>;
+    fn nat_entries(&self) -> Result<Vec<(FlowKey, NatValue)>, DataplaneError>;
     fn limited(&self) -> Vec<Limited>;
     fn forget_limited(&mut self, key: &SourceKey);
 }
@@ -1175,6 +1177,9 @@ impl DataplaneOps for Dataplane {
     }
     fn passive_stats(&self, id: u32) -> Result<PassiveStats, DataplaneError> {
         Dataplane::passive_stats(self, id)
+    }
+    fn nat_entries(&self) -> Result<Vec<(FlowKey, NatValue)>, DataplaneError> {
+        Ok(Dataplane::nat_entries(self))
     }
     fn limited(&self) -> Vec<Limited> {
         Dataplane::limited(self)

@@ -93,6 +93,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show full-NAT flows: the client behind a SNAT address and port (backends see only
+    /// the SNAT address).
+    Nat {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only flows through this SNAT address, or address:port ([v6]:port).
+        #[arg(long)]
+        snat: Option<String>,
+        /// Only flows from this client address, or address:port.
+        #[arg(long)]
+        client: Option<String>,
+        /// Show at most this many flows (1..=10000).
+        #[arg(long, default_value_t = gateway::admin::NAT_LIMIT_DEFAULT)]
+        limit: usize,
+        /// Print the raw JSON of `GET /nat`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Withdraw this balancer's VIPs from BIRD when its agent is gone (`[bgp]`).
     ///
     /// Runs beside BIRD: when the agent has not answered `/healthz` for `agent_grace`, or
@@ -165,6 +183,13 @@ fn main() {
         Command::Check { config, against } => check(config, against),
         Command::Status { api, json } => status(&api, json),
         Command::Protection { api, json } => protection(&api, json),
+        Command::Nat {
+            api,
+            snat,
+            client,
+            limit,
+            json,
+        } => nat(&api, snat, client, limit, json),
         Command::Stop {
             detach,
             config,
@@ -385,6 +410,43 @@ fn protection(api: &ApiArgs, json: bool) -> anyhow::Result<()> {
     let r: admin::ProtectionReport = serde_json::from_str(&body)
         .with_context(|| format!("reading /protection from {}", api.admin))?;
     print!("{}", report::render_protection(&r));
+    Ok(())
+}
+
+fn nat(
+    api: &ApiArgs,
+    snat: Option<String>,
+    client: Option<String>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut query = format!("/nat?limit={limit}");
+    for (key, value) in [("snat", snat), ("client", client)] {
+        if let Some(v) = value {
+            // The API takes the same forms; escaping keeps '&' and '=' out of the query.
+            let escaped: String = v
+                .bytes()
+                .map(|b| match b {
+                    b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'.' | b':' | b'[' | b']' => {
+                        char::from(b).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            query += &format!("&{key}={escaped}");
+        }
+    }
+    let (code, body) = http(api, "GET", &query, None)?;
+    if code != 200 {
+        anyhow::bail!("{}", api_error(code, &body));
+    }
+    if json {
+        println!("{}", body.trim_end());
+        return Ok(());
+    }
+    let r: admin::NatReport =
+        serde_json::from_str(&body).with_context(|| format!("reading /nat from {}", api.admin))?;
+    print!("{}", report::render_nat(&r));
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use std::{fmt::Write as _, net::IpAddr, time::Duration};
 
 use crate::{
-    admin::{ProtectionReport, Snapshot},
+    admin::{NatReport, ProtectionReport, Snapshot},
     config::Config,
     plan::Plan,
     preview::{Change, Difference, Endpoint, Flows, Kept, ServiceChange},
@@ -398,6 +398,51 @@ fn duration(d: Duration) -> String {
 
 /// `gateway protection`: each service's limits and counters, then the sources over a
 /// limit now.
+/// `gateway nat`: one row per full-NAT flow, the client first (what an abuse report about a
+/// SNAT address and port needs).
+pub fn render_nat(r: &NatReport) -> String {
+    if r.mappings.is_empty() {
+        return "no full-NAT flow matches\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = r
+        .mappings
+        .iter()
+        .map(|m| {
+            let state = if m.retried {
+                format!("{} (retried)", m.state)
+            } else {
+                m.state.clone()
+            };
+            vec![
+                m.client.clone(),
+                m.snat.clone(),
+                m.backend.clone(),
+                format!("{} {}", m.service, m.protocol),
+                state,
+                format!("{}s", m.idle_seconds),
+            ]
+        })
+        .collect();
+    let header = [
+        ("CLIENT", Left),
+        ("SNAT", Left),
+        ("BACKEND", Left),
+        ("SERVICE", Left),
+        ("STATE", Left),
+        ("IDLE", Right),
+    ];
+    let mut out = columns(&header, &rows, "");
+    if r.matched > r.mappings.len() {
+        let _ = writeln!(
+            out,
+            "{} of {} matching flows shown (--limit)",
+            r.mappings.len(),
+            r.matched
+        );
+    }
+    out
+}
+
 pub fn render_protection(r: &ProtectionReport) -> String {
     let mut out = String::new();
     let guard = match r.flood_new_flows_per_cpu {

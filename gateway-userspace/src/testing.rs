@@ -6,8 +6,8 @@ use std::{
 };
 
 use gateway_common::{
-    Backend, Limits, LocalFilter, LocalKey, NatPool, PassiveStats, ProtectStats, STAT_COUNT,
-    ServiceKey, ServiceValue, Settings, Slot, SourceKey, TrafficStats,
+    Backend, FlowKey, Limits, LocalFilter, LocalKey, NatPool, NatValue, PassiveStats, ProtectStats,
+    STAT_COUNT, ServiceKey, ServiceValue, Settings, Slot, SourceKey, TrafficStats,
 };
 
 use crate::{
@@ -173,6 +173,8 @@ pub struct FakeDataplane {
     pub limited: Vec<Limited>,
     /// What PASSIVE holds, by backend id (what full-NAT answers said of each).
     pub passive: BTreeMap<u32, PassiveStats>,
+    /// What NAT holds.
+    pub nat: Vec<(FlowKey, NatValue)>,
 }
 
 impl FakeDataplane {
@@ -305,6 +307,9 @@ impl DataplaneOps for FakeDataplane {
     }
     fn passive_stats(&self, id: u32) -> Result<PassiveStats, DataplaneError> {
         Ok(self.passive.get(&id).copied().unwrap_or_default())
+    }
+    fn nat_entries(&self) -> Result<Vec<(FlowKey, NatValue)>, DataplaneError> {
+        Ok(self.nat.clone())
     }
     fn limited(&self) -> Vec<Limited> {
         self.limited.clone()

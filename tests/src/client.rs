@@ -25,7 +25,9 @@ pub fn in_netns<T: Send + 'static>(
 }
 
 /// One TCP exchange from `local_port` (0: any): connect, send a line, read the backend's
-/// name. The socket closes with RST so thousands of them leave no TIME_WAIT behind.
+/// name. The socket closes with RST so thousands of them leave no TIME_WAIT behind. An error
+/// while connecting says `connect: ` first (the connection never opened); any other came
+/// after it had.
 pub fn tcp_name(vip: SocketAddr, local_port: u16, timeout: Duration) -> std::io::Result<String> {
     let any: IpAddr = if vip.is_ipv6() {
         "::".parse().unwrap()
@@ -51,7 +53,8 @@ pub fn tcp_name_from(
     if local.port() != 0 || !local.ip().is_unspecified() {
         s.bind(&SockAddr::from(local))?;
     }
-    s.connect_timeout(&SockAddr::from(vip), timeout)?;
+    s.connect_timeout(&SockAddr::from(vip), timeout)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("connect: {e}")))?;
     s.set_linger(Some(Duration::ZERO))?;
     let mut t: TcpStream = s.into();
     t.set_read_timeout(Some(timeout))?;
@@ -108,6 +111,11 @@ impl Conn {
     /// The address the connection is with, as the client's kernel sees it.
     pub fn peer(&self) -> std::io::Result<SocketAddr> {
         self.stream.peer_addr()
+    }
+
+    /// The connection's own address.
+    pub fn local(&self) -> std::io::Result<SocketAddr> {
+        self.stream.local_addr()
     }
 
     /// Sends `line` and returns the answer (`peer`: the address the backend sees).

@@ -66,6 +66,98 @@ pub enum Request {
     Reload(oneshot::Sender<Result<(), String>>),
     /// The body of `/protection`: limits, their counters, the sources over a limit now.
     Protection(oneshot::Sender<Result<ProtectionReport, String>>),
+    /// The body of `/nat`: the full-NAT flows the query asks for.
+    Nat {
+        query: NatQuery,
+        reply: oneshot::Sender<Result<NatReport, String>>,
+    },
+}
+
+/// What `GET /nat` asks for: flows through a SNAT address (and port), from a client address
+/// (and port), at most `limit` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatQuery {
+    pub snat: Option<(IpAddr, Option<u16>)>,
+    pub client: Option<(IpAddr, Option<u16>)>,
+    pub limit: usize,
+}
+
+/// Flows `/nat` lists unless `limit` says otherwise, and the most it lists.
+pub const NAT_LIMIT_DEFAULT: usize = 100;
+pub const NAT_LIMIT_MAX: usize = 10_000;
+
+/// `address` or `address:port` (IPv6 with a port in brackets: `[fd00::100]:40001`).
+fn addr_and_port(v: &str) -> Option<(IpAddr, Option<u16>)> {
+    if let Ok(a) = v.parse::<IpAddr>() {
+        return Some((a, None));
+    }
+    v.parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|s| (s.ip().to_canonical(), Some(s.port())))
+}
+
+/// `%XX` escapes decoded (a client may encode the brackets and colons of an address).
+fn percent_decoded(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Parses `/nat`'s query: `snat=ADDR[:PORT]`, `client=ADDR[:PORT]`, `limit=N`
+/// (1..=`NAT_LIMIT_MAX`), each at most once; anything else is an error that says what.
+pub fn parse_nat_query(q: Option<&str>) -> Result<NatQuery, String> {
+    let mut query = NatQuery {
+        snat: None,
+        client: None,
+        limit: NAT_LIMIT_DEFAULT,
+    };
+    let mut seen = Vec::new();
+    for kv in q.unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("{kv:?} is not key=value"))?;
+        if seen.contains(&k) {
+            return Err(format!("{k} is given twice"));
+        }
+        seen.push(k);
+        let v = percent_decoded(v).ok_or_else(|| format!("{k}: bad %-escape in {v:?}"))?;
+        let addr = |v: &str| {
+            addr_and_port(v).ok_or_else(|| format!("{k}: {v:?} is not an address or address:port"))
+        };
+        match k {
+            "snat" => query.snat = Some(addr(&v)?),
+            "client" => query.client = Some(addr(&v)?),
+            "limit" => {
+                query.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=NAT_LIMIT_MAX).contains(n))
+                    .ok_or_else(|| format!("limit: {v:?} is not 1..={NAT_LIMIT_MAX}"))?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown key {other:?} (snat, client and limit are known)"
+                ));
+            }
+        }
+    }
+    Ok(query)
+}
+
+/// Whether `addr:port` matches a query's `(address, port)`.
+pub fn nat_matches(want: Option<(IpAddr, Option<u16>)>, addr: IpAddr, port: u16) -> bool {
+    want.is_none_or(|(a, p)| a == addr && p.is_none_or(|p| p == port))
 }
 
 /// Why a backend change through the API did not happen.
@@ -179,6 +271,7 @@ fn router(agent: mpsc::Sender<Request>, auth: Auth) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/protection", get(protection))
+        .route("/nat", get(nat))
         .route("/ui", get(ui_page))
         .route("/ui/app.js", get(ui_script))
         .route("/ui/app.css", get(ui_style))
@@ -425,6 +518,23 @@ async fn protection(State(agent): State<mpsc::Sender<Request>>) -> Response {
     }
 }
 
+/// `GET /nat?snat=ADDR[:PORT]&client=ADDR[:PORT]&limit=N`: full-NAT flows (a walk of the
+/// NAT map).
+async fn nat(State(agent): State<mpsc::Sender<Request>>, RawQuery(q): RawQuery) -> Response {
+    let query = match parse_nat_query(q.as_deref()) {
+        Ok(q) => q,
+        Err(e) => return error_body(StatusCode::BAD_REQUEST, &e),
+    };
+    match ask(&agent, |reply| Request::Nat { query, reply }).await {
+        Ok(Ok(r)) => match serde_json::to_string(&r) {
+            Ok(body) => json(StatusCode::OK, body),
+            Err(e) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+        Ok(Err(e)) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        Err(r) => r,
+    }
+}
+
 async fn metrics(State(agent): State<mpsc::Sender<Request>>) -> Response {
     match snapshot(&agent, false).await {
         Ok(s) => (
@@ -610,6 +720,23 @@ mod tests {
                     Request::Protection(reply) => {
                         let _ = reply.send(Ok(crate::testing::protection_report()));
                     }
+                    // Echoes the query it was given, so the test sees it parsed.
+                    Request::Nat { query, reply } => {
+                        let _ = reply.send(Ok(NatReport {
+                            matched: query.limit,
+                            mappings: vec![NatMapping {
+                                service: "web".into(),
+                                protocol: "tcp".into(),
+                                client: format!("{:?}", query.client),
+                                vip: String::new(),
+                                snat: format!("{:?}", query.snat),
+                                backend: String::new(),
+                                state: "established".into(),
+                                idle_seconds: 0,
+                                retried: false,
+                            }],
+                        }));
+                    }
                     other => panic!("unexpected {other:?}"),
                 }
             }
@@ -622,6 +749,22 @@ mod tests {
         assert_eq!(serde_json::from_str::<Snapshot>(&body).unwrap(), snapshot());
         let (code, body) = get(addr, "/metrics").await;
         assert_eq!((code, body), (200, render_metrics(&snapshot())));
+        // /nat parses its query (escaped or not) or says what is wrong with it.
+        let (code, body) = get(addr, "/nat?snat=%5Bfd00%3A%3A100%5D%3A40001&limit=7").await;
+        assert_eq!(code, 200, "{body}");
+        let r: NatReport = serde_json::from_str(&body).unwrap();
+        assert_eq!(r.matched, 7);
+        assert_eq!(r.mappings[0].snat, "Some((fd00::100, Some(40001)))");
+        let (code, body) = get(addr, "/nat?client=198.18.5.1").await;
+        assert_eq!(code, 200, "{body}");
+        let (code, body) = get(addr, "/nat?clinet=198.18.5.1").await;
+        assert_eq!(code, 400);
+        assert!(
+            body.contains("unknown key") && body.contains("clinet"),
+            "{body}"
+        );
+        let (code, body) = get(addr, "/nat?limit=0").await;
+        assert!(code == 400 && body.contains("limit"), "{body}");
         // The status page leaves the conntrack walk out of most polls.
         let (code, body) = get(addr, "/status?conntrack=0").await;
         assert_eq!(code, 200);
@@ -701,6 +844,9 @@ mod tests {
                         let _ = reply.send(Ok(snapshot()));
                     }
                     Request::Protection(reply) => {
+                        let _ = reply.send(Err("not here".into()));
+                    }
+                    Request::Nat { reply, .. } => {
                         let _ = reply.send(Err("not here".into()));
                     }
                 }
@@ -996,5 +1142,83 @@ mod tests {
         }
         assert_eq!(get(addr, "/healthz").await.0, 200);
         agent.abort();
+    }
+
+    #[test]
+    fn nat_queries_parse_or_say_what_is_wrong() {
+        let q = parse_nat_query(Some("snat=198.18.0.100:40001&client=fd00:5::1&limit=3")).unwrap();
+        assert_eq!(
+            q,
+            NatQuery {
+                snat: Some(("198.18.0.100".parse().unwrap(), Some(40001))),
+                client: Some(("fd00:5::1".parse().unwrap(), None)),
+                limit: 3,
+            }
+        );
+        assert_eq!(parse_nat_query(None).unwrap().limit, NAT_LIMIT_DEFAULT);
+        for (bad, says) in [
+            ("snat=1.2.3", "not an address"),
+            ("snat=[fd00::1]", "not an address"),
+            ("limit=10001", "limit"),
+            ("limit=-1", "limit"),
+            ("snat=1.2.3.4&snat=1.2.3.4", "twice"),
+            ("snat", "key=value"),
+            ("snat=%zz", "escape"),
+            ("snat=%c3", "escape"),
+            ("port=80", "unknown key"),
+        ] {
+            let e = parse_nat_query(Some(bad)).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert!(nat_matches(None, "1.2.3.4".parse().unwrap(), 9));
+        let want = Some(("1.2.3.4".parse().unwrap(), Some(9)));
+        assert!(nat_matches(want, "1.2.3.4".parse().unwrap(), 9));
+        assert!(!nat_matches(want, "1.2.3.4".parse().unwrap(), 8));
+    }
+
+    /// Random queries (a fixed seed) from the characters queries are made of: parsed or
+    /// refused with a message, never a panic, and what parses is in range.
+    #[test]
+    fn mutated_nat_queries_never_panic() {
+        const PIECES: [&str; 16] = [
+            "snat=",
+            "client=",
+            "limit=",
+            "&",
+            "=",
+            "%",
+            "%5B",
+            "%3A",
+            "[",
+            "]",
+            ":",
+            "::",
+            "198.18.0.100",
+            "fd00::1",
+            "40001",
+            "99999999999999999999",
+        ];
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let (mut ok, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let q: String = (0..next(8)).map(|_| PIECES[next(PIECES.len())]).collect();
+            match parse_nat_query(Some(&q)) {
+                Ok(p) => {
+                    ok += 1;
+                    assert!((1..=NAT_LIMIT_MAX).contains(&p.limit), "{q}");
+                }
+                Err(e) => {
+                    refused += 1;
+                    assert!(!e.is_empty(), "{q}");
+                }
+            }
+        }
+        assert!(ok > 100 && refused > 100, "ok {ok}, refused {refused}");
     }
 }

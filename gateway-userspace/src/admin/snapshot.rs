@@ -210,3 +210,32 @@ pub fn counters(s: &Snapshot) -> BTreeMap<&str, u64> {
         .map(|c| (c.name.as_str(), c.value))
         .collect()
 }
+
+/// The body of `GET /nat`: full-NAT flows, each with the client behind its SNAT address and
+/// port (backends log the SNAT address; this says who it was).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NatReport {
+    /// Flows that match the query; `mappings` holds the first `limit` of them.
+    pub matched: usize,
+    pub mappings: Vec<NatMapping>,
+}
+
+/// One full-NAT flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatMapping {
+    pub service: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// `address:port` (IPv6 in brackets) of each end: the client, the VIP it connected to,
+    /// the SNAT address and port the backend sees, and the backend.
+    pub client: String,
+    pub vip: String,
+    pub snat: String,
+    pub backend: String,
+    /// `syn`, `established`, `closing`, `refused` (TCP) or `udp`.
+    pub state: String,
+    /// Seconds since the flow's last packet from the client.
+    pub idle_seconds: u32,
+    /// Placed on another backend after its first one refused or ignored its SYN.
+    pub retried: bool,
+}

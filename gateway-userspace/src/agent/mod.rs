@@ -43,6 +43,7 @@ use crate::{
 
 mod backends;
 mod changes;
+mod nat;
 mod passive;
 mod protection;
 mod status;

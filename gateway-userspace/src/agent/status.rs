@@ -34,6 +34,10 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                 let r = self.protection_report();
                 let _ = reply.send(r.map_err(|e| Chain(&e).to_string()));
             }
+            admin::Request::Nat { query, reply } => {
+                let r = self.nat_report(&query);
+                let _ = reply.send(r.map_err(|e| Chain(&e).to_string()));
+            }
         }
     }
 

@@ -549,3 +549,117 @@ async fn drained_slots_that_flows_used_are_changed_and_settle_after_the_idle_tim
             .all(|s| s.prev() == 0 && s.seen != 0)
     );
 }
+
+#[tokio::test]
+async fn the_nat_report_names_the_client_behind_a_snat_address_and_port() {
+    use gateway_common::{
+        FAMILY_V4, FlowKey, NAT_DIR_FORWARD, NAT_DIR_REPLY, NAT_RETRY, NAT_TCP_ESTABLISHED,
+        NatValue, PROTO_TCP,
+    };
+    let s = Scratch::new("nat-report");
+    let mut a = agent(&s);
+    let a4 = |t: &str| crate::model::addr16(ip(t));
+    let now = crate::sys::monotonic_secs();
+    let flow = |client: &str, cport: u16, sport: u16| {
+        let key = FlowKey {
+            src: a4(client),
+            dst: a4("198.18.1.1"),
+            sport_be: cport.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let fwd = NatValue {
+            src: a4("198.18.0.100"),
+            dst: a4(B1),
+            sport_be: sport.to_be(),
+            dport_be: 80u16.to_be(),
+            backend: 1,
+            state: NAT_TCP_ESTABLISHED,
+            dir: NAT_DIR_FORWARD,
+            seen: now.saturating_sub(5),
+            flags: if cport == 1001 { NAT_RETRY } else { 0 },
+            ..NatValue::default()
+        };
+        // The answer direction is not listed.
+        let back = (
+            FlowKey {
+                src: a4(B1),
+                dst: a4("198.18.0.100"),
+                sport_be: 80u16.to_be(),
+                dport_be: sport.to_be(),
+                ..key
+            },
+            NatValue {
+                dir: NAT_DIR_REPLY,
+                ..fwd
+            },
+        );
+        [(key, fwd), back]
+    };
+    a.dp.nat = [
+        flow("198.18.5.1", 1000, 40000),
+        flow("198.18.5.1", 1001, 40001),
+        flow("198.18.5.2", 1000, 40002),
+    ]
+    .concat();
+    let q = |snat: Option<&str>, client: Option<&str>, limit| crate::admin::NatQuery {
+        snat: snat.map(|v| {
+            crate::admin::parse_nat_query(Some(&format!("snat={v}")))
+                .unwrap()
+                .snat
+                .unwrap()
+        }),
+        client: client.map(|v| {
+            crate::admin::parse_nat_query(Some(&format!("client={v}")))
+                .unwrap()
+                .client
+                .unwrap()
+        }),
+        limit,
+    };
+    let r = a
+        .nat_report(&q(Some("198.18.0.100:40001"), None, 100))
+        .unwrap();
+    assert_eq!(r.matched, 1);
+    let m = &r.mappings[0];
+    assert_eq!(
+        (
+            m.client.as_str(),
+            m.vip.as_str(),
+            m.snat.as_str(),
+            m.backend.as_str()
+        ),
+        (
+            "198.18.5.1:1001",
+            "198.18.1.1:80",
+            "198.18.0.100:40001",
+            "198.18.0.11:80"
+        )
+    );
+    assert_eq!((m.service.as_str(), m.protocol.as_str()), ("web", "tcp"));
+    assert_eq!(m.state, "established");
+    assert!(m.retried);
+    assert!((5..=7).contains(&m.idle_seconds), "{}", m.idle_seconds);
+    assert_eq!(
+        a.nat_report(&q(None, Some("198.18.5.1"), 100))
+            .unwrap()
+            .matched,
+        2
+    );
+    assert_eq!(
+        a.nat_report(&q(Some("198.18.0.100"), None, 100))
+            .unwrap()
+            .matched,
+        3
+    );
+    let limited = a.nat_report(&q(None, None, 2)).unwrap();
+    assert_eq!((limited.matched, limited.mappings.len()), (3, 2));
+    assert_eq!(
+        a.nat_report(&q(Some("198.18.0.101"), None, 100))
+            .unwrap()
+            .matched,
+        0
+    );
+}

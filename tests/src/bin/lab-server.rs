@@ -10,8 +10,8 @@
 //! TCP: a connection that starts with an HTTP method gets one HTTP/1.1 response whose body is
 //! `<name>\n` (path `/status/NNN` answers with that status); any other connection gets
 //! `<name>\n` for every line it sends, until it closes, so it can stay open for a long time;
-//! the line `peer` is answered with the address the connection comes from instead (what a
-//! full-NAT backend sees).
+//! the line `peer` is answered with the address and port the connection comes from instead
+//! (what a full-NAT backend sees).
 use std::{
     io::{BufRead, BufReader, Write},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -100,7 +100,11 @@ fn handle(conn: TcpStream, name: &str) -> std::io::Result<()> {
     conn.set_nodelay(true)?;
     let mut out = conn.try_clone()?;
     let answer = format!("{name}\n");
-    let peer = format!("{}\n", conn.peer_addr()?.ip().to_canonical());
+    let peer = conn.peer_addr()?;
+    let peer = format!(
+        "{}\n",
+        std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port())
+    );
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {

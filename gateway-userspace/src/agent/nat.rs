@@ -1,0 +1,91 @@
+//! What the agent says of full-NAT flows (`GET /nat`, `gateway nat`): the client behind each
+//! SNAT address and port, for logs and abuse handling - backends only ever see the SNAT
+//! address.
+use std::net::{IpAddr, SocketAddr};
+
+use gateway_common::{
+    FAMILY_V4, FlowKey, NAT_DIR_FORWARD, NAT_RETRY, NAT_TCP_CLOSING, NAT_TCP_ESTABLISHED,
+    NAT_TCP_REFUSED, NAT_TCP_SYN, NAT_UDP, NatValue, PROTO_TCP,
+};
+
+use super::Agent;
+use crate::{
+    admin::{NatMapping, NatQuery, NatReport, nat_matches},
+    config::Protocol,
+    dataplane::{DataplaneError, DataplaneOps},
+    neigh::NextHops,
+};
+
+/// An address of a map key or value (network order; IPv4 in the first four bytes).
+fn addr(a: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::from([a[0], a[1], a[2], a[3]])
+    } else {
+        IpAddr::from(*a)
+    }
+}
+
+fn state(v: &NatValue) -> &'static str {
+    match v.state {
+        NAT_TCP_SYN => "syn",
+        NAT_TCP_ESTABLISHED => "established",
+        NAT_TCP_CLOSING => "closing",
+        NAT_TCP_REFUSED => "refused",
+        NAT_UDP => "udp",
+        _ => "unknown",
+    }
+}
+
+impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
+    /// The full-NAT flows `q` asks for, by service and client (a walk of the NAT map).
+    pub fn nat_report(&self, q: &NatQuery) -> Result<NatReport, DataplaneError> {
+        let now = crate::sys::monotonic_secs();
+        let mut found: Vec<(FlowKey, NatValue)> = self
+            .dp
+            .nat_entries()?
+            .into_iter()
+            .filter(|(k, v)| {
+                v.dir == NAT_DIR_FORWARD
+                    && nat_matches(q.snat, addr(&v.src, k.family), u16::from_be(v.sport_be))
+                    && nat_matches(q.client, addr(&k.src, k.family), u16::from_be(k.sport_be))
+            })
+            .collect();
+        found.sort_by_key(|(k, _)| *k);
+        let matched = found.len();
+        let mappings = found
+            .iter()
+            .take(q.limit)
+            .map(|(k, v)| {
+                let at = |a: &[u8; 16], port_be: u16| {
+                    SocketAddr::new(addr(a, k.family), u16::from_be(port_be)).to_string()
+                };
+                let vip = addr(&k.dst, k.family);
+                let protocol = if k.proto == PROTO_TCP {
+                    Protocol::Tcp
+                } else {
+                    Protocol::Udp
+                };
+                let service = self
+                    .config
+                    .services
+                    .iter()
+                    .find(|s| {
+                        s.vip == vip && s.port == u16::from_be(k.dport_be) && s.protocol == protocol
+                    })
+                    .map_or_else(|| "(removed)".to_string(), |s| s.name.clone());
+                NatMapping {
+                    service,
+                    protocol: protocol.to_string(),
+                    client: at(&k.src, k.sport_be),
+                    vip: at(&k.dst, k.dport_be),
+                    snat: at(&v.src, v.sport_be),
+                    backend: at(&v.dst, v.dport_be),
+                    state: state(v).to_string(),
+                    idle_seconds: now.saturating_sub(v.seen),
+                    retried: v.flags & NAT_RETRY != 0,
+                }
+            })
+            .collect();
+        Ok(NatReport { matched, mappings })
+    }
+}

@@ -233,6 +233,19 @@ fn setting_changes(running: &Config, next: &Config) -> Vec<Setting> {
         opt(b.ipip_source_v6.map(IpAddr::V6)),
     );
     live("on_exit", a.on_exit.to_string(), b.on_exit.to_string());
+    let list = |v: Vec<String>| format!("[{}]", v.join(", "));
+    live(
+        "snat_v4",
+        list(a.snat_v4.iter().map(|x| x.to_string()).collect()),
+        list(b.snat_v4.iter().map(|x| x.to_string()).collect()),
+    );
+    live(
+        "snat_v6",
+        list(a.snat_v6.iter().map(|x| x.to_string()).collect()),
+        list(b.snat_v6.iter().map(|x| x.to_string()).collect()),
+    );
+    let ports = |r: &std::ops::RangeInclusive<u16>| format!("{}-{}", r.start(), r.end());
+    live("snat_ports", ports(&a.snat_ports), ports(&b.snat_ports));
     // `[protection]`'s live keys (a reload applies them; its limits show per service).
     let (p, q) = (&running.protection, &next.protection);
     let prefixes = |l: &[crate::config::Prefix]| {

@@ -199,12 +199,42 @@ pub fn render_plan(config: &Config, plan: &Plan) -> String {
         if s.protection.mode != crate::config::ProtectMode::Off {
             let _ = writeln!(out, "  limits {}", s.protection);
         }
+        if s.mode == crate::config::Mode::Fullnat {
+            out += &fullnat_capacity(config, s.vip.is_ipv6());
+        }
         if sp.empty() {
             let _ = writeln!(out, "  {EMPTY_TABLE}");
         }
     }
     out += &render_announcements(config, plan);
     out
+}
+
+/// A full-NAT service's line in `gateway check`: how many flows each of its backends can
+/// carry at once (every SNAT address of the VIP's family times the port range).
+fn fullnat_capacity(config: &Config, v6: bool) -> String {
+    let d = &config.dataplane;
+    let (addrs, list): (usize, Vec<String>) = if v6 {
+        (
+            d.snat_v6.len(),
+            d.snat_v6.iter().map(|a| a.to_string()).collect(),
+        )
+    } else {
+        (
+            d.snat_v4.len(),
+            d.snat_v4.iter().map(|a| a.to_string()).collect(),
+        )
+    };
+    let ports = usize::from(*d.snat_ports.end() - *d.snat_ports.start()) + 1;
+    format!(
+        "  full-NAT from {} ports {}-{}: {} concurrent flows per backend ({addrs} x {ports}); \
+         NAT holds {} flows in all\n",
+        list.join(", "),
+        d.snat_ports.start(),
+        d.snat_ports.end(),
+        addrs * ports,
+        d.nat_size / 2,
+    )
 }
 
 /// With `[bgp]`: the sessions, and each VIP's route as it would be announced (a VIP whose
@@ -998,5 +1028,32 @@ service web  198.18.1.1:80/tcp  l2dsr  table 251 slots (7 changed)  10 packets  
             "{out}"
         );
         assert!(!out.contains("needs a restart"), "limits are live: {out}");
+    }
+
+    #[test]
+    fn check_shows_full_nat_capacity_and_the_pool_changes() {
+        let fullnat = service("api", 1, &[(11, ""), (12, "")]).replace("l2dsr", "fullnat");
+        let with = |pool: &str| config(&format!("{pool}\n{fullnat}"));
+        let running =
+            with("snat_v4 = [\"198.18.0.100\", \"198.18.0.101\"]\nsnat_ports = \"20000-20015\"");
+        let out = plan(&running);
+        assert!(
+            out.contains(
+                "  full-NAT from 198.18.0.100, 198.18.0.101 ports 20000-20015: 32 concurrent \
+                 flows per backend (2 x 16); NAT holds 131072 flows in all\n"
+            ),
+            "{out}"
+        );
+        let next = with("snat_v4 = [\"198.18.0.100\"]\nsnat_ports = \"20000-29999\"");
+        let out = change(&running, &next);
+        assert!(
+            out.contains("snat_v4 [198.18.0.100, 198.18.0.101] -> [198.18.0.100]"),
+            "{out}"
+        );
+        assert!(
+            out.contains("snat_ports 20000-20015 -> 20000-29999"),
+            "{out}"
+        );
+        assert!(!out.contains("needs a restart"), "the pool is live: {out}");
     }
 }

@@ -101,6 +101,8 @@ pub struct Handoff {
     pub l4_off: u32,
     /// `parse::L4` as a number: 0 TCP, 1 UDP, 2 ICMP error.
     pub l4: u32,
+    /// An ICMP error's quoted transport header (offset from the frame's start).
+    pub quoted_l4: u32,
     pub tcp_flags: u8,
     /// Whether the packet is a backend's answer (to a SNAT address), not a client's.
     pub reply: u8,

@@ -20,10 +20,10 @@ use gateway_common::{
     BACKEND_DRAIN, BACKEND_UP, Backend, FAMILY_V4, FlowKey, JUMP_FULLNAT, LOCAL_SNAT, LocalKey,
     MAX_SNAT_ADDRS, MODE_FULLNAT, PROTECT_OFF,
     NAT_DIR_FORWARD, NAT_DIR_REPLY, NAT_PORT_TRIES, NAT_RETRY, NAT_TCP_CLOSING,
-    NAT_TCP_ESTABLISHED, NAT_TCP_REFUSED, NAT_TCP_SYN, NAT_UDP, NatValue, STAT_DROP_INTERNAL, STAT_DROP_MARTIAN_SOURCE,
+    NAT_TCP_ESTABLISHED, NAT_TCP_REFUSED, NAT_TCP_SYN, NAT_UDP, NatValue, PROTO_TCP, STAT_DROP_INTERNAL, STAT_DROP_MARTIAN_SOURCE,
     STAT_DROP_NAT_EXHAUSTED, STAT_DROP_NAT_NO_MAPPING, STAT_DROP_NAT_REPLY_MISS,
     STAT_DROP_NAT_UNTRANSLATED, STAT_FORWARDED, STAT_NAT_NEW, STAT_NAT_REPLIED,
-    STAT_NAT_RESET_HIDDEN, STAT_NAT_RETRIED, STAT_PASS_NOT_VIP, ServiceValue, hash::flow_hash,
+    STAT_ICMP_RELAYED, STAT_NAT_RESET_HIDDEN, STAT_NAT_RETRIED, STAT_PASS_NOT_VIP, ServiceValue, hash::flow_hash,
 };
 use gateway_ebpf::hdr::*;
 
@@ -78,7 +78,13 @@ pub const ANSWERS: ServiceValue = ServiceValue {
 /// service it is for, or [`ANSWERS`] for an answer to a SNAT address. Returns only if the
 /// tail call failed (the program is not in JUMP).
 #[inline(always)]
-pub fn hand_off(ctx: &XdpContext, pkt: &Packet, key: &KeyBuf, svc: &ServiceValue) {
+pub fn hand_off(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    key: &KeyBuf,
+    svc: &ServiceValue,
+    quoted_l4: usize,
+) {
     let Some(h) = HANDOFF.get_ptr_mut(0) else {
         return;
     };
@@ -95,6 +101,7 @@ pub fn hand_off(ctx: &XdpContext, pkt: &Packet, key: &KeyBuf, svc: &ServiceValue
             L4::IcmpError => L4_ICMP_ERROR,
         };
         (*h).tcp_flags = pkt.tcp_flags;
+        (*h).quoted_l4 = quoted_l4 as u32;
         (*h).reply = u8::from(svc.id == ANSWERS.id);
         JUMP.tail_call(ctx, JUMP_FULLNAT);
     }
@@ -117,7 +124,11 @@ pub fn run(ctx: &XdpContext) -> Verdict {
     // SAFETY: this CPU's entry, written by the main program for this packet.
     let h = unsafe { &mut *h };
     if h.l4 == L4_ICMP_ERROR {
-        return Verdict::drop(STAT_DROP_NAT_UNTRANSLATED);
+        let v = icmp_error(ctx, h);
+        return Verdict {
+            action: (v >> 32) as u32,
+            reason: v as u32,
+        };
     }
     let p = Pkt {
         l2: h.l2_len as usize,
@@ -500,6 +511,157 @@ fn reply(ctx: &XdpContext, p: &Pkt, key: &FlowKey, s: &mut NatScratch) -> Verdic
         return Verdict::drop(STAT_DROP_INTERNAL);
     }
     Verdict::tx(STAT_NAT_REPLIED)
+}
+
+/// An ICMP error about a full-NAT flow, for the other side of it. To the VIP from the
+/// client's side, it quotes an answer the balancer sent the client: it goes to the backend,
+/// quoting what the backend sent, from the SNAT address. To a SNAT address from the
+/// backend's side, it quotes a packet the balancer sent the backend: it goes to the client,
+/// quoting what the client sent, from the VIP. `h.key` is the quoted packet's flow reversed
+/// (the direction whose mapping says how to translate): the quoted packet gets the
+/// mapping's new destination as its source and its new source as its destination, and the
+/// outer header the mapping's new addresses. The inner IPv4 and transport checksums (where
+/// the quote holds them), the ICMP checksum and the outer IPv4 checksum are updated
+/// incrementally.
+///
+/// A BPF function of its own (its temporaries would not fit the caller's stack beside the
+/// rest), so it returns its verdict as one number: the action in the high half, the counter
+/// in the low one.
+#[inline(never)]
+fn icmp_error(ctx: &XdpContext, h: &Handoff) -> u64 {
+    let v = translate_icmp_error(ctx, h);
+    (u64::from(v.action) << 32) | u64::from(v.reason)
+}
+
+#[inline(always)]
+fn translate_icmp_error(ctx: &XdpContext, h: &Handoff) -> Verdict {
+    let key = &h.key;
+    let want = if h.reply != 0 {
+        NAT_DIR_REPLY
+    } else {
+        NAT_DIR_FORWARD
+    };
+    // SAFETY: a map value, valid for this run; only read.
+    let v = match unsafe { NAT.get(key) } {
+        Some(v) if v.dir == want => v,
+        _ => return Verdict::drop(STAT_DROP_NAT_UNTRANSLATED),
+    };
+    let mac = if h.reply != 0 {
+        v.mac
+    } else {
+        match serving(v.backend) {
+            Some(b) => b.mac,
+            None => return Verdict::drop(STAT_DROP_NAT_UNTRANSLATED),
+        }
+    };
+    let l2 = h.l2_len as usize;
+    let icmp_off = h.l4_off as usize;
+    let inner = icmp_off + ICMP_LEN;
+    let ql4 = h.quoted_l4 as usize;
+    let Some(ports) = at(ctx, ql4, 4) else {
+        return Verdict::drop(STAT_DROP_INTERNAL);
+    };
+    let old_ports = u64::from(!ld16(ports, L4_SPORT)) + u64::from(!ld16(ports, L4_DPORT));
+    let d_ports = old_ports + u64::from(v.dport_be) + u64::from(v.sport_be);
+    // SAFETY: `ports` covers both ports.
+    unsafe {
+        core::ptr::write(ports.add(L4_SPORT) as *mut u16, v.dport_be);
+        core::ptr::write(ports.add(L4_DPORT) as *mut u16, v.sport_be);
+    }
+    // What the ICMP checksum gains besides the quoted ports.
+    let mut d_icmp = d_ports;
+    let d_inner;
+    if key.family == FAMILY_V4 {
+        let (Some(outer), Some(ip)) = (at(ctx, l2, IPV4_LEN), at(ctx, inner, IPV4_LEN)) else {
+            return Verdict::drop(STAT_DROP_INTERNAL);
+        };
+        let four = |a: &[u8; 16]| [a[0], a[1], a[2], a[3]];
+        let (new_src, new_dst) = (four(&v.src), four(&v.dst));
+        let o_src: [u8; 4] = copy(outer, IPV4_SRC);
+        let o_dst: [u8; 4] = copy(outer, IPV4_DST);
+        let d_outer = words(&o_src, true)
+            + words(&o_dst, true)
+            + words(&new_src, false)
+            + words(&new_dst, false);
+        let i_src: [u8; 4] = copy(ip, IPV4_SRC);
+        let i_dst: [u8; 4] = copy(ip, IPV4_DST);
+        // The quoted packet runs the other way: from the mapping's destination.
+        d_inner = words(&i_src, true)
+            + words(&i_dst, true)
+            + words(&new_dst, false)
+            + words(&new_src, false);
+        let old_ic = ld16(ip, IPV4_CSUM);
+        let new_ic = updated(old_ic, d_inner);
+        d_icmp += d_inner + u64::from(!old_ic) + u64::from(new_ic);
+        let oc = updated(ld16(outer, IPV4_CSUM), d_outer);
+        // SAFETY: `outer` and `ip` cover their fixed headers.
+        unsafe {
+            put(ip, IPV4_SRC, new_dst);
+            put(ip, IPV4_DST, new_src);
+            core::ptr::write(ip.add(IPV4_CSUM) as *mut u16, new_ic);
+            put(outer, IPV4_SRC, new_src);
+            put(outer, IPV4_DST, new_dst);
+            core::ptr::write(outer.add(IPV4_CSUM) as *mut u16, oc);
+        }
+    } else {
+        let (Some(outer), Some(ip)) = (at(ctx, l2, IPV6_LEN), at(ctx, inner, IPV6_LEN)) else {
+            return Verdict::drop(STAT_DROP_INTERNAL);
+        };
+        let o_src: [u8; 16] = copy(outer, IPV6_SRC);
+        let o_dst: [u8; 16] = copy(outer, IPV6_DST);
+        // ICMPv6's checksum covers the outer addresses (its pseudo-header).
+        d_icmp += words(&o_src, true)
+            + words(&o_dst, true)
+            + words(&v.src, false)
+            + words(&v.dst, false);
+        let i_src: [u8; 16] = copy(ip, IPV6_SRC);
+        let i_dst: [u8; 16] = copy(ip, IPV6_DST);
+        d_inner = words(&i_src, true)
+            + words(&i_dst, true)
+            + words(&v.dst, false)
+            + words(&v.src, false);
+        d_icmp += d_inner;
+        // SAFETY: as above.
+        unsafe {
+            put(ip, IPV6_SRC, v.dst);
+            put(ip, IPV6_DST, v.src);
+            put(outer, IPV6_SRC, v.src);
+            put(outer, IPV6_DST, v.dst);
+        }
+    }
+    // The quoted transport checksum, where the quote reaches it.
+    let l4_csum = if key.proto == PROTO_TCP {
+        at(ctx, ql4, TCP_LEN).map(|p| (p, TCP_CSUM))
+    } else {
+        at(ctx, ql4, UDP_LEN).map(|p| (p, UDP_CSUM))
+    };
+    if let Some((p, off)) = l4_csum {
+        let old = ld16(p, off);
+        if !(old == 0 && key.proto != PROTO_TCP && key.family == FAMILY_V4) {
+            let new = match updated(old, d_inner + d_ports) {
+                0 if key.proto != PROTO_TCP => 0xffff,
+                c => c,
+            };
+            d_icmp += u64::from(!old) + u64::from(new);
+            // SAFETY: `p` covers the checksum.
+            unsafe { core::ptr::write(p.add(off) as *mut u16, new) };
+        }
+    }
+    let Some(icmp) = at(ctx, icmp_off, ICMP_LEN) else {
+        return Verdict::drop(STAT_DROP_INTERNAL);
+    };
+    let c = updated(ld16(icmp, ICMP_CSUM), d_icmp);
+    // SAFETY: `icmp` covers the ICMP header.
+    unsafe { core::ptr::write(icmp.add(ICMP_CSUM) as *mut u16, c) };
+    if !set_macs(ctx, &mac) {
+        return Verdict::drop(STAT_DROP_INTERNAL);
+    }
+    count(STAT_ICMP_RELAYED);
+    Verdict::tx(if h.reply != 0 {
+        STAT_NAT_REPLIED
+    } else {
+        STAT_FORWARDED
+    })
 }
 
 /// The one's-complement sum of `a`'s 16-bit words, each complemented (`neg`) or not: what a

@@ -695,9 +695,10 @@ fn icmp_checksum_ok(
 
 /// Writes into `buf` the flow (as the client sent it) that an ICMP error is about. The error
 /// quotes a packet the backend sent from the VIP to the client, so the quoted source is the
-/// VIP. On `Err` the key's contents are unspecified.
+/// VIP. Returns the quoted transport header's offset. On `Err` the key's contents are
+/// unspecified.
 #[inline(always)]
-pub fn quoted_flow(ctx: &XdpContext, pkt: &Packet, buf: &mut KeyBuf) -> Result<(), u32> {
+pub fn quoted_flow(ctx: &XdpContext, pkt: &Packet, buf: &mut KeyBuf) -> Result<usize, u32> {
     let inner = pkt.l4_off + ICMP_LEN;
     let l4;
     let key;
@@ -757,5 +758,5 @@ pub fn quoted_flow(ctx: &XdpContext, pkt: &Packet, buf: &mut KeyBuf) -> Result<(
     let ports = at(ctx, l4, 4).ok_or(STAT_PARSE_L4)?;
     key.dport_be = u16::from_ne_bytes(copy(ports, L4_SPORT));
     key.sport_be = u16::from_ne_bytes(copy(ports, L4_DPORT));
-    Ok(())
+    Ok(l4)
 }

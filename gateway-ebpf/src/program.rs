@@ -78,19 +78,20 @@ mod prog {
         // SAFETY: `parse` wrote the whole key before returning Ok.
         let buf = unsafe { buf.assume_init_mut() };
         let relay = pkt.l4 == L4::IcmpError;
+        let mut quoted = 0;
         if relay {
             parse::check_icmp(ctx, &mut pkt, buf.key());
-            parse::quoted_flow(ctx, &pkt, buf)?;
+            quoted = parse::quoted_flow(ctx, &pkt, buf)?;
         }
         let key = buf.key();
         let skey = SvcKeyBuf::new(buf.dst_words(), key);
         let Some(svc) = maps::service(skey.key()) else {
             // Not a VIP; perhaps a backend's answer to a full-NAT flow.
-            if !relay && nat::to_pool(key) {
+            if nat::to_pool(key) {
                 if let Some(reason) = pkt.refusal(s.checks_off) {
                     return Ok(Verdict::drop(reason));
                 }
-                nat::hand_off(ctx, &pkt, buf, &nat::ANSWERS);
+                nat::hand_off(ctx, &pkt, buf, &nat::ANSWERS, quoted);
                 return Ok(Verdict::drop(STAT_DROP_INTERNAL));
             }
             return Err(STAT_PASS_NOT_VIP);
@@ -114,7 +115,7 @@ mod prog {
         }
         if svc.mode == MODE_FULLNAT {
             // Returns only if the full-NAT program is missing from JUMP.
-            nat::hand_off(ctx, &pkt, buf, svc);
+            nat::hand_off(ctx, &pkt, buf, svc, quoted);
             return Ok(Verdict::drop(STAT_DROP_INTERNAL));
         }
         let bytes = packet::frame_len(ctx) as u64;

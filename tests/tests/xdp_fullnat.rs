@@ -292,39 +292,147 @@ fn the_seventeenth_flow_to_a_backend_on_a_sixteen_port_range_is_refused() {
     }
 }
 
+/// The packet an ICMP error in `frame` quotes, checked (its IPv4 header and transport
+/// checksums recomputed: the tests quote whole packets).
+fn quoted(frame: &[u8], v6: bool) -> Parsed {
+    let outer = if v6 { 40 } else { 20 };
+    let mut inner = frame[..12].to_vec();
+    inner.extend(if v6 { [0x86, 0xdd] } else { [0x08, 0x00] });
+    inner.extend(&frame[14 + outer + 8..]);
+    packet::check(&inner).expect("a valid quoted packet")
+}
+
+/// An ICMP error from `src` to `dst` about `about` (a whole packet): IPv4 frag-needed or
+/// IPv6 packet-too-big for TCP, port unreachable for UDP.
+fn icmp_error(src: IpAddr, dst: IpAddr, about: Ip) -> Frame {
+    let v6 = src.is_ipv6();
+    let udp = matches!(about.l4, L4::Udp { .. });
+    let (ty, code, rest) = match (v6, udp) {
+        (false, false) => (3, 4, [0, 0, 5, 0xdc]),
+        (false, true) => (3, 3, [0; 4]),
+        (true, false) => (2, 0, [0, 0, 5, 0xdc]),
+        (true, true) => (1, 4, [0; 4]),
+    };
+    Frame::ip(Ip::new(
+        src,
+        dst,
+        L4::Icmp {
+            ty,
+            code,
+            rest,
+            body: about.bytes(),
+        },
+    ))
+}
+
 #[test]
 #[ignore = "privileged: run by `cargo xtask test`"]
-fn icmp_errors_about_full_nat_flows_are_dropped_and_counted() {
+fn icmp_errors_are_translated_both_ways() {
     let services = services();
     let Some(w) = world("fullnat_icmp", &services, "40000-49999") else {
         return;
     };
-    // A router tells the VIP that its answer to the client did not fit.
-    let quoted = Ip::new(
-        vip4(),
-        client4(),
-        L4::Tcp {
-            sport: 80,
-            dport: 41000,
-            flags: TCP_ACK,
-            seq: 1,
-            payload: vec![],
-        },
-    )
-    .bytes();
-    let err = Frame::ip(Ip::new(
-        v4(198, 18, 9, 1),
-        vip4(),
-        L4::Icmp {
-            ty: 3,
-            code: 4,
-            rest: [0, 0, 5, 0xdc],
-            body: quoted,
-        },
-    ));
+    for s in &services {
+        let six = s.vip.is_ipv6();
+        let client = if six { client6() } else { client4() };
+        let what = format!("{} {} port {}", s.vip, s.proto, s.port);
+        let (_, out) = run(&w, &frame(s.proto, client, s.vip, 41000, s.port, TCP_SYN));
+        let out = out.unwrap();
+        let (backend, port) = (out.dst, out.ports.0);
+        let payload = |tcp| {
+            if tcp {
+                L4::Tcp {
+                    sport: 0,
+                    dport: 0,
+                    flags: TCP_ACK,
+                    seq: 7,
+                    payload: vec![],
+                }
+            } else {
+                L4::Udp {
+                    sport: 0,
+                    dport: 0,
+                    payload: b"pong".to_vec(),
+                }
+            }
+        };
+        let with_ports = |l4: L4, a: u16, b: u16| match l4 {
+            L4::Tcp {
+                flags,
+                seq,
+                payload,
+                ..
+            } => L4::Tcp {
+                sport: a,
+                dport: b,
+                flags,
+                seq,
+                payload,
+            },
+            L4::Udp { payload, .. } => L4::Udp {
+                sport: a,
+                dport: b,
+                payload,
+            },
+            other => other,
+        };
+        let tcp = s.proto == PROTO_TCP;
+        let router = if six {
+            v6("fd00:9::1")
+        } else {
+            v4(198, 18, 9, 1)
+        };
+
+        // From the client's side: a router could not pass the balancer's answer to the
+        // client. It reaches the backend, about the packet the backend sent.
+        let answer = Ip::new(s.vip, client, with_ports(payload(tcp), s.port, 41000));
+        let relayed = stat(&w, STAT_ICMP_RELAYED);
+        let (v, out_bytes) = w.run(&icmp_error(router, s.vip, answer).bytes());
+        assert_eq!(v, XDP_TX, "{what}: client side");
+        let out = packet::check(&out_bytes).expect("a valid frame");
+        assert_eq!((out.src, out.dst), (snat(six), backend), "{what}");
+        assert_eq!(out.dst_mac, mac_of(s, backend), "{what}");
+        let q = quoted(&out_bytes, six);
+        assert_eq!(
+            (q.src, q.dst, q.ports),
+            (backend, snat(six), (s.port, port)),
+            "{what}: the quote is the backend's own packet"
+        );
+        assert_eq!(stat(&w, STAT_ICMP_RELAYED), relayed + 1);
+
+        // From the backend's side: it could not take the balancer's packet (a closed UDP
+        // port, a smaller MTU). It reaches the client, about the packet the client sent.
+        let sent = Ip::new(snat(six), backend, with_ports(payload(tcp), port, s.port));
+        let (v, out_bytes) = w.run(&icmp_error(backend, snat(six), sent).bytes());
+        assert_eq!(v, XDP_TX, "{what}: backend side");
+        let out = packet::check(&out_bytes).expect("a valid frame");
+        assert_eq!((out.src, out.dst), (s.vip, client), "{what}");
+        assert_eq!(out.dst_mac, CLIENT_MAC, "{what}");
+        let q = quoted(&out_bytes, six);
+        assert_eq!(
+            (q.src, q.dst, q.ports),
+            (client, s.vip, (41000, s.port)),
+            "{what}: the quote is the client's own packet"
+        );
+    }
+    // An error about no full-NAT flow is dropped and counted.
+    let stray = Ip::new(vip4(), client4(), with_no_flow());
     let before = stat(&w, STAT_DROP_NAT_UNTRANSLATED);
-    assert_eq!(run(&w, &err).0, XDP_DROP);
+    assert_eq!(
+        run(&w, &icmp_error(v4(198, 18, 9, 1), vip4(), stray)).0,
+        XDP_DROP
+    );
     assert_eq!(stat(&w, STAT_DROP_NAT_UNTRANSLATED), before + 1);
+}
+
+fn with_no_flow() -> L4 {
+    L4::Tcp {
+        sport: 80,
+        dport: 9,
+        flags: TCP_ACK,
+        seq: 1,
+        payload: vec![],
+    }
 }
 
 #[test]

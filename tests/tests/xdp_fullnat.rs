@@ -564,3 +564,137 @@ fn a_syn_left_unanswered_goes_elsewhere_when_the_client_sends_it_again() {
     assert_eq!(run(&w, &answer).0, XDP_TX);
     assert_eq!(w.dp.passive_stats(w.id(second)).unwrap().answered, 1);
 }
+
+/// A randomized run of full-NAT traffic (fixed seed): clients' TCP and UDP to the VIPs,
+/// backends' answers to the SNAT addresses on mapped and unmapped ports, ICMP errors about
+/// both, a share of them with flipped bits or cut short. Invariants: no XDP_ABORTED; a frame
+/// sent on either goes to one of the service's backends from a SNAT address, or to a client
+/// from a VIP (never back to a backend or the pool); it has valid checksums whenever the
+/// input had; nothing is sent on that a
+/// router would drop (`packet::router_refusal`).
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn random_full_nat_traffic_keeps_the_invariants() {
+    let services = services();
+    let Some(w) = world("fullnat_random", &services, "40000-40063") else {
+        return;
+    };
+    let seed = 0x6675_6c6c_6e61_7431_u64;
+    let mut x = seed;
+    let mut next = move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let clients4 = [client4(), v4(198, 18, 5, 2)];
+    let clients6 = [client6(), v6("fd00:5::2")];
+    let flags = [
+        TCP_SYN,
+        TCP_SYN | TCP_ACK,
+        TCP_ACK,
+        TCP_ACK | TCP_PSH,
+        TCP_FIN | TCP_ACK,
+        TCP_RST,
+        TCP_RST | TCP_ACK,
+    ];
+    let (mut sent, mut dropped, mut passed) = (0, 0, 0);
+    for i in 0..20_000u32 {
+        let s = &services[(next() % services.len() as u64) as usize];
+        let six = s.vip.is_ipv6();
+        let client = if six {
+            clients6[i as usize % 2]
+        } else {
+            clients4[i as usize % 2]
+        };
+        let backend = s.backends[(next() % 2) as usize].addr;
+        let cport = 41000 + (next() % 8) as u16;
+        let fl = flags[(next() % flags.len() as u64) as usize];
+        let mut f = match next() % 4 {
+            0 | 1 => frame(s.proto, client, s.vip, cport, s.port, fl),
+            2 => {
+                let port = 39990 + (next() % 90) as u16;
+                frame(s.proto, backend, snat(six), s.port, port, fl)
+            }
+            _ => {
+                let (from, to, about) = if next() % 2 == 0 {
+                    let about = frame(s.proto, s.vip, client, s.port, cport, fl).ip.unwrap();
+                    (
+                        if six {
+                            v6("fd00:9::1")
+                        } else {
+                            v4(198, 18, 9, 1)
+                        },
+                        s.vip,
+                        about,
+                    )
+                } else {
+                    let port = 40000 + (next() % 64) as u16;
+                    let about = frame(s.proto, snat(six), backend, port, s.port, fl)
+                        .ip
+                        .unwrap();
+                    (backend, snat(six), about)
+                };
+                icmp_error(from, to, about)
+            }
+        };
+        f.src = if next() % 2 == 0 {
+            CLIENT_MAC
+        } else {
+            mac_of(s, backend)
+        };
+        let mut b = f.bytes();
+        if next() % 5 == 0 {
+            for _ in 0..=next() % 3 {
+                let at = (next() % b.len() as u64) as usize;
+                b[at] ^= 1 << (next() % 8);
+            }
+        }
+        if next() % 10 == 0 {
+            let len = 14 + (next() % (b.len() as u64 - 13)) as usize;
+            b.truncate(len);
+        }
+        let valid_in = packet::check(&b).is_ok();
+        let (v, out) = w.run(&b);
+        assert_ne!(
+            v, XDP_ABORTED,
+            "frame {i} (seed {seed:#x}) aborted: {b:02x?}"
+        );
+        match v {
+            XDP_TX => sent += 1,
+            XDP_DROP => {
+                dropped += 1;
+                continue;
+            }
+            _ => {
+                passed += 1;
+                continue;
+            }
+        }
+        assert_eq!(
+            packet::router_refusal(&b),
+            None,
+            "frame {i} (seed {seed:#x}) sent on: {b:02x?}"
+        );
+        let o = match packet::check(&out) {
+            Ok(o) => o,
+            Err(e) if valid_in => panic!("frame {i} (seed {seed:#x}): {e}: {out:02x?}"),
+            Err(_) => continue,
+        };
+        let to_backend = s.backends.iter().any(|b| b.addr == o.dst) && o.src == snat(six);
+        // (Any source may be a client: a flipped bit makes a new one.)
+        let to_client =
+            o.src == s.vip && o.dst != snat(six) && !s.backends.iter().any(|b| b.addr == o.dst);
+        assert!(
+            to_backend || to_client,
+            "frame {i} (seed {seed:#x}): sent from {} to {}",
+            o.src,
+            o.dst
+        );
+    }
+    println!("random full-NAT traffic: {sent} sent on, {dropped} dropped, {passed} passed");
+    assert!(
+        sent > 1000 && dropped > 1000,
+        "{sent} sent, {dropped} dropped"
+    );
+}

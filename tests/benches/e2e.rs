@@ -1,6 +1,7 @@
 //! `cargo xtask bench e2e`: new TCP connections per second and requests per second from the
 //! lab's client namespace, straight to one backend (the baseline) and through the release
-//! `gateway` in l2dsr and ipip mode to that same backend, with the CPU each side used.
+//! `gateway` in l2dsr, ipip and fullnat mode to that same backend, with the CPU each side
+//! used.
 //!
 //! One backend on purpose: the only difference between the baseline and a gateway path is
 //! the hop through the balancer namespace, so the ratio is the price of that hop. Rounds
@@ -33,9 +34,9 @@ use lab::{
     client::{Conn, in_netns, tcp_name},
 };
 
-/// One measurement window; six per round (3 paths x 2 loads). Many short rounds rather than
+/// One measurement window; eight per round (4 paths x 2 loads). Many short rounds rather than
 /// a few long ones: on a shared machine a burst of foreign load then spoils one window of a
-/// path, not its median. About 90 s in all.
+/// path, not its median. About two minutes in all.
 const WINDOW: Duration = Duration::from_secs(2);
 const ROUNDS: usize = 7;
 /// Client threads opening connections: enough to keep two CPUs busy with the server's
@@ -50,15 +51,19 @@ const MAX_OPS: u64 = 2_000_000;
 const MAX_ERRORS: u64 = 100;
 /// The ipip service's VIP (the l2dsr service has the lab's VIP4).
 const VIP_IPIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+/// The fullnat service's VIP, and the SNAT address on the balancer's eth0.
+const VIP_FULLNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
+const SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
     Direct,
     L2dsr,
     Ipip,
+    Fullnat,
 }
 
-const PATHS: [Path; 3] = [Path::Direct, Path::L2dsr, Path::Ipip];
+const PATHS: [Path; 4] = [Path::Direct, Path::L2dsr, Path::Ipip, Path::Fullnat];
 
 impl Path {
     fn name(self) -> &'static str {
@@ -66,6 +71,7 @@ impl Path {
             Path::Direct => "direct to the backend (baseline)",
             Path::L2dsr => "gateway, l2dsr",
             Path::Ipip => "gateway, ipip",
+            Path::Fullnat => "gateway, fullnat",
         }
     }
 
@@ -74,6 +80,7 @@ impl Path {
             Path::Direct => lab.backends[0].ipv4,
             Path::L2dsr => VIP4,
             Path::Ipip => VIP_IPIP,
+            Path::Fullnat => VIP_FULLNAT,
         };
         SocketAddr::new(ip.into(), SERVER_PORT)
     }
@@ -297,13 +304,14 @@ fn config(lab: &Lab) -> String {
     // every lab's balancer interface is eth0.
     format!(
         "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"native\"\nconntrack_size = 65536\n\
-         ipip_source_v4 = \"{}\"\npin_dir = \"{}\"\non_exit = \"detach\"\n\n\
-         [admin]\nstate_file = \"{}\"\n{}{}",
+         ipip_source_v4 = \"{}\"\nsnat_v4 = [\"{SNAT}\"]\npin_dir = \"{}\"\n\
+         on_exit = \"detach\"\n\n[admin]\nstate_file = \"{}\"\n{}{}{}",
         lab.lb.ipv4,
         lab.pin_dir().display(),
         lab.scratch_dir().join("overrides.json").display(),
         service("dsr", VIP4, "l2dsr"),
-        service("tun", VIP_IPIP, "ipip")
+        service("tun", VIP_IPIP, "ipip"),
+        service("nat", VIP_FULLNAT, "fullnat")
     )
 }
 
@@ -359,8 +367,28 @@ fn main() {
         &lab.lb.ipv4.to_string(),
     ]))
     .expect("route to the second VIP");
+    lab::run(Command::new("ip").args([
+        "-n",
+        &lab.client.netns,
+        "route",
+        "add",
+        &format!("{VIP_FULLNAT}/32"),
+        "via",
+        &lab.lb.ipv4.to_string(),
+    ]))
+    .expect("route to the full-NAT VIP");
+    lab::run(Command::new("ip").args([
+        "-n",
+        &lab.lb.netns,
+        "addr",
+        "add",
+        &format!("{SNAT}/32"),
+        "dev",
+        "eth0",
+    ]))
+    .expect("the SNAT address on the balancer");
     let agent = Agent::start(&lab, &config(&lab));
-    wait_up(&lab, &agent, "127.0.0.1:9180", 2);
+    wait_up(&lab, &agent, "127.0.0.1:9180", 3);
     let pids = Pids {
         server: lab.server_pids()[0].to_string(),
         agent: agent.pid().to_string(),
@@ -464,9 +492,10 @@ fn report(samples: &[[Vec<Sample>; 2]], took: Duration) -> String {
     writeln!(
         md,
         "\n{ROUNDS} rounds x {secs:.0} s per figure, the paths interleaved in a rotating order; \
-         the median of the rounds, and the spread over them. IPv4; one backend behind both \
-         services, the baseline's own server, so the only difference is the hop through the \
-         balancer; release `gateway` and `lab-server`. New connections: {CONN_THREADS} client \
+         the median of the rounds, and the spread over them. IPv4; one backend behind every \
+         service, the baseline's own server, so the only difference is the hop through the \
+         balancer (for fullnat, both ways: the backend answers the SNAT address, and the \
+         balancer's program sees and rewrites the answers too); release `gateway` and `lab-server`. New connections: {CONN_THREADS} client \
          threads, each connecting, sending a line, reading the answer and closing with RST (no \
          TIME_WAIT). Requests: {REQ_CONNS} persistent connections, one client thread and one \
          request in flight each. Failed operations in all windows: {errors}.\n"

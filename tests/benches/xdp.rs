@@ -143,6 +143,9 @@ fn main() {
     let vip4i = v4(198, 18, 1, 2);
     let vip6i = v6("fd00:1::2");
     let vip4c = v4(198, 18, 1, 3);
+    let vip4n = v4(198, 18, 1, 4);
+    let vip6n = v6("fd00:1::4");
+    let (snat4, snat6) = (v4(198, 18, 0, 100), v6("fd00::100"));
     let c4 = v4(198, 18, 0, 1);
     let c6 = v6("fd00::1");
     let svc = |vip, mode, b: Vec<Be>| Svc {
@@ -156,12 +159,19 @@ fn main() {
     };
     let b11 = be(v4(198, 18, 0, 11), 11);
     let mut b13 = be(v4(198, 18, 0, 13), 13);
+    let b11v6 = be(v6("fd00::11"), 0x11);
     let mut services = vec![
         svc(vip4, MODE_L2DSR, vec![b11.clone()]),
         svc(vip4i, MODE_IPIP, vec![be(v4(198, 18, 0, 12), 12)]),
         svc(vip6i, MODE_IPIP, vec![be(v6("fd00::12"), 0x12)]),
         svc(vip4c, MODE_L2DSR, vec![b11.clone()]),
+        svc(vip4n, MODE_FULLNAT, vec![b11.clone()]),
+        svc(vip6n, MODE_FULLNAT, vec![b11v6.clone()]),
     ];
+    // One SNAT port: the full-NAT rows' one flow per family always gets it, so their
+    // answers can be written down before any build has mapped them.
+    let pool =
+        format!("snat_v4 = [\"{snat4}\"]\nsnat_v6 = [\"{snat6}\"]\nsnat_ports = \"40000-40000\"");
     let settings = Settings {
         mtu: 1500,
         ipip_src_v4: [198, 18, 100, 0],
@@ -180,7 +190,7 @@ fn main() {
         gateway::object::GATEWAY_UNCHECKED,
         gateway::object::GATEWAY_TRACKED,
     ];
-    let mut worlds = objects.map(|o| World::with_load(&services, settings, o, load));
+    let mut worlds = objects.map(|o| World::with_dataplane(&services, settings, o, load, &pool));
     // The last service's table then changes: b13 joins with a hundred times b11's weight,
     // so nearly every slot that flows used is changed (its TCP packets go through
     // conntrack).
@@ -192,6 +202,7 @@ fn main() {
         .collect();
     b13.weight = 100;
     services[3].backends.push(b13);
+    let last = 3;
     for w in &mut worlds {
         for f in &candidates {
             assert_eq!(w.run(f).0, XDP_TX, "flows before the change");
@@ -238,7 +249,7 @@ fn main() {
     // Flows of the changed service, begun after the change, whose slots did change.
     let mut changed: Vec<Vec<u8>> = candidates
         .iter()
-        .filter(|f| worlds[MAIN].slot(&services[3], &key_of(f)).prev() != 0)
+        .filter(|f| worlds[MAIN].slot(&services[last], &key_of(f)).prev() != 0)
         .take(ITERS)
         .cloned()
         .collect();
@@ -247,6 +258,15 @@ fn main() {
         changed = candidates[..1].to_vec();
     }
     assert!(!changed.is_empty(), "changed slots");
+    // A full-NAT flow's SYN and its answer: established, its mapping lives for hours.
+    let handshake4 = vec![
+        syn(c4, vip4n),
+        tcp(b11.addr, snat4, 80, 40000, TCP_SYN | TCP_ACK).bytes(),
+    ];
+    let handshake6 = vec![
+        syn(c6, vip6n),
+        tcp(b11v6.addr, snat6, 80, 40000, TCP_SYN | TCP_ACK).bytes(),
+    ];
     let established20k = many(ITERS, 0, vip4, TCP_SYN);
     let established1m = many(MILLION, 0, vip4, TCP_SYN);
     let mut cases = vec![
@@ -340,6 +360,45 @@ fn main() {
                 acks_of(&changed),
                 XDP_TX,
                 Some(STAT_CT_HIT),
+            )
+        },
+        // Full-NAT: the client's packets rewritten towards the backend, and the backend's
+        // answers rewritten towards the client (the other builds only differ in the main
+        // program, which hands both to the same full-NAT program).
+        Case {
+            prime: handshake4.clone(),
+            ..Case::new(
+                "full-NAT: established, 1 flow, to the backend (IPv4)",
+                vec![ack(c4, vip4n)],
+                XDP_TX,
+                Some(STAT_FORWARDED),
+            )
+        },
+        Case {
+            prime: handshake4.clone(),
+            ..Case::new(
+                "full-NAT: answer, 1 flow, to the client (IPv4)",
+                vec![tcp(b11.addr, snat4, 80, 40000, TCP_ACK).bytes()],
+                XDP_TX,
+                Some(STAT_NAT_REPLIED),
+            )
+        },
+        Case {
+            prime: handshake6.clone(),
+            ..Case::new(
+                "full-NAT: established, 1 flow, to the backend (IPv6)",
+                vec![ack(c6, vip6n)],
+                XDP_TX,
+                Some(STAT_FORWARDED),
+            )
+        },
+        Case {
+            prime: handshake6.clone(),
+            ..Case::new(
+                "full-NAT: answer, 1 flow, to the client (IPv6)",
+                vec![tcp(b11v6.addr, snat6, 80, 40000, TCP_ACK).bytes()],
+                XDP_TX,
+                Some(STAT_NAT_REPLIED),
             )
         },
     ];
@@ -453,7 +512,10 @@ fn main() {
          measured time) so every SYN the tracked build sees is a fresh insert; the SYN flood \
          sends SYNs from random sources in 198.19/16 and never forgets them. The changed-slot \
          rows use a service whose table changed (a backend joined with a hundred times the \
-         weight), with flows begun after the change: conntrack hits in every build.\n\n\
+         weight), with flows begun after the change: conntrack hits in every build. The \
+         full-NAT rows send one established flow's packets to the backend (both addresses and \
+         ports rewritten, checksums updated) and its backend's answers back to the client, \
+         through the main program's hand-off to the full-NAT program (a tail call).\n\n\
          Ratios: every measurement of a case (20,000 runs) follows a measurement of the floor \
          (5,000 runs) over the same frames (for the rows of many flows, cycled the same way: \
          copying a cold frame from user memory is the harness's cost, not the program's; the \

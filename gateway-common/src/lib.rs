@@ -277,8 +277,11 @@ pub const STAT_NAT_RESET_HIDDEN: u32 = 42;
 /// A full-NAT SYN placed on another backend than its flow's first one, which refused it or
 /// did not answer it.
 pub const STAT_NAT_RETRIED: u32 = 43;
+/// One direction of a full-NAT flow was found missing (its LRU entry evicted, or removed)
+/// by a packet of the other, which wrote it again; checked once a second per flow.
+pub const STAT_NAT_HALF_LOST: u32 = 44;
 /// Number of global counters; the size of STATS.
-pub const STAT_COUNT: u32 = 44;
+pub const STAT_COUNT: u32 = 45;
 
 /// Names of the global counters, indexed like the `STAT_*` consts.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -326,6 +329,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "drop_nat_untranslated",
     "nat_reset_hidden",
     "nat_retried",
+    "nat_half_lost",
 ];
 
 // ---------------------------------------------------------------------------------------

@@ -12,18 +12,21 @@
 //! added to the paths of the other modes. The main program has parsed and validated the
 //! packet; it leaves what it learnt in HANDOFF.
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_get_prandom_u32, generated::bpf_ktime_get_coarse_ns},
+    bindings::{BPF_ANY, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup},
+    helpers::{
+        bpf_get_prandom_u32,
+        generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
+    },
     programs::XdpContext,
 };
 use gateway_common::{
     BACKEND_DRAIN, BACKEND_UP, Backend, FAMILY_V4, FlowKey, JUMP_FULLNAT, LOCAL_SNAT, LocalKey,
-    MAX_SNAT_ADDRS, MODE_FULLNAT, PROTECT_OFF,
-    NAT_DIR_FORWARD, NAT_DIR_REPLY, NAT_PORT_TRIES, NAT_RETRY, NAT_TCP_CLOSING,
-    NAT_TCP_ESTABLISHED, NAT_TCP_REFUSED, NAT_TCP_SYN, NAT_UDP, NatValue, PROTO_TCP, STAT_DROP_INTERNAL, STAT_DROP_MARTIAN_SOURCE,
-    STAT_DROP_NAT_EXHAUSTED, STAT_DROP_NAT_NO_MAPPING, STAT_DROP_NAT_REPLY_MISS,
-    STAT_DROP_NAT_UNTRANSLATED, STAT_FORWARDED, STAT_NAT_NEW, STAT_NAT_REPLIED,
-    STAT_ICMP_RELAYED, STAT_NAT_RESET_HIDDEN, STAT_NAT_RETRIED, STAT_PASS_NOT_VIP, ServiceValue, hash::flow_hash,
+    MAX_SNAT_ADDRS, MODE_FULLNAT, NAT_DIR_FORWARD, NAT_DIR_REPLY, NAT_PORT_TRIES, NAT_RETRY,
+    NAT_TCP_CLOSING, NAT_TCP_ESTABLISHED, NAT_TCP_REFUSED, NAT_TCP_SYN, NAT_UDP, NatValue,
+    PROTECT_OFF, PROTO_TCP, STAT_DROP_INTERNAL, STAT_DROP_MARTIAN_SOURCE, STAT_DROP_NAT_EXHAUSTED,
+    STAT_DROP_NAT_NO_MAPPING, STAT_DROP_NAT_REPLY_MISS, STAT_DROP_NAT_UNTRANSLATED, STAT_FORWARDED,
+    STAT_ICMP_RELAYED, STAT_NAT_HALF_LOST, STAT_NAT_NEW, STAT_NAT_REPLIED, STAT_NAT_RESET_HIDDEN,
+    STAT_NAT_RETRIED, STAT_PASS_NOT_VIP, ServiceValue, hash::flow_hash,
 };
 use gateway_ebpf::hdr::*;
 
@@ -43,6 +46,9 @@ use crate::{
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
 const TCP_CSUM: usize = 16;
+/// Address families as `bpf_fib_lookup` takes them.
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const L4_TCP: u32 = 0;
 const L4_ICMP_ERROR: u32 = 2;
 
@@ -207,6 +213,76 @@ fn remove_pair(key: &FlowKey, v: &NatValue, s: &mut NatScratch) {
     let _ = NAT.remove(key);
 }
 
+/// Writes again the other direction of the flow `key` (mapping `v`) if it is missing: an
+/// LRU map may evict one entry of a pair. `dir` is the missing entry's direction. If
+/// another flow holds its key now (the port was reused), nothing is written.
+#[inline(always)]
+fn keep_pair(ctx: &XdpContext, key: &FlowKey, v: &NatValue, s: &mut NatScratch, dir: u8) {
+    other_way(v, key.proto, key.family, &mut s.other);
+    // SAFETY: only tested for presence.
+    if unsafe { NAT.get(&s.other) }.is_some() {
+        return;
+    }
+    count(STAT_NAT_HALF_LOST);
+    let o = &mut s.back;
+    // The missing entry maps its packets to this packet's addresses, swapped.
+    o.src = key.dst;
+    o.dst = key.src;
+    o.sport_be = key.dport_be;
+    o.dport_be = key.sport_be;
+    o.backend = v.backend;
+    o.mac = [0; 6];
+    if dir == NAT_DIR_REPLY {
+        // Answers go back to where this client packet came from.
+        if let Some(eth) = at(ctx, 0, ETH_LEN) {
+            o.mac = copy(eth, ETH_SRC);
+        }
+    }
+    o.state = v.state;
+    o.dir = dir;
+    o.seen = v.seen;
+    o.flags = v.flags;
+    o._pad = [0; 3];
+    let _ = NAT.insert(&s.other, &s.back, BPF_NOEXIST as u64);
+}
+
+/// Sets an answer entry's MAC to the next hop towards its client (`v.dst`) that the
+/// kernel's routes and neighbours give, when that is out of the interface the packet came
+/// in on; otherwise it keeps the MAC it has (the one the client's packets came from). A BPF
+/// function of its own: the lookup's parameters take 64 bytes of stack.
+#[inline(never)]
+fn fib_mac(ctx: &XdpContext, v: &mut NatValue, family: u8) -> bool {
+    // SAFETY: plain data, all zero is valid.
+    let mut q: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let ifindex = ctx.ingress_ifindex() as u32;
+    q.ifindex = ifindex;
+    let word = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    if family == FAMILY_V4 {
+        q.family = AF_INET;
+        q.__bindgen_anon_3.ipv4_src = word(&v.src, 0);
+        q.__bindgen_anon_4.ipv4_dst = word(&v.dst, 0);
+    } else {
+        q.family = AF_INET6;
+        let words4 = |a: &[u8; 16]| [word(a, 0), word(a, 4), word(a, 8), word(a, 12)];
+        q.__bindgen_anon_3.ipv6_src = words4(&v.src);
+        q.__bindgen_anon_4.ipv6_dst = words4(&v.dst);
+    }
+    // SAFETY: `q` is a whole bpf_fib_lookup on the stack.
+    let r = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut core::ffi::c_void,
+            &mut q,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if r != BPF_FIB_LKUP_RET_SUCCESS as i64 || q.ifindex != ifindex {
+        return false;
+    }
+    v.mac = q.dmac;
+    true
+}
+
 /// What a backend's answer (or silence) to a full-NAT SYN says of it.
 enum Passive {
     Answered,
@@ -276,6 +352,8 @@ fn forward(
                 }
                 if v.seen != now {
                     v.seen = now;
+                    // Once a second per flow: its answer entry is still there.
+                    keep_pair(ctx, key, v, s, NAT_DIR_REPLY);
                 }
                 if !rewrite(ctx, p, key, v) || !set_macs(ctx, &b.mac) {
                     return Verdict::drop(STAT_DROP_INTERNAL);
@@ -385,6 +463,7 @@ fn claim(
     a.dport_be = key.sport_be;
     a.backend = id;
     a.mac = copy(eth, ETH_SRC);
+    fib_mac(ctx, a, key.family);
     a.state = f.state;
     a.dir = NAT_DIR_REPLY;
     a.seen = now;
@@ -506,6 +585,10 @@ fn reply(ctx: &XdpContext, p: &Pkt, key: &FlowKey, s: &mut NatScratch) -> Verdic
     }
     if v.seen != now {
         v.seen = now;
+        // Once a second per flow: its forward entry is still there, and the client's next
+        // hop is still the one the routes and neighbours name.
+        keep_pair(ctx, key, v, s, NAT_DIR_FORWARD);
+        fib_mac(ctx, v, key.family);
     }
     if !rewrite(ctx, p, key, v) || !set_macs(ctx, &v.mac) {
         return Verdict::drop(STAT_DROP_INTERNAL);
@@ -610,16 +693,12 @@ fn translate_icmp_error(ctx: &XdpContext, h: &Handoff) -> Verdict {
         let o_src: [u8; 16] = copy(outer, IPV6_SRC);
         let o_dst: [u8; 16] = copy(outer, IPV6_DST);
         // ICMPv6's checksum covers the outer addresses (its pseudo-header).
-        d_icmp += words(&o_src, true)
-            + words(&o_dst, true)
-            + words(&v.src, false)
-            + words(&v.dst, false);
+        d_icmp +=
+            words(&o_src, true) + words(&o_dst, true) + words(&v.src, false) + words(&v.dst, false);
         let i_src: [u8; 16] = copy(ip, IPV6_SRC);
         let i_dst: [u8; 16] = copy(ip, IPV6_DST);
-        d_inner = words(&i_src, true)
-            + words(&i_dst, true)
-            + words(&v.dst, false)
-            + words(&v.src, false);
+        d_inner =
+            words(&i_src, true) + words(&i_dst, true) + words(&v.dst, false) + words(&v.src, false);
         d_icmp += d_inner;
         // SAFETY: as above.
         unsafe {

@@ -1040,6 +1040,11 @@ impl Dataplane {
         self.nat.iter().filter_map(Result::ok).collect()
     }
 
+    /// Removes one full-NAT entry (absent or not), as an LRU eviction would.
+    pub fn nat_remove(&mut self, key: &FlowKey) {
+        let _ = self.nat.remove(key);
+    }
+
     /// Forgets one tracked flow (absent or not).
     pub fn conntrack_remove(&mut self, key: &FlowKey) {
         let _ = self.conntrack.remove(key);

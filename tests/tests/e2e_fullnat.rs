@@ -284,3 +284,59 @@ fn killing_a_backend_under_new_connections_fails_none() {
         assert!(agent.stop().success());
     }
 }
+
+/// Answers to a full-NAT flow go to the next hop the balancer's own routes and neighbours
+/// name for the client (`bpf_fib_lookup`, when the flow starts and once a second after),
+/// and only without one to the MAC the client's packets came from: a neighbour entry that
+/// names another MAC takes new flows' answers there (and the client never sees them);
+/// removed, the answers find the client again. (The kernel answers such lookups only for an
+/// interface with forwarding on.)
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn answers_follow_the_balancers_next_hop_to_the_client() {
+    if !common::privileged("answers_follow_the_balancers_next_hop_to_the_client") {
+        return;
+    }
+    let _g = common::serial();
+    let lab = common::lab("fm", 1);
+    // The kernel answers a next-hop lookup only for an interface that forwards.
+    lab::ns_exec(
+        &lab.lb.netns,
+        &["sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=1"],
+    )
+    .expect("sysctl");
+    let cfg = Cfg::new("fullnat", false, 1);
+    let agent = start(&lab, &cfg, 1);
+    let v = vip(&lab, false);
+    let client = lab.client.ipv4.to_string();
+    let try_new = |port: u16| {
+        common::scenario::client(&lab, move || tcp_name(v, port, Duration::from_millis(1500)))
+    };
+    assert!(try_new(31000).is_ok(), "a new connection before the change");
+    let neigh = |args: &[&str]| {
+        let mut a = vec!["ip", "neigh"];
+        a.extend_from_slice(args);
+        lab::ns_exec(&lab.lb.netns, &a).expect("ip neigh");
+    };
+    neigh(&[
+        "replace",
+        &client,
+        "lladdr",
+        "02:de:ad:be:ef:01",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    let r = try_new(31001);
+    assert!(
+        r.is_err(),
+        "answers went to the client despite the neighbour entry: {r:?}"
+    );
+    neigh(&["del", &client, "dev", "eth0"]);
+    assert!(
+        try_new(31002).is_ok(),
+        "a new connection after the entry went"
+    );
+    assert!(agent.stop().success());
+}

@@ -698,3 +698,54 @@ fn random_full_nat_traffic_keeps_the_invariants() {
         "{sent} sent, {dropped} dropped"
     );
 }
+
+/// An LRU map may evict one entry of a pair: the other direction's next packet, in a later
+/// second, writes it again (`nat_half_lost`) and the flow goes on.
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_lost_half_of_a_mapping_is_written_again() {
+    let services = services();
+    let Some(mut w) = world("fullnat_half_lost", &services, "40000-49999") else {
+        return;
+    };
+    let s = &services[0];
+    let (_, out) = run(&w, &tcp(client4(), vip4(), 47000, 80, TCP_SYN));
+    let out = out.unwrap();
+    let (backend, port) = (out.dst, out.ports.0);
+    let answer = || tcp(backend, snat(false), 80, port, TCP_SYN | TCP_ACK);
+    let client_ack = || tcp(client4(), vip4(), 47000, 80, TCP_ACK);
+    assert_eq!(run(&w, &answer()).0, XDP_TX);
+    let answer_key = flow_key(backend, snat(false), 80, port, PROTO_TCP);
+    let forward_key = flow_key(client4(), vip4(), 47000, 80, PROTO_TCP);
+
+    // The answer entry goes; the client's next packet (in a later second) writes it again.
+    w.dp.nat_remove(&answer_key);
+    assert_eq!(
+        run(&w, &answer()).0,
+        XDP_DROP,
+        "an answer without its entry"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let lost = stat(&w, STAT_NAT_HALF_LOST);
+    assert_eq!(run(&w, &client_ack()).0, XDP_TX);
+    assert_eq!(stat(&w, STAT_NAT_HALF_LOST), lost + 1);
+    let (v, out) = run(&w, &answer());
+    assert_eq!(v, XDP_TX, "the answer entry is back");
+    assert_eq!(out.unwrap().dst_mac, CLIENT_MAC);
+
+    // The forward entry goes; the backend's next packet writes it again.
+    w.dp.nat_remove(&forward_key);
+    assert_eq!(
+        run(&w, &client_ack()).0,
+        XDP_DROP,
+        "a segment without its mapping"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(run(&w, &answer()).0, XDP_TX);
+    assert_eq!(stat(&w, STAT_NAT_HALF_LOST), lost + 2);
+    let (v, out) = run(&w, &client_ack());
+    assert_eq!(v, XDP_TX, "the forward entry is back");
+    let out = out.unwrap();
+    assert_eq!((out.dst, out.ports), (backend, (port, 80)));
+    assert_eq!(out.dst_mac, mac_of(s, backend));
+}

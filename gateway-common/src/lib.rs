@@ -280,8 +280,11 @@ pub const STAT_NAT_RETRIED: u32 = 43;
 /// One direction of a full-NAT flow was found missing (its LRU entry evicted, or removed)
 /// by a packet of the other, which wrote it again; checked once a second per flow.
 pub const STAT_NAT_HALF_LOST: u32 = 44;
+/// Dropped: a new full-NAT flow past the full-NAT flood guard's rate (see
+/// `Settings::nat_flood_window_limit`).
+pub const STAT_DROP_NAT_FLOOD: u32 = 45;
 /// Number of global counters; the size of STATS.
-pub const STAT_COUNT: u32 = 45;
+pub const STAT_COUNT: u32 = 46;
 
 /// Names of the global counters, indexed like the `STAT_*` consts.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -330,6 +333,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "nat_reset_hidden",
     "nat_retried",
     "nat_half_lost",
+    "drop_nat_flood",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -752,7 +756,10 @@ pub struct Settings {
     /// The flood guard: conntrack inserts one CPU may make per `FLOOD_WINDOW_SHIFT` window
     /// before new flows are placed without an entry (`STAT_FLOOD_BYPASS`). 0: no guard.
     pub flood_window_limit: u32,
-    pub _pad2: u32,
+    /// The same for full-NAT mappings: past it a new full-NAT flow gets none and is dropped
+    /// (`STAT_DROP_NAT_FLOOD`), so a flood cannot evict established flows' mappings. 0: no
+    /// guard.
+    pub nat_flood_window_limit: u32,
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 64);
 // The program compares MACs as 2-byte words: each must start at an even offset.

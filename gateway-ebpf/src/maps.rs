@@ -131,7 +131,7 @@ pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
 
 /// The flood guard's window, per CPU. Not pinned, like SCRATCH.
 #[map(name = "FLOOD")]
-pub static FLOOD: PerCpuArray<FloodWindow> = PerCpuArray::with_max_entries(1, 0);
+pub static FLOOD: PerCpuArray<FloodWindow> = PerCpuArray::with_max_entries(2, 0);
 
 /// One word per CPU that the verifier cannot see through (see `parse::opaque`). Not pinned:
 /// it holds nothing between runs.
@@ -148,7 +148,7 @@ static NO_SETTINGS: Settings = Settings {
     checks_off: 0,
     macs: [[0; 6]; gateway_common::MAX_LOCAL_MACS],
     flood_window_limit: 0,
-    _pad2: 0,
+    nat_flood_window_limit: 0,
 };
 
 /// SETTINGS[0].

@@ -25,7 +25,7 @@ use gateway_common::{
     NAT_TCP_CLOSING, NAT_TCP_ESTABLISHED, NAT_TCP_REFUSED, NAT_TCP_SYN, NAT_UDP, NatValue,
     PROTECT_OFF, PROTO_TCP, STAT_DROP_INTERNAL, STAT_DROP_MARTIAN_SOURCE, STAT_DROP_NAT_EXHAUSTED,
     STAT_DROP_NAT_NO_MAPPING, STAT_DROP_NAT_REPLY_MISS, STAT_DROP_NAT_UNTRANSLATED, STAT_FORWARDED,
-    STAT_ICMP_RELAYED, STAT_NAT_HALF_LOST, STAT_NAT_NEW, STAT_NAT_REPLIED, STAT_NAT_RESET_HIDDEN,
+    STAT_DROP_NAT_FLOOD, STAT_ICMP_RELAYED, STAT_NAT_HALF_LOST, STAT_NAT_NEW, STAT_NAT_REPLIED, STAT_NAT_RESET_HIDDEN,
     STAT_NAT_RETRIED, STAT_PASS_NOT_VIP, ServiceValue, hash::flow_hash,
 };
 use gateway_ebpf::hdr::*;
@@ -39,7 +39,7 @@ use crate::{
     },
     packet::{at, copy, frame_len, ld16, put},
     parse::{KeyBuf, L4, Packet},
-    select,
+    protect, select,
     stats::{Verdict, account, count},
 };
 
@@ -368,8 +368,15 @@ fn forward(
     if p.tcp && !syn {
         return Verdict::drop(STAT_DROP_NAT_NO_MAPPING);
     }
-    if select::from_local(key, crate::maps::settings().checks_off) {
+    let settings = crate::maps::settings();
+    if select::from_local(key, settings.checks_off) {
         return Verdict::drop(STAT_DROP_MARTIAN_SOURCE);
+    }
+    // Past the full-NAT flood guard's rate a new flow gets no mapping (it could not be
+    // forwarded without one): the flood cannot evict established flows' mappings.
+    if protect::flooding(settings.nat_flood_window_limit, protect::GUARD_NAT) {
+        account(&SERVICE_STATS, svc.id, bytes, false);
+        return Verdict::drop(STAT_DROP_NAT_FLOOD);
     }
     let hash = flow_hash(key);
     let placed = if avoid != 0 {

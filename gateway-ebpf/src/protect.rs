@@ -141,14 +141,18 @@ pub fn check(service: u32, protect: u8, key: &FlowKey, syn: bool, relay: bool) -
     refused
 }
 
-/// Counts one conntrack insert on this CPU; whether the flood guard holds it back (this
-/// window is past `limit`; 0: no guard).
+/// The flood guards' windows in FLOOD: conntrack's, and full-NAT's.
+pub const GUARD_CONNTRACK: u32 = 0;
+pub const GUARD_NAT: u32 = 1;
+
+/// Counts one insert (into conntrack, or a full-NAT mapping: `guard`) on this CPU; whether
+/// the flood guard holds it back (this window is past `limit`; 0: no guard).
 #[inline(always)]
-pub fn flooding(limit: u32) -> bool {
+pub fn flooding(limit: u32, guard: u32) -> bool {
     if limit == 0 {
         return false;
     }
-    let Some(w) = FLOOD.get_ptr_mut(0) else {
+    let Some(w) = FLOOD.get_ptr_mut(guard) else {
         return false;
     };
     // SAFETY: the helper takes no arguments; this CPU's slot, no one races it.

@@ -203,7 +203,7 @@ pub fn choose(
     // Past the flood guard's rate this flow gets no entry. A SYN is then placed the way its
     // later packets will be without one (a TCP flow on a changed slot with no entry follows
     // the previous backend), so the flow stays on one backend.
-    let bypass = track != Track::Relay && protect::flooding(s.flood_window_limit);
+    let bypass = track != Track::Relay && protect::flooding(s.flood_window_limit, protect::GUARD_CONNTRACK);
     if bypass && track == Track::Syn {
         older = !udp && prev != 0 && prev != cur;
     }

@@ -299,7 +299,9 @@ pub fn settings(config: &Config, interface_mac: Option<[u8; 6]>) -> Settings {
         flood_window_limit: gateway_common::flood_window_limit(
             config.protection.flood_new_flows_per_cpu,
         ),
-        _pad2: 0,
+        nat_flood_window_limit: gateway_common::flood_window_limit(
+            config.protection.fullnat_new_flows_per_cpu,
+        ),
     }
 }
 

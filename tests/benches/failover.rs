@@ -2,7 +2,8 @@
 //! run builds a fresh lab (3 backends), starts the release `gateway` with TCP checks every
 //! 100 ms (fall 2, timeout 100 ms, the default fast_interval of 25 ms), streams new connections from the client and kills
 //! backend b1's server 700-950 ms in (a random point of the check cycle); the failover time is from the kill to the last new
-//! connection that failed, after which new connections all went to b2 and b3.
+//! connection that failed, after which new connections all went to b2 and b3. Every third run
+//! is full-NAT, which should fail no new connection at all.
 //!
 //! Output: Markdown on stdout, also written to `$GATEWAY_BENCH_OUT` if set.
 #[path = "../tests/common/mod.rs"]
@@ -36,8 +37,10 @@ fn main() {
     );
     let started = Instant::now();
     // Modes alternate; the time is the control plane's (probes, plan, map writes), the same
-    // for both, and the alternation shows that.
-    let modes = ["l2dsr", "ipip"];
+    // for both, and the alternation shows that. Full-NAT runs give each new connection 3 s
+    // (see its paragraph below).
+    let modes = ["l2dsr", "ipip", "fullnat"];
+    let mut fullnat: Vec<(usize, usize, usize, Duration)> = Vec::new();
     let mut took: Vec<(&str, Duration, usize, usize)> = Vec::new();
     let mut gaps: Vec<Duration> = Vec::new();
     let mut problems = Vec::new();
@@ -54,7 +57,11 @@ fn main() {
         let cfg = Cfg::new(mode, false, 3);
         bound = cfg.probe_bound();
         let agent = scenario::start(&lab, &cfg, 3);
-        let f = scenario::failover(&mut lab, false);
+        let f = if mode == "fullnat" {
+            scenario::failover_with(&mut lab, false, Duration::from_secs(3))
+        } else {
+            scenario::failover(&mut lab, false)
+        };
         let down = agent.wait_log("DOWN after 2 failures", Duration::from_secs(2));
         eprintln!(
             "run {run} {mode}: {} ms, {} of {} new connections failed, longest pause {} ms",
@@ -71,7 +78,16 @@ fn main() {
                 f.failed_before, f.other_errors
             ));
         }
-        took.push((mode, f.took, f.failed, f.total));
+        if mode == "fullnat" {
+            let unopened = f
+                .errors
+                .iter()
+                .filter(|e| e.1.starts_with("connect: "))
+                .count();
+            fullnat.push((f.total, unopened, f.failed - unopened, f.slowest));
+        } else {
+            took.push((mode, f.took, f.failed, f.total));
+        }
         drop(agent);
         drop(lab);
     }
@@ -105,8 +121,8 @@ fn main() {
     };
     let all: Vec<Duration> = took.iter().map(|t| t.1).collect();
     row(format!("{} (all)", all.len()), &all);
-    for mode in modes {
-        let v: Vec<Duration> = took.iter().filter(|t| t.0 == mode).map(|t| t.1).collect();
+    for mode in modes.iter().filter(|m| **m != "fullnat") {
+        let v: Vec<Duration> = took.iter().filter(|t| t.0 == *mode).map(|t| t.1).collect();
         row(format!("{} ({mode})", v.len()), &v);
     }
     let failed: Vec<usize> = took.iter().map(|t| t.2).collect();
@@ -154,6 +170,19 @@ fn main() {
              yet; not explained (seen now and then on this busy machine)",
             early.join(", ")
         ));
+    }
+    if !fullnat.is_empty() {
+        let n = fullnat.len();
+        let opened: usize = fullnat.iter().map(|r| r.0).sum();
+        let unopened: usize = fullnat.iter().map(|r| r.1).sum();
+        let reset: usize = fullnat.iter().map(|r| r.2).sum();
+        let slowest: Vec<String> = fullnat.iter().map(|r| format!("{:.0}", ms(r.3))).collect();
+        writeln!(
+            md,
+            "Full-NAT, {n} runs of the same kill (each new connection given 3 s): {unopened} of              {opened} new connections failed to open; {reset} that b1's server had already              accepted were reset by its death (at most the one in flight). A backend's reset to              a SYN is kept from the client and its SYN retransmission, a second later, placed              on another backend: the slowest new connection after the kill took (ms, per run)              {}, the others the usual fraction of a millisecond. The failover-time rows above              are l2dsr's and ipip's.\n",
+            slowest.join(", ")
+        )
+        .unwrap();
     }
     for p in &problems {
         writeln!(md, "- problem: {p}").unwrap();

@@ -749,3 +749,44 @@ fn a_lost_half_of_a_mapping_is_written_again() {
     assert_eq!((out.dst, out.ports), (backend, (port, 80)));
     assert_eq!(out.dst_mac, mac_of(s, backend));
 }
+
+/// Past `[protection] fullnat_new_flows_per_cpu` new flows get no mapping and are dropped
+/// (a flood would otherwise evict established flows' mappings); mapped flows go on.
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn past_the_full_nat_flood_guard_new_flows_are_dropped_and_mapped_ones_go_on() {
+    let services = services();
+    if !common::privileged("fullnat_flood_guard") {
+        return;
+    }
+    let settings = Settings {
+        nat_flood_window_limit: gateway_common::flood_window_limit(1),
+        ..plain_settings()
+    };
+    let w = World::with_dataplane(
+        &services,
+        settings,
+        gateway::object::GATEWAY,
+        TEST_LOAD,
+        &pool("40000-49999"),
+    );
+    assert_eq!(w.settings.nat_flood_window_limit, 1);
+    // One new flow per window and CPU: the first is mapped, the next ones (in the same
+    // second, on this CPU) are not.
+    lab::run_on_cpu(0);
+    assert_eq!(
+        run(&w, &tcp(client4(), vip4(), 48000, 80, TCP_SYN)).0,
+        XDP_TX
+    );
+    let before = stat(&w, STAT_DROP_NAT_FLOOD);
+    let dropped = (1..=5u16)
+        .filter(|i| run(&w, &tcp(client4(), vip4(), 48000 + i, 80, TCP_SYN)).0 == XDP_DROP)
+        .count();
+    lab::run_on_any_cpu();
+    assert!(dropped >= 4, "{dropped} of 5 new flows dropped");
+    assert_eq!(stat(&w, STAT_DROP_NAT_FLOOD), before + dropped as u64);
+    // The mapped flow is untouched.
+    let (v, out) = run(&w, &tcp(client4(), vip4(), 48000, 80, TCP_ACK));
+    assert_eq!(v, XDP_TX);
+    assert_eq!(out.unwrap().src, snat(false));
+}

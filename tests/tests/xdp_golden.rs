@@ -62,7 +62,7 @@ fn settings() -> Settings {
         flood_window_limit: gateway_common::flood_window_limit(
             gateway::config::DEFAULT_FLOOD_NEW_FLOWS_PER_CPU,
         ),
-        _pad2: 0,
+        nat_flood_window_limit: 0,
     }
 }
 

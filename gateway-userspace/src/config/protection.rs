@@ -27,6 +27,12 @@ impl Validator<'_> {
             FLOOD_RATE,
             "protection.flood_new_flows_per_cpu",
         );
+        let fullnat = self.int(
+            p.fullnat_new_flows_per_cpu.as_ref(),
+            0,
+            FLOOD_RATE,
+            "protection.fullnat_new_flows_per_cpu",
+        );
         let sources_size = self.int(
             p.sources_size.as_ref(),
             gateway_common::DEFAULT_SOURCES_SIZE,
@@ -37,6 +43,7 @@ impl Validator<'_> {
         let defaults = self.source_limits(&p.limits(), &SourceLimits::default(), "protection.");
         Some(ProtectionConfig {
             flood_new_flows_per_cpu: flood?,
+            fullnat_new_flows_per_cpu: fullnat?,
             sources_size: sources_size?,
             allowlist: allowlist?,
             defaults: defaults?,

@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProtection {
     pub(super) flood_new_flows_per_cpu: Option<Spanned<i64>>,
+    pub(super) fullnat_new_flows_per_cpu: Option<Spanned<i64>>,
     pub(super) sources_size: Option<Spanned<i64>>,
     pub(super) allowlist: Option<Vec<Spanned<String>>>,
     pub(super) mode: Option<Spanned<ProtectMode>>,

@@ -407,6 +407,9 @@ pub struct ProtectionConfig {
     /// New flows per second one CPU may record in conntrack before the flood guard places
     /// new flows without an entry; 0 turns the guard off.
     pub flood_new_flows_per_cpu: u32,
+    /// New full-NAT flows per second one CPU may map before new ones are dropped, so that a
+    /// flood cannot evict established flows' mappings; 0 (the default) turns it off.
+    pub fullnat_new_flows_per_cpu: u32,
     /// Capacity of the source-bucket map (a load-time size, like `conntrack_size`).
     pub sources_size: u32,
     /// Source prefixes no limit applies to; none contains another.
@@ -422,6 +425,7 @@ impl Default for ProtectionConfig {
     fn default() -> Self {
         Self {
             flood_new_flows_per_cpu: DEFAULT_FLOOD_NEW_FLOWS_PER_CPU,
+            fullnat_new_flows_per_cpu: 0,
             sources_size: gateway_common::DEFAULT_SOURCES_SIZE,
             allowlist: Vec::new(),
             defaults: SourceLimits::default(),

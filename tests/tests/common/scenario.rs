@@ -122,6 +122,8 @@ pub struct Failover {
     /// The longest pause between new connections in the 300 ms after the kill: how finely
     /// `took` is sampled (a busy machine can stall the client thread).
     pub max_gap: Duration,
+    /// The longest new connection (connect to answer) that ended after the kill.
+    pub slowest: Duration,
 }
 
 /// A steady stream of new connections (one at a time, from source ports 40000 up) while
@@ -151,11 +153,12 @@ pub fn failover_with(lab: &mut Lab, v6: bool, connect: Duration) -> Failover {
         let mut other_errors = Vec::new();
         let mut port = 40_000u16;
         while Instant::now() < stop_at {
+            let began = Instant::now();
             let r = tcp_name(v, port, connect);
             if let Err(e) = &r {
                 errors.push((port, e.to_string()));
             }
-            log.push((Instant::now(), r.is_ok()));
+            log.push((Instant::now(), r.is_ok(), began.elapsed()));
             port += 1;
             for (c, n) in others.iter_mut() {
                 match c.ask() {
@@ -177,14 +180,20 @@ pub fn failover_with(lab: &mut Lab, v6: bool, connect: Duration) -> Failover {
     let (log, errors, other_errors) = stream.join().expect("client thread");
     let after: Vec<Instant> = log
         .iter()
-        .filter(|(t, ok)| *t >= killed && !ok)
-        .map(|(t, _)| *t)
+        .filter(|(t, ok, _)| *t >= killed && !ok)
+        .map(|(t, _, _)| *t)
         .collect();
+    let slowest = log
+        .iter()
+        .filter(|(t, _, _)| *t >= killed)
+        .map(|(_, _, d)| *d)
+        .max()
+        .unwrap_or_default();
     let last = after.iter().copied().max().unwrap_or(killed);
     let mut seen = vec![killed];
     seen.extend(
         log.iter()
-            .map(|(t, _)| *t)
+            .map(|(t, _, _)| *t)
             .filter(|t| *t >= killed && *t <= killed + Duration::from_millis(300)),
     );
     let max_gap = seen
@@ -196,10 +205,11 @@ pub fn failover_with(lab: &mut Lab, v6: bool, connect: Duration) -> Failover {
         took: last.saturating_duration_since(killed),
         failed: after.len(),
         total: log.len(),
-        failed_before: log.iter().filter(|(t, ok)| *t < killed && !ok).count(),
+        failed_before: log.iter().filter(|(t, ok, _)| *t < killed && !ok).count(),
         other_errors,
         errors,
         max_gap,
+        slowest,
     }
 }
 

@@ -168,6 +168,8 @@ pub fn config_text(
     let window = 1u64 << gateway_common::FLOOD_WINDOW_SHIFT;
     let flood = (u64::from(settings.flood_window_limit) * 1_000_000_000).div_ceil(window);
     d(&mut t, format!("flood_new_flows_per_cpu = {flood}"));
+    let nat = (u64::from(settings.nat_flood_window_limit) * 1_000_000_000).div_ceil(window);
+    d(&mut t, format!("fullnat_new_flows_per_cpu = {nat}"));
     d(&mut t, protection.to_string());
     for (i, s) in services.iter().enumerate() {
         let protocol = match s.proto {
@@ -376,6 +378,6 @@ pub fn plain_settings() -> Settings {
         checks_off: 0,
         macs: [[0; 6]; gateway_common::MAX_LOCAL_MACS],
         flood_window_limit: 0,
-        _pad2: 0,
+        nat_flood_window_limit: 0,
     }
 }

@@ -179,7 +179,12 @@ fn main() {
         let slowest: Vec<String> = fullnat.iter().map(|r| format!("{:.0}", ms(r.3))).collect();
         writeln!(
             md,
-            "Full-NAT, {n} runs of the same kill (each new connection given 3 s): {unopened} of              {opened} new connections failed to open; {reset} that b1's server had already              accepted were reset by its death (at most the one in flight). A backend's reset to              a SYN is kept from the client and its SYN retransmission, a second later, placed              on another backend: the slowest new connection after the kill took (ms, per run)              {}, the others the usual fraction of a millisecond. The failover-time rows above              are l2dsr's and ipip's.\n",
+            "Full-NAT, {n} runs of the same kill (each new connection given 3 s): {unopened} of \
+             {opened} new connections failed to open, and {reset} that b1's server had already \
+             accepted was reset by its death (at most the one in flight, per run). A backend's \
+             reset to a SYN is kept from the client and its SYN retransmission, a second later, \
+             placed on another backend: the slowest new connection after the kill took (ms, per \
+             run) {}. The failover-time rows above are l2dsr's and ipip's.\n",
             slowest.join(", ")
         )
         .unwrap();

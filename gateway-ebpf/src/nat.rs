@@ -20,12 +20,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    BACKEND_DRAIN, BACKEND_UP, Backend, FAMILY_V4, FlowKey, JUMP_FULLNAT, LOCAL_SNAT, LocalKey,
-    MAX_SNAT_ADDRS, MODE_FULLNAT, NAT_DIR_FORWARD, NAT_DIR_REPLY, NAT_PORT_TRIES, NAT_RETRY,
-    NAT_TCP_CLOSING, NAT_TCP_ESTABLISHED, NAT_TCP_REFUSED, NAT_TCP_SYN, NAT_UDP, NatValue,
-    PROTECT_OFF, PROTO_TCP, STAT_DROP_INTERNAL, STAT_DROP_MARTIAN_SOURCE, STAT_DROP_NAT_EXHAUSTED,
+    Backend, FAMILY_V4, FlowKey, JUMP_FULLNAT, LOCAL_SNAT, LocalKey, MAX_SNAT_ADDRS, MODE_FULLNAT,
+    NAT_DIR_FORWARD, NAT_DIR_REPLY, NAT_PORT_TRIES, NAT_RETRY, NAT_TCP_CLOSING,
+    NAT_TCP_ESTABLISHED, NAT_TCP_REFUSED, NAT_TCP_SYN, NAT_UDP, NatValue, PROTECT_OFF, PROTO_TCP,
+    STAT_DROP_INTERNAL, STAT_DROP_MARTIAN_SOURCE, STAT_DROP_NAT_EXHAUSTED, STAT_DROP_NAT_FLOOD,
     STAT_DROP_NAT_NO_MAPPING, STAT_DROP_NAT_REPLY_MISS, STAT_DROP_NAT_UNTRANSLATED, STAT_FORWARDED,
-    STAT_DROP_NAT_FLOOD, STAT_ICMP_RELAYED, STAT_NAT_HALF_LOST, STAT_NAT_NEW, STAT_NAT_REPLIED, STAT_NAT_RESET_HIDDEN,
+    STAT_ICMP_RELAYED, STAT_NAT_HALF_LOST, STAT_NAT_NEW, STAT_NAT_REPLIED, STAT_NAT_RESET_HIDDEN,
     STAT_NAT_RETRIED, STAT_PASS_NOT_VIP, ServiceValue, hash::flow_hash,
 };
 use gateway_ebpf::hdr::*;
@@ -34,7 +34,7 @@ use crate::{
     csum,
     forward::set_macs,
     maps::{
-        BACKEND_STATS, BACKENDS, HANDOFF, Handoff, JUMP, LOCAL_ADDRS, LOCAL_FILTER, NAT, NAT_POOL,
+        BACKEND_STATS, HANDOFF, Handoff, JUMP, LOCAL_ADDRS, LOCAL_FILTER, NAT, NAT_POOL,
         NatScratch, PASSIVE, SERVICE_STATS,
     },
     packet::{at, copy, frame_len, ld16, put},
@@ -305,15 +305,6 @@ fn passive(id: u32, what: Passive) {
     }
 }
 
-/// Backend `id` if it still serves the flows placed on it (up or draining).
-#[inline(always)]
-fn serving(id: u32) -> Option<&'static Backend> {
-    match BACKENDS.get(id) {
-        Some(b) if b.family != 0 && (b.state == BACKEND_UP || b.state == BACKEND_DRAIN) => Some(b),
-        _ => None,
-    }
-}
-
 /// A client's packet for a full-NAT service.
 #[inline(always)]
 fn forward(
@@ -345,7 +336,7 @@ fn forward(
         // refused mapping carries nothing but its SYN again.
         let reused = syn && v.state != NAT_TCP_SYN;
         let refused = v.state == NAT_TCP_REFUSED;
-        match serving(v.backend) {
+        match select::serving(v.backend) {
             Some(b) if live && !reused && !refused && avoid == 0 => {
                 if p.tcp && p.flags & (TCP_FIN | TCP_RST) != 0 {
                     v.state = NAT_TCP_CLOSING;
@@ -639,7 +630,7 @@ fn translate_icmp_error(ctx: &XdpContext, h: &Handoff) -> Verdict {
     let mac = if h.reply != 0 {
         v.mac
     } else {
-        match serving(v.backend) {
+        match select::serving(v.backend) {
             Some(b) => b.mac,
             None => return Verdict::drop(STAT_DROP_NAT_UNTRANSLATED),
         }

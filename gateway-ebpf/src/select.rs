@@ -68,7 +68,7 @@ pub enum Track {
 
 /// Backend `id` if it still serves the flows pinned to it (up or draining).
 #[inline(always)]
-fn serving(id: u32) -> Option<&'static Backend> {
+pub fn serving(id: u32) -> Option<&'static Backend> {
     match BACKENDS.get(id) {
         Some(b) if b.family != 0 && (b.state == BACKEND_UP || b.state == BACKEND_DRAIN) => Some(b),
         _ => None,

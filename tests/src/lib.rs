@@ -690,24 +690,9 @@ impl Lab {
             ]
         };
         for b in &self.backends {
-            ip(&[
-                "-n",
-                &b.netns,
-                "addr",
-                "del",
-                &format!("{VIP4}/32"),
-                "dev",
-                "lo",
-            ])?;
-            ip(&[
-                "-n",
-                &b.netns,
-                "addr",
-                "del",
-                &format!("{VIP6}/128"),
-                "dev",
-                "lo",
-            ])?;
+            for vip in [format!("{VIP4}/32"), format!("{VIP6}/128")] {
+                ip(&["-n", &b.netns, "addr", "del", &vip, "dev", "lo"])?;
+            }
             ip(&[
                 "-n",
                 &b.netns,

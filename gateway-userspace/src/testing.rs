@@ -13,7 +13,8 @@ use gateway_common::{
 use crate::{
     admin::{
         BackendStatus, Counter, DataplaneStatus, LatencyHistogram, LimitedSource, ProbeStatus,
-        ProtectCounters, ProtectionReport, ServiceProtection, ServiceStatus, Snapshot, Traffic,
+        ProtectCounters, ProtectionReport, ServiceProtection, ServiceStatus, Snapshot, SynAnswers,
+        Traffic,
     },
     dataplane::{AttachedMode, DataplaneError, DataplaneOps, Limited, LoadOptions},
     mapsync::{MapWriter, SyncError},
@@ -384,6 +385,12 @@ fn backend(address: &str, up: bool, packets: u64) -> BackendStatus {
             bytes: packets * 60,
             new_flows: packets / 2,
         },
+        // As if the service were full-NAT: the down backend refused SYNs.
+        syns: Some(SynAnswers {
+            answered: packets,
+            refused: if up { 0 } else { 4 },
+            unanswered: if up { 0 } else { 1 },
+        }),
         api_override: None,
     }
 }

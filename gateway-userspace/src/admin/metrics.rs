@@ -155,6 +155,44 @@ pub fn render_metrics(s: &Snapshot) -> String {
         }
         .write(&mut out);
     }
+    // Full-NAT backends only: their answers to SYNs, by result.
+    let syns: Vec<_> = s
+        .services
+        .iter()
+        .flat_map(|svc| {
+            svc.backends.iter().filter_map(move |b| {
+                let a = b.syns?;
+                Some(
+                    [
+                        ("answered", a.answered),
+                        ("refused", a.refused),
+                        ("unanswered", a.unanswered),
+                    ]
+                    .map(|(result, n)| {
+                        (
+                            vec![
+                                ("service", svc.name.as_str()),
+                                ("backend", b.address.as_str()),
+                                ("result", result),
+                            ],
+                            n,
+                        )
+                    }),
+                )
+            })
+        })
+        .flatten()
+        .collect();
+    if !syns.is_empty() {
+        Family {
+            name: "gateway_backend_syns_total",
+            help: "Full-NAT: SYNs the backend answered, refused with a reset, or left \
+                   unanswered until the client sent them again.",
+            kind: "counter",
+            samples: syns,
+        }
+        .write(&mut out);
+    }
     Family {
         name: "gateway_backend_up",
         help: "Whether the backend's health check passes (1) or not (0).",

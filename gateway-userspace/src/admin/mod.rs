@@ -631,6 +631,7 @@ mod tests {
             "gateway_backend_new_flows_total",
             "gateway_backend_up",
             "gateway_backend_transitions_total",
+            "gateway_backend_syns_total",
             "gateway_table_rebuilds_total",
             "gateway_reloads_total",
             "gateway_map_write_errors_total",
@@ -656,6 +657,12 @@ mod tests {
         has(r#"gateway_backend_up{service="we\"b\\x\n",backend="198.18.0.11"} 1"#);
         has(r#"gateway_backend_up{service="we\"b\\x\n",backend="198.18.0.12"} 0"#);
         has(r#"gateway_backend_transitions_total{service="we\"b\\x\n",backend="198.18.0.12"} 3"#);
+        has(
+            r#"gateway_backend_syns_total{service="we\"b\\x\n",backend="198.18.0.12",result="refused"} 4"#,
+        );
+        has(
+            r#"gateway_backend_syns_total{service="we\"b\\x\n",backend="198.18.0.11",result="answered"} 10"#,
+        );
         has("gateway_table_rebuilds_total 2");
         has(r#"gateway_reloads_total{result="ok"} 1"#);
         has(r#"gateway_reloads_total{result="error"} 0"#);

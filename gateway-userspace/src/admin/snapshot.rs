@@ -190,9 +190,22 @@ pub struct BackendStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_transition_seconds: Option<f64>,
     pub traffic: Traffic,
+    /// Full-NAT backends: what their answers to SYNs said (the passive checks' input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syns: Option<SynAnswers>,
     /// Values set through the API that override the config file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_override: Option<Override>,
+}
+
+/// A full-NAT backend's SYNs, as the data plane saw the answers (`PASSIVE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynAnswers {
+    pub answered: u64,
+    /// Refused with a reset (kept from the client, which retried elsewhere).
+    pub refused: u64,
+    /// Sent again by the client before any answer.
+    pub unanswered: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -96,6 +96,16 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                         .and_then(|r| r.last_transition)
                         .map(|t| t.elapsed().as_secs_f64()),
                     traffic: traffic(self.dp.backend_stats(b.id)?),
+                    syns: if sc.mode == crate::config::Mode::Fullnat {
+                        let p = self.dp.passive_stats(b.id)?;
+                        Some(admin::SynAnswers {
+                            answered: p.answered,
+                            refused: p.refused,
+                            unanswered: p.unanswered,
+                        })
+                    } else {
+                        None
+                    },
                     api_override: self.overrides.get(&sp.name, b.address).cloned(),
                 });
             }

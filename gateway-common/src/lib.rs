@@ -976,7 +976,7 @@ pub const NAT_DIR_REPLY: u8 = 2;
 pub const NAT_TCP_SYN: u8 = 1;
 /// `NatValue::state`: the backend answered the SYN.
 pub const NAT_TCP_ESTABLISHED: u8 = 2;
-/// `NatValue::state`: a FIN or reset was seen.
+/// `NatValue::state`: a FIN was seen.
 pub const NAT_TCP_CLOSING: u8 = 3;
 /// `NatValue::state`: a UDP mapping.
 pub const NAT_UDP: u8 = 4;
@@ -984,9 +984,12 @@ pub const NAT_UDP: u8 = 4;
 /// left it unanswered); the entry only remembers which backend the retransmitted SYN must
 /// avoid. Its answer entry is gone.
 pub const NAT_TCP_REFUSED: u8 = 5;
-/// Seconds a mapping lives without packets, by state (`NAT_TCP_SYN` ..= `NAT_TCP_REFUSED`):
+/// `NatValue::state`: a reset was seen (no TIME_WAIT follows one, so its port is free
+/// sooner than after a FIN).
+pub const NAT_TCP_RESET: u8 = 6;
+/// Seconds a mapping lives without packets, by state (`NAT_TCP_SYN` ..= `NAT_TCP_RESET`):
 /// once past it, its SNAT port may be given to a new flow.
-pub const NAT_TIMEOUTS: [u32; 5] = [30, 7200, 30, 120, 30];
+pub const NAT_TIMEOUTS: [u32; 6] = [30, 7200, 30, 120, 30, 10];
 /// `NatValue::flags`: the mapping is a retry (its first backend refused the SYN); a reset
 /// from this backend reaches the client.
 pub const NAT_RETRY: u8 = 1;

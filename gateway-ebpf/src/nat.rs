@@ -22,11 +22,12 @@ use aya_ebpf::{
 use gateway_common::{
     Backend, FAMILY_V4, FlowKey, JUMP_FULLNAT, LOCAL_SNAT, LocalKey, MAX_SNAT_ADDRS, MODE_FULLNAT,
     NAT_DIR_FORWARD, NAT_DIR_REPLY, NAT_PORT_TRIES, NAT_RETRY, NAT_TCP_CLOSING,
-    NAT_TCP_ESTABLISHED, NAT_TCP_REFUSED, NAT_TCP_SYN, NAT_UDP, NatValue, PROTECT_OFF, PROTO_TCP,
-    STAT_DROP_INTERNAL, STAT_DROP_MARTIAN_SOURCE, STAT_DROP_NAT_EXHAUSTED, STAT_DROP_NAT_FLOOD,
-    STAT_DROP_NAT_NO_MAPPING, STAT_DROP_NAT_REPLY_MISS, STAT_DROP_NAT_UNTRANSLATED, STAT_FORWARDED,
-    STAT_ICMP_RELAYED, STAT_NAT_HALF_LOST, STAT_NAT_NEW, STAT_NAT_REPLIED, STAT_NAT_RESET_HIDDEN,
-    STAT_NAT_RETRIED, STAT_PASS_NOT_VIP, ServiceValue, hash::flow_hash,
+    NAT_TCP_ESTABLISHED, NAT_TCP_REFUSED, NAT_TCP_RESET, NAT_TCP_SYN, NAT_UDP, NatValue,
+    PROTECT_OFF, PROTO_TCP, STAT_DROP_INTERNAL, STAT_DROP_MARTIAN_SOURCE, STAT_DROP_NAT_EXHAUSTED,
+    STAT_DROP_NAT_FLOOD, STAT_DROP_NAT_NO_MAPPING, STAT_DROP_NAT_REPLY_MISS,
+    STAT_DROP_NAT_UNTRANSLATED, STAT_FORWARDED, STAT_ICMP_RELAYED, STAT_NAT_HALF_LOST,
+    STAT_NAT_NEW, STAT_NAT_REPLIED, STAT_NAT_RESET_HIDDEN, STAT_NAT_RETRIED, STAT_PASS_NOT_VIP,
+    ServiceValue, hash::flow_hash,
 };
 use gateway_ebpf::hdr::*;
 
@@ -213,6 +214,32 @@ fn remove_pair(key: &FlowKey, v: &NatValue, s: &mut NatScratch) {
     let _ = NAT.remove(key);
 }
 
+/// Sets the state of the mapping `v` (found under `key`) and of its other direction: both
+/// age by it, and a port is free only once both have.
+#[inline(always)]
+fn set_state(key: &FlowKey, v: &mut NatValue, state: u8, s: &mut NatScratch) {
+    if v.state == state {
+        return;
+    }
+    v.state = state;
+    other_way(v, key.proto, key.family, &mut s.other);
+    if let Some(o) = NAT.get_ptr_mut(&s.other) {
+        // SAFETY: a map value, valid for this run.
+        unsafe { (*o).state = state };
+    }
+}
+
+/// A FIN closes the flow (`closing`), a reset ends it (`reset`, which frees its port
+/// sooner); either direction's tells both. A FIN after a reset changes nothing.
+#[inline(always)]
+fn closing(key: &FlowKey, v: &mut NatValue, flags: u8, s: &mut NatScratch) {
+    if flags & TCP_RST != 0 {
+        set_state(key, v, NAT_TCP_RESET, s);
+    } else if flags & TCP_FIN != 0 && v.state != NAT_TCP_RESET {
+        set_state(key, v, NAT_TCP_CLOSING, s);
+    }
+}
+
 /// Writes again the other direction of the flow `key` (mapping `v`) if it is missing: an
 /// LRU map may evict one entry of a pair. `dir` is the missing entry's direction. If
 /// another flow holds its key now (the port was reused), nothing is written.
@@ -338,8 +365,8 @@ fn forward(
         let refused = v.state == NAT_TCP_REFUSED;
         match select::serving(v.backend) {
             Some(b) if live && !reused && !refused && avoid == 0 => {
-                if p.tcp && p.flags & (TCP_FIN | TCP_RST) != 0 {
-                    v.state = NAT_TCP_CLOSING;
+                if p.tcp {
+                    closing(key, v, p.flags, s);
                 }
                 if v.seen != now {
                     v.seen = now;
@@ -564,21 +591,11 @@ fn reply(ctx: &XdpContext, p: &Pkt, key: &FlowKey, s: &mut NatScratch) -> Verdic
         }
     }
     if p.tcp {
-        let next = if p.flags & (TCP_FIN | TCP_RST) != 0 {
-            NAT_TCP_CLOSING
-        } else if p.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK && v.state == NAT_TCP_SYN {
-            NAT_TCP_ESTABLISHED
-        } else {
-            v.state
-        };
-        if next != v.state {
-            v.state = next;
+        if p.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK && v.state == NAT_TCP_SYN {
             // The client's direction learns it too: a SYN after this is a new connection.
-            other_way(v, key.proto, key.family, &mut s.other);
-            if let Some(f) = NAT.get_ptr_mut(&s.other) {
-                // SAFETY: as above.
-                unsafe { (*f).state = next };
-            }
+            set_state(key, v, NAT_TCP_ESTABLISHED, s);
+        } else {
+            closing(key, v, p.flags, s);
         }
     }
     if v.seen != now {

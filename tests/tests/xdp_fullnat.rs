@@ -790,3 +790,70 @@ fn past_the_full_nat_flood_guard_new_flows_are_dropped_and_mapped_ones_go_on() {
     assert_eq!(v, XDP_TX);
     assert_eq!(out.unwrap().src, snat(false));
 }
+
+/// A FIN or a reset from either side tells both directions of the mapping (both must age
+/// out before its port is free): a FIN makes them `closing` (30 s), a reset `reset` (10 s:
+/// no TIME_WAIT follows one). The client's reset matters most: the backend never answers it.
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_fin_or_a_reset_from_either_side_closes_both_directions() {
+    let services = services();
+    let Some(w) = world("fullnat_closing", &services, "40000-49999") else {
+        return;
+    };
+    let states = |w: &World, client_port: u16| -> Vec<u8> {
+        let fwd = flow_key(client4(), vip4(), client_port, 80, PROTO_TCP);
+        let entries = w.dp.nat_entries();
+        let f = entries
+            .iter()
+            .find(|(k, _)| *k == fwd)
+            .expect("forward entry")
+            .1;
+        let answer = flow_key(
+            addr_of(&f.dst),
+            addr_of(&f.src),
+            u16::from_be(f.dport_be),
+            u16::from_be(f.sport_be),
+            PROTO_TCP,
+        );
+        let a = entries
+            .iter()
+            .find(|(k, _)| *k == answer)
+            .expect("answer entry")
+            .1;
+        vec![f.state, a.state]
+    };
+    let open = |port: u16| {
+        let (_, out) = run(&w, &tcp(client4(), vip4(), port, 80, TCP_SYN));
+        let out = out.unwrap();
+        let answer = tcp(out.dst, snat(false), 80, out.ports.0, TCP_SYN | TCP_ACK);
+        assert_eq!(run(&w, &answer).0, XDP_TX);
+        (out.dst, out.ports.0)
+    };
+    // The client resets: the backend will not answer, and both directions know.
+    open(49000);
+    assert_eq!(
+        run(&w, &tcp(client4(), vip4(), 49000, 80, TCP_RST)).0,
+        XDP_TX
+    );
+    assert_eq!(states(&w, 49000), [NAT_TCP_RESET, NAT_TCP_RESET]);
+    // The client closes with a FIN, the backend then resets; a late FIN changes nothing.
+    let (backend, port) = open(49001);
+    let fin = tcp(client4(), vip4(), 49001, 80, TCP_FIN | TCP_ACK);
+    assert_eq!(run(&w, &fin).0, XDP_TX);
+    assert_eq!(states(&w, 49001), [NAT_TCP_CLOSING, NAT_TCP_CLOSING]);
+    let reset = tcp(backend, snat(false), 80, port, TCP_RST | TCP_ACK);
+    assert_eq!(run(&w, &reset).0, XDP_TX);
+    assert_eq!(states(&w, 49001), [NAT_TCP_RESET, NAT_TCP_RESET]);
+    assert_eq!(run(&w, &fin).0, XDP_TX);
+    assert_eq!(states(&w, 49001), [NAT_TCP_RESET, NAT_TCP_RESET]);
+}
+
+/// An address as the maps hold it (IPv4 in the first four bytes).
+fn addr_of(a: &[u8; 16]) -> IpAddr {
+    if a[4..].iter().all(|b| *b == 0) {
+        IpAddr::from([a[0], a[1], a[2], a[3]])
+    } else {
+        IpAddr::from(*a)
+    }
+}

@@ -245,7 +245,7 @@ pub struct NatMapping {
     pub vip: String,
     pub snat: String,
     pub backend: String,
-    /// `syn`, `established`, `closing`, `refused` (TCP) or `udp`.
+    /// `syn`, `established`, `closing`, `reset`, `refused` (TCP) or `udp`.
     pub state: String,
     /// Seconds since the flow's last packet from the client.
     pub idle_seconds: u32,

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use gateway_common::{
     FAMILY_V4, FlowKey, NAT_DIR_FORWARD, NAT_RETRY, NAT_TCP_CLOSING, NAT_TCP_ESTABLISHED,
-    NAT_TCP_REFUSED, NAT_TCP_SYN, NAT_UDP, NatValue, PROTO_TCP,
+    NAT_TCP_REFUSED, NAT_TCP_RESET, NAT_TCP_SYN, NAT_UDP, NatValue, PROTO_TCP,
 };
 
 use super::Agent;
@@ -30,6 +30,7 @@ fn state(v: &NatValue) -> &'static str {
         NAT_TCP_SYN => "syn",
         NAT_TCP_ESTABLISHED => "established",
         NAT_TCP_CLOSING => "closing",
+        NAT_TCP_RESET => "reset",
         NAT_TCP_REFUSED => "refused",
         NAT_UDP => "udp",
         _ => "unknown",

@@ -1,4 +1,4 @@
-//! Internet checksums (RFC 1071).
+//! Internet checksums (RFC 1071), and their incremental update (RFC 1624).
 use aya_ebpf::helpers::bpf_csum_diff;
 
 /// Folds a 32-bit one's-complement sum to 16 bits.
@@ -31,4 +31,25 @@ pub fn partial(ptr: *const u8, len: u32, seed: u32) -> u64 {
     // SAFETY: the verifier checks the pointer range against the packet bounds.
     let r = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, ptr as *mut u32, len, seed) };
     (r as u64) & 0xffff_ffff
+}
+
+/// The one's-complement sum of `a`'s 16-bit words, each complemented (`neg`) or not: what a
+/// checksum gains when `a` leaves (`neg`) or enters the summed data (RFC 1624). Words are
+/// taken in memory order, as the checksum field is read.
+#[inline(always)]
+pub fn words<const N: usize>(a: &[u8; N], neg: bool) -> u64 {
+    let mut s = 0u64;
+    let mut i = 0;
+    while i < N {
+        let w = u16::from_ne_bytes([a[i], a[i + 1]]);
+        s += u64::from(if neg { !w } else { w });
+        i += 2;
+    }
+    s
+}
+
+/// A checksum field `old` updated by `delta` (RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')).
+#[inline(always)]
+pub fn updated(old: u16, delta: u64) -> u16 {
+    !fold(u64::from(!old) + delta)
 }

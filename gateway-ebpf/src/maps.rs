@@ -151,6 +151,23 @@ static NO_SETTINGS: Settings = Settings {
     nat_flood_window_limit: 0,
 };
 
+/// Why `addr` is this balancer's (`gateway_common::LOCAL_*` bits), if it is: LOCAL_FILTER
+/// first, so most addresses cost one bit test and no lookup.
+#[inline(always)]
+pub fn local(addr: &[u8; 16], family: u8) -> Option<u8> {
+    match LOCAL_FILTER.get(0) {
+        Some(f) if !f.may_hold(addr, family) => return None,
+        _ => {}
+    }
+    let key = LocalKey {
+        addr: *addr,
+        family,
+        _pad: [0; 3],
+    };
+    // SAFETY: the value is copied out at once.
+    unsafe { LOCAL_ADDRS.get(&key) }.copied()
+}
+
 /// SETTINGS[0].
 #[inline(always)]
 pub fn settings() -> &'static Settings {

@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    Backend, FAMILY_V4, FlowKey, JUMP_FULLNAT, LOCAL_SNAT, LocalKey, MAX_SNAT_ADDRS, MODE_FULLNAT,
+    Backend, FAMILY_V4, FlowKey, JUMP_FULLNAT, LOCAL_SNAT, MAX_SNAT_ADDRS, MODE_FULLNAT,
     NAT_DIR_FORWARD, NAT_DIR_REPLY, NAT_PORT_TRIES, NAT_RETRY, NAT_TCP_CLOSING,
     NAT_TCP_ESTABLISHED, NAT_TCP_REFUSED, NAT_TCP_RESET, NAT_TCP_SYN, NAT_UDP, NatValue,
     PROTECT_OFF, PROTO_TCP, STAT_DROP_INTERNAL, STAT_DROP_MARTIAN_SOURCE, STAT_DROP_NAT_EXHAUSTED,
@@ -35,8 +35,7 @@ use crate::{
     csum,
     forward::set_macs,
     maps::{
-        BACKEND_STATS, HANDOFF, Handoff, JUMP, LOCAL_ADDRS, LOCAL_FILTER, NAT, NAT_POOL,
-        NatScratch, PASSIVE, SERVICE_STATS,
+        BACKEND_STATS, HANDOFF, Handoff, JUMP, NAT, NAT_POOL, NatScratch, PASSIVE, SERVICE_STATS,
     },
     packet::{at, copy, frame_len, ld16, put},
     parse::{KeyBuf, L4, Packet},
@@ -57,17 +56,7 @@ const L4_ICMP_ERROR: u32 = 2;
 /// (marked in LOCAL_ADDRS, behind LOCAL_FILTER: most packets for the host pay one bit test).
 #[inline(always)]
 pub fn to_pool(key: &FlowKey) -> bool {
-    match LOCAL_FILTER.get(0) {
-        Some(f) if !f.may_hold(&key.dst, key.family) => return false,
-        _ => {}
-    }
-    let local = LocalKey {
-        addr: key.dst,
-        family: key.family,
-        _pad: [0; 3],
-    };
-    // SAFETY: the value is copied out at once.
-    unsafe { LOCAL_ADDRS.get(&local) }.is_some_and(|w| w & LOCAL_SNAT != 0)
+    crate::maps::local(&key.dst, key.family).is_some_and(|w| w & LOCAL_SNAT != 0)
 }
 
 /// The service the main program takes a packet to a SNAT address for: full-NAT, no limits,
@@ -677,21 +666,21 @@ fn translate_icmp_error(ctx: &XdpContext, h: &Handoff) -> Verdict {
         let (new_src, new_dst) = (four(&v.src), four(&v.dst));
         let o_src: [u8; 4] = copy(outer, IPV4_SRC);
         let o_dst: [u8; 4] = copy(outer, IPV4_DST);
-        let d_outer = words(&o_src, true)
-            + words(&o_dst, true)
-            + words(&new_src, false)
-            + words(&new_dst, false);
+        let d_outer = csum::words(&o_src, true)
+            + csum::words(&o_dst, true)
+            + csum::words(&new_src, false)
+            + csum::words(&new_dst, false);
         let i_src: [u8; 4] = copy(ip, IPV4_SRC);
         let i_dst: [u8; 4] = copy(ip, IPV4_DST);
         // The quoted packet runs the other way: from the mapping's destination.
-        d_inner = words(&i_src, true)
-            + words(&i_dst, true)
-            + words(&new_dst, false)
-            + words(&new_src, false);
+        d_inner = csum::words(&i_src, true)
+            + csum::words(&i_dst, true)
+            + csum::words(&new_dst, false)
+            + csum::words(&new_src, false);
         let old_ic = ld16(ip, IPV4_CSUM);
-        let new_ic = updated(old_ic, d_inner);
+        let new_ic = csum::updated(old_ic, d_inner);
         d_icmp += d_inner + u64::from(!old_ic) + u64::from(new_ic);
-        let oc = updated(ld16(outer, IPV4_CSUM), d_outer);
+        let oc = csum::updated(ld16(outer, IPV4_CSUM), d_outer);
         // SAFETY: `outer` and `ip` cover their fixed headers.
         unsafe {
             put(ip, IPV4_SRC, new_dst);
@@ -708,12 +697,16 @@ fn translate_icmp_error(ctx: &XdpContext, h: &Handoff) -> Verdict {
         let o_src: [u8; 16] = copy(outer, IPV6_SRC);
         let o_dst: [u8; 16] = copy(outer, IPV6_DST);
         // ICMPv6's checksum covers the outer addresses (its pseudo-header).
-        d_icmp +=
-            words(&o_src, true) + words(&o_dst, true) + words(&v.src, false) + words(&v.dst, false);
+        d_icmp += csum::words(&o_src, true)
+            + csum::words(&o_dst, true)
+            + csum::words(&v.src, false)
+            + csum::words(&v.dst, false);
         let i_src: [u8; 16] = copy(ip, IPV6_SRC);
         let i_dst: [u8; 16] = copy(ip, IPV6_DST);
-        d_inner =
-            words(&i_src, true) + words(&i_dst, true) + words(&v.dst, false) + words(&v.src, false);
+        d_inner = csum::words(&i_src, true)
+            + csum::words(&i_dst, true)
+            + csum::words(&v.dst, false)
+            + csum::words(&v.src, false);
         d_icmp += d_inner;
         // SAFETY: as above.
         unsafe {
@@ -732,7 +725,7 @@ fn translate_icmp_error(ctx: &XdpContext, h: &Handoff) -> Verdict {
     if let Some((p, off)) = l4_csum {
         let old = ld16(p, off);
         if !(old == 0 && key.proto != PROTO_TCP && key.family == FAMILY_V4) {
-            let new = match updated(old, d_inner + d_ports) {
+            let new = match csum::updated(old, d_inner + d_ports) {
                 0 if key.proto != PROTO_TCP => 0xffff,
                 c => c,
             };
@@ -744,7 +737,7 @@ fn translate_icmp_error(ctx: &XdpContext, h: &Handoff) -> Verdict {
     let Some(icmp) = at(ctx, icmp_off, ICMP_LEN) else {
         return Verdict::drop(STAT_DROP_INTERNAL);
     };
-    let c = updated(ld16(icmp, ICMP_CSUM), d_icmp);
+    let c = csum::updated(ld16(icmp, ICMP_CSUM), d_icmp);
     // SAFETY: `icmp` covers the ICMP header.
     unsafe { core::ptr::write(icmp.add(ICMP_CSUM) as *mut u16, c) };
     if !set_macs(ctx, &mac) {
@@ -756,26 +749,6 @@ fn translate_icmp_error(ctx: &XdpContext, h: &Handoff) -> Verdict {
     } else {
         STAT_FORWARDED
     })
-}
-
-/// The one's-complement sum of `a`'s 16-bit words, each complemented (`neg`) or not: what a
-/// checksum gains when `a` leaves (`neg`) or enters the summed data (RFC 1624).
-#[inline(always)]
-fn words<const N: usize>(a: &[u8; N], neg: bool) -> u64 {
-    let mut s = 0u64;
-    let mut i = 0;
-    while i < N {
-        let w = u16::from_ne_bytes([a[i], a[i + 1]]);
-        s += u64::from(if neg { !w } else { w });
-        i += 2;
-    }
-    s
-}
-
-/// `old` updated by `delta` (RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')).
-#[inline(always)]
-fn updated(old: u16, delta: u64) -> u16 {
-    !csum::fold(u64::from(!old) + delta)
 }
 
 /// Rewrites the packet's addresses and ports to `v`'s, with both checksums updated. A BPF
@@ -796,11 +769,11 @@ fn rewrite(ctx: &XdpContext, p: &Pkt, key: &FlowKey, v: &NatValue) -> bool {
         let old_dst = [key.dst[0], key.dst[1], key.dst[2], key.dst[3]];
         let new_src = [v.src[0], v.src[1], v.src[2], v.src[3]];
         let new_dst = [v.dst[0], v.dst[1], v.dst[2], v.dst[3]];
-        let d = words(&old_src, true)
-            + words(&old_dst, true)
-            + words(&new_src, false)
-            + words(&new_dst, false);
-        let c = updated(ld16(ip, IPV4_CSUM), d);
+        let d = csum::words(&old_src, true)
+            + csum::words(&old_dst, true)
+            + csum::words(&new_src, false)
+            + csum::words(&new_dst, false);
+        let c = csum::updated(ld16(ip, IPV4_CSUM), d);
         // SAFETY: `ip` covers the fixed header.
         unsafe {
             put(ip, IPV4_SRC, new_src);
@@ -812,10 +785,10 @@ fn rewrite(ctx: &XdpContext, p: &Pkt, key: &FlowKey, v: &NatValue) -> bool {
         let Some(ip) = at(ctx, l2, IPV6_LEN) else {
             return false;
         };
-        let d = words(&key.src, true)
-            + words(&key.dst, true)
-            + words(&v.src, false)
-            + words(&v.dst, false);
+        let d = csum::words(&key.src, true)
+            + csum::words(&key.dst, true)
+            + csum::words(&v.src, false)
+            + csum::words(&v.dst, false);
         // SAFETY: `ip` covers the fixed header.
         unsafe {
             put(ip, IPV6_SRC, v.src);
@@ -828,7 +801,7 @@ fn rewrite(ctx: &XdpContext, p: &Pkt, key: &FlowKey, v: &NatValue) -> bool {
         let Some(p) = at(ctx, l4, TCP_LEN) else {
             return false;
         };
-        let c = updated(ld16(p, TCP_CSUM), delta);
+        let c = csum::updated(ld16(p, TCP_CSUM), delta);
         // SAFETY: `p` covers the TCP header.
         unsafe {
             core::ptr::write(p.add(L4_SPORT) as *mut u16, v.sport_be);
@@ -845,7 +818,7 @@ fn rewrite(ctx: &XdpContext, p: &Pkt, key: &FlowKey, v: &NatValue) -> bool {
         let c = if old == 0 && key.family == FAMILY_V4 {
             0
         } else {
-            match updated(old, delta) {
+            match csum::updated(old, delta) {
                 0 => 0xffff,
                 c => c,
             }

@@ -7,7 +7,7 @@
 //! (see `gateway_common::Slot`), and for UDP, which has no SYN to tell a new flow from one
 //! that began before the change. docs/datapath.md has the reasoning.
 use gateway_common::{
-    BACKEND_DRAIN, BACKEND_UP, Backend, CHECK_MARTIAN_SOURCE, FlowKey, FlowValue, LocalKey,
+    BACKEND_DRAIN, BACKEND_UP, Backend, CHECK_MARTIAN_SOURCE, FlowKey, FlowValue,
     NAT_RETRY_SLOTS,
     PROTO_UDP, SLOT_CHANGED, SLOT_ID, SLOT_PREV_UNKNOWN, SLOT_USED, SLOTS_PER_LINE,
     STAT_CT_HIT, STAT_CT_MISS_NON_SYN, STAT_CT_MISS_SYN, STAT_DROP_MARTIAN_SOURCE,
@@ -17,7 +17,7 @@ use gateway_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, LOCAL_ADDRS, LOCAL_FILTER, SLOT_STATE, TABLES},
+    maps::{BACKENDS, CONNTRACK, SLOT_STATE, TABLES},
     protect,
     stats::count,
 };
@@ -30,17 +30,7 @@ pub fn from_local(key: &FlowKey, checks_off: u32) -> bool {
     if !crate::VALIDATE || checks_off & CHECK_MARTIAN_SOURCE != 0 {
         return false;
     }
-    match LOCAL_FILTER.get(0) {
-        Some(f) if !f.may_hold(&key.src, key.family) => return false,
-        _ => {}
-    }
-    let local = LocalKey {
-        addr: key.src,
-        family: key.family,
-        _pad: [0; 3],
-    };
-    // SAFETY: only tested for presence.
-    unsafe { LOCAL_ADDRS.get(&local) }.is_some()
+    crate::maps::local(&key.src, key.family).is_some()
 }
 
 pub struct Choice {

@@ -229,6 +229,15 @@ pub fn addr16(a: IpAddr) -> [u8; 16] {
     out
 }
 
+/// The address a map key or value holds ([`addr16`]'s inverse).
+pub fn ip_of(a: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::from([a[0], a[1], a[2], a[3]])
+    } else {
+        IpAddr::from(*a)
+    }
+}
+
 /// `FAMILY_V4` / `FAMILY_V6`.
 pub fn family(a: IpAddr) -> u8 {
     if a.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }

@@ -810,8 +810,8 @@ fn a_fin_or_a_reset_from_either_side_closes_both_directions() {
             .expect("forward entry")
             .1;
         let answer = flow_key(
-            addr_of(&f.dst),
-            addr_of(&f.src),
+            gateway::model::ip_of(&f.dst, FAMILY_V4),
+            gateway::model::ip_of(&f.src, FAMILY_V4),
             u16::from_be(f.dport_be),
             u16::from_be(f.sport_be),
             PROTO_TCP,
@@ -847,13 +847,4 @@ fn a_fin_or_a_reset_from_either_side_closes_both_directions() {
     assert_eq!(states(&w, 49001), [NAT_TCP_RESET, NAT_TCP_RESET]);
     assert_eq!(run(&w, &fin).0, XDP_TX);
     assert_eq!(states(&w, 49001), [NAT_TCP_RESET, NAT_TCP_RESET]);
-}
-
-/// An address as the maps hold it (IPv4 in the first four bytes).
-fn addr_of(a: &[u8; 16]) -> IpAddr {
-    if a[4..].iter().all(|b| *b == 0) {
-        IpAddr::from([a[0], a[1], a[2], a[3]])
-    } else {
-        IpAddr::from(*a)
-    }
 }

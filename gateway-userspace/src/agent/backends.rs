@@ -58,6 +58,7 @@ pub struct BackendRecord {
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
     /// Starts, updates and stops probes so they match the config.
     pub(super) fn sync_checks(&mut self) {
+        self.passive.watched = super::passive::watched(&self.config);
         let mut wanted = std::collections::HashMap::new();
         for s in &self.config.services {
             for b in &s.backends {

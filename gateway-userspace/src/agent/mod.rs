@@ -600,7 +600,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                 _ = stats.tick(), if stats_every.is_some() => {
                     print_stats(&self.dp)?;
                 }
-                _ = passive.tick(), if self.passive_watched() => {
+                _ = passive.tick(), if self.passive.watched => {
                     self.watch_passive();
                 }
             }

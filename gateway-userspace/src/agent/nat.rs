@@ -1,11 +1,11 @@
 //! What the agent says of full-NAT flows (`GET /nat`, `gateway nat`): the client behind each
 //! SNAT address and port, for logs and abuse handling - backends only ever see the SNAT
 //! address.
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use gateway_common::{
-    FAMILY_V4, FlowKey, NAT_DIR_FORWARD, NAT_RETRY, NAT_TCP_CLOSING, NAT_TCP_ESTABLISHED,
-    NAT_TCP_REFUSED, NAT_TCP_RESET, NAT_TCP_SYN, NAT_UDP, NatValue, PROTO_TCP,
+    FlowKey, NAT_DIR_FORWARD, NAT_RETRY, NAT_TCP_CLOSING, NAT_TCP_ESTABLISHED, NAT_TCP_REFUSED,
+    NAT_TCP_RESET, NAT_TCP_SYN, NAT_UDP, NatValue, PROTO_TCP,
 };
 
 use super::Agent;
@@ -13,17 +13,9 @@ use crate::{
     admin::{NatMapping, NatQuery, NatReport, nat_matches},
     config::Protocol,
     dataplane::{DataplaneError, DataplaneOps},
+    model::ip_of,
     neigh::NextHops,
 };
-
-/// An address of a map key or value (network order; IPv4 in the first four bytes).
-fn addr(a: &[u8; 16], family: u8) -> IpAddr {
-    if family == FAMILY_V4 {
-        IpAddr::from([a[0], a[1], a[2], a[3]])
-    } else {
-        IpAddr::from(*a)
-    }
-}
 
 fn state(v: &NatValue) -> &'static str {
     match v.state {
@@ -47,8 +39,8 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             .into_iter()
             .filter(|(k, v)| {
                 v.dir == NAT_DIR_FORWARD
-                    && nat_matches(q.snat, addr(&v.src, k.family), u16::from_be(v.sport_be))
-                    && nat_matches(q.client, addr(&k.src, k.family), u16::from_be(k.sport_be))
+                    && nat_matches(q.snat, ip_of(&v.src, k.family), u16::from_be(v.sport_be))
+                    && nat_matches(q.client, ip_of(&k.src, k.family), u16::from_be(k.sport_be))
             })
             .collect();
         found.sort_by_key(|(k, _)| *k);
@@ -58,9 +50,9 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             .take(q.limit)
             .map(|(k, v)| {
                 let at = |a: &[u8; 16], port_be: u16| {
-                    SocketAddr::new(addr(a, k.family), u16::from_be(port_be)).to_string()
+                    SocketAddr::new(ip_of(a, k.family), u16::from_be(port_be)).to_string()
                 };
-                let vip = addr(&k.dst, k.family);
+                let vip = ip_of(&k.dst, k.family);
                 let protocol = if k.proto == PROTO_TCP {
                     Protocol::Tcp
                 } else {

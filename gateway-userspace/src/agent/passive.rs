@@ -18,16 +18,21 @@ pub(super) const PASSIVE_TICK: Duration = Duration::from_millis(100);
 #[derive(Debug, Default)]
 pub(super) struct PassiveWatch {
     seen: HashMap<u32, PassiveStats>,
+    /// Whether any backend is watched (a full-NAT service's, with `passive_fall` on): the
+    /// control loop's tick asks this on every turn, so it is set when the config is taken
+    /// in ([`Agent::sync_checks`]), not worked out each time.
+    pub(super) watched: bool,
+}
+
+/// Whether `config` has a backend to watch.
+pub(super) fn watched(config: &crate::config::Config) -> bool {
+    config
+        .services
+        .iter()
+        .any(|s| s.mode == Mode::Fullnat && s.backends.iter().any(|b| b.health.passive_fall > 0))
 }
 
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
-    /// Whether any backend is watched: a full-NAT service's, with `passive_fall` on.
-    pub(super) fn passive_watched(&self) -> bool {
-        self.config.services.iter().any(|s| {
-            s.mode == Mode::Fullnat && s.backends.iter().any(|b| b.health.passive_fall > 0)
-        })
-    }
-
     /// Reads PASSIVE for every watched backend and reports what changed to its check. The
     /// first read of a backend is its baseline (counts from before this agent, or from
     /// before the backend had a check, say nothing now).

@@ -4,11 +4,10 @@
 //! `GET /protection`.
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
-use gateway_common::{FAMILY_V4, SourceKey};
+use gateway_common::SourceKey;
 use log::{info, warn};
 
 use super::Agent;
@@ -51,17 +50,11 @@ pub struct LimitWatch {
 
 /// `key`'s prefix as text: `198.18.0.0/24`.
 pub fn prefix_text(key: &SourceKey) -> String {
-    let addr = if key.family == FAMILY_V4 {
-        IpAddr::V4(Ipv4Addr::new(
-            key.addr[0],
-            key.addr[1],
-            key.addr[2],
-            key.addr[3],
-        ))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(key.addr))
-    };
-    format!("{addr}/{}", key.prefix)
+    format!(
+        "{}/{}",
+        crate::model::ip_of(&key.addr, key.family),
+        key.prefix
+    )
 }
 
 impl LimitWatch {

@@ -371,13 +371,6 @@ pub fn run_once(p: &Xdp, frame: &[u8], out: &mut [u8]) -> (u32, Duration) {
 pub fn plain_settings() -> Settings {
     Settings {
         mtu: 1500,
-        ipip_src_v4: [0; 4],
-        ipip_src_v6: [0; 16],
-        ipip_src_v4_vary_bits: 0,
-        _pad: [0; 3],
-        checks_off: 0,
-        macs: [[0; 6]; gateway_common::MAX_LOCAL_MACS],
-        flood_window_limit: 0,
-        nat_flood_window_limit: 0,
+        ..Settings::default()
     }
 }

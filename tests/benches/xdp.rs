@@ -138,6 +138,40 @@ fn acks_of(syns: &[Vec<u8>]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// `GATEWAY_BENCH_SPIN=secs`: runs the first case left by `GATEWAY_BENCH_CASES` on the
+/// balancer's build (or on the floor, with `GATEWAY_BENCH_SPIN_FLOOR` set), one frame
+/// repeated, for `secs` seconds, and prints the mean: long enough for `perf record -a` to
+/// see the program's JIT image rather than the benchmark's set-up. "spinning" on stderr
+/// marks the start.
+fn spin(c: &Case, world: &mut World, floor: Option<&Xdp>, secs: u64) {
+    for p in &c.prime {
+        assert_eq!(world.run(p).0, XDP_TX, "{}: priming", c.name);
+    }
+    let prog = match floor {
+        Some(f) => f,
+        None => world.dp.program().unwrap(),
+    };
+    let stat = c.stat_in(MAIN).unwrap() as usize;
+    let before = world.stats()[stat];
+    let mut out = vec![0u8; 4096];
+    eprintln!("spinning");
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    let (mut n, mut total) = (0u64, Duration::ZERO);
+    while std::time::Instant::now() < until {
+        for _ in 0..10_000 {
+            total += run_once(prog, &c.frames[0], &mut out).1;
+        }
+        n += 10_000;
+    }
+    eprintln!(
+        "{}: {n} runs, {:.1} ns/packet, `{}` grew by {}",
+        c.name,
+        total.as_nanos() as f64 / n as f64,
+        STAT_NAMES[stat],
+        world.stats()[stat] - before
+    );
+}
+
 fn main() {
     if !lab::is_root() {
         eprintln!("bench xdp: needs root (BPF_PROG_TEST_RUN); run `cargo xtask bench xdp` as root");
@@ -428,6 +462,21 @@ fn main() {
         cases.retain(|c| c.stat.is_none() || c.name.contains(only.as_str()));
     }
     let mut out = vec![0u8; 4096];
+    if let Ok(secs) = std::env::var("GATEWAY_BENCH_SPIN") {
+        let secs: u64 = secs.parse().expect("GATEWAY_BENCH_SPIN: whole seconds");
+        let floor_only = std::env::var_os("GATEWAY_BENCH_SPIN_FLOOR").is_some();
+        let c = cases
+            .iter()
+            .find(|c| c.stat.is_some())
+            .expect("a case to spin");
+        spin(
+            c,
+            &mut worlds[MAIN],
+            floor_only.then_some(floor),
+            secs.min(600),
+        );
+        return;
+    }
 
     let mut checks = Vec::new();
     for round in 0..ROUNDS {

@@ -117,8 +117,10 @@ pub const MAP_NAMES: [&str; 21] = [
 /// the program finds services in SERVICE_INDEX. 8: protection: LIMITS, SOURCES, LIMITED,
 /// ALLOWLIST and PROTECT_STATS, `protect` in services, the flood guard in SETTINGS and its
 /// counters in STATS. 9: full-NAT: NAT, NAT_POOL and PASSIVE, its counters in STATS,
-/// `nat_size` in META.
-pub const LAYOUT_VERSION: u32 = 9;
+/// `nat_size` in META. 10: flows hash and scale to table slots differently
+/// ([`hash::flow_hash`], [`hash::slot_of`]): the same TABLES would send a settled slot's
+/// established flows elsewhere.
+pub const LAYOUT_VERSION: u32 = 10;
 /// `Meta::magic`: "GWAY".
 pub const META_MAGIC: u32 = 0x4757_4159;
 
@@ -557,25 +559,32 @@ pub struct ServiceSlot {
 }
 const _: () = assert!(core::mem::size_of::<ServiceSlot>() == 40);
 
-/// A service key's home bucket in SERVICE_INDEX.
+/// A service key's home bucket in SERVICE_INDEX: each word of the key times its own odd
+/// constant, summed, and the sum's top bits (multiplicative hashing: a product's top bits
+/// depend on all of the multiplicand's bits). The products do not wait on each other, so
+/// the program's lookup does not wait on a chain of them.
 #[inline(always)]
 pub fn service_bucket(key: &ServiceKey) -> u32 {
     let w = |i: usize| {
-        u32::from_le_bytes([
+        u64::from_le_bytes([
             key.addr[i],
             key.addr[i + 1],
             key.addr[i + 2],
             key.addr[i + 3],
+            key.addr[i + 4],
+            key.addr[i + 5],
+            key.addr[i + 6],
+            key.addr[i + 7],
         ])
     };
-    let tail = u32::from(key.port_be) | u32::from(key.proto) << 16 | u32::from(key.family) << 24;
-    let mut h = w(0).wrapping_mul(0x9E37_79B1);
-    h = (h ^ w(4)).wrapping_mul(0x85EB_CA6B);
-    h = (h ^ w(8)).wrapping_mul(0xC2B2_AE35);
-    h = (h ^ w(12)).wrapping_mul(0x27D4_EB2F);
-    h = (h ^ tail).wrapping_mul(0x9E37_79B1);
-    (h ^ (h >> 15)) & (SERVICE_BUCKETS - 1)
+    let tail = u64::from(key.port_be) | u64::from(key.proto) << 16 | u64::from(key.family) << 24;
+    let h = w(0)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(w(8).wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
+        .wrapping_add(tail.wrapping_mul(0x1656_67b1_9e37_79f9));
+    (h >> (64 - SERVICE_BUCKETS.ilog2())) as u32
 }
+const _: () = assert!(SERVICE_BUCKETS.is_power_of_two());
 
 /// Slots of one `SlotLine`.
 pub const SLOTS_PER_LINE: u32 = 32;
@@ -1077,4 +1086,78 @@ mod pod {
     unsafe impl aya::Pod for super::NatPool {}
     unsafe impl aya::Pod for super::NatValue {}
     unsafe impl aya::Pod for super::PassiveStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::boxed::Box;
+
+    use super::*;
+
+    type Shape<'a> = (&'a str, Box<dyn Fn(u32) -> ServiceKey + 'a>);
+
+    /// Places keys in SERVICE_INDEX as user space does (home bucket, then the next free
+    /// one) and returns the longest probe any needed.
+    fn longest_probe(keys: impl Iterator<Item = ServiceKey>) -> u32 {
+        let mut used = [false; SERVICE_BUCKETS as usize];
+        let mut longest = 0;
+        for k in keys {
+            let home = service_bucket(&k);
+            let mut i = 0;
+            while used[((home + i) & (SERVICE_BUCKETS - 1)) as usize] {
+                i += 1;
+            }
+            used[((home + i) & (SERVICE_BUCKETS - 1)) as usize] = true;
+            longest = longest.max(i + 1);
+        }
+        longest
+    }
+
+    #[test]
+    fn a_full_index_of_regular_services_places_every_one_within_the_probes() {
+        let v4 = |n: u32, port: u16| {
+            let mut addr = [0; 16];
+            addr[..4].copy_from_slice(&(0xc612_0100 + n).to_be_bytes());
+            ServiceKey {
+                addr,
+                port_be: port.to_be(),
+                proto: PROTO_TCP,
+                family: FAMILY_V4,
+            }
+        };
+        let v6 = |n: u32, port: u16| {
+            let mut addr = [0; 16];
+            addr[0] = 0xfd;
+            addr[12..].copy_from_slice(&n.to_be_bytes());
+            ServiceKey {
+                addr,
+                port_be: port.to_be(),
+                proto: PROTO_UDP,
+                family: FAMILY_V6,
+            }
+        };
+        let shapes: [Shape; 4] = [
+            (
+                "one IPv4 VIP, many ports",
+                Box::new(|i| v4(1, 8000 + i as u16)),
+            ),
+            ("many IPv4 VIPs, one port", Box::new(|i| v4(i, 443))),
+            (
+                "many IPv6 VIPs, two ports",
+                Box::new(|i| v6(i / 2, 80 + (i % 2) as u16 * 363)),
+            ),
+            (
+                "one IPv6 VIP, many ports",
+                Box::new(|i| v6(7, 1000 + i as u16)),
+            ),
+        ];
+        for (name, key) in shapes {
+            let n = longest_probe((0..MAX_SERVICES).map(&key));
+            assert!(
+                n <= SERVICE_PROBES / 2,
+                "{name}: a service {n} buckets from home"
+            );
+        }
+    }
 }

@@ -129,14 +129,14 @@ pub struct NatScratch {
 #[map(name = "HANDOFF")]
 pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
 
-/// The flood guard's window, per CPU. Not pinned, like SCRATCH.
+/// The flood guard's window, per CPU. Not pinned, like ZERO.
 #[map(name = "FLOOD")]
 pub static FLOOD: PerCpuArray<FloodWindow> = PerCpuArray::with_max_entries(2, 0);
 
-/// One word per CPU that the verifier cannot see through (see `parse::opaque`). Not pinned:
-/// it holds nothing between runs.
-#[map(name = "SCRATCH")]
-pub static SCRATCH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+/// One word, never written, so always 0, whose value the verifier cannot see (see
+/// `parse::opaque`). Not pinned: it holds nothing.
+#[map(name = "ZERO")]
+pub static ZERO: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Settings before the agent's first write: no MTU check, every packet check on.
 static NO_SETTINGS: Settings = Settings {

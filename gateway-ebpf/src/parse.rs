@@ -25,7 +25,7 @@ use gateway_ebpf::hdr::*;
 
 use crate::{
     VALIDATE, csum,
-    maps::SCRATCH,
+    maps::ZERO,
     packet::{at, copy, frame_len, ld16, rd8, rd16},
 };
 
@@ -344,21 +344,19 @@ pub fn parse(ctx: &XdpContext, s: &Settings, buf: &mut MaybeUninit<KeyBuf>) -> R
     Ok(pkt)
 }
 
-/// `v`, passed through memory the verifier does not track. Each defect found makes the
-/// defects a different constant on each path through the parser; if a branch on them
-/// later made the verifier track them exactly, no two of those paths could share a state
-/// and verification would not finish. A value read back from a map is just "some number",
-/// so the parser's paths merge as if the defects were not there.
+/// `v`, as a number the verifier cannot know. Each defect found makes the defects a
+/// different constant on each path through the parser; if a branch on them later made the
+/// verifier track them exactly, no two of those paths could share a state and verification
+/// would not finish. XOR with a word read from a map (always 0, but to the verifier "some
+/// number") gives "some number" on every path, so the parser's paths merge as if the
+/// defects were not there. (A store and a load back through a map did the same, at the
+/// cost of the load waiting on the store on every packet.)
 #[inline(always)]
 fn opaque(v: u32) -> u32 {
-    match SCRATCH.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot, used by this run only (XDP runs with preemption off).
-        Some(p) => unsafe {
-            core::ptr::write_volatile(p, v);
-            core::ptr::read_volatile(p)
-        },
+    match ZERO.get(0) {
+        Some(z) => v ^ *z,
         // Cannot happen (one entry, index 0).
-        None => 0,
+        None => v,
     }
 }
 

@@ -13,7 +13,7 @@ use gateway_common::{
     STAT_CT_HIT, STAT_CT_MISS_NON_SYN, STAT_CT_MISS_SYN, STAT_DROP_MARTIAN_SOURCE,
     STAT_DROP_STALE_BACKEND, STAT_FLOOD_BYPASS, STAT_ICMP_RELAYED, STAT_NO_BACKEND,
     STAT_RESCHEDULED, STAT_SLOT_PREVIOUS, STAT_TABLE_STEADY, ServiceValue, Settings, SlotState,
-    hash::flow_hash,
+    hash::{flow_hash, slot_of},
 };
 
 use crate::{
@@ -100,7 +100,7 @@ pub fn choose(
     let (at, word) = if svc.table_size == 0 {
         (0, 0)
     } else {
-        let at = svc.table_offset.wrapping_add(hash % svc.table_size);
+        let at = svc.table_offset.wrapping_add(slot_of(hash, svc.table_size));
         let lane = (at % SLOTS_PER_LINE) as usize;
         let Some(line) = TABLES.get_ptr_mut(at / SLOTS_PER_LINE) else {
             return Err(STAT_DROP_STALE_BACKEND);
@@ -241,7 +241,7 @@ pub fn table_backend(svc: &ServiceValue, hash: u32) -> Result<(u32, &'static Bac
     if svc.table_size == 0 {
         return Err(STAT_NO_BACKEND);
     }
-    let at = svc.table_offset.wrapping_add(hash % svc.table_size);
+    let at = svc.table_offset.wrapping_add(slot_of(hash, svc.table_size));
     let line = TABLES
         .get(at / SLOTS_PER_LINE)
         .ok_or(STAT_DROP_STALE_BACKEND)?;
@@ -262,11 +262,15 @@ pub fn table_backend_avoiding(
     if svc.table_size == 0 {
         return Err(STAT_NO_BACKEND);
     }
+    let mut next = slot_of(hash, svc.table_size);
     let mut k = 1;
     while k <= NAT_RETRY_SLOTS {
-        let at = svc
-            .table_offset
-            .wrapping_add(hash.wrapping_add(k) % svc.table_size);
+        // The k-th slot after the flow's own, wrapping at the table's end.
+        next += 1;
+        if next == svc.table_size {
+            next = 0;
+        }
+        let at = svc.table_offset.wrapping_add(next);
         if let Some(line) = TABLES.get(at / SLOTS_PER_LINE) {
             let id = u32::from(line.words[(at % SLOTS_PER_LINE) as usize] & SLOT_ID);
             if id != 0

@@ -30,23 +30,31 @@ fn spread(lab: &Lab, v6: bool, first: u16, n: u16) -> (BTreeMap<String, usize>, 
     })
 }
 
-fn assert_shares(seen: &BTreeMap<String, usize>, weights: &[(&str, f64)], tolerance: f64) {
+/// Each backend's share of the flows `seen` is its weight's share, within what chance
+/// allows: the flows' slots are as good as random, so a backend's count is binomial and
+/// may be 4 standard deviations off (1 in 16,000), plus 1% for the Maglev table's own
+/// rounding. A weighting that is not followed is far outside that: an equal split of
+/// 12,000 flows under weights 1:2:3 puts b1 100% over.
+fn assert_shares(seen: &BTreeMap<String, usize>, weights: &[(&str, f64)]) {
     let total: usize = seen.values().sum();
     let wsum: f64 = weights.iter().map(|w| w.1).sum();
     for (name, w) in weights {
-        let want = total as f64 * w / wsum;
+        let p = w / wsum;
+        let want = total as f64 * p;
+        let tolerance = 4.0 * (total as f64 * p * (1.0 - p)).sqrt() / want + 0.01;
         let got = *seen.get(*name).unwrap_or(&0) as f64;
         let err = (got - want).abs() / want;
         assert!(
             err <= tolerance,
-            "{name}: {got} of {total}, want {want:.0} ({:.1}% off): {seen:?}",
-            err * 100.0
+            "{name}: {got} of {total}, want {want:.0} ({:.1}% off, {:.1}% allowed): {seen:?}",
+            err * 100.0,
+            tolerance * 100.0
         );
     }
 }
 
 /// Deterministic source ports make the placement reproducible: the same ports hash to the
-/// same slots on every run, so a pass or a failure is never luck of the draw.
+/// same slots on every run.
 const CONNECTIONS: u16 = 12_000;
 
 fn distribution(mode: &'static str, v6: bool) {
@@ -62,7 +70,7 @@ fn distribution(mode: &'static str, v6: bool) {
     let (seen, failed) = spread(&lab, v6, 20_000, CONNECTIONS);
     println!("{name} equal weights: {seen:?}, {failed} failed");
     assert_eq!(failed, 0);
-    assert_shares(&seen, &[("b1", 1.0), ("b2", 1.0), ("b3", 1.0)], 0.05);
+    assert_shares(&seen, &[("b1", 1.0), ("b2", 1.0), ("b3", 1.0)]);
 
     cfg.backends = vec![
         Some("weight = 100".into()),
@@ -73,7 +81,7 @@ fn distribution(mode: &'static str, v6: bool) {
     let (seen, failed) = spread(&lab, v6, 40_000, CONNECTIONS);
     println!("{name} weights 1:2:3: {seen:?}, {failed} failed");
     assert_eq!(failed, 0);
-    assert_shares(&seen, &[("b1", 1.0), ("b2", 2.0), ("b3", 3.0)], 0.05);
+    assert_shares(&seen, &[("b1", 1.0), ("b2", 2.0), ("b3", 3.0)]);
     assert!(agent.stop().success());
 }
 
@@ -529,7 +537,7 @@ fn udp_spreads_and_sticks_per_flow(mode: &'static str, v6: bool) {
     for r in &first {
         *seen.entry(r.clone().expect("udp answer")).or_insert(0usize) += 1;
     }
-    assert_shares(&seen, &[("b1", 1.0), ("b2", 1.0), ("b3", 1.0)], 0.1);
+    assert_shares(&seen, &[("b1", 1.0), ("b2", 1.0), ("b3", 1.0)]);
     // The same 5-tuples again, after the table changed: each stays on its backend.
     cfg.backends = vec![
         Some("weight = 1000".into()),

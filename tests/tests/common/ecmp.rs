@@ -10,7 +10,10 @@ use std::{
 };
 
 use gateway::config::Config;
-use gateway_common::{PROTO_TCP, hash::flow_hash};
+use gateway_common::{
+    PROTO_TCP,
+    hash::{flow_hash, slot_of},
+};
 use lab::Lab;
 
 use super::{
@@ -40,7 +43,7 @@ impl Table {
         let svc = &plan.services[0];
         let table = &plan.desired.services[&svc.key].table;
         let key = flow_key(client, vip.ip(), sport, vip.port(), PROTO_TCP);
-        let id = table[(flow_hash(&key) % table.len() as u32) as usize];
+        let id = table[slot_of(flow_hash(&key), table.len() as u32) as usize];
         let addr = svc
             .backends
             .iter()

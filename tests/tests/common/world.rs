@@ -16,7 +16,7 @@ use gateway::{
 };
 use gateway_common::{
     FlowKey, MODE_FULLNAT, MODE_IPIP, MODE_L2DSR, PROTO_TCP, PROTO_UDP, ServiceKey, Settings,
-    hash::flow_hash,
+    hash::{flow_hash, slot_of},
 };
 
 pub const XDP_ABORTED: u32 = 0;
@@ -322,13 +322,13 @@ impl World {
     /// new flow).
     pub fn placed(&self, svc: &Svc, key: &FlowKey) -> u32 {
         let t = &self.desired.services[&service_key(svc)].table;
-        t[(flow_hash(key) % t.len() as u32) as usize]
+        t[slot_of(flow_hash(key), t.len() as u32) as usize]
     }
 
     /// The slot of `svc`'s active table that `key` hashes to, as the kernel holds it.
     pub fn slot(&self, svc: &Svc, key: &FlowKey) -> gateway_common::Slot {
         let v = self.applied.services[&service_key(svc)].value;
-        let at = v.table_offset + flow_hash(key) % v.table_size;
+        let at = v.table_offset + slot_of(flow_hash(key), v.table_size);
         self.dp.read_table(at, 1)[0]
     }
 

@@ -255,13 +255,16 @@ fn render_announcements(config: &Config, plan: &Plan) -> String {
         neighbors.join(", ")
     );
     for (vip, route) in crate::bgp::routes(config) {
-        let servable = config
-            .services
-            .iter()
-            .zip(&plan.services)
-            .any(|(s, sp)| s.vip == vip && !sp.empty());
+        let servable = route.snat
+            || config
+                .services
+                .iter()
+                .zip(&plan.services)
+                .any(|(s, sp)| s.vip == vip && !sp.empty());
         let len = if vip.is_ipv4() { 32 } else { 128 };
-        let mut line = if servable {
+        let mut line = if route.snat {
+            format!("  announce {vip}/{len} (SNAT address)")
+        } else if servable {
             format!("  announce {vip}/{len}")
         } else {
             format!("  not announced {vip}/{len} (no usable backend)")
@@ -676,6 +679,17 @@ mod tests {
         let out = render_plan(&c, &preview::planned(&c));
         assert!(
             out.contains("  not announced 198.18.1.1/32 (no usable backend)  communities"),
+            "{out}"
+        );
+        // A SNAT address is announced whatever the backends.
+        let snat = maint.replace(
+            "[dataplane]\n",
+            "[dataplane]\nsnat_v4 = [\"198.18.0.100\"]\n",
+        );
+        let c = Config::parse(&snat, std::path::Path::new("gateway-bgp.toml")).unwrap();
+        let out = render_plan(&c, &preview::planned(&c));
+        assert!(
+            out.contains("  announce 198.18.0.100/32 (SNAT address)  communities 65010:1\n"),
             "{out}"
         );
     }

@@ -340,6 +340,94 @@ fn stop_detach_withdraws_before_the_program_goes() {
     );
 }
 
+/// Full-NAT behind ECMP: each balancer announces its own SNAT addresses (the router learns
+/// each with that balancer as its only next hop, which is where the backends' answers must
+/// go), both place every flow by the shared table, and the router loses a balancer's SNAT
+/// addresses with its VIP when its data plane goes.
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn fullnat_balancers_announce_their_own_snat_addresses() {
+    let test = "ecmp::fullnat_balancers_announce_their_own_snat_addresses";
+    if !common::privileged(test) {
+        return;
+    }
+    let _serial = common::serial();
+    let lab = common::lab_of("ecmpn", 3, 2);
+    lab.make_fullnat().expect("full-NAT lab");
+    let pair = Pair::start(&lab, Cfg::new("fullnat", false, 3));
+    let hops_of = |prefix: &str, n: usize| {
+        let start = Instant::now();
+        loop {
+            let hops = lab.router_next_hops(prefix).unwrap();
+            if hops.len() == n || start.elapsed() > Duration::from_secs(10) {
+                return hops;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for i in 0..2 {
+        let (a4, a6) = lab::snat_addrs(i);
+        let lb = &lab.lbs[i];
+        assert_eq!(
+            hops_of(&format!("{a4}/32"), 1),
+            [IpAddr::from(lb.ipv4)],
+            "the router's route to lb{}'s SNAT address {a4}",
+            i + 1
+        );
+        let six = hops_of(&format!("{a6}/128"), 1);
+        let other = &lab.lbs[1 - i];
+        assert!(
+            six.len() == 1 && six[0] != IpAddr::from(other.ipv6),
+            "the router's route to lb{}'s SNAT address {a6}: {six:?}",
+            i + 1
+        );
+    }
+
+    let table = Table::new(&pair.texts[0]);
+    let client_addr: IpAddr = lab.client.ipv4.into();
+    let vip = vip(&lab, false);
+    let before = pair.new_flows(&lab);
+    let results = connect_all(&lab, false, 20_000, 200);
+    let wrong: Vec<String> = results
+        .iter()
+        .filter_map(|(port, got)| {
+            let want = table.backend(&lab, client_addr, vip, *port);
+            (got.as_deref() != Ok(want.as_str()))
+                .then(|| format!("port {port}: got {got:?}, the table names {want}"))
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of 200 flows:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    let after = pair.new_flows(&lab);
+    let carried: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(
+        carried.iter().all(|c| *c >= 40),
+        "new flows per balancer: {carried:?}"
+    );
+
+    // lb2's data plane goes: its agent withdraws the VIP and its SNAT addresses.
+    let dir = pin_dir_of(&lab, 1);
+    gateway_on(
+        &lab,
+        1,
+        &["stop", "--detach", "--pin-dir", dir.to_str().unwrap()],
+    );
+    let (a4, _) = lab::snat_addrs(1);
+    assert_eq!(
+        hops_of(&format!("{a4}/32"), 0),
+        Vec::<IpAddr>::new(),
+        "lb2's SNAT address after its data plane went"
+    );
+    wait_next_hops(&lab, false, 1, Duration::from_secs(3));
+    eprintln!(
+        "{test}: SNAT addresses routed to their balancers; 200 flows placed; per balancer {carried:?}"
+    );
+}
+
 macro_rules! variants {
     ($name:ident) => {
         mod $name {

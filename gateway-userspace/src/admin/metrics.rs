@@ -251,7 +251,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
     if let Some(b) = &s.bgp {
         Family {
             name: "gateway_bgp_announced",
-            help: "Whether the VIP is announced to the routers through BIRD (1) or not (0).",
+            help: "Whether the VIP (or full-NAT SNAT address) is announced to the routers through BIRD (1) or not (0).",
             kind: "gauge",
             samples: b
                 .vips

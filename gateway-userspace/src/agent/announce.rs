@@ -17,7 +17,9 @@ const WITHDRAW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
     /// Each VIP's servability: a service on it has a usable backend in the last plan, and
-    /// the maps hold that plan (`synced`).
+    /// the maps hold that plan (`synced`). An announced SNAT address is servable while the
+    /// program forwards and the maps are synced: its answers belong to flows this balancer
+    /// mapped, whatever the backends are doing now.
     fn servable(&mut self, synced: bool) -> BTreeMap<IpAddr, Result<(), Unservable>> {
         let mut out = BTreeMap::new();
         let forwarding = self.dp.forwarding(&self.config.dataplane.interface);
@@ -38,6 +40,16 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             } else if usable {
                 *e = Ok(());
             }
+        }
+        for r in bgp::routes(&self.config).into_values().filter(|r| r.snat) {
+            let why = if !forwarding {
+                Err(Unservable::DataPlaneGone)
+            } else if !synced {
+                Err(Unservable::NotSynced)
+            } else {
+                Ok(())
+            };
+            out.insert(r.vip, why);
         }
         out
     }

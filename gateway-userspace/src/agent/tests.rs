@@ -374,6 +374,61 @@ async fn changes_of_facts_are_paced_by_the_last_replans_cost() {
     assert_eq!(mac.unwrap().mac, [2, 0, 0, 0, 0, 9]);
 }
 
+/// With `[bgp]`, the SNAT addresses are announced while the data plane forwards, with or
+/// without a usable backend (they carry the answers of flows already mapped), and
+/// withdrawn with the VIPs when the data plane is gone.
+#[tokio::test]
+async fn snat_addresses_are_announced_while_the_data_plane_forwards() {
+    let s = Scratch::new("bgp-snat");
+    let bird_dir = s.0.join("bird");
+    s.write(
+        100_000,
+        &format!(
+            "{UNPROBED}\n[bgp]\nlocal_as = 65010\nrouter_id = \"198.18.0.2\"\n\
+             announce_after = \"0s\"\nbird_dir = \"{}\"\n\
+             [[bgp.neighbor]]\naddress = \"198.18.0.1\"\nas = 65000\n",
+            bird_dir.display()
+        ),
+        &[(B1, "")],
+    );
+    let text = std::fs::read_to_string(s.config()).unwrap().replace(
+        "conntrack_size = 100000\n",
+        "conntrack_size = 100000\nsnat_v4 = [\"198.18.0.100\"]\nsnat_v6 = [\"fd00::100\"]\n",
+    );
+    std::fs::write(s.config(), text).unwrap();
+    std::fs::create_dir_all(&bird_dir).unwrap();
+    let _bird = crate::testing::FakeBird::start(&bird_dir.join("bird.ctl"));
+    let mut a = start(&s, FakeDataplane::default(), hops());
+    let announced = |a: &TestAgent| {
+        a.speaker.as_ref().unwrap().barrier();
+        let text = std::fs::read_to_string(bird_dir.join("vips.conf")).unwrap_or_default();
+        crate::bgp::announced_in(&text)
+    };
+    let (snat4, snat6, vip) = (ip("198.18.0.100"), ip("fd00::100"), ip("198.18.1.1"));
+    a.announce(true);
+    assert_eq!(announced(&a), [snat4, vip, snat6]);
+
+    a.api_change("web", ip(B1), BackendChange::State(AdminState::Maint))
+        .unwrap();
+    assert_eq!(
+        announced(&a),
+        [snat4, snat6],
+        "no backend: only the VIP goes"
+    );
+
+    a.dp.gone = true;
+    a.announce(true);
+    assert!(
+        announced(&a).is_empty(),
+        "a data plane that is gone answers nothing"
+    );
+    a.dp.gone = false;
+    a.announce(false);
+    assert!(announced(&a).is_empty(), "maps not synced");
+    a.announce(true);
+    assert_eq!(announced(&a), [snat4, snat6]);
+}
+
 /// With `[bgp]`, the VIP is announced while a backend is usable and withdrawn when none
 /// is (here: both put in maint through the API), through the files BIRD reads and a
 /// `configure` on its control socket.

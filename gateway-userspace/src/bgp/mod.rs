@@ -58,26 +58,47 @@ impl Paths {
     }
 }
 
-/// A VIP's route: the attributes its services give it.
+/// A VIP's route, or a SNAT address's: the attributes its services give it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub vip: IpAddr,
     /// `[bgp] communities`, then the services' own, without repeats.
     pub communities: Vec<Community>,
     pub med: Option<u32>,
+    /// A full-NAT SNAT address (`[dataplane] snat_v4` / `snat_v6`, with `[bgp]
+    /// announce_snat`), not a VIP: servable while the data plane forwards, whatever the
+    /// backends, since it carries the answers of flows this balancer already mapped.
+    pub snat: bool,
 }
 
-/// Every VIP of the config with its route's attributes (empty without `[bgp]`).
+/// Every VIP of the config with its route's attributes, and the SNAT addresses when they
+/// are announced (empty without `[bgp]`).
 pub fn routes(config: &Config) -> BTreeMap<IpAddr, Route> {
     let mut out: BTreeMap<IpAddr, Route> = BTreeMap::new();
     let Some(bgp) = &config.bgp else {
         return out;
     };
+    if bgp.announce_snat {
+        let d = &config.dataplane;
+        let snat = d.snat_v4.iter().map(|a| IpAddr::V4(*a));
+        for a in snat.chain(d.snat_v6.iter().map(|a| IpAddr::V6(*a))) {
+            out.insert(
+                a,
+                Route {
+                    vip: a,
+                    communities: bgp.communities.clone(),
+                    med: None,
+                    snat: true,
+                },
+            );
+        }
+    }
     for s in &config.services {
         let r = out.entry(s.vip).or_insert_with(|| Route {
             vip: s.vip,
             communities: bgp.communities.clone(),
             med: s.med,
+            snat: false,
         });
         for c in &s.communities {
             if !r.communities.contains(c) {

@@ -53,6 +53,39 @@ fn a_vip_route_merges_its_services_communities() {
 }
 
 #[test]
+fn snat_addresses_are_routes_unless_turned_off() {
+    let with = CONFIG.replace(
+        "ipip_source_v6 = \"fd00::2\"\n",
+        "ipip_source_v6 = \"fd00::2\"\nsnat_v4 = [\"198.18.0.100\", \"198.18.0.101\"]\n\
+         snat_v6 = [\"fd00::100\"]\n",
+    );
+    let c = Config::parse(&with, Path::new("t.toml")).unwrap();
+    let r = routes(&c);
+    let snat: Vec<IpAddr> = r.values().filter(|r| r.snat).map(|r| r.vip).collect();
+    let want: Vec<IpAddr> = ["198.18.0.100", "198.18.0.101", "fd00::100"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    assert_eq!(snat, want);
+    let one = &r[&want[0]];
+    assert_eq!(one.communities, vec![Community::Standard(65010, 1)]);
+    assert_eq!(one.med, None);
+    assert_eq!(
+        r.values().filter(|r| !r.snat).count(),
+        2,
+        "the VIPs are still there"
+    );
+    let conf = vips_conf(r.values());
+    assert!(conf.contains("route 198.18.0.100/32 blackhole"), "{conf}");
+    assert!(conf.contains("route fd00::100/128 blackhole"), "{conf}");
+
+    let off = with.replace("[bgp]\n", "[bgp]\nannounce_snat = false\n");
+    let c = Config::parse(&off, Path::new("t.toml")).unwrap();
+    assert!(routes(&c).values().all(|r| !r.snat));
+    assert_eq!(routes(&c).len(), 2);
+}
+
+#[test]
 fn the_written_files_say_what_was_configured() {
     let c = config();
     let bgp = c.bgp.as_ref().unwrap();

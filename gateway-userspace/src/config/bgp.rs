@@ -109,6 +109,7 @@ impl Validator<'_> {
             withdraw_wait: withdraw_wait?,
             bird_dir: bird_dir?,
             bird_socket: bird_socket?,
+            announce_snat: b.announce_snat.unwrap_or(true),
         }))
     }
 

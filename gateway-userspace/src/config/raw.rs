@@ -75,6 +75,7 @@ pub(super) struct RawBgp {
     pub(super) withdraw_wait: Option<Spanned<String>>,
     pub(super) bird_dir: Option<Spanned<String>>,
     pub(super) bird_socket: Option<Spanned<String>>,
+    pub(super) announce_snat: Option<bool>,
     #[serde(default)]
     pub(super) neighbor: Vec<Spanned<RawNeighbor>>,
 }

@@ -336,6 +336,9 @@ pub struct BgpConfig {
     pub bird_dir: Option<PathBuf>,
     /// BIRD's control socket; `None`: `bird.ctl` in the BIRD directory.
     pub bird_socket: Option<PathBuf>,
+    /// Whether `[dataplane] snat_v4` / `snat_v6` are announced too, while the data plane
+    /// forwards: full-NAT answers come back to the balancer that made the mapping.
+    pub announce_snat: bool,
 }
 
 /// A `[[bgp.neighbor]]`: a router the VIPs are announced to.

@@ -27,7 +27,8 @@
 //!   registry (probes, health, next hops) in `backends.rs`, reloads and API overrides in
 //!   `changes.rs`, what it reports in `status.rs`, the sources over a limit (source
 //!   limits and the flood guard are the data plane's; `[protection]` is in [`config`]) in
-//!   `protection.rs`. Generic over `DataplaneOps` and
+//!   `protection.rs`, full-NAT's `/nat` report and the drain of removed SNAT addresses in
+//!   `nat.rs`. Generic over `DataplaneOps` and
 //!   `NextHops`, so its unit tests run over in-memory maps and a fixed neighbour table
 //!   (`testing::FakeDataplane`, `testing::FixedHops`). `main.rs` only parses the command
 //!   line and dispatches.

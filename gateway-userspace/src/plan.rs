@@ -334,6 +334,10 @@ pub struct Host {
     pub interface_mac: Option<[u8; 6]>,
     /// This host's own addresses: no VIP packet may come from them.
     pub addresses: Vec<IpAddr>,
+    /// SNAT addresses the config no longer names that live full-NAT mappings still use:
+    /// answers to them still go to the full-NAT program, but no new flow is given them
+    /// (they are not in NAT_POOL). See `agent::nat`.
+    pub snat_draining: Vec<IpAddr>,
 }
 
 /// The desired data plane for `config` given `facts` about the backends and `host` at
@@ -365,7 +369,8 @@ pub fn plan(
     }
     let d = &config.dataplane;
     let snat = d.snat_v4.iter().map(|a| IpAddr::V4(*a));
-    for a in snat.chain(d.snat_v6.iter().map(|a| IpAddr::V6(*a))) {
+    let snat = snat.chain(d.snat_v6.iter().map(|a| IpAddr::V6(*a)));
+    for a in snat.chain(host.snat_draining.iter().copied()) {
         *desired.local.entry(model::local_key(a)).or_default() |= gateway_common::LOCAL_SNAT;
     }
     desired.allowlist = config

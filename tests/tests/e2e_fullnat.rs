@@ -93,6 +93,113 @@ fn backends_see_the_snat_address_and_clients_the_vip() {
     }
 }
 
+/// A SNAT address removed by a reload drains: the connections that use it keep working
+/// (their answers still reach the full-NAT program, though the address is no longer in the
+/// config), and new connections get only the addresses the config names.
+#[test]
+#[ignore = "privileged: run by `cargo xtask test`"]
+fn a_snat_address_removed_by_a_reload_drains_without_breaking_its_flows() {
+    let test = "a_snat_address_removed_by_a_reload_drains_without_breaking_its_flows";
+    if !common::privileged(test) {
+        return;
+    }
+    let _g = common::serial();
+    let lab = common::lab("fd", 2);
+    let cfg = Cfg::new("fullnat", false, 2);
+    // A second SNAT address on the balancer's interface, as the first is.
+    let (first, _) = lab::snat_addrs(0);
+    let second = std::net::Ipv4Addr::new(198, 18, 0, 110);
+    lab.make_fullnat().expect("full-NAT lab");
+    lab::ns_exec(
+        &lab.lb.netns,
+        &["ip", "addr", "add", &format!("{second}/32"), "dev", "eth0"],
+    )
+    .expect("second SNAT address");
+    let both = cfg.render(&lab).replace(
+        &format!("snat_v4 = [\"{first}\"]"),
+        &format!("snat_v4 = [\"{first}\", \"{second}\"]"),
+    );
+    assert!(both.contains(&second.to_string()), "{both}");
+    let agent = Agent::start(&lab, &both);
+    let v = vip(&lab, false);
+    let on = |addr: std::net::Ipv4Addr| {
+        let (ok, out, err) = gateway_cli_in(
+            &lab.lb.netns,
+            &["nat", "--snat", &addr.to_string(), "--json"],
+        );
+        assert!(ok, "{out}{err}");
+        serde_json::from_str::<gateway::admin::NatReport>(&out)
+            .expect("/nat JSON")
+            .matched
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let worker = common::in_netns(&lab.client.netns, move || {
+        let mut conns: Vec<(Conn, String)> = (0..30)
+            .map(|_| {
+                let mut c = Conn::open(v).expect("open");
+                let name = c.ask().expect("ask");
+                (c, name)
+            })
+            .collect();
+        done_tx.send(Vec::new()).unwrap();
+        let mut errors = Vec::new();
+        while rx.recv().is_ok() {
+            for (i, (c, name)) in conns.iter_mut().enumerate() {
+                match c.ask() {
+                    Ok(n) if &n == name => {}
+                    Ok(n) => errors.push(format!("connection {i} moved {name} -> {n}")),
+                    Err(e) => errors.push(format!("connection {i} on {name}: {e}")),
+                }
+            }
+            // New connections, held until the check below has counted them.
+            let fresh: Vec<Conn> = (0..20).filter_map(|_| Conn::open(v).ok()).collect();
+            if fresh.len() != 20 {
+                errors.push(format!("{} of 20 new connections opened", fresh.len()));
+            }
+            done_tx.send(errors.clone()).unwrap();
+            let _ = rx.recv();
+            drop(fresh);
+        }
+        errors
+    });
+    done_rx.recv().unwrap();
+    // The config the lab renders names only the first address: the reload removes the
+    // second.
+    let held = on(second);
+    assert!(
+        held > 0 && on(first) > 0,
+        "30 flows spread over both SNAT addresses: {held} on {second}"
+    );
+
+    agent.reload(&cfg.render(&lab));
+    assert!(
+        agent.wait_log(
+            &format!("SNAT address {second} is not in the config"),
+            Duration::from_secs(5)
+        ),
+        "{}",
+        agent.log_text()
+    );
+    tx.send(()).unwrap();
+    let errors = done_rx.recv().unwrap();
+    assert!(
+        errors.is_empty(),
+        "after the reload: {errors:#?}\n{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        on(second),
+        held,
+        "no new connection was given the removed address"
+    );
+    tx.send(()).unwrap();
+    drop(tx);
+    assert!(worker.join().unwrap().is_empty());
+    eprintln!("{test}: {held} held flows on the removed {second} kept working");
+    assert!(agent.stop().success());
+}
+
 /// Runs `f` in the client's namespace.
 fn client_side<T: Send + 'static>(lab: &Lab, f: impl FnOnce() -> T + Send + 'static) -> T {
     client(lab, f)

@@ -41,15 +41,21 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                 *e = Ok(());
             }
         }
+        let snat = if !forwarding {
+            Err(Unservable::DataPlaneGone)
+        } else if !synced {
+            Err(Unservable::NotSynced)
+        } else {
+            Ok(())
+        };
         for r in bgp::routes(&self.config).into_values().filter(|r| r.snat) {
-            let why = if !forwarding {
-                Err(Unservable::DataPlaneGone)
-            } else if !synced {
-                Err(Unservable::NotSynced)
-            } else {
-                Ok(())
-            };
-            out.insert(r.vip, why);
+            out.insert(r.vip, snat);
+        }
+        // A SNAT address still draining stays announced until its last flow ends.
+        if self.config.bgp.as_ref().is_some_and(|b| b.announce_snat) {
+            for a in &self.snat_draining {
+                out.insert(*a, snat);
+            }
         }
         out
     }

@@ -244,6 +244,8 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         let host = plan::Host {
             interface_mac: crate::sys::interface_mac(&self.config.dataplane.interface),
             addresses: crate::sys::host_addresses(),
+            // Not read from the system: `try_replan` adds the agent's draining set.
+            snat_draining: Vec::new(),
         };
         let mut changed = macs != self.macs;
         if host != self.host {

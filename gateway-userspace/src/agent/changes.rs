@@ -94,6 +94,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         self.hops.flush_routes();
         self.sync_checks();
         self.resolve();
+        self.look_at_snat_draining();
         self.replan("reload");
         info!("reloaded {}", self.path.display());
         Ok(())

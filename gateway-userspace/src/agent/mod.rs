@@ -11,7 +11,11 @@
 //! - [`changes`]: reloads of the config file and the admin API's changes (overrides);
 //! - [`status`]: what the agent reports (API answers, the status snapshot, counters);
 //! - [`protection`]: the sources over a limit (a look a second, log lines,
-//!   `GET /protection`).
+//!   `GET /protection`);
+//! - [`nat`]: full-NAT's `GET /nat` report, and the drain of SNAT addresses removed from the
+//!   config;
+//! - [`passive`]: full-NAT backends' SYN answers read from the data plane;
+//! - [`announce`]: what goes to the BGP speaker.
 //!
 //! The agent is generic over the data plane ([`DataplaneOps`]) and the next hops
 //! ([`NextHops`]), so its unit tests (`tests.rs`) run over in-memory maps and a fixed
@@ -252,6 +256,10 @@ pub struct Agent<D = Dataplane, N = Resolver> {
     limits: protection::LimitWatch,
     /// Full-NAT backends' passive health: the PASSIVE counts read last.
     passive: passive::PassiveWatch,
+    /// SNAT addresses removed from the config that live mappings still use, and when to
+    /// look again (see `nat::look_at_snat_draining`).
+    snat_draining: std::collections::BTreeSet<IpAddr>,
+    next_drain_look: Instant,
 }
 
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
@@ -342,6 +350,8 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
             next_settle: Instant::now(),
             limits: protection::LimitWatch::default(),
             passive: passive::PassiveWatch::default(),
+            snat_draining: Default::default(),
+            next_drain_look: Instant::now(),
         };
         agent.speaker = crate::bgp::worker::SpeakerThread::start(&agent.config);
         agent.checked = agent.dp.adopted();
@@ -413,10 +423,14 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
     fn try_replan(&mut self, why: &str) -> Result<(), SyncError> {
         let started = Instant::now();
         let now = self.now();
+        let host = plan::Host {
+            snat_draining: self.snat_draining.iter().copied().collect(),
+            ..self.host.clone()
+        };
         let mut p = plan::plan(
             &self.config,
             &self.facts(),
-            &self.host,
+            &host,
             &mut self.ids,
             &mut self.tables,
             now,
@@ -497,6 +511,8 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         let mut admin_open = true;
         self.resolve();
         let before = self.table_rebuilds;
+        // Mappings of adopted maps may use SNAT addresses the config no longer names.
+        self.look_at_snat_draining();
         // Before the first plan nothing of this agent's serves: a failure here stops it.
         self.try_replan("start").map_err(RunError::FirstPlan)?;
         if self.table_rebuilds == before {
@@ -570,6 +586,12 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                     self.announce(self.retry_at.is_none());
                     if Instant::now() >= self.next_settle {
                         self.settle_slots();
+                    }
+                    if !self.snat_draining.is_empty()
+                        && Instant::now() >= self.next_drain_look
+                        && self.look_at_snat_draining()
+                    {
+                        self.replan("SNAT address drained");
                     }
                     self.watch_limited();
                     if self.table_rebuilds != trimmed_at {

@@ -1,7 +1,15 @@
 //! What the agent says of full-NAT flows (`GET /nat`, `gateway nat`): the client behind each
 //! SNAT address and port, for logs and abuse handling - backends only ever see the SNAT
-//! address.
-use std::net::SocketAddr;
+//! address. And the drain of a SNAT address removed from the config: its live flows keep
+//! their answers (the address stays a SNAT address to the program, and announced with
+//! `[bgp]`) while no new flow is given it, until none is left.
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use log::{info, warn};
 
 use gateway_common::{
     FlowKey, NAT_DIR_FORWARD, NAT_RETRY, NAT_TCP_CLOSING, NAT_TCP_ESTABLISHED, NAT_TCP_REFUSED,
@@ -13,6 +21,7 @@ use crate::{
     admin::{NatMapping, NatQuery, NatReport, nat_matches},
     config::Protocol,
     dataplane::{DataplaneError, DataplaneOps},
+    error::Chain,
     model::ip_of,
     neigh::NextHops,
 };
@@ -29,7 +38,57 @@ fn state(v: &NatValue) -> &'static str {
     }
 }
 
+/// How often a draining SNAT address's mappings are counted (a walk of the NAT map).
+pub const DRAIN_LOOK: Duration = Duration::from_secs(10);
+
+/// The config's SNAT addresses.
+pub fn configured_snat(config: &crate::config::Config) -> BTreeSet<IpAddr> {
+    let d = &config.dataplane;
+    let v4 = d.snat_v4.iter().map(|a| IpAddr::V4(*a));
+    v4.chain(d.snat_v6.iter().map(|a| IpAddr::V6(*a))).collect()
+}
+
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
+    /// Finds the SNAT addresses that live (unexpired) mappings use but the config does not
+    /// name, logs what started or finished draining, and returns whether that set changed
+    /// (the caller plans again). A failed walk keeps the set as it was.
+    pub(super) fn look_at_snat_draining(&mut self) -> bool {
+        self.next_drain_look = Instant::now() + DRAIN_LOOK;
+        let configured = configured_snat(&self.config);
+        let now = crate::sys::monotonic_secs();
+        let entries = match self.dp.nat_entries() {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("counting full-NAT mappings: {}", Chain(&e));
+                return false;
+            }
+        };
+        let mut in_use: std::collections::BTreeMap<IpAddr, usize> = Default::default();
+        for (k, v) in &entries {
+            let snat = ip_of(&v.src, k.family);
+            if v.dir == NAT_DIR_FORWARD && !v.expired(now) && !configured.contains(&snat) {
+                *in_use.entry(snat).or_default() += 1;
+            }
+        }
+        let draining: BTreeSet<IpAddr> = in_use.keys().copied().collect();
+        if draining == self.snat_draining {
+            return false;
+        }
+        for (a, n) in &in_use {
+            if !self.snat_draining.contains(a) {
+                info!(
+                    "SNAT address {a} is not in the config but {n} live flows use it: draining \
+                     (no new flow is given it; their answers keep coming here)"
+                );
+            }
+        }
+        for a in self.snat_draining.difference(&draining) {
+            info!("SNAT address {a} drained: no live flow uses it any more");
+        }
+        self.snat_draining = draining;
+        true
+    }
+
     /// The full-NAT flows `q` asks for, by service and client (a walk of the NAT map).
     pub fn nat_report(&self, q: &NatQuery) -> Result<NatReport, DataplaneError> {
         let now = crate::sys::monotonic_secs();

@@ -427,6 +427,33 @@ async fn snat_addresses_are_announced_while_the_data_plane_forwards() {
     assert!(announced(&a).is_empty(), "maps not synced");
     a.announce(true);
     assert_eq!(announced(&a), [snat4, snat6]);
+
+    // Removed from the config while a flow uses it: announced until the flow ends.
+    let now = crate::sys::monotonic_secs();
+    let flow = gateway_common::NatValue {
+        src: crate::model::addr16(snat4),
+        dir: gateway_common::NAT_DIR_FORWARD,
+        state: gateway_common::NAT_TCP_ESTABLISHED,
+        seen: now,
+        ..Default::default()
+    };
+    let key = gateway_common::FlowKey {
+        family: gateway_common::FAMILY_V4,
+        ..Default::default()
+    };
+    a.dp.nat = vec![(key, flow)];
+    let text = std::fs::read_to_string(s.config()).unwrap();
+    std::fs::write(
+        s.config(),
+        text.replace("snat_v4 = [\"198.18.0.100\"]\n", ""),
+    )
+    .unwrap();
+    a.reload().unwrap();
+    assert_eq!(announced(&a), [snat4, snat6], "draining: still announced");
+    a.dp.nat[0].1.seen = now.wrapping_sub(7201);
+    assert!(a.look_at_snat_draining());
+    a.replan("test");
+    assert_eq!(announced(&a), [snat6], "drained: withdrawn");
 }
 
 /// With `[bgp]`, the VIP is announced while a backend is usable and withdrawn when none
@@ -603,6 +630,97 @@ async fn drained_slots_that_flows_used_are_changed_and_settle_after_the_idle_tim
             .iter()
             .all(|s| s.prev() == 0 && s.seen != 0)
     );
+}
+
+/// A SNAT address removed from the config by a reload drains: its live flows' answers
+/// still go to the full-NAT program (LOCAL_SNAT) while NAT_POOL no longer offers it, and it
+/// is let go once no unexpired mapping uses it.
+#[tokio::test]
+async fn a_removed_snat_address_drains_until_its_flows_end() {
+    use gateway_common::{
+        FAMILY_V4, FlowKey, LOCAL_SNAT, NAT_DIR_FORWARD, NAT_TCP_ESTABLISHED, NatValue, PROTO_TCP,
+    };
+    let s = Scratch::new("snat-drain");
+    s.write(100_000, UNPROBED, &[(B1, "")]);
+    let with = |list: &str| {
+        let text = std::fs::read_to_string(s.config()).unwrap();
+        let text = match text.find("snat_v4 = ") {
+            Some(at) => {
+                let end = at + text[at..].find('\n').unwrap();
+                format!("{}snat_v4 = [{list}]{}", &text[..at], &text[end..])
+            }
+            None => text.replace(
+                "conntrack_size = 100000\n",
+                &format!("conntrack_size = 100000\nsnat_v4 = [{list}]\n"),
+            ),
+        };
+        std::fs::write(s.config(), text).unwrap();
+    };
+    with("\"198.18.0.100\", \"198.18.0.101\"");
+    let mut a = start(&s, FakeDataplane::default(), hops());
+    let a4 = |t: &str| crate::model::addr16(ip(t));
+    let snat_bit = |a: &TestAgent, t: &str| {
+        a.dp.maps
+            .local
+            .get(&crate::model::local_key(ip(t)))
+            .is_some_and(|w| w & LOCAL_SNAT != 0)
+    };
+    assert!(snat_bit(&a, "198.18.0.100") && snat_bit(&a, "198.18.0.101"));
+    assert_eq!(a.dp.maps.nat_pool.v4_count, 2);
+    // A live flow on .100 and one on .101.
+    let now = crate::sys::monotonic_secs();
+    let flow = |snat: &str, cport: u16| {
+        let key = FlowKey {
+            src: a4("198.18.5.1"),
+            dst: a4("198.18.1.1"),
+            sport_be: cport.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let v = NatValue {
+            src: a4(snat),
+            dst: a4(B1),
+            sport_be: 40000u16.to_be(),
+            dport_be: 80u16.to_be(),
+            backend: 1,
+            state: NAT_TCP_ESTABLISHED,
+            dir: NAT_DIR_FORWARD,
+            seen: now,
+            ..NatValue::default()
+        };
+        (key, v)
+    };
+    a.dp.nat = vec![flow("198.18.0.100", 1000), flow("198.18.0.101", 1001)];
+
+    with("\"198.18.0.101\"");
+    a.reload().unwrap();
+    assert!(
+        snat_bit(&a, "198.18.0.100"),
+        "answers to .100 still reach full-NAT"
+    );
+    let pool = a.dp.maps.nat_pool;
+    assert_eq!(
+        (pool.v4_count, pool.v4[0]),
+        (1, [198, 18, 0, 101]),
+        "new flows only get .101"
+    );
+    // Nothing changed: no replan needed.
+    assert!(!a.look_at_snat_draining());
+
+    // The flow's mapping outlives its timeout (2 h established): .100 goes.
+    a.dp.nat[0].1.seen = now.wrapping_sub(7201);
+    assert!(a.look_at_snat_draining());
+    a.replan("test");
+    assert!(!snat_bit(&a, "198.18.0.100"), "drained");
+    assert!(snat_bit(&a, "198.18.0.101"));
+
+    // An address removed with no live flow on it goes at once.
+    a.dp.nat[1].1.seen = now.wrapping_sub(7201);
+    with("");
+    a.reload().unwrap();
+    assert!(!snat_bit(&a, "198.18.0.101"));
 }
 
 #[tokio::test]

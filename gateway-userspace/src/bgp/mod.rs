@@ -380,7 +380,20 @@ impl Speaker {
         self.announcer.update(servable, now);
         let announced: Vec<IpAddr> = self.announcer.announced().collect();
         let conf = bird_conf(bgp, &self.paths);
-        let vips = vips_conf(announced.iter().filter_map(|v| self.routes.get(v)));
+        // An address the agent calls servable that the config does not name is a SNAT
+        // address still draining (`agent::nat`): a SNAT route.
+        let routes: Vec<Route> = announced
+            .iter()
+            .map(|v| {
+                self.routes.get(v).cloned().unwrap_or_else(|| Route {
+                    vip: *v,
+                    communities: bgp.communities.clone(),
+                    med: None,
+                    snat: true,
+                })
+            })
+            .collect();
+        let vips = vips_conf(&routes);
         if self.told.as_ref() == Some(&(conf.clone(), vips.clone())) {
             return Ok(None);
         }

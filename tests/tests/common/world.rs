@@ -282,6 +282,7 @@ impl World {
             &plan::Host {
                 interface_mac: Some(self.settings.macs[0]).filter(|m| *m != [0; 6]),
                 addresses: HOST_ADDRESSES.iter().map(|a| a.parse().unwrap()).collect(),
+                snat_draining: Vec::new(),
             },
             &mut self.ids,
             &mut self.tables,

@@ -27,7 +27,8 @@ use gateway_common::{
     STAT_DROP_NAT_FLOOD, STAT_DROP_NAT_NO_MAPPING, STAT_DROP_NAT_REPLY_MISS,
     STAT_DROP_NAT_UNTRANSLATED, STAT_FORWARDED, STAT_ICMP_RELAYED, STAT_NAT_HALF_LOST,
     STAT_NAT_NEW, STAT_NAT_REPLIED, STAT_NAT_RESET_HIDDEN, STAT_NAT_RETRIED, STAT_PASS_NOT_VIP,
-    ServiceValue, hash::flow_hash,
+    ServiceValue,
+    hash::{flow_hash, slot_of},
 };
 use gateway_ebpf::hdr::*;
 
@@ -483,14 +484,19 @@ fn claim(
     a.seen = now;
     a.flags = f.flags;
     a._pad = [0; 3];
-    // At least 1 where the compiler sees it: no division by zero to check for.
-    let span = (max - min + 1).max(1);
+    let span = max - min + 1;
+    // A random first port, then the next ones, wrapping at the range's end: a scaling and
+    // a compare where `%` would divide (twice a try).
     // SAFETY: the helper takes no arguments.
-    let start = unsafe { bpf_get_prandom_u32() } % span;
+    let mut at = slot_of(unsafe { bpf_get_prandom_u32() }, span);
     let mut i = 0;
     let mut claimed = false;
     while i < NAT_PORT_TRIES && i < span {
-        f.sport_be = ((min + (start + i) % span) as u16).to_be();
+        f.sport_be = ((min + at) as u16).to_be();
+        at += 1;
+        if at == span {
+            at = 0;
+        }
         // The answer's key: the backend answering the SNAT address and port.
         other_way(f, key.proto, key.family, &mut s.answer);
         if NAT.insert(&s.answer, &s.back, BPF_NOEXIST as u64).is_ok()

@@ -35,6 +35,13 @@ pub fn render_status(s: &Snapshot) -> String {
             let _ = writeln!(out, "  conntrack {} entries", d.conntrack_capacity);
         }
     }
+    if !d.snat_draining.is_empty() {
+        let _ = writeln!(
+            out,
+            "snat       draining {} (removed from the config; live full-NAT flows still use it)",
+            d.snat_draining.join(" ")
+        );
+    }
     // What the program turned away, by reason (docs/datapath.md), when anything was.
     let refused: Vec<String> = d
         .counters
@@ -962,6 +969,7 @@ mod tests {
         let text = render_status(&s);
         let want = "\
 dataplane  interface eth0  xdp native  program 42  conntrack 7/65536 entries
+snat       draining 198.18.0.110 (removed from the config; live full-NAT flows still use it)
 refused    drop_martian_source 3
 bgp        198.18.1.1 announced (servable for 12s)  fd00:1::1 withdrawn (no usable backend for 3s)
 bgp        ERROR (3 so far): connecting to BIRD's control socket: refused

@@ -406,6 +406,7 @@ pub fn snapshot() -> Snapshot {
             program_id: Some(42),
             conntrack_entries: Some(7),
             conntrack_capacity: 65536,
+            snat_draining: vec!["198.18.0.110".into()],
             counters: vec![
                 Counter {
                     name: "forwarded".into(),

@@ -181,6 +181,8 @@ fn a_snat_address_removed_by_a_reload_drains_without_breaking_its_flows() {
         "{}",
         agent.log_text()
     );
+    let status = common::status_at(&lab.lb.netns, &cfg.admin_listen);
+    assert_eq!(status.dataplane.snat_draining, [second.to_string()]);
     tx.send(()).unwrap();
     let errors = done_rx.recv().unwrap();
     assert!(

@@ -75,6 +75,10 @@ pub struct DataplaneStatus {
     pub conntrack_capacity: u32,
     /// Global counters by name (`gateway_common::STAT_NAMES`), in that order.
     pub counters: Vec<Counter>,
+    /// SNAT addresses removed from the config that live full-NAT flows still use: their
+    /// answers are still translated, no new flow is given them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snat_draining: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -137,6 +137,7 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
                 conntrack_entries: conntrack.then(|| self.dp.conntrack_len()),
                 conntrack_capacity: self.dp.options().conntrack_size,
                 counters,
+                snat_draining: self.snat_draining.iter().map(|a| a.to_string()).collect(),
             },
             services,
             table_rebuilds: self.table_rebuilds,

@@ -1133,7 +1133,9 @@ pub trait DataplaneOps: MapWriter {
     fn conntrack_len(&self) -> usize;
     fn protect_stats(&self, id: u32) -> Result<ProtectStats, DataplaneError>;
     fn passive_stats(&self, id: u32) -> Result<PassiveStats, DataplaneError>;
-    fn nat_entries(&self) -> Result<Vec<(FlowKey, NatValue)>, DataplaneError>;
+    /// Calls `f` with each full-NAT entry (a walk of the map, nothing collected: the map may
+    /// hold tens of millions).
+    fn nat_visit(&self, f: &mut dyn FnMut(&FlowKey, &NatValue)) -> Result<(), DataplaneError>;
     fn limited(&self) -> Vec<Limited>;
     fn forget_limited(&mut self, key: &SourceKey);
 }
@@ -1183,8 +1185,11 @@ impl DataplaneOps for Dataplane {
     fn passive_stats(&self, id: u32) -> Result<PassiveStats, DataplaneError> {
         Dataplane::passive_stats(self, id)
     }
-    fn nat_entries(&self) -> Result<Vec<(FlowKey, NatValue)>, DataplaneError> {
-        Ok(Dataplane::nat_entries(self))
+    fn nat_visit(&self, f: &mut dyn FnMut(&FlowKey, &NatValue)) -> Result<(), DataplaneError> {
+        for (k, v) in self.nat.iter().filter_map(Result::ok) {
+            f(&k, &v);
+        }
+        Ok(())
     }
     fn limited(&self) -> Vec<Limited> {
         Dataplane::limited(self)

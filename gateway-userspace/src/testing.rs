@@ -309,8 +309,11 @@ impl DataplaneOps for FakeDataplane {
     fn passive_stats(&self, id: u32) -> Result<PassiveStats, DataplaneError> {
         Ok(self.passive.get(&id).copied().unwrap_or_default())
     }
-    fn nat_entries(&self) -> Result<Vec<(FlowKey, NatValue)>, DataplaneError> {
-        Ok(self.nat.clone())
+    fn nat_visit(&self, f: &mut dyn FnMut(&FlowKey, &NatValue)) -> Result<(), DataplaneError> {
+        for (k, v) in &self.nat {
+            f(k, v);
+        }
+        Ok(())
     }
     fn limited(&self) -> Vec<Limited> {
         self.limited.clone()

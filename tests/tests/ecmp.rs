@@ -384,24 +384,8 @@ fn fullnat_balancers_announce_their_own_snat_addresses() {
     }
 
     let table = Table::new(&pair.texts[0]);
-    let client_addr: IpAddr = lab.client.ipv4.into();
-    let vip = vip(&lab, false);
     let before = pair.new_flows(&lab);
-    let results = connect_all(&lab, false, 20_000, 200);
-    let wrong: Vec<String> = results
-        .iter()
-        .filter_map(|(port, got)| {
-            let want = table.backend(&lab, client_addr, vip, *port);
-            (got.as_deref() != Ok(want.as_str()))
-                .then(|| format!("port {port}: got {got:?}, the table names {want}"))
-        })
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "{} of 200 flows:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    assert_placed(&lab, &table, false, 20_000, 200);
     let after = pair.new_flows(&lab);
     let carried: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert!(

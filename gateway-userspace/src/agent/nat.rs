@@ -56,19 +56,16 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         self.next_drain_look = Instant::now() + DRAIN_LOOK;
         let configured = configured_snat(&self.config);
         let now = crate::sys::monotonic_secs();
-        let entries = match self.dp.nat_entries() {
-            Ok(e) => e,
-            Err(e) => {
-                warn!("counting full-NAT mappings: {}", Chain(&e));
-                return false;
-            }
-        };
         let mut in_use: std::collections::BTreeMap<IpAddr, usize> = Default::default();
-        for (k, v) in &entries {
+        let walked = self.dp.nat_visit(&mut |k, v| {
             let snat = ip_of(&v.src, k.family);
             if v.dir == NAT_DIR_FORWARD && !v.expired(now) && !configured.contains(&snat) {
                 *in_use.entry(snat).or_default() += 1;
             }
+        });
+        if let Err(e) = walked {
+            warn!("counting full-NAT mappings: {}", Chain(&e));
+            return false;
         }
         let draining: BTreeSet<IpAddr> = in_use.keys().copied().collect();
         if draining == self.snat_draining {
@@ -92,16 +89,17 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
     /// The full-NAT flows `q` asks for, by service and client (a walk of the NAT map).
     pub fn nat_report(&self, q: &NatQuery) -> Result<NatReport, DataplaneError> {
         let now = crate::sys::monotonic_secs();
-        let mut found: Vec<(FlowKey, NatValue)> = self
-            .dp
-            .nat_entries()?
-            .into_iter()
-            .filter(|(k, v)| {
-                v.dir == NAT_DIR_FORWARD
-                    && nat_matches(q.snat, ip_of(&v.src, k.family), u16::from_be(v.sport_be))
-                    && nat_matches(q.client, ip_of(&k.src, k.family), u16::from_be(k.sport_be))
-            })
-            .collect();
+        // Only the matches are kept: a query for one address or port stays small whatever
+        // the map holds.
+        let mut found: Vec<(FlowKey, NatValue)> = Vec::new();
+        self.dp.nat_visit(&mut |k, v| {
+            if v.dir == NAT_DIR_FORWARD
+                && nat_matches(q.snat, ip_of(&v.src, k.family), u16::from_be(v.sport_be))
+                && nat_matches(q.client, ip_of(&k.src, k.family), u16::from_be(k.sport_be))
+            {
+                found.push((*k, *v));
+            }
+        })?;
         found.sort_by_key(|(k, _)| *k);
         let matched = found.len();
         let mappings = found

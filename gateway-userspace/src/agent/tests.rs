@@ -99,6 +99,15 @@ fn agent(s: &Scratch) -> TestAgent {
     start(s, FakeDataplane::default(), hops())
 }
 
+/// `[bgp]` towards one neighbour, announcing at once, with BIRD's files in `bird_dir`.
+fn bgp_section(bird_dir: &std::path::Path) -> String {
+    format!(
+        "[bgp]\nlocal_as = 65010\nrouter_id = \"198.18.0.2\"\nannounce_after = \"0s\"\n\
+         bird_dir = \"{}\"\n[[bgp.neighbor]]\naddress = \"198.18.0.1\"\nas = 65000\n",
+        bird_dir.display()
+    )
+}
+
 fn ip(a: &str) -> IpAddr {
     a.parse().unwrap()
 }
@@ -383,12 +392,7 @@ async fn snat_addresses_are_announced_while_the_data_plane_forwards() {
     let bird_dir = s.0.join("bird");
     s.write(
         100_000,
-        &format!(
-            "{UNPROBED}\n[bgp]\nlocal_as = 65010\nrouter_id = \"198.18.0.2\"\n\
-             announce_after = \"0s\"\nbird_dir = \"{}\"\n\
-             [[bgp.neighbor]]\naddress = \"198.18.0.1\"\nas = 65000\n",
-            bird_dir.display()
-        ),
+        &format!("{UNPROBED}\n{}", bgp_section(&bird_dir)),
         &[(B1, "")],
     );
     let text = std::fs::read_to_string(s.config()).unwrap().replace(
@@ -465,12 +469,7 @@ async fn the_vip_is_announced_while_a_backend_is_usable() {
     let bird_dir = s.0.join("bird");
     s.write(
         100_000,
-        &format!(
-            "{UNPROBED}\n[bgp]\nlocal_as = 65010\nrouter_id = \"198.18.0.2\"\n\
-             announce_after = \"0s\"\nbird_dir = \"{}\"\n\
-             [[bgp.neighbor]]\naddress = \"198.18.0.1\"\nas = 65000\n",
-            bird_dir.display()
-        ),
+        &format!("{UNPROBED}\n{}", bgp_section(&bird_dir)),
         &[(B1, ""), (B2, "")],
     );
     std::fs::create_dir_all(&bird_dir).unwrap();
@@ -546,11 +545,8 @@ async fn a_fresh_agent_announces_once_every_backend_was_checked() {
     s.write(
         100_000,
         &format!(
-            "[bgp]\nlocal_as = 65010\nrouter_id = \"198.18.0.2\"\n\
-             announce_after = \"0s\"\nbird_dir = \"{}\"\n\
-             [[bgp.neighbor]]\naddress = \"198.18.0.1\"\nas = 65000\n\
-             [service.health]\nkind = \"tcp\"\ninterval = \"1s\"",
-            bird_dir.display()
+            "{}[service.health]\nkind = \"tcp\"\ninterval = \"1s\"",
+            bgp_section(&bird_dir)
         ),
         &[(B1, ""), (B2, "")],
     );

@@ -108,6 +108,39 @@ fn bgp_section(bird_dir: &std::path::Path) -> String {
     )
 }
 
+/// A full-NAT flow's forward entry: `client:cport` to the VIP 198.18.1.1:80, mapped to
+/// `snat:sport` towards B1, established, last seen at second `seen`.
+fn nat_flow(
+    client: &str,
+    cport: u16,
+    snat: &str,
+    sport: u16,
+    seen: u32,
+) -> (gateway_common::FlowKey, gateway_common::NatValue) {
+    let a = |t: &str| crate::model::addr16(ip(t));
+    let key = gateway_common::FlowKey {
+        src: a(client),
+        dst: a("198.18.1.1"),
+        sport_be: cport.to_be(),
+        dport_be: 80u16.to_be(),
+        proto: gateway_common::PROTO_TCP,
+        family: gateway_common::FAMILY_V4,
+        _pad: [0; 2],
+    };
+    let fwd = gateway_common::NatValue {
+        src: a(snat),
+        dst: a(B1),
+        sport_be: sport.to_be(),
+        dport_be: 80u16.to_be(),
+        backend: 1,
+        state: gateway_common::NAT_TCP_ESTABLISHED,
+        dir: gateway_common::NAT_DIR_FORWARD,
+        seen,
+        ..Default::default()
+    };
+    (key, fwd)
+}
+
 fn ip(a: &str) -> IpAddr {
     a.parse().unwrap()
 }
@@ -633,9 +666,7 @@ async fn drained_slots_that_flows_used_are_changed_and_settle_after_the_idle_tim
 /// is let go once no unexpired mapping uses it.
 #[tokio::test]
 async fn a_removed_snat_address_drains_until_its_flows_end() {
-    use gateway_common::{
-        FAMILY_V4, FlowKey, LOCAL_SNAT, NAT_DIR_FORWARD, NAT_TCP_ESTABLISHED, NatValue, PROTO_TCP,
-    };
+    use gateway_common::LOCAL_SNAT;
     let s = Scratch::new("snat-drain");
     s.write(100_000, UNPROBED, &[(B1, "")]);
     let with = |list: &str| {
@@ -654,7 +685,6 @@ async fn a_removed_snat_address_drains_until_its_flows_end() {
     };
     with("\"198.18.0.100\", \"198.18.0.101\"");
     let mut a = start(&s, FakeDataplane::default(), hops());
-    let a4 = |t: &str| crate::model::addr16(ip(t));
     let snat_bit = |a: &TestAgent, t: &str| {
         a.dp.maps
             .local
@@ -665,30 +695,10 @@ async fn a_removed_snat_address_drains_until_its_flows_end() {
     assert_eq!(a.dp.maps.nat_pool.v4_count, 2);
     // A live flow on .100 and one on .101.
     let now = crate::sys::monotonic_secs();
-    let flow = |snat: &str, cport: u16| {
-        let key = FlowKey {
-            src: a4("198.18.5.1"),
-            dst: a4("198.18.1.1"),
-            sport_be: cport.to_be(),
-            dport_be: 80u16.to_be(),
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-            _pad: [0; 2],
-        };
-        let v = NatValue {
-            src: a4(snat),
-            dst: a4(B1),
-            sport_be: 40000u16.to_be(),
-            dport_be: 80u16.to_be(),
-            backend: 1,
-            state: NAT_TCP_ESTABLISHED,
-            dir: NAT_DIR_FORWARD,
-            seen: now,
-            ..NatValue::default()
-        };
-        (key, v)
-    };
-    a.dp.nat = vec![flow("198.18.0.100", 1000), flow("198.18.0.101", 1001)];
+    a.dp.nat = vec![
+        nat_flow("198.18.5.1", 1000, "198.18.0.100", 40000, now),
+        nat_flow("198.18.5.1", 1001, "198.18.0.101", 40000, now),
+    ];
 
     with("\"198.18.0.101\"");
     a.reload().unwrap();
@@ -721,36 +731,14 @@ async fn a_removed_snat_address_drains_until_its_flows_end() {
 
 #[tokio::test]
 async fn the_nat_report_names_the_client_behind_a_snat_address_and_port() {
-    use gateway_common::{
-        FAMILY_V4, FlowKey, NAT_DIR_FORWARD, NAT_DIR_REPLY, NAT_RETRY, NAT_TCP_ESTABLISHED,
-        NatValue, PROTO_TCP,
-    };
+    use gateway_common::{FlowKey, NAT_DIR_REPLY, NAT_RETRY, NatValue};
     let s = Scratch::new("nat-report");
     let mut a = agent(&s);
     let a4 = |t: &str| crate::model::addr16(ip(t));
     let now = crate::sys::monotonic_secs();
     let flow = |client: &str, cport: u16, sport: u16| {
-        let key = FlowKey {
-            src: a4(client),
-            dst: a4("198.18.1.1"),
-            sport_be: cport.to_be(),
-            dport_be: 80u16.to_be(),
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-            _pad: [0; 2],
-        };
-        let fwd = NatValue {
-            src: a4("198.18.0.100"),
-            dst: a4(B1),
-            sport_be: sport.to_be(),
-            dport_be: 80u16.to_be(),
-            backend: 1,
-            state: NAT_TCP_ESTABLISHED,
-            dir: NAT_DIR_FORWARD,
-            seen: now.saturating_sub(5),
-            flags: if cport == 1001 { NAT_RETRY } else { 0 },
-            ..NatValue::default()
-        };
+        let (key, mut fwd) = nat_flow(client, cport, "198.18.0.100", sport, now.saturating_sub(5));
+        fwd.flags = if cport == 1001 { NAT_RETRY } else { 0 };
         // The answer direction is not listed.
         let back = (
             FlowKey {

@@ -4,7 +4,7 @@
 //! their answers (the address stays a SNAT address to the program, and announced with
 //! `[bgp]`) while no new flow is given it, until none is left.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, BinaryHeap},
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -35,6 +35,26 @@ fn state(v: &NatValue) -> &'static str {
         NAT_TCP_REFUSED => "refused",
         NAT_UDP => "udp",
         _ => "unknown",
+    }
+}
+
+/// A mapping ordered by its key alone (the report's order).
+struct ByKey(FlowKey, NatValue);
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for ByKey {}
+impl PartialOrd for ByKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ByKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
     }
 }
 
@@ -89,23 +109,26 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
     /// The full-NAT flows `q` asks for, by service and client (a walk of the NAT map).
     pub fn nat_report(&self, q: &NatQuery) -> Result<NatReport, DataplaneError> {
         let now = crate::sys::monotonic_secs();
-        // Only the matches are kept: a query for one address or port stays small whatever
-        // the map holds.
-        let mut found: Vec<(FlowKey, NatValue)> = Vec::new();
+        // The first `limit` matches in key order, in a heap that never holds more: the
+        // report stays small whatever the map holds.
+        let mut first: BinaryHeap<ByKey> = BinaryHeap::new();
+        let mut matched = 0;
         self.dp.nat_visit(&mut |k, v| {
             if v.dir == NAT_DIR_FORWARD
                 && nat_matches(q.snat, ip_of(&v.src, k.family), u16::from_be(v.sport_be))
                 && nat_matches(q.client, ip_of(&k.src, k.family), u16::from_be(k.sport_be))
             {
-                found.push((*k, *v));
+                matched += 1;
+                first.push(ByKey(*k, *v));
+                if first.len() > q.limit {
+                    first.pop();
+                }
             }
         })?;
-        found.sort_by_key(|(k, _)| *k);
-        let matched = found.len();
-        let mappings = found
+        let mappings = first
+            .into_sorted_vec()
             .iter()
-            .take(q.limit)
-            .map(|(k, v)| {
+            .map(|ByKey(k, v)| {
                 let at = |a: &[u8; 16], port_be: u16| {
                     SocketAddr::new(ip_of(a, k.family), u16::from_be(port_be)).to_string()
                 };

@@ -813,6 +813,19 @@ async fn the_nat_report_names_the_client_behind_a_snat_address_and_port() {
     );
     let limited = a.nat_report(&q(None, None, 2)).unwrap();
     assert_eq!((limited.matched, limited.mappings.len()), (3, 2));
+    let all = a.nat_report(&q(None, None, 100)).unwrap();
+    let clients = |r: &crate::admin::NatReport| -> Vec<String> {
+        r.mappings.iter().map(|m| m.client.clone()).collect()
+    };
+    assert_eq!(
+        clients(&limited),
+        clients(&all)[..2],
+        "the first two in order"
+    );
+    assert_eq!(
+        clients(&all),
+        ["198.18.5.1:1000", "198.18.5.1:1001", "198.18.5.2:1000"]
+    );
     assert_eq!(
         a.nat_report(&q(Some("198.18.0.101"), None, 100))
             .unwrap()

@@ -367,9 +367,7 @@ pub fn plan(
             .local
             .insert(model::local_key(svc.vip), gateway_common::LOCAL_VIP);
     }
-    let d = &config.dataplane;
-    let snat = d.snat_v4.iter().map(|a| IpAddr::V4(*a));
-    let snat = snat.chain(d.snat_v6.iter().map(|a| IpAddr::V6(*a)));
+    let snat = config.dataplane.snat_addrs();
     for a in snat.chain(host.snat_draining.iter().copied()) {
         *desired.local.entry(model::local_key(a)).or_default() |= gateway_common::LOCAL_SNAT;
     }

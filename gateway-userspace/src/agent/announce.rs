@@ -48,13 +48,11 @@ impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
         } else {
             Ok(())
         };
-        for r in bgp::routes(&self.config).into_values().filter(|r| r.snat) {
-            out.insert(r.vip, snat);
-        }
         // A SNAT address still draining stays announced until its last flow ends.
         if self.config.bgp.as_ref().is_some_and(|b| b.announce_snat) {
-            for a in &self.snat_draining {
-                out.insert(*a, snat);
+            let draining = self.snat_draining.iter().copied();
+            for a in self.config.dataplane.snat_addrs().chain(draining) {
+                out.insert(a, snat);
             }
         }
         out

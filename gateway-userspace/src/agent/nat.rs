@@ -61,20 +61,13 @@ impl Ord for ByKey {
 /// How often a draining SNAT address's mappings are counted (a walk of the NAT map).
 pub const DRAIN_LOOK: Duration = Duration::from_secs(10);
 
-/// The config's SNAT addresses.
-pub fn configured_snat(config: &crate::config::Config) -> BTreeSet<IpAddr> {
-    let d = &config.dataplane;
-    let v4 = d.snat_v4.iter().map(|a| IpAddr::V4(*a));
-    v4.chain(d.snat_v6.iter().map(|a| IpAddr::V6(*a))).collect()
-}
-
 impl<D: DataplaneOps, N: NextHops> Agent<D, N> {
     /// Finds the SNAT addresses that live (unexpired) mappings use but the config does not
     /// name, logs what started or finished draining, and returns whether that set changed
     /// (the caller plans again). A failed walk keeps the set as it was.
     pub(super) fn look_at_snat_draining(&mut self) -> bool {
         self.next_drain_look = Instant::now() + DRAIN_LOOK;
-        let configured = configured_snat(&self.config);
+        let configured: BTreeSet<IpAddr> = self.config.dataplane.snat_addrs().collect();
         let now = crate::sys::monotonic_secs();
         let mut in_use: std::collections::BTreeMap<IpAddr, usize> = Default::default();
         let walked = self.dp.nat_visit(&mut |k, v| {

@@ -79,9 +79,7 @@ pub fn routes(config: &Config) -> BTreeMap<IpAddr, Route> {
         return out;
     };
     if bgp.announce_snat {
-        let d = &config.dataplane;
-        let snat = d.snat_v4.iter().map(|a| IpAddr::V4(*a));
-        for a in snat.chain(d.snat_v6.iter().map(|a| IpAddr::V6(*a))) {
+        for a in config.dataplane.snat_addrs() {
             out.insert(
                 a,
                 Route {

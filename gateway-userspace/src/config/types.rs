@@ -150,6 +150,14 @@ pub struct DataplaneConfig {
     pub on_exit: OnExit,
 }
 
+impl DataplaneConfig {
+    /// The SNAT addresses, IPv4 then IPv6.
+    pub fn snat_addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let v4 = self.snat_v4.iter().map(|a| IpAddr::V4(*a));
+        v4.chain(self.snat_v6.iter().map(|a| IpAddr::V6(*a)))
+    }
+}
+
 /// `[admin]`: the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {

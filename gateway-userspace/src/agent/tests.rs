@@ -141,6 +141,14 @@ fn nat_flow(
     (key, fwd)
 }
 
+/// What BIRD was last given (`vips.conf` in `bird_dir`), once the speaker's thread has
+/// handled what it was sent.
+fn announced(a: &TestAgent, bird_dir: &std::path::Path) -> Vec<IpAddr> {
+    a.speaker.as_ref().unwrap().barrier();
+    let text = std::fs::read_to_string(bird_dir.join("vips.conf")).unwrap_or_default();
+    crate::bgp::announced_in(&text)
+}
+
 fn ip(a: &str) -> IpAddr {
     a.parse().unwrap()
 }
@@ -436,11 +444,7 @@ async fn snat_addresses_are_announced_while_the_data_plane_forwards() {
     std::fs::create_dir_all(&bird_dir).unwrap();
     let _bird = crate::testing::FakeBird::start(&bird_dir.join("bird.ctl"));
     let mut a = start(&s, FakeDataplane::default(), hops());
-    let announced = |a: &TestAgent| {
-        a.speaker.as_ref().unwrap().barrier();
-        let text = std::fs::read_to_string(bird_dir.join("vips.conf")).unwrap_or_default();
-        crate::bgp::announced_in(&text)
-    };
+    let announced = |a: &TestAgent| announced(a, &bird_dir);
     let (snat4, snat6, vip) = (ip("198.18.0.100"), ip("fd00::100"), ip("198.18.1.1"));
     a.announce(true);
     assert_eq!(announced(&a), [snat4, vip, snat6]);
@@ -508,12 +512,7 @@ async fn the_vip_is_announced_while_a_backend_is_usable() {
     std::fs::create_dir_all(&bird_dir).unwrap();
     let bird = crate::testing::FakeBird::start(&bird_dir.join("bird.ctl"));
     let mut a = start(&s, FakeDataplane::default(), hops());
-    // What BIRD was last given, once the speaker's thread has handled what it was sent.
-    let announced = |a: &TestAgent| {
-        a.speaker.as_ref().unwrap().barrier();
-        let text = std::fs::read_to_string(bird_dir.join("vips.conf")).unwrap_or_default();
-        crate::bgp::announced_in(&text)
-    };
+    let announced = |a: &TestAgent| announced(a, &bird_dir);
     let view = |a: &TestAgent| a.speaker.as_ref().unwrap().view();
     a.announce(true);
     assert_eq!(announced(&a), [ip("198.18.1.1")]);
@@ -586,11 +585,7 @@ async fn a_fresh_agent_announces_once_every_backend_was_checked() {
     std::fs::create_dir_all(&bird_dir).unwrap();
     let _bird = crate::testing::FakeBird::start(&bird_dir.join("bird.ctl"));
     let mut a = start(&s, FakeDataplane::default(), hops());
-    let announced = |a: &TestAgent| {
-        a.speaker.as_ref().unwrap().barrier();
-        let text = std::fs::read_to_string(bird_dir.join("vips.conf")).unwrap_or_default();
-        crate::bgp::announced_in(&text)
-    };
+    let announced = |a: &TestAgent| announced(a, &bird_dir);
     let why = |a: &TestAgent| a.speaker.as_ref().unwrap().view().states[&ip("198.18.1.1")].servable;
     a.announce(true);
     assert!(announced(&a).is_empty());
